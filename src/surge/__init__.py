@@ -1,0 +1,48 @@
+"""surge: distributed training made simple for PyTorch.
+
+``import surge`` is light: public names load on first use (PEP 562), so the command
+line and tools that only need metadata never import torch.
+
+Example:
+    >>> from surge import Accelerator
+    >>> accelerator = Accelerator()
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from surge._version import __version__
+
+# public name -> module that defines it
+_LAZY = {
+    "Accelerator": "surge.accelerator",
+    "PartialState": "surge.state",
+    "Topology": "surge.state",
+    "DistributedType": "surge.state",
+    "ProjectConfiguration": "surge.config.project",
+    "DistributedDataParallelKwargs": "surge.config.kwargs",
+    "InitProcessGroupKwargs": "surge.config.kwargs",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from surge.accelerator import Accelerator
+    from surge.config.kwargs import DistributedDataParallelKwargs, InitProcessGroupKwargs
+    from surge.config.project import ProjectConfiguration
+    from surge.state import DistributedType, PartialState, Topology
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'surge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

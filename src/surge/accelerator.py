@@ -1,0 +1,402 @@
+"""The Accelerator: the one object a training script holds.
+
+It validates its settings, finds where this process sits (``Topology``), asks the
+strategy registry how to run, and then delegates: models to the strategy,
+optimizers and schedulers to their wrappers in optim.py, dataloaders to data/,
+collectives to ops.py. It never branches on which strategy it holds (see
+[Note: strategies are asked, not inspected] in strategies/base.py).
+
+[Note: several Accelerators]
+There is no process-wide Accelerator state. Each instance has its own config,
+topology, strategy and gradient state, so notebooks and tests may create several
+with different settings. All settings are validated before anything with side
+effects happens; a constructor that raises leaves nothing behind. The only shared
+resource is PyTorch's default process group, which the first instance starts and
+later ones reuse after checking it matches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from surge import ops
+from surge.accumulation import GradientState
+from surge.checkpoint.atomic import atomic_write
+from surge.checkpoint.export import save_weights
+from surge.config.accelerator import AcceleratorConfig
+from surge.config.project import ProjectConfiguration
+from surge.data.loader import PreparedDataLoader, shard_dataloader
+from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
+from surge.state import DistributedType, ProcessQueries, Topology, ensure_process_group
+from surge.strategies.registry import select_strategy
+
+_LR_SCHEDULER_TYPES: tuple[type, ...] = (torch.optim.lr_scheduler.LRScheduler,)
+if hasattr(torch.optim.lr_scheduler, "ReduceLROnPlateau"):
+    _LR_SCHEDULER_TYPES += (torch.optim.lr_scheduler.ReduceLROnPlateau,)
+
+
+class Accelerator(ProcessQueries):
+    """Runs one training script on any topology: CPU, one GPU, many GPUs, many machines.
+
+    Args:
+        device_placement: Move prepared models and batches to :attr:`device`.
+        split_batches: Split each loader batch across processes (the batch size is the
+            global one) instead of giving each process whole batches.
+        mixed_precision: "no", "fp16", "bf16" or "fp8". None means "no".
+        gradient_accumulation_steps: Micro-batches per optimizer step (>= 1).
+        cpu: Use the CPU even when GPUs are visible.
+        project_dir: Where the run keeps checkpoints and logs.
+        project_config: A :class:`~surge.utils.ProjectConfiguration` (alternative to
+            ``project_dir``).
+        even_batches: Repeat samples from the start so every process sees the same
+            number of batches (prevents hangs at the end of an epoch).
+        step_scheduler_with_optimizer: Prepared schedulers advance only when the
+            optimizer really stepped (see [Note: the scheduler rule] in optim.py).
+        kwargs_handlers: ``DistributedDataParallelKwargs`` / ``InitProcessGroupKwargs``.
+
+    Example:
+        >>> accelerator = Accelerator()
+        >>> model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        >>> for batch in loader:
+        ...     loss = model(batch).mean()
+        ...     accelerator.backward(loss)
+        ...     optimizer.step()
+        ...     optimizer.zero_grad()
+    """
+
+    def __init__(
+        self,
+        device_placement: bool = True,
+        split_batches: bool = False,
+        mixed_precision: str | None = None,
+        gradient_accumulation_steps: int = 1,
+        cpu: bool = False,
+        project_dir: str | os.PathLike[str] | None = None,
+        project_config: ProjectConfiguration | None = None,
+        even_batches: bool = True,
+        step_scheduler_with_optimizer: bool = True,
+        kwargs_handlers: list[Any] | None = None,
+    ) -> None:
+        # 1. Validate everything; no side effects until this succeeded.
+        self.config = AcceleratorConfig.from_handlers(
+            kwargs_handlers,
+            mixed_precision="no" if mixed_precision is None else mixed_precision,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            cpu=cpu,
+            device_placement=device_placement,
+            split_batches=split_batches,
+            even_batches=even_batches,
+            step_scheduler_with_optimizer=step_scheduler_with_optimizer,
+        )
+        if project_config is not None and not isinstance(project_config, ProjectConfiguration):
+            raise TypeError(f"project_config={project_config!r} must be a ProjectConfiguration.")
+        self.project_configuration = project_config if project_config is not None else ProjectConfiguration()
+        if project_dir is not None:
+            if not isinstance(project_dir, (str, os.PathLike)):
+                raise TypeError(f"project_dir={project_dir!r} must be a path (str or os.PathLike).")
+            self.project_configuration.set_directories(project_dir)
+        if self.config.mixed_precision != "no":
+            raise NotImplementedError(
+                f"mixed_precision={self.config.mixed_precision!r} is validated but not available in this "
+                "build yet; use mixed_precision='no'."
+            )
+        topology = Topology.detect(cpu=self.config.cpu, backend=self.config.backend)
+        # 2. Side effects: the process group (shared, reused when running).
+        ensure_process_group(topology, timeout=self.config.timeout, init_method=self.config.init_method)
+        self.topology = topology
+        self.strategy = select_strategy(topology, self.config)
+        self.gradient_state = GradientState(self.config.gradient_accumulation_steps)
+        self._models: list[nn.Module] = []
+        self._optimizers: list[AcceleratedOptimizer] = []
+        self._schedulers: list[AcceleratedScheduler] = []
+        self._dataloaders: list[PreparedDataLoader] = []
+
+    # -- settings and topology ------------------------------------------------------------
+
+    @property
+    def distributed_type(self) -> DistributedType:
+        return self.strategy.distributed_type
+
+    @property
+    def mixed_precision(self) -> str:
+        return self.config.mixed_precision
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.gradient_state.num_steps
+
+    @gradient_accumulation_steps.setter
+    def gradient_accumulation_steps(self, value: int) -> None:
+        from surge.config._validate import check_int
+
+        self.gradient_state.num_steps = check_int("gradient_accumulation_steps", value, minimum=1)
+
+    @property
+    def split_batches(self) -> bool:
+        return self.config.split_batches
+
+    @property
+    def even_batches(self) -> bool:
+        return self.config.even_batches
+
+    @property
+    def device_placement(self) -> bool:
+        return self.config.device_placement
+
+    @property
+    def project_dir(self) -> str | None:
+        return self.project_configuration.project_dir
+
+    @property
+    def logging_dir(self) -> str | None:
+        return self.project_configuration.logging_dir
+
+    @property
+    def sync_gradients(self) -> bool:
+        """True on a micro-step where gradients are synchronised and the optimizer steps."""
+        return self.gradient_state.sync_gradients
+
+    @property
+    def optimizer_step_was_skipped(self) -> bool:
+        """True when the last boundary step was skipped (fp16 overflow)."""
+        return any(opt.step_was_skipped for opt in self._optimizers)
+
+    # -- prepare --------------------------------------------------------------------------
+
+    def prepare(self, *args: Any, device_placement: list[bool] | None = None) -> Any:
+        """Wrap each object for this topology and return them in the same order.
+
+        Models, optimizers, LR schedulers and DataLoaders are prepared; anything else
+        is returned unchanged (so passing e.g. a tokenizer along is harmless). Models
+        are prepared before optimizers, and optimizers before schedulers, whatever the
+        argument order. All processes must call ``prepare`` (it may communicate).
+
+        Returns:
+            The prepared object for one argument, else a tuple.
+        """
+        if device_placement is None:
+            placement: list[bool | None] = [None] * len(args)
+        else:
+            if not isinstance(device_placement, (list, tuple)) or len(device_placement) != len(args):
+                raise ValueError(
+                    f"device_placement={device_placement!r} must be a list with one bool per object passed "
+                    f"to prepare ({len(args)})."
+                )
+            placement = list(device_placement)
+        result = list(args)
+        for kinds in ((nn.Module, DataLoader), (torch.optim.Optimizer,), _LR_SCHEDULER_TYPES):
+            for i, obj in enumerate(args):
+                if isinstance(obj, kinds):
+                    result[i] = self._prepare_one(obj, placement[i])
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def _prepare_one(self, obj: Any, device_placement: bool | None) -> Any:
+        if isinstance(obj, (AcceleratedOptimizer, PreparedDataLoader)) or obj in self._models:
+            return obj
+        if isinstance(obj, nn.Module):
+            return self.prepare_model(obj, device_placement=device_placement)
+        if isinstance(obj, DataLoader):
+            return self.prepare_data_loader(obj, device_placement=device_placement)
+        if isinstance(obj, torch.optim.Optimizer):
+            return self.prepare_optimizer(obj, device_placement=device_placement)
+        return self.prepare_scheduler(obj)
+
+    def prepare_model(
+        self, model: nn.Module, device_placement: bool | None = None, evaluation_mode: bool = False
+    ) -> nn.Module:
+        """Place and wrap one model (DDP when there are several processes).
+
+        ``evaluation_mode=True`` places the model without a training wrapper.
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"prepare_model expects a torch.nn.Module; got {type(model).__name__}.")
+        place = self.config.device_placement if device_placement is None else device_placement
+        prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
+        self._models.append(prepared)
+        return prepared
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer, device_placement: bool | None = None) -> AcceleratedOptimizer:
+        """Wrap an optimizer so it steps only at accumulation boundaries."""
+        if isinstance(optimizer, AcceleratedOptimizer):
+            return optimizer
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"prepare_optimizer expects a torch.optim.Optimizer; got {type(optimizer).__name__}.")
+        place = self.config.device_placement if device_placement is None else device_placement
+        wrapped = AcceleratedOptimizer(optimizer, self.gradient_state, device=self.device if place else None)
+        self._optimizers.append(wrapped)
+        return wrapped
+
+    def prepare_scheduler(self, scheduler: Any) -> AcceleratedScheduler:
+        """Wrap an LR scheduler so it follows [Note: the scheduler rule] in optim.py."""
+        if isinstance(scheduler, AcceleratedScheduler):
+            return scheduler
+        if not hasattr(scheduler, "step"):
+            raise TypeError(f"prepare_scheduler expects an LR scheduler; got {type(scheduler).__name__}.")
+        target = getattr(scheduler, "optimizer", None)
+        optimizers = [o for o in self._optimizers if o is target or o.optimizer is target] or list(self._optimizers)
+        wrapped = AcceleratedScheduler(
+            scheduler, optimizers, self.gradient_state, step_with_optimizer=self.config.step_scheduler_with_optimizer
+        )
+        self._schedulers.append(wrapped)
+        return wrapped
+
+    def prepare_data_loader(self, data_loader: DataLoader, device_placement: bool | None = None) -> PreparedDataLoader:
+        """Shard a DataLoader across processes and move its batches to :attr:`device`."""
+        if isinstance(data_loader, PreparedDataLoader):
+            return data_loader
+        if not isinstance(data_loader, DataLoader):
+            raise TypeError(f"prepare_data_loader expects a torch DataLoader; got {type(data_loader).__name__}.")
+        place = self.config.device_placement if device_placement is None else device_placement
+        prepared = shard_dataloader(
+            data_loader,
+            num_shards=self.num_processes,
+            shard_index=self.process_index,
+            device=self.device if place else None,
+            gradient_state=self.gradient_state,
+            seed=self._shared_seed(data_loader),
+            split_batches=self.config.split_batches,
+            even_batches=self.config.even_batches,
+        )
+        self._dataloaders.append(prepared)
+        return prepared
+
+    def _shared_seed(self, loader: DataLoader) -> int:
+        """The shuffle seed every rank uses (see [Note: the loader owns its randomness])."""
+        own = loader.generator.initial_seed() if loader.generator is not None else torch.initial_seed()
+        return int(ops.broadcast_object_list([int(own) % 2**62])[0])
+
+    # -- the training step ----------------------------------------------------------------
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """``loss.backward()``, divided by ``gradient_accumulation_steps`` so that
+        accumulated gradients equal those of one large batch."""
+        steps = self.gradient_state.num_steps
+        if steps > 1:
+            loss = loss / steps
+        self.strategy.backward(loss, **kwargs)
+
+    @contextlib.contextmanager
+    def accumulate(self, *models: nn.Module) -> Iterator[None]:
+        """One micro-step of gradient accumulation.
+
+        Counts the micro-step; unless it completes a cycle (every
+        ``gradient_accumulation_steps`` micro-steps, and on a prepared loader's last
+        batch), gradients are not synchronised and ``optimizer.step()`` /
+        ``zero_grad()`` / ``scheduler.step()`` are no-ops.
+        """
+        sync = self.gradient_state.advance()
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                for model in models or self._models:
+                    stack.enter_context(self.strategy.no_sync(model))
+            yield
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """A block in which backward accumulates gradients locally without syncing them."""
+        return self.strategy.no_sync(model)
+
+    def clip_grad_norm_(self, parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """Clip the gradient norm of ``parameters``; returns the total norm before clipping.
+
+        Call it after ``backward`` and before ``optimizer.step()``, at an accumulation
+        boundary (``if accelerator.sync_gradients:``), where the gradients are complete
+        and synchronised across processes.
+        """
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
+
+    def clip_grad_value_(self, parameters: Iterable[torch.Tensor] | torch.Tensor, clip_value: float) -> None:
+        """Clamp every gradient element of ``parameters`` to ``[-clip_value, clip_value]``."""
+        torch.nn.utils.clip_grad_value_(parameters, clip_value)
+
+    # -- models and saving ----------------------------------------------------------------
+
+    def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True) -> nn.Module:
+        """The user's own module, without DDP or compile wrappers."""
+        return self.strategy.unwrap_model(model)
+
+    def get_state_dict(self, model: nn.Module, unwrap: bool = True) -> dict[str, torch.Tensor]:
+        """The model's full (unsharded) state dict, keys as in the user's module."""
+        if not unwrap:
+            return model.state_dict()
+        return self.strategy.model_state_dict(model)
+
+    def save_model(
+        self,
+        model: nn.Module,
+        save_directory: str | os.PathLike[str],
+        max_shard_size: int | str = "10GB",
+        safe_serialization: bool = True,
+    ) -> None:
+        """Export the model's weights to ``save_directory`` from the main process.
+
+        Writes ``model.safetensors`` or, beyond ``max_shard_size``, numbered shards and
+        ``model.safetensors.index.json`` (transformers' layout; ``from_pretrained``
+        loads it, and ``config.json`` is written for transformers models). Writes are
+        atomic (see checkpoint/atomic.py). Other processes return at once.
+        """
+        state_dict = self.get_state_dict(model)
+        if self.is_main_process:
+            config = getattr(self.unwrap_model(model), "config", None)
+            save_weights(
+                state_dict,
+                save_directory,
+                max_shard_size=max_shard_size,
+                safe_serialization=safe_serialization,
+                config=config,
+            )
+
+    def save(self, obj: Any, f: str | os.PathLike[str], safe_serialization: bool = False) -> None:
+        """Save ``obj`` to ``f`` on the main process only, atomically.
+
+        ``safe_serialization=True`` writes a dict of tensors with safetensors.
+        """
+        if not self.is_main_process:
+            return
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            atomic_write(f, lambda tmp: save_file(obj, tmp, metadata={"format": "pt"}))
+        else:
+            atomic_write(f, lambda tmp: torch.save(obj, tmp))
+
+    def free_memory(self, *objects: Any) -> tuple[Any, ...]:
+        """Forget every prepared object (so they can be garbage-collected); returns
+        ``objects`` replaced by None, for ``a, b = accelerator.free_memory(a, b)``."""
+        self._models.clear()
+        self._optimizers.clear()
+        self._schedulers.clear()
+        self._dataloaders.clear()
+        self.gradient_state.reset()
+        return tuple(None for _ in objects)
+
+    clear = free_memory
+
+    # -- collectives ----------------------------------------------------------------------
+
+    def gather(self, tensor: Any) -> Any:
+        """Concatenate tensors from all processes along dim 0 (see :func:`surge.ops.gather`)."""
+        return ops.gather(tensor)
+
+    def reduce(self, tensor: Any, reduction: str = "sum", scale: float = 1.0) -> Any:
+        """Sum or average tensors across processes (see :func:`surge.ops.reduce`)."""
+        return ops.reduce(tensor, reduction, scale)  # type: ignore[arg-type]
+
+    def pad_across_processes(self, tensor: Any, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
+        """Pad tensors along ``dim`` to the largest size on any process."""
+        return ops.pad_across_processes(tensor, dim=dim, pad_index=pad_index, pad_first=pad_first)
+
+    def __repr__(self) -> str:
+        t = self.topology
+        return (
+            f"Accelerator(strategy={self.strategy.name}, num_processes={t.world_size}, process_index={t.rank}, "
+            f"device={t.device!r}, mixed_precision={self.mixed_precision!r}, "
+            f"gradient_accumulation_steps={self.gradient_accumulation_steps})"
+        )
+

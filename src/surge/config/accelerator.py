@@ -1,0 +1,100 @@
+"""The settings an :class:`~surge.Accelerator` runs with, as one frozen, validated value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal, get_args
+
+from surge.config._validate import check_bool, check_choice, check_int
+from surge.config.kwargs import DistributedDataParallelKwargs, InitProcessGroupKwargs, as_timeout
+
+MixedPrecision = Literal["no", "fp16", "bf16", "fp8"]
+MIXED_PRECISION_CHOICES: tuple[str, ...] = get_args(MixedPrecision)
+
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """Everything an Accelerator needs to know besides the job topology.
+
+    Validation happens here, before any process group or device is touched, so a bad
+    value never leaves half-built state behind (see the "several Accelerators" note in
+    accelerator.py).
+    """
+
+    mixed_precision: MixedPrecision = "no"
+    """"no" (fp32), "fp16" (autocast + loss scaling), "bf16" (autocast) or "fp8" (torchao, recent GPUs)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; gradients are synchronised only on the last one."""
+    cpu: bool = False
+    """Run on the CPU even when a GPU is present."""
+    device_placement: bool = True
+    """Move prepared models and batches to ``accelerator.device``."""
+    split_batches: bool = False
+    """True: each loader batch is split across processes (the batch size is global). False:
+    each process gets whole batches (the global batch is batch_size x num_processes)."""
+    even_batches: bool = True
+    """Repeat samples from the start so every process sees the same number of batches."""
+    step_scheduler_with_optimizer: bool = True
+    """Prepared schedulers step only when the optimizer really stepped."""
+    ddp: DistributedDataParallelKwargs = field(default_factory=DistributedDataParallelKwargs)
+    """Options passed to DistributedDataParallel."""
+    backend: str | None = None
+    """Process-group backend; None picks nccl for CUDA, gloo for CPU."""
+    init_method: str | None = None
+    """Rendezvous URL; None uses the launcher's variables."""
+    timeout: timedelta = DEFAULT_TIMEOUT
+    """How long any collective may wait for the other ranks before it fails."""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(
+            self,
+            "mixed_precision",
+            check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES),
+        )
+        check_int(
+            "gradient_accumulation_steps",
+            self.gradient_accumulation_steps,
+            minimum=1,
+            fix="Use 1 for no accumulation.",
+        )
+        for name in ("cpu", "device_placement", "split_batches", "even_batches", "step_scheduler_with_optimizer"):
+            check_bool(name, getattr(self, name))
+        if not isinstance(self.ddp, DistributedDataParallelKwargs):
+            raise TypeError(f"ddp={self.ddp!r} must be a DistributedDataParallelKwargs.")
+        set_(self, "timeout", as_timeout("timeout", self.timeout))
+
+    @classmethod
+    def from_handlers(cls, handlers: list | tuple | None, **values) -> AcceleratorConfig:
+        """Build a config from constructor values plus HF-style ``kwargs_handlers``.
+
+        Raises:
+            TypeError: a handler is not one surge knows, or the list is not a list.
+            ValueError: the same handler type is given twice.
+        """
+        if handlers is None:
+            handlers = []
+        if not isinstance(handlers, (list, tuple)):
+            raise TypeError(f"kwargs_handlers={handlers!r} must be a list of handler objects.")
+        seen: dict[type, object] = {}
+        for handler in handlers:
+            if not isinstance(handler, (DistributedDataParallelKwargs, InitProcessGroupKwargs)):
+                raise TypeError(
+                    f"kwargs_handlers contains {handler!r}; supported handlers are "
+                    "DistributedDataParallelKwargs and InitProcessGroupKwargs."
+                )
+            if type(handler) in seen:
+                raise ValueError(f"kwargs_handlers has two {type(handler).__name__} objects; pass one.")
+            seen[type(handler)] = handler
+        ddp = seen.get(DistributedDataParallelKwargs)
+        if ddp is not None:
+            values["ddp"] = ddp
+        pg = seen.get(InitProcessGroupKwargs)
+        if pg is not None:
+            values.update(backend=pg.backend, init_method=pg.init_method)
+            if pg.timeout is not None:
+                values["timeout"] = pg.timeout
+        return cls(**values)

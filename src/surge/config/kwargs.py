@@ -1,0 +1,100 @@
+"""Keyword handlers: typed bundles of options passed through to PyTorch objects.
+
+They keep the names HF Accelerate uses (``kwargs_handlers=[DistributedDataParallelKwargs(
+find_unused_parameters=True)]``) so scripts move over with only the import changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from surge.config._validate import check_bool, check_choice, check_int
+
+BACKENDS = ("nccl", "gloo", "mpi")
+
+
+class KwargsHandler:
+    """Base for option bundles. ``to_kwargs()`` returns only the values that differ from
+    the defaults, so PyTorch's own defaults stay in charge of everything not set."""
+
+    def to_kwargs(self) -> dict[str, Any]:
+        defaults = type(self)()
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        }
+
+
+@dataclass(frozen=True)
+class DistributedDataParallelKwargs(KwargsHandler):
+    """Options for ``torch.nn.parallel.DistributedDataParallel`` (same names and meaning).
+
+    Example:
+        >>> Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    """
+
+    dim: int = 0
+    """Dimension along which DDP scatters inputs (only used with several devices per process)."""
+    broadcast_buffers: bool = True
+    """Broadcast buffers (e.g. BatchNorm statistics) from rank 0 at every forward."""
+    bucket_cap_mb: int = 25
+    """Gradient bucket size in MiB; bigger buckets mean fewer, larger all-reduces."""
+    find_unused_parameters: bool = False
+    """Walk the autograd graph each step to find parameters with no gradient (costs time;
+    needed when some parameters are skipped by the forward)."""
+    check_reduction: bool = False
+    """Deprecated in PyTorch; accepted for compatibility."""
+    gradient_as_bucket_view: bool = False
+    """Let ``.grad`` alias the communication buckets: saves one gradient copy of memory."""
+    static_graph: bool = False
+    """Promise that the set of used parameters is the same every step (enables optimisations)."""
+
+    def __post_init__(self) -> None:
+        check_int("DistributedDataParallelKwargs.dim", self.dim, minimum=0)
+        check_int("DistributedDataParallelKwargs.bucket_cap_mb", self.bucket_cap_mb, minimum=1)
+        for name in ("broadcast_buffers", "find_unused_parameters", "check_reduction", "gradient_as_bucket_view", "static_graph"):
+            check_bool(f"DistributedDataParallelKwargs.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class InitProcessGroupKwargs(KwargsHandler):
+    """Options for ``torch.distributed.init_process_group``.
+
+    Example:
+        >>> Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=30))])
+    """
+
+    backend: str | None = None
+    """"nccl", "gloo" or "mpi"; None picks nccl for CUDA devices and gloo for CPU."""
+    init_method: str | None = None
+    """Rendezvous URL; None uses the launcher's MASTER_ADDR/MASTER_PORT."""
+    timeout: timedelta | None = None
+    """How long a collective may wait for the other ranks before failing; None = 10 minutes."""
+
+    def __post_init__(self) -> None:
+        if self.backend is not None:
+            object.__setattr__(self, "backend", check_choice("InitProcessGroupKwargs.backend", self.backend, BACKENDS))
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", as_timeout("InitProcessGroupKwargs.timeout", self.timeout))
+        if self.init_method is not None and not isinstance(self.init_method, str):
+            raise TypeError(
+                f"InitProcessGroupKwargs.init_method={self.init_method!r} must be a URL string such as "
+                "'tcp://10.0.0.1:29500' or 'env://'."
+            )
+
+
+def as_timeout(name: str, value: Any) -> timedelta:
+    """Accept a ``timedelta`` or a number of seconds; return a positive ``timedelta``."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(f"{name}={value!r} must be a datetime.timedelta or a number of seconds.")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{name}={value!r} must be a positive, finite duration, e.g. timedelta(minutes=10).")
+    return timedelta(seconds=seconds)

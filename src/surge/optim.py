@@ -1,0 +1,190 @@
+"""Prepared optimizers and LR schedulers.
+
+They behave like the objects they wrap (``param_groups``, ``state``, ``state_dict``,
+``defaults`` are the wrapped optimizer's own) and add one thing: they step only when
+the shared ``GradientState`` says the accumulation cycle is complete (see
+[Note: one gradient state per Accelerator] in accumulation.py).
+
+Hot path: ``step`` and ``zero_grad`` do one attribute read and one call. Nothing is
+looked up, inspected or constructed per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from surge.accumulation import GradientState
+from surge.device import send_to_device
+
+
+class AcceleratedOptimizer(torch.optim.Optimizer):
+    """A prepared optimizer. ``isinstance(opt, torch.optim.Optimizer)`` holds, so LR
+    schedulers can be built on it after ``prepare``.
+
+    Args:
+        optimizer: The user's optimizer, built on the model's parameters.
+        gradient_state: The Accelerator's shared gradient state.
+        device: When given, optimizer state already present (e.g. loaded before
+            ``prepare``) is moved to this device.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_state: GradientState | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        # Deliberately no super().__init__: the wrapped optimizer owns the parameters,
+        # groups and state; this object only forwards to it.
+        self.optimizer = optimizer
+        self.gradient_state = gradient_state if gradient_state is not None else GradientState()
+        self._step_was_skipped = False
+        if device is not None and optimizer.state:
+            optimizer.load_state_dict(send_to_device(optimizer.state_dict(), device))
+
+    # -- what torch.optim.Optimizer users touch ------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        self.optimizer.load_state_dict(state_dict)
+
+    def zero_grad(self, set_to_none: bool | None = None) -> None:
+        """Clear gradients, but only at an accumulation boundary: inside a cycle the
+        gradients of earlier micro-steps must survive."""
+        if self.gradient_state.sync_gradients:
+            if set_to_none is None:
+                self.optimizer.zero_grad()
+            else:
+                self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """Step the wrapped optimizer at an accumulation boundary; a no-op otherwise."""
+        gs = self.gradient_state
+        if not gs.sync_gradients:
+            gs.optimizer_stepped = False
+            return None
+        self._step_was_skipped = False
+        gs.optimizer_stepped = True
+        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+
+    def train(self) -> None:
+        """Forward ``train()`` to optimizers that have it (schedule-free optimizers)."""
+        if hasattr(self.optimizer, "train"):
+            self.optimizer.train()
+
+    def eval(self) -> None:
+        """Forward ``eval()`` to optimizers that have it (schedule-free optimizers)."""
+        if hasattr(self.optimizer, "eval"):
+            self.optimizer.eval()
+
+    @property
+    def step_was_skipped(self) -> bool:
+        """True when the last boundary step was skipped (fp16 overflow)."""
+        return self._step_was_skipped
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes this wrapper does not define: forward them
+        # (e.g. optimizer-specific methods). Guard against recursion during unpickling.
+        if name == "optimizer":
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"AcceleratedOptimizer({self.optimizer!r})"
+
+
+class AcceleratedScheduler:
+    """A prepared LR scheduler.
+
+    [Note: the scheduler rule]
+    With ``step_scheduler_with_optimizer=True`` (the default) the scheduler advances
+    exactly once per optimizer step that really changed the parameters: not on
+    accumulation micro-steps, not on skipped fp16-overflow steps, and *not* once per
+    process. So a schedule built for ``len(prepared_loader) * epochs /
+    gradient_accumulation_steps`` steps - ``len`` of the *prepared* loader, which is
+    the per-process count - ends exactly at the last optimizer step on any number of
+    processes. (HF Accelerate instead advances num_processes times per step and
+    expects the length from the unprepared loader.)
+    """
+
+    def __init__(
+        self,
+        scheduler: Any,
+        optimizers: list[AcceleratedOptimizer],
+        gradient_state: GradientState,
+        step_with_optimizer: bool = True,
+    ) -> None:
+        self.scheduler = scheduler
+        self.optimizers = optimizers
+        self.gradient_state = gradient_state
+        self.step_with_optimizer = step_with_optimizer
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        if self.step_with_optimizer:
+            if not self.gradient_state.sync_gradients:
+                return
+            if any(opt.step_was_skipped for opt in self.optimizers):
+                return
+        self.scheduler.step(*args, **kwargs)
+
+    def get_last_lr(self) -> list[float]:
+        return self.scheduler.get_last_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state_dict)
+
+    def get_lr(self) -> Any:
+        return self.scheduler.get_lr()
+
+    def print_lr(self, *args: Any, **kwargs: Any) -> Any:
+        return self.scheduler.print_lr(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "scheduler":
+            raise AttributeError(name)
+        return getattr(self.scheduler, name)
+
+    def __repr__(self) -> str:
+        return f"AcceleratedScheduler({self.scheduler!r})"

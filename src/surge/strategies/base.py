@@ -1,0 +1,65 @@
+"""What every strategy can do, and the defaults a single-device run uses.
+
+[Note: strategies are asked, not inspected]
+The Accelerator never branches on which strategy it holds. It calls the methods
+below; a strategy that cannot do something says so through the method's behaviour
+(e.g. ``no_sync`` returning a null context when there is nothing to skip).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from surge.config.accelerator import AcceleratorConfig
+from surge.state import DistributedType, Topology
+
+
+def unwrap_module(model: nn.Module) -> nn.Module:
+    """Strip every wrapper surge or PyTorch puts around a module (DDP, DataParallel,
+    ``torch.compile``), returning the user's own module."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+class Strategy:
+    """One process on one device: the model as it is."""
+
+    name = "single"
+    distributed_type = DistributedType.NO
+
+    def __init__(self, topology: Topology, config: AcceleratorConfig) -> None:
+        self.topology = topology
+        self.config = config
+        self.device = torch.device(topology.device)
+
+    def prepare_model(self, model: nn.Module, *, device_placement: bool, evaluation_mode: bool = False) -> nn.Module:
+        """Place (and, in subclasses, wrap) ``model``; returns what the user should call."""
+        if device_placement:
+            model.to(self.device)
+        return model
+
+    def unwrap_model(self, model: nn.Module) -> nn.Module:
+        return unwrap_module(model)
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        loss.backward(**kwargs)
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """A context in which backward does not synchronise gradients (nothing to skip here)."""
+        return contextlib.nullcontext()
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The full (unsharded) state dict of the user's module."""
+        return self.unwrap_model(model).state_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.topology.device!r}, world_size={self.topology.world_size})"

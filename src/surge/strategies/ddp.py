@@ -1,0 +1,38 @@
+"""Several processes, each with a full replica: DistributedDataParallel."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from surge.state import DistributedType
+from surge.strategies.base import Strategy
+
+
+class DDP(Strategy):
+    """Wraps trainable models in ``DistributedDataParallel``; gradients are averaged by
+    DDP's bucketed all-reduce during backward."""
+
+    name = "ddp"
+
+    @property
+    def distributed_type(self) -> DistributedType:  # type: ignore[override]
+        return self.topology.distributed_type
+
+    def prepare_model(self, model: nn.Module, *, device_placement: bool, evaluation_mode: bool = False) -> nn.Module:
+        model = super().prepare_model(model, device_placement=device_placement)
+        if evaluation_mode or isinstance(model, DistributedDataParallel):
+            return model
+        if not any(p.requires_grad for p in model.parameters()):
+            # Nothing to synchronise (a frozen teacher, an EMA copy): DDP would refuse it.
+            return model
+        device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, **self.config.ddp.to_kwargs())
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        if isinstance(model, DistributedDataParallel):
+            return model.no_sync()
+        return contextlib.nullcontext()

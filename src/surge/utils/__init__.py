@@ -1,0 +1,29 @@
+"""Helpers with HF Accelerate's ``accelerate.utils`` names.
+
+Importing ``surge.utils`` loads torch; ``import surge`` alone does not.
+"""
+
+from surge.config.kwargs import DistributedDataParallelKwargs, InitProcessGroupKwargs, KwargsHandler
+from surge.config.project import ProjectConfiguration
+from surge.device import send_to_device
+from surge.ops import broadcast, broadcast_object_list, gather, gather_object, pad_across_processes, reduce
+from surge.state import DistributedType
+from surge.strategies.base import unwrap_module as extract_model_from_parallel
+from surge.utils.random import set_seed
+
+__all__ = [
+    "DistributedDataParallelKwargs",
+    "DistributedType",
+    "InitProcessGroupKwargs",
+    "KwargsHandler",
+    "ProjectConfiguration",
+    "broadcast",
+    "broadcast_object_list",
+    "extract_model_from_parallel",
+    "gather",
+    "gather_object",
+    "pad_across_processes",
+    "reduce",
+    "send_to_device",
+    "set_seed",
+]

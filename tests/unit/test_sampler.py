@@ -1,0 +1,105 @@
+"""Sharding batches across processes (pure: shards are simulated in one process)."""
+
+import itertools
+
+import pytest
+import torch
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
+
+from surge.data.sampler import ShardedBatchSampler, ShardedIterableDataset
+
+
+def shards(n, bs, num_shards, *, drop_last=False, split=False, even=True):
+    out = []
+    for i in range(num_shards):
+        base = BatchSampler(SequentialSampler(range(n)), bs, drop_last)
+        s = ShardedBatchSampler(base, num_shards, i, split_batches=split, even_batches=even)
+        batches = list(s)
+        assert len(batches) == len(s), (n, bs, num_shards, drop_last, split, even, i)
+        out.append((batches, list(s.real_counts)))
+    return out
+
+
+def test_ten_samples_batch_four_two_processes():
+    (b0, r0), (b1, r1) = shards(10, 4, 2)
+    assert b0 == [[0, 1, 2, 3], [8, 9]] and r0 == [4, 2]
+    assert b1 == [[4, 5, 6, 7], [0, 1, 2, 3]] and r1 == [4, 0]
+    (b0, _), (b1, _) = shards(10, 4, 2, even=False)
+    assert b0 == [[0, 1, 2, 3], [8, 9]] and b1 == [[4, 5, 6, 7]]
+
+
+def test_split_batches():
+    (b0, r0), (b1, r1) = shards(10, 4, 2, split=True)
+    assert b0 == [[0, 1], [4, 5], [8]] and b1 == [[2, 3], [6, 7], [9]]
+    (b0, r0), (b1, r1) = shards(9, 4, 2, split=True)
+    assert b0[-1] == [8] and b1[-1] == [8] and r0[-1] == 1 and r1[-1] == 0
+    (b0, _), (b1, _) = shards(9, 4, 2, split=True, even=False)
+    assert len(b0) == 3 and len(b1) == 2
+
+
+def test_split_batches_needs_divisible_batch_size():
+    with pytest.raises(ValueError, match="batch_size=5 for 2 processes"):
+        ShardedBatchSampler(BatchSampler(SequentialSampler(range(10)), 5, False), 2, 0, split_batches=True)
+
+
+@pytest.mark.parametrize(
+    "n, bs, k, drop_last, split, even",
+    [c for c in itertools.product([0, 1, 5, 8, 10, 13], [1, 2, 4], [1, 2, 3], [False, True], [False, True], [False, True])
+     if not (c[4] and c[1] % c[2])],
+)
+def test_every_sample_is_seen_once_as_real(n, bs, k, drop_last, split, even):
+    result = shards(n, bs, k, drop_last=drop_last, split=split, even=even)
+    real = []
+    for batches, counts in result:
+        assert len(counts) == len(batches)
+        for batch, count in zip(batches, counts):
+            real.extend(batch[:count])
+    expected = [i for b in BatchSampler(SequentialSampler(range(n)), bs, drop_last) for i in b]
+    assert sorted(real) == expected
+    if even:
+        assert len({len(b) for b, _ in result}) == 1
+
+
+class Stream(IterableDataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterable_dataset_shards_without_duplicates(workers):
+    seen = []
+    for i in range(2):
+        ds = ShardedIterableDataset(Stream(22), batch_size=4, num_shards=2, shard_index=i, even_batches=False)
+        loader = DataLoader(ds, batch_size=4, num_workers=workers)
+        seen.append([b.tolist() for b in loader])
+    # Chunk c of 4 items goes to shard c % 2, in stream order, whatever the worker count.
+    assert seen[0] == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18, 19]]
+    assert seen[1] == [[4, 5, 6, 7], [12, 13, 14, 15], [20, 21]]
+
+
+def test_iterable_dataset_even_batches_pads_from_the_start():
+    out = [list(ShardedIterableDataset(Stream(10), batch_size=4, num_shards=2, shard_index=i)) for i in range(2)]
+    assert out[0] == [0, 1, 2, 3, 8, 9, 0, 1]
+    assert out[1] == [4, 5, 6, 7, 2, 3, 4, 5]
+
+
+def test_iterable_split_batches():
+    out = [list(ShardedIterableDataset(Stream(8), batch_size=4, num_shards=2, shard_index=i, split_batches=True))
+           for i in range(2)]
+    assert out == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    with pytest.raises(ValueError, match="batch_size=3 for 2"):
+        ShardedIterableDataset(Stream(8), batch_size=3, num_shards=2, split_batches=True)
+
+
+def test_bad_shard_index():
+    with pytest.raises(ValueError, match="shard_index=2"):
+        ShardedBatchSampler(BatchSampler(SequentialSampler(range(4)), 2, False), 2, 2)
+
+
+def test_tensor_batches_round_trip():
+    base = BatchSampler(SequentialSampler(range(6)), 3, False)
+    assert list(ShardedBatchSampler(base, 1, 0)) == [[0, 1, 2], [3, 4, 5]]
+    assert torch.equal(torch.tensor(list(ShardedBatchSampler(base, 2, 1))[0]), torch.tensor([3, 4, 5]))
