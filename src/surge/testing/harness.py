@@ -90,6 +90,7 @@ def _child(
     results: mp.Queue,
     env: Mapping[str, str],
     pg_timeout_s: float,
+    start_group: bool,
 ) -> None:
     # Only this child's environment changes; the parent's stays as it was.
     os.environ.update(
@@ -109,9 +110,10 @@ def _child(
     from surge.state import PartialState, destroy_process_group
 
     torch.set_num_threads(1)
-    # Start the group here with a short timeout, so a check that fails on one rank makes
-    # the others fail within seconds instead of hanging for minutes.
-    PartialState(cpu=True, timeout=timedelta(seconds=pg_timeout_s))
+    if start_group:
+        # Start the group here with a short timeout, so a check that fails on one rank
+        # makes the others fail within seconds instead of hanging for minutes.
+        PartialState(cpu=True, timeout=timedelta(seconds=pg_timeout_s))
     for check in checks:
         start = time.perf_counter()
         try:
@@ -130,6 +132,7 @@ def run_distributed(
     timeout: float = 300.0,
     pg_timeout: float = 60.0,
     env: Mapping[str, str] | None = None,
+    start_group: bool = True,
 ) -> DistributedReport:
     """Spawn ``world_size`` processes that run ``checks`` in order; collect the outcomes.
 
@@ -140,6 +143,8 @@ def run_distributed(
             their unfinished checks reported as timed out.
         pg_timeout: Collective timeout inside the children.
         env: Extra environment variables for the children only.
+        start_group: Start the process group before the checks (with ``pg_timeout``);
+            False lets the first check start it, e.g. to test how it is started.
     """
     if callable(checks):
         checks = [checks]
@@ -150,7 +155,7 @@ def run_distributed(
     procs = [
         ctx.Process(
             target=_child,
-            args=(rank, world_size, port, checks, results, dict(env or {}), pg_timeout),
+            args=(rank, world_size, port, checks, results, dict(env or {}), pg_timeout, start_group),
             daemon=True,
         )
         for rank in range(world_size)
