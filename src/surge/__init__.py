@@ -24,13 +24,20 @@ _LAZY = {
     "ProjectConfiguration": "surge.config.project",
     "DistributedDataParallelKwargs": "surge.config.kwargs",
     "InitProcessGroupKwargs": "surge.config.kwargs",
+    "AutocastKwargs": "surge.config.kwargs",
+    "GradScalerKwargs": "surge.config.kwargs",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from surge.accelerator import Accelerator
-    from surge.config.kwargs import DistributedDataParallelKwargs, InitProcessGroupKwargs
+    from surge.config.kwargs import (
+        AutocastKwargs,
+        DistributedDataParallelKwargs,
+        GradScalerKwargs,
+        InitProcessGroupKwargs,
+    )
     from surge.config.project import ProjectConfiguration
     from surge.state import DistributedType, PartialState, Topology
 

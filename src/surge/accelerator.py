@@ -27,19 +27,33 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from surge import ops
+from surge._tree import tree_leaves, tree_map
 from surge.accumulation import GradientState
 from surge.checkpoint.atomic import atomic_write
 from surge.checkpoint.export import save_weights
 from surge.config.accelerator import AcceleratorConfig
 from surge.config.project import ProjectConfiguration
 from surge.data.loader import PreparedDataLoader, shard_dataloader
+from surge.data.loader import SkipFirstBatches
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
+from surge.precision import select_precision
 from surge.state import DistributedType, ProcessQueries, Topology, ensure_process_group
 from surge.strategies.registry import select_strategy
 
 _LR_SCHEDULER_TYPES: tuple[type, ...] = (torch.optim.lr_scheduler.LRScheduler,)
 if hasattr(torch.optim.lr_scheduler, "ReduceLROnPlateau"):
     _LR_SCHEDULER_TYPES += (torch.optim.lr_scheduler.ReduceLROnPlateau,)
+
+
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _trim_first_dim(data: Any, size: int, keep: int) -> Any:
+    """Cut tensors (and a top-level list) whose first dimension is ``size`` to ``keep``."""
+    if isinstance(data, list) and len(data) == size:
+        return data[:keep]
+    return tree_map(lambda t: t[:keep] if t.dim() and t.shape[0] == size else t, data, _is_tensor)
 
 
 class Accelerator(ProcessQueries):
@@ -102,16 +116,15 @@ class Accelerator(ProcessQueries):
             if not isinstance(project_dir, (str, os.PathLike)):
                 raise TypeError(f"project_dir={project_dir!r} must be a path (str or os.PathLike).")
             self.project_configuration.set_directories(project_dir)
-        if self.config.mixed_precision != "no":
-            raise NotImplementedError(
-                f"mixed_precision={self.config.mixed_precision!r} is validated but not available in this "
-                "build yet; use mixed_precision='no'."
-            )
         topology = Topology.detect(cpu=self.config.cpu, backend=self.config.backend)
+        # Pure too: fp8 on a machine that cannot run it fails here, before any side effect.
+        self.precision = select_precision(
+            self.config.mixed_precision, torch.device(topology.device), self.config.autocast, self.config.scaler
+        )
         # 2. Side effects: the process group (shared, reused when running).
         ensure_process_group(topology, timeout=self.config.timeout, init_method=self.config.init_method)
         self.topology = topology
-        self.strategy = select_strategy(topology, self.config)
+        self.strategy = select_strategy(topology, self.config, self.precision)
         self.gradient_state = GradientState(self.config.gradient_accumulation_steps)
         self._models: list[nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
@@ -229,7 +242,9 @@ class Accelerator(ProcessQueries):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"prepare_optimizer expects a torch.optim.Optimizer; got {type(optimizer).__name__}.")
         place = self.config.device_placement if device_placement is None else device_placement
-        wrapped = AcceleratedOptimizer(optimizer, self.gradient_state, device=self.device if place else None)
+        wrapped = AcceleratedOptimizer(
+            optimizer, self.gradient_state, self.precision, device=self.device if place else None
+        )
         self._optimizers.append(wrapped)
         return wrapped
 
@@ -274,13 +289,42 @@ class Accelerator(ProcessQueries):
 
     # -- the training step ----------------------------------------------------------------
 
-    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        """``loss.backward()``, divided by ``gradient_accumulation_steps`` so that
-        accumulated gradients equal those of one large batch."""
-        steps = self.gradient_state.num_steps
-        if steps > 1:
-            loss = loss / steps
+    def backward(self, loss: torch.Tensor, num_items_in_batch: Any = None, **kwargs: Any) -> None:
+        """Backpropagate ``loss`` so that accumulated gradients equal one large batch's.
+
+        By default the loss is a mean over this micro-batch and is divided by the number
+        of micro-batches in the accumulation cycle (``gradient_accumulation_steps``, or
+        fewer for a last cycle cut short by the end of the data: the gradients already
+        accumulated in such a cycle are rescaled, so its average is still exact).
+
+        ``num_items_in_batch``: pass it when ``loss`` is a *sum* over the items (e.g.
+        tokens) of this micro-batch and micro-batches hold different numbers of items.
+        It is the item count of the whole accumulated *global* batch (all micro-batches
+        of the cycle on all processes, e.g. ``accelerator.reduce(local_count, "sum")``);
+        the gradient is then exactly that of the mean over all those items. See
+        docs/guide.md, "Exact means over uneven micro-batches".
+
+        fp16 scales the loss before backward (see precision/fp16.py).
+        """
+        gs = self.gradient_state
+        if num_items_in_batch is not None:
+            # Gradients are averaged over processes by the strategy; undo that mean so
+            # the result is sum(all items) / num_items_in_batch.
+            loss = loss * (self.num_processes / num_items_in_batch)
+        elif gs.num_steps > 1:
+            if gs.closes_short_cycle and not gs.rescaled:
+                self._rescale_gradients(gs.num_steps / gs.cycle_length)
+                gs.rescaled = True
+            loss = loss / gs.cycle_length
         self.strategy.backward(loss, **kwargs)
+
+    def _rescale_gradients(self, factor: float) -> None:
+        # Only on the last micro-step of a short final cycle: one pass over the gradients.
+        with torch.no_grad():
+            for model in self._models:
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(factor)
 
     @contextlib.contextmanager
     def accumulate(self, *models: nn.Module) -> Iterator[None]:
@@ -302,24 +346,65 @@ class Accelerator(ProcessQueries):
         """A block in which backward accumulates gradients locally without syncing them."""
         return self.strategy.no_sync(model)
 
-    def clip_grad_norm_(self, parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Bring fp16-scaled gradients back to their true values (no-op otherwise).
+
+        ``clip_grad_norm_`` / ``clip_grad_value_`` call this; call it yourself before
+        inspecting gradients by hand.
+        """
+        targets = [optimizer] if optimizer is not None else self._optimizers
+        for opt in targets:
+            self.precision.unscale(opt.optimizer if isinstance(opt, AcceleratedOptimizer) else opt)
+
+    def clip_grad_norm_(
+        self, parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: float, norm_type: float = 2.0
+    ) -> torch.Tensor | None:
         """Clip the gradient norm of ``parameters``; returns the total norm before clipping.
 
-        Call it after ``backward`` and before ``optimizer.step()``, at an accumulation
-        boundary (``if accelerator.sync_gradients:``), where the gradients are complete
-        and synchronised across processes.
+        Gradients are unscaled first under fp16. On a micro-step inside an accumulation
+        cycle the gradients are partial, so nothing is clipped and None is returned;
+        call it where ``accelerator.sync_gradients`` is True (the usual pattern).
         """
+        if not self.gradient_state.sync_gradients:
+            return None
+        self.unscale_gradients()
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
 
     def clip_grad_value_(self, parameters: Iterable[torch.Tensor] | torch.Tensor, clip_value: float) -> None:
-        """Clamp every gradient element of ``parameters`` to ``[-clip_value, clip_value]``."""
+        """Clamp every gradient element to ``[-clip_value, clip_value]`` (after unscaling;
+        skipped inside an accumulation cycle, like :meth:`clip_grad_norm_`)."""
+        if not self.gradient_state.sync_gradients:
+            return
+        self.unscale_gradients()
         torch.nn.utils.clip_grad_value_(parameters, clip_value)
+
+    def autocast(self, autocast_handler: Any = None) -> contextlib.AbstractContextManager[Any]:
+        """The mixed-precision autocast region, for code outside the prepared model
+        (e.g. a loss computed from its outputs). A null context in full precision."""
+        if autocast_handler is None:
+            return self.precision.autocast()
+        return select_precision(self.mixed_precision, self.device, autocast_handler, None).autocast()
+
+    @property
+    def scaler(self) -> Any:
+        """fp16's ``torch.amp.GradScaler``; None for other precisions."""
+        return getattr(self.precision, "scaler", None)
+
+    def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> SkipFirstBatches:
+        """Iterate ``dataloader``'s current epoch without its first ``num_batches`` batches
+        (to resume mid-epoch). With a prepared map-style loader the skipped samples are
+        not loaded, the shuffle is the epoch's own, and the loader's epoch advances as
+        after a full iteration."""
+        return SkipFirstBatches(dataloader, num_batches)
 
     # -- models and saving ----------------------------------------------------------------
 
     def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True) -> nn.Module:
-        """The user's own module, without DDP or compile wrappers."""
-        return self.strategy.unwrap_model(model)
+        """The user's own module, without DDP or compile wrappers.
+
+        ``keep_fp32_wrapper=False`` also removes the mixed-precision autocast forward.
+        """
+        return self.strategy.unwrap_model(model, keep_fp32_wrapper=keep_fp32_wrapper)
 
     def get_state_dict(self, model: nn.Module, unwrap: bool = True) -> dict[str, torch.Tensor]:
         """The model's full (unsharded) state dict, keys as in the user's module."""
@@ -383,6 +468,30 @@ class Accelerator(ProcessQueries):
     def gather(self, tensor: Any) -> Any:
         """Concatenate tensors from all processes along dim 0 (see :func:`surge.ops.gather`)."""
         return ops.gather(tensor)
+
+    def gather_for_metrics(self, input_data: Any, use_gather_object: bool = False) -> Any:
+        """Gather values computed on a prepared loader's batches without the samples
+        repeated to even out the last batches, so a metric sees every sample once.
+
+        Two patterns are exact: call it on each batch inside the loop (the repeats of
+        the batch just yielded are dropped), or collect this process's values for the
+        whole loop and call it once after the loop (the repeats at the end of the
+        epoch are dropped). The second also works with ``even_batches=False``, where a
+        per-batch call would leave the process with fewer batches out of the collective.
+        Only values whose first dimension matches the batch (or the epoch's sample
+        count) are trimmed. Tensors are gathered with :meth:`gather`, anything else (or
+        ``use_gather_object=True``) with ``gather_object``.
+        """
+        gs = self.gradient_state
+        if gs.batch_real_count is not None:
+            size, keep = gs.batch_size, gs.batch_real_count
+        else:
+            size, keep = gs.epoch_samples, gs.epoch_samples - gs.epoch_padding
+        if size is not None and keep < size:
+            input_data = _trim_first_dim(input_data, size, keep)
+        if use_gather_object or not tree_leaves(input_data, _is_tensor):
+            return ops.gather_object(input_data)
+        return ops.gather(input_data)
 
     def reduce(self, tensor: Any, reduction: str = "sum", scale: float = 1.0) -> Any:
         """Sum or average tensors across processes (see :func:`surge.ops.reduce`)."""

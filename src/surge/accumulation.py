@@ -20,36 +20,76 @@ class GradientState:
         [False, False, False, True, False]
     """
 
-    __slots__ = ("num_steps", "step", "sync_gradients", "end_of_dataloader", "in_accumulate", "optimizer_stepped")
+    __slots__ = (
+        "num_steps",
+        "step",
+        "cycle_step",
+        "cycle_length",
+        "sync_gradients",
+        "end_of_dataloader",
+        "batch_real_count",
+        "batch_size",
+        "epoch_samples",
+        "epoch_padding",
+        "rescaled",
+    )
 
     def __init__(self, num_steps: int = 1) -> None:
         self.num_steps = num_steps
         self.step = 0
-        """Micro-steps taken since the start (counted by ``accumulate``)."""
+        """Micro-steps counted by ``accumulate`` since the start."""
+        self.cycle_step = 0
+        """Micro-steps taken in the current, still open cycle."""
+        self.cycle_length = num_steps
+        """Micro-steps in the cycle the current micro-step belongs to, known once the
+        cycle closes: ``num_steps``, or fewer when a dataloader ran out first."""
         self.sync_gradients = True
         """True on the micro-step that ends an accumulation cycle: gradients are
         synchronised and the optimizer really steps."""
         self.end_of_dataloader = False
         """Set by a prepared dataloader while it yields its last batch."""
-        self.in_accumulate = False
-        self.optimizer_stepped = False
-        """True when the last ``optimizer.step()`` changed the parameters."""
+        self.batch_real_count: int | None = None
+        """Set by a prepared dataloader while it yields a batch: how many of the batch's
+        samples are real (the rest repeat earlier samples); None outside a loop."""
+        self.batch_size: int | None = None
+        """The number of samples (real and repeated) in the batch being yielded."""
+        self.epoch_samples = 0
+        """Samples (real and repeated) this process received in the last finished epoch
+        of a prepared loader."""
+        self.epoch_padding = 0
+        """How many of those were repeats; they are always the last ones."""
+        self.rescaled = False
+        """True once the gradients of a short closing cycle were rescaled."""
 
     def advance(self) -> bool:
         """Count one micro-step and decide whether it ends a cycle.
 
         A cycle ends every ``num_steps`` micro-steps and, so that no gradients are left
-        behind, on the last batch of a prepared dataloader.
+        behind, on the last batch of a prepared dataloader (the next epoch then starts a
+        fresh cycle).
         """
         self.step += 1
-        self.sync_gradients = self.step % self.num_steps == 0 or self.end_of_dataloader
-        if self.sync_gradients and self.end_of_dataloader:
-            # Restart the count so the next epoch's cycles line up with its first batch.
-            self.step = 0
+        self.cycle_step += 1
+        self.sync_gradients = self.cycle_step >= self.num_steps or self.end_of_dataloader
+        self.cycle_length = self.cycle_step if self.sync_gradients else self.num_steps
+        self.rescaled = False
+        if self.sync_gradients:
+            self.cycle_step = 0
         return self.sync_gradients
+
+    @property
+    def closes_short_cycle(self) -> bool:
+        """True on the last micro-step of a cycle cut short by the end of the data."""
+        return self.sync_gradients and self.cycle_length < self.num_steps
 
     def reset(self) -> None:
         self.step = 0
+        self.cycle_step = 0
+        self.cycle_length = self.num_steps
         self.sync_gradients = True
         self.end_of_dataloader = False
-        self.optimizer_stepped = False
+        self.batch_real_count = None
+        self.batch_size = None
+        self.epoch_samples = 0
+        self.epoch_padding = 0
+        self.rescaled = False

@@ -17,6 +17,7 @@ import torch
 
 from surge.accumulation import GradientState
 from surge.device import send_to_device
+from surge.precision.base import Precision
 
 
 class AcceleratedOptimizer(torch.optim.Optimizer):
@@ -26,6 +27,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
     Args:
         optimizer: The user's optimizer, built on the model's parameters.
         gradient_state: The Accelerator's shared gradient state.
+        precision: Steps the optimizer (through the fp16 loss scaler when there is one).
         device: When given, optimizer state already present (e.g. loaded before
             ``prepare``) is moved to this device.
     """
@@ -34,12 +36,14 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         self,
         optimizer: torch.optim.Optimizer,
         gradient_state: GradientState | None = None,
+        precision: Precision | None = None,
         device: torch.device | None = None,
     ) -> None:
         # Deliberately no super().__init__: the wrapped optimizer owns the parameters,
         # groups and state; this object only forwards to it.
         self.optimizer = optimizer
         self.gradient_state = gradient_state if gradient_state is not None else GradientState()
+        self.precision = precision if precision is not None else Precision(torch.device("cpu"))
         self._step_was_skipped = False
         if device is not None and optimizer.state:
             optimizer.load_state_dict(send_to_device(optimizer.state_dict(), device))
@@ -90,13 +94,10 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
 
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         """Step the wrapped optimizer at an accumulation boundary; a no-op otherwise."""
-        gs = self.gradient_state
-        if not gs.sync_gradients:
-            gs.optimizer_stepped = False
+        if not self.gradient_state.sync_gradients:
             return None
-        self._step_was_skipped = False
-        gs.optimizer_stepped = True
-        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        self._step_was_skipped = not self.precision.step(self.optimizer, closure)
+        return None
 
     def train(self) -> None:
         """Forward ``train()`` to optimizers that have it (schedule-free optimizers)."""

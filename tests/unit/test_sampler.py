@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 
-from surge.data.sampler import ShardedBatchSampler, ShardedIterableDataset
+from surge.data.sampler import Repeated, ShardedBatchSampler, ShardedIterableDataset
 
 
 def shards(n, bs, num_shards, *, drop_last=False, split=False, even=True):
@@ -16,7 +16,8 @@ def shards(n, bs, num_shards, *, drop_last=False, split=False, even=True):
         s = ShardedBatchSampler(base, num_shards, i, split_batches=split, even_batches=even)
         batches = list(s)
         assert len(batches) == len(s), (n, bs, num_shards, drop_last, split, even, i)
-        out.append((batches, list(s.real_counts)))
+        assert [t for _, t in s.real_counts] == [len(b) for b in batches]
+        out.append((batches, [r for r, _ in s.real_counts]))
     return out
 
 
@@ -82,8 +83,12 @@ def test_iterable_dataset_shards_without_duplicates(workers):
 
 def test_iterable_dataset_even_batches_pads_from_the_start():
     out = [list(ShardedIterableDataset(Stream(10), batch_size=4, num_shards=2, shard_index=i)) for i in range(2)]
-    assert out[0] == [0, 1, 2, 3, 8, 9, 0, 1]
-    assert out[1] == [4, 5, 6, 7, 2, 3, 4, 5]
+    plain = [[x.item if isinstance(x, Repeated) else x for x in o] for o in out]
+    assert plain[0] == [0, 1, 2, 3, 8, 9, 0, 1]
+    assert plain[1] == [4, 5, 6, 7, 2, 3, 4, 5]
+    # The repeats are marked, so metrics can drop them.
+    assert [isinstance(x, Repeated) for x in out[0]] == [False] * 6 + [True] * 2
+    assert all(isinstance(x, Repeated) for x in out[1][4:])
 
 
 def test_iterable_split_batches():

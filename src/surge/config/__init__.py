@@ -6,11 +6,13 @@ environment] in environment.py).
 
 from surge.config.accelerator import AcceleratorConfig
 from surge.config.environment import LaunchEnvironment, current_launch_environment, parse_launch_environment
-from surge.config.kwargs import DistributedDataParallelKwargs, InitProcessGroupKwargs
+from surge.config.kwargs import AutocastKwargs, DistributedDataParallelKwargs, GradScalerKwargs, InitProcessGroupKwargs
 from surge.config.project import ProjectConfiguration
 
 __all__ = [
     "AcceleratorConfig",
+    "AutocastKwargs",
+    "GradScalerKwargs",
     "DistributedDataParallelKwargs",
     "InitProcessGroupKwargs",
     "LaunchEnvironment",

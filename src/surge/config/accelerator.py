@@ -7,7 +7,13 @@ from datetime import timedelta
 from typing import Literal, get_args
 
 from surge.config._validate import check_bool, check_choice, check_int
-from surge.config.kwargs import DistributedDataParallelKwargs, InitProcessGroupKwargs, as_timeout
+from surge.config.kwargs import (
+    AutocastKwargs,
+    DistributedDataParallelKwargs,
+    GradScalerKwargs,
+    InitProcessGroupKwargs,
+    as_timeout,
+)
 
 MixedPrecision = Literal["no", "fp16", "bf16", "fp8"]
 MIXED_PRECISION_CHOICES: tuple[str, ...] = get_args(MixedPrecision)
@@ -41,6 +47,10 @@ class AcceleratorConfig:
     """Prepared schedulers step only when the optimizer really stepped."""
     ddp: DistributedDataParallelKwargs = field(default_factory=DistributedDataParallelKwargs)
     """Options passed to DistributedDataParallel."""
+    autocast: AutocastKwargs = field(default_factory=AutocastKwargs)
+    """Options for the autocast region of fp16 / bf16 / fp8."""
+    scaler: GradScalerKwargs = field(default_factory=GradScalerKwargs)
+    """Options for fp16's dynamic loss scaler."""
     backend: str | None = None
     """Process-group backend; None picks nccl for CUDA, gloo for CPU."""
     init_method: str | None = None
@@ -63,8 +73,9 @@ class AcceleratorConfig:
         )
         for name in ("cpu", "device_placement", "split_batches", "even_batches", "step_scheduler_with_optimizer"):
             check_bool(name, getattr(self, name))
-        if not isinstance(self.ddp, DistributedDataParallelKwargs):
-            raise TypeError(f"ddp={self.ddp!r} must be a DistributedDataParallelKwargs.")
+        for name, kind in (("ddp", DistributedDataParallelKwargs), ("autocast", AutocastKwargs), ("scaler", GradScalerKwargs)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name}={getattr(self, name)!r} must be a {kind.__name__}.")
         set_(self, "timeout", as_timeout("timeout", self.timeout))
 
     @classmethod
@@ -80,18 +91,20 @@ class AcceleratorConfig:
         if not isinstance(handlers, (list, tuple)):
             raise TypeError(f"kwargs_handlers={handlers!r} must be a list of handler objects.")
         seen: dict[type, object] = {}
+        known = (DistributedDataParallelKwargs, InitProcessGroupKwargs, AutocastKwargs, GradScalerKwargs)
         for handler in handlers:
-            if not isinstance(handler, (DistributedDataParallelKwargs, InitProcessGroupKwargs)):
+            if not isinstance(handler, known):
                 raise TypeError(
                     f"kwargs_handlers contains {handler!r}; supported handlers are "
-                    "DistributedDataParallelKwargs and InitProcessGroupKwargs."
+                    + ", ".join(k.__name__ for k in known)
+                    + "."
                 )
             if type(handler) in seen:
                 raise ValueError(f"kwargs_handlers has two {type(handler).__name__} objects; pass one.")
             seen[type(handler)] = handler
-        ddp = seen.get(DistributedDataParallelKwargs)
-        if ddp is not None:
-            values["ddp"] = ddp
+        for key, kind in (("ddp", DistributedDataParallelKwargs), ("autocast", AutocastKwargs), ("scaler", GradScalerKwargs)):
+            if kind in seen:
+                values[key] = seen[kind]
         pg = seen.get(InitProcessGroupKwargs)
         if pg is not None:
             values.update(backend=pg.backend, init_method=pg.init_method)

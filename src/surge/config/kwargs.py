@@ -98,3 +98,57 @@ def as_timeout(name: str, value: Any) -> timedelta:
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"{name}={value!r} must be a positive, finite duration, e.g. timedelta(minutes=10).")
     return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class AutocastKwargs(KwargsHandler):
+    """Options for the autocast region mixed precision puts around the model's forward.
+
+    Example:
+        >>> Accelerator(mixed_precision="bf16", kwargs_handlers=[AutocastKwargs(cache_enabled=True)])
+    """
+
+    enabled: bool = True
+    """False runs the forward in full precision even with mixed_precision set."""
+    cache_enabled: bool | None = None
+    """Cache low-precision weight casts inside one autocast region (torch's default when None)."""
+    convert_outputs_to_fp32: bool = True
+    """Return the prepared model's floating outputs in fp32 (set False to keep them in half
+    precision and save the memory of an fp32 copy of e.g. large logits)."""
+
+    def __post_init__(self) -> None:
+        check_bool("AutocastKwargs.enabled", self.enabled)
+        check_bool("AutocastKwargs.convert_outputs_to_fp32", self.convert_outputs_to_fp32)
+        if self.cache_enabled is not None:
+            check_bool("AutocastKwargs.cache_enabled", self.cache_enabled)
+
+
+@dataclass(frozen=True)
+class GradScalerKwargs(KwargsHandler):
+    """Options for fp16's dynamic loss scaler (``torch.amp.GradScaler``, same names).
+
+    Example:
+        >>> Accelerator(mixed_precision="fp16", kwargs_handlers=[GradScalerKwargs(init_scale=1024)])
+    """
+
+    init_scale: float = 65536.0
+    """Loss scale at the start."""
+    growth_factor: float = 2.0
+    """Multiply the scale by this after ``growth_interval`` steps without overflow."""
+    backoff_factor: float = 0.5
+    """Multiply the scale by this when a step overflows (that step is skipped)."""
+    growth_interval: int = 2000
+    """Overflow-free steps before the scale grows."""
+    enabled: bool = True
+    """False turns loss scaling off (fp16 autocast alone)."""
+
+    def __post_init__(self) -> None:
+        from surge.config._validate import check_positive_float
+
+        check_positive_float("GradScalerKwargs.init_scale", self.init_scale)
+        if check_positive_float("GradScalerKwargs.growth_factor", self.growth_factor) <= 1.0:
+            raise ValueError(f"GradScalerKwargs.growth_factor={self.growth_factor!r} must be > 1.")
+        if not 0 < check_positive_float("GradScalerKwargs.backoff_factor", self.backoff_factor) < 1:
+            raise ValueError(f"GradScalerKwargs.backoff_factor={self.backoff_factor!r} must be between 0 and 1.")
+        check_int("GradScalerKwargs.growth_interval", self.growth_interval, minimum=1)
+        check_bool("GradScalerKwargs.enabled", self.enabled)

@@ -13,13 +13,13 @@ new one each epoch, and iterating never touches the global RNG.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler
 
 from surge.accumulation import GradientState
-from surge.data.sampler import ShardedBatchSampler, ShardedIterableDataset
+from surge.data.sampler import Repeated, ShardedBatchSampler, ShardedIterableDataset
 from surge.device import send_to_device
 
 # DataLoader arguments carried over from the user's loader unchanged.
@@ -72,6 +72,7 @@ class PreparedDataLoader(DataLoader):
         self._epoch = 0
         self._non_blocking = bool(self.pin_memory) and device is not None and device.type == "cuda"
         self._real_count: int | None = None
+        self._skip_next = 0
 
     @property
     def epoch(self) -> int:
@@ -97,31 +98,46 @@ class PreparedDataLoader(DataLoader):
             self.dataset.set_epoch(epoch)
         self._epoch = epoch + 1
 
+    def skip_first_batches(self, num_batches: int) -> SkipFirstBatches:
+        """An iterable over this loader that skips the next epoch's first ``num_batches``
+        batches (see :class:`SkipFirstBatches`)."""
+        return SkipFirstBatches(self, num_batches)
+
     def __iter__(self) -> Iterator[Any]:
         self._begin_epoch()
-        counts = getattr(self.batch_sampler, "real_counts", None)
+        skip, self._skip_next = self._skip_next, 0
+        sampler = self.batch_sampler if isinstance(self.batch_sampler, ShardedBatchSampler) else None
+        if sampler is not None:
+            sampler.skip = skip  # dropped as indices: the skipped samples are never loaded
         gs = self.gradient_state
         it = super().__iter__()
-        try:
-            current = next(it)
-        except StopIteration:
-            return
+        if sampler is None:
+            for _ in range(skip):  # an iterable dataset can only skip by reading
+                if next(it, _END) is _END:
+                    return
+        current = next(it, _END)
+        samples = real_samples = 0
         # One batch of look-ahead tells us which batch is the last without an extra
         # blocking step after it (the next batch is already being loaded anyway).
-        while True:
-            try:
-                upcoming = next(it)
-                last = False
-            except StopIteration:
-                upcoming, last = None, True
-            if counts is not None and counts:
-                self._real_count = counts.popleft()
+        while current is not _END:
+            upcoming = next(it, _END)
+            last = upcoming is _END
+            real = total = None
+            if isinstance(current, CountedBatch):
+                current, real, total = current
+            elif sampler is not None and sampler.real_counts:
+                real, total = sampler.real_counts.popleft()
+            if total is not None:
+                samples += total
+                real_samples += real
+            self._real_count = real
+            gs.batch_real_count, gs.batch_size = real, total
             gs.end_of_dataloader = last
             yield send_to_device(current, self.device, self._non_blocking) if self.device is not None else current
-            if last:
-                gs.end_of_dataloader = False
-                return
             current = upcoming
+        gs.end_of_dataloader = False
+        gs.batch_real_count = gs.batch_size = None
+        gs.epoch_samples, gs.epoch_padding = samples, samples - real_samples
 
     @property
     def batch_real_count(self) -> int | None:
@@ -138,6 +154,67 @@ class _Unbatched:
 
     def __call__(self, items: list[Any]) -> Any:
         return self.collate_fn(items[0])
+
+
+_END = object()
+
+
+class CountedBatch(NamedTuple):
+    """A batch, how many of its samples are real and how many it has, as produced in a
+    worker by :class:`_CountingCollate` (a namedtuple, so pinning and worker transport
+    keep it)."""
+
+    batch: Any
+    real: int
+    total: int
+
+
+class _CountingCollate:
+    """Collate for a sharded iterable dataset: unwrap :class:`Repeated` padding items and
+    count the real ones, so ``gather_for_metrics`` can drop the repeats."""
+
+    def __init__(self, collate_fn: Any) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[Any]) -> CountedBatch:
+        real = sum(not isinstance(i, Repeated) for i in items)
+        plain = [i.item if isinstance(i, Repeated) else i for i in items]
+        return CountedBatch(self.collate_fn(plain), real, len(items))
+
+
+class SkipFirstBatches:
+    """Iterates a loader once, without its first ``num_batches`` batches.
+
+    Used to resume in the middle of an epoch: it runs the loader's *current* epoch
+    (same shuffle) and advances the loader's epoch counter like a normal iteration, so
+    the loop can go back to the loader itself for the next epoch. With a map-style
+    dataset the skipped batches are never loaded.
+    """
+
+    def __init__(self, loader: DataLoader, num_batches: int) -> None:
+        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0:
+            raise ValueError(f"num_batches={num_batches!r} must be a non-negative integer.")
+        self.loader = loader
+        self.num_batches = num_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        if isinstance(self.loader, PreparedDataLoader):
+            self.loader._skip_next = self.num_batches
+            yield from self.loader
+        else:
+            it = iter(self.loader)
+            for _ in range(self.num_batches):
+                if next(it, _END) is _END:
+                    return
+            yield from it
+
+    def __len__(self) -> int:
+        return max(0, len(self.loader) - self.num_batches)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
 
 
 def shard_dataloader(
@@ -171,6 +248,8 @@ def shard_dataloader(
                 "surge cannot shard such batches evenly. Let the DataLoader batch (batch_size=N)."
             )
         if num_shards > 1:
+            if even_batches:
+                kwargs["collate_fn"] = _CountingCollate(loader.collate_fn)
             dataset = ShardedIterableDataset(
                 dataset,
                 batch_size=loader.batch_size,

@@ -54,7 +54,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.shard_index = shard_index
         self.split_batches = split_batches
         self.even_batches = even_batches
-        self.real_counts: deque[int] = deque()
+        self.real_counts: deque[tuple[int, int]] = deque()
+        """(real samples, all samples) of each batch handed out and not yet yielded."""
+        self.skip = 0
+        """Batches to drop (without loading them) at the start of the next iteration only."""
         batch_size = getattr(batch_sampler, "batch_size", None)
         if split_batches and isinstance(batch_size, int) and batch_size % num_shards:
             raise ValueError(
@@ -94,16 +97,14 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         self.real_counts.clear()
-        if self.split_batches:
-            yield from self._iter_split()
-        else:
-            yield from self._iter_whole()
+        skip, self.skip = self.skip, 0
+        batches = self._iter_split() if self.split_batches else self._iter_whole()
+        for i, (batch, real) in enumerate(batches):
+            if i >= skip:
+                self.real_counts.append((real, len(batch)))
+                yield batch
 
-    def _emit(self, batch: list[int], real: int) -> list[int]:
-        self.real_counts.append(real)
-        return batch
-
-    def _iter_whole(self) -> Iterator[list[int]]:
+    def _iter_whole(self) -> Iterator[tuple[list[int], int]]:
         n, me = self.num_shards, self.shard_index
         first: list[list[int]] = []  # the first round, kept to fill an incomplete last round
         k = -1
@@ -112,16 +113,16 @@ class ShardedBatchSampler(Sampler[list[int]]):
             if k < n:
                 first.append(batch)
             if k % n == me:
-                yield self._emit(batch, len(batch))
+                yield (batch, len(batch))
         total = k + 1
         if not self.even_batches or total % n == 0 or total == 0:
             return
         # The last round is incomplete: shards past its end get a repeated batch.
         if me >= total % n:
             filler = first[(me - total % n) % len(first)]
-            yield self._emit(filler, 0)
+            yield (filler, 0)
 
-    def _iter_split(self) -> Iterator[list[int]]:
+    def _iter_split(self) -> Iterator[tuple[list[int], int]]:
         n, me = self.num_shards, self.shard_index
         head: list[int] = []  # the epoch's first samples, to pad a short last batch
         for batch in self.batch_sampler:
@@ -130,7 +131,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
                 head.extend(batch[: n - len(head)])
             per, extra = divmod(len(batch), n)
             if extra == 0:
-                yield self._emit(batch[me * per : (me + 1) * per], per)
+                yield (batch[me * per : (me + 1) * per], per)
                 continue
             # A short last batch: the first `extra` shards get per+1 samples.
             start = me * per + min(me, extra)
@@ -138,11 +139,21 @@ class ShardedBatchSampler(Sampler[list[int]]):
             part = batch[start : start + size]
             if not self.even_batches:
                 if part:
-                    yield self._emit(part, len(part))
+                    yield (part, len(part))
                 continue
             missing = per + 1 - size
             pool = batch + head
-            yield self._emit(part + [pool[i % len(pool)] for i in range(missing)], len(part))
+            yield (part + [pool[i % len(pool)] for i in range(missing)], len(part))
+
+
+class Repeated:
+    """An item repeated to even out the last batches (see [Note: padding is counted per
+    batch]); the prepared loader unwraps it and counts it as padding."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
 
 
 class ShardedIterableDataset(IterableDataset):
@@ -156,7 +167,8 @@ class ShardedIterableDataset(IterableDataset):
     repeats another's data.
 
     With ``even_batches=True`` an incomplete last round is filled with items repeated
-    from the start of the stream, each shard ending with a full chunk.
+    from the start of the stream, each shard ending with a full chunk; the repeats come
+    wrapped in :class:`Repeated`.
     """
 
     def __init__(
@@ -220,5 +232,7 @@ class ShardedIterableDataset(IterableDataset):
         while c % n != 0 or c == start:
             if c % n == me and (c // n) % workers == worker:
                 offset = (c - start) * size
-                yield from (pool[(offset + i) % len(pool)] for i in range(size))
+                for i in range(size):
+                    j = offset + i
+                    yield chunk[j] if j < len(chunk) else Repeated(pool[j % len(pool)])
             c += 1

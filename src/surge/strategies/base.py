@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from surge.config.accelerator import AcceleratorConfig
+from surge.precision.base import Precision, remove_autocast_forward
 from surge.state import DistributedType, Topology
 
 
@@ -36,22 +37,31 @@ class Strategy:
     name = "single"
     distributed_type = DistributedType.NO
 
-    def __init__(self, topology: Topology, config: AcceleratorConfig) -> None:
+    def __init__(self, topology: Topology, config: AcceleratorConfig, precision: Precision) -> None:
         self.topology = topology
         self.config = config
+        self.precision = precision
         self.device = torch.device(topology.device)
 
     def prepare_model(self, model: nn.Module, *, device_placement: bool, evaluation_mode: bool = False) -> nn.Module:
-        """Place (and, in subclasses, wrap) ``model``; returns what the user should call."""
+        """Convert, place and (in subclasses) wrap ``model``; returns what the user calls.
+
+        Order matters: the precision converts the module (fp8 layers) before it moves,
+        and its autocast forward is installed on the user's module so any wrapper
+        added later (DDP) calls through it.
+        """
+        model = self.precision.convert_module(model)
         if device_placement:
             model.to(self.device)
+        self.precision.wrap_forward(model)
         return model
 
-    def unwrap_model(self, model: nn.Module) -> nn.Module:
-        return unwrap_module(model)
+    def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True) -> nn.Module:
+        inner = unwrap_module(model)
+        return inner if keep_fp32_wrapper else remove_autocast_forward(inner)
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        loss.backward(**kwargs)
+        self.precision.backward(loss, **kwargs)
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         """A context in which backward does not synchronise gradients (nothing to skip here)."""

@@ -23,7 +23,7 @@ class DDP(Strategy):
         return self.topology.distributed_type
 
     def prepare_model(self, model: nn.Module, *, device_placement: bool, evaluation_mode: bool = False) -> nn.Module:
-        model = super().prepare_model(model, device_placement=device_placement)
+        model = super().prepare_model(model, device_placement=device_placement, evaluation_mode=evaluation_mode)
         if evaluation_mode or isinstance(model, DistributedDataParallel):
             return model
         if not any(p.requires_grad for p in model.parameters()):

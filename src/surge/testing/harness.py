@@ -156,7 +156,7 @@ def run_distributed(
         ctx.Process(
             target=_child,
             args=(rank, world_size, port, checks, results, dict(env or {}), pg_timeout, start_group),
-            daemon=True,
+            daemon=False,  # checks may start DataLoader workers; we kill stragglers ourselves
         )
         for rank in range(world_size)
     ]

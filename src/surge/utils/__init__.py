@@ -3,7 +3,13 @@
 Importing ``surge.utils`` loads torch; ``import surge`` alone does not.
 """
 
-from surge.config.kwargs import DistributedDataParallelKwargs, InitProcessGroupKwargs, KwargsHandler
+from surge.config.kwargs import (
+    AutocastKwargs,
+    DistributedDataParallelKwargs,
+    GradScalerKwargs,
+    InitProcessGroupKwargs,
+    KwargsHandler,
+)
 from surge.config.project import ProjectConfiguration
 from surge.device import send_to_device
 from surge.ops import broadcast, broadcast_object_list, gather, gather_object, pad_across_processes, reduce
@@ -12,6 +18,8 @@ from surge.strategies.base import unwrap_module as extract_model_from_parallel
 from surge.utils.random import set_seed
 
 __all__ = [
+    "AutocastKwargs",
+    "GradScalerKwargs",
     "DistributedDataParallelKwargs",
     "DistributedType",
     "InitProcessGroupKwargs",

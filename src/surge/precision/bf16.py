@@ -1,0 +1,13 @@
+"""bf16 mixed precision: autocast to bfloat16, fp32 master weights, no loss scaling
+(bf16 has fp32's exponent range, so gradients do not underflow)."""
+
+from __future__ import annotations
+
+import torch
+
+from surge.precision.base import Precision
+
+
+class BF16(Precision):
+    name = "bf16"
+    autocast_dtype = torch.bfloat16
