@@ -56,6 +56,30 @@ def _trim_first_dim(data: Any, size: int, keep: int) -> Any:
     return tree_map(lambda t: t[:keep] if t.dim() and t.shape[0] == size else t, data, _is_tensor)
 
 
+class _Accumulate:
+    """The context ``Accelerator.accumulate`` returns. A small class rather than a
+    generator-based context manager: it runs on every training step."""
+
+    __slots__ = ("accelerator", "models", "contexts")
+
+    def __init__(self, accelerator: Accelerator, models: tuple[nn.Module, ...]) -> None:
+        self.accelerator = accelerator
+        self.models = models
+        self.contexts: list[Any] = []
+
+    def __enter__(self) -> None:
+        acc = self.accelerator
+        if not acc.gradient_state.advance():
+            for model in self.models or acc._models:
+                ctx = acc.strategy.no_sync(model)
+                ctx.__enter__()
+                self.contexts.append(ctx)
+
+    def __exit__(self, *exc: Any) -> None:
+        while self.contexts:
+            self.contexts.pop().__exit__(*exc)
+
+
 class Accelerator(ProcessQueries):
     """Runs one training script on any topology: CPU, one GPU, many GPUs, many machines.
 
@@ -326,21 +350,16 @@ class Accelerator(ProcessQueries):
                     if p.grad is not None:
                         p.grad.mul_(factor)
 
-    @contextlib.contextmanager
-    def accumulate(self, *models: nn.Module) -> Iterator[None]:
-        """One micro-step of gradient accumulation.
+    def accumulate(self, *models: nn.Module) -> _Accumulate:
+        """One micro-step of gradient accumulation, as a ``with`` block.
 
         Counts the micro-step; unless it completes a cycle (every
         ``gradient_accumulation_steps`` micro-steps, and on a prepared loader's last
         batch), gradients are not synchronised and ``optimizer.step()`` /
-        ``zero_grad()`` / ``scheduler.step()`` are no-ops.
+        ``zero_grad()`` / ``scheduler.step()`` are no-ops. With no models given, every
+        prepared model skips synchronisation.
         """
-        sync = self.gradient_state.advance()
-        with contextlib.ExitStack() as stack:
-            if not sync:
-                for model in models or self._models:
-                    stack.enter_context(self.strategy.no_sync(model))
-            yield
+        return _Accumulate(self, models)
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         """A block in which backward accumulates gradients locally without syncing them."""

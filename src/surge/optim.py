@@ -163,8 +163,9 @@ class AcceleratedScheduler:
         if self.step_with_optimizer:
             if not self.gradient_state.sync_gradients:
                 return
-            if any(opt.step_was_skipped for opt in self.optimizers):
-                return
+            for opt in self.optimizers:
+                if opt._step_was_skipped:
+                    return
         self.scheduler.step(*args, **kwargs)
 
     def get_last_lr(self) -> list[float]:

@@ -20,6 +20,7 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSa
 
 from surge.accumulation import GradientState
 from surge.data.sampler import Repeated, ShardedBatchSampler, ShardedIterableDataset
+from surge._tree import tree_leaves
 from surge.device import send_to_device
 
 # DataLoader arguments carried over from the user's loader unchanged.
@@ -117,6 +118,7 @@ class PreparedDataLoader(DataLoader):
                     return
         current = next(it, _END)
         samples = real_samples = 0
+        move = self.device is not None and not self._already_there(current)
         # One batch of look-ahead tells us which batch is the last without an extra
         # blocking step after it (the next batch is already being loaded anyway).
         while current is not _END:
@@ -133,11 +135,20 @@ class PreparedDataLoader(DataLoader):
             self._real_count = real
             gs.batch_real_count, gs.batch_size = real, total
             gs.end_of_dataloader = last
-            yield send_to_device(current, self.device, self._non_blocking) if self.device is not None else current
+            yield send_to_device(current, self.device, self._non_blocking) if move else current
             current = upcoming
         gs.end_of_dataloader = False
         gs.batch_real_count = gs.batch_size = None
         gs.epoch_samples, gs.epoch_padding = samples, samples - real_samples
+
+    def _already_there(self, batch: Any) -> bool:
+        # Batches collated on the CPU for a CPU run need no move; deciding it once per
+        # epoch from the first batch keeps the per-batch cost at zero.
+        if self.device is None or self.device.type != "cpu" or batch is _END:
+            return False
+        if isinstance(batch, CountedBatch):
+            batch = batch.batch
+        return all(t.device.type == "cpu" for t in tree_leaves(batch, _is_tensor))
 
     @property
     def batch_real_count(self) -> int | None:
@@ -157,6 +168,10 @@ class _Unbatched:
 
 
 _END = object()
+
+
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
 
 
 class CountedBatch(NamedTuple):
