@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from surge import Accelerator
-from surge.testing import run_distributed
+from surge.testing import distributed_test
 from surge.testing.parity import FP16_SCALE, TOLERANCE, make_dataset, max_difference, reference_run, surge_run
 from surge.utils import GradScalerKwargs
 
@@ -178,11 +178,4 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def report():
-    return run_distributed(CHECKS, world_size=2)
-
-
-@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
-def test_two_processes(report, check):
-    report.assert_passed(check)
+test_two_processes = distributed_test(CHECKS, world_size=2)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from surge import Accelerator, DistributedType, PartialState
 from surge.ops import broadcast_object_list, gather_object
-from surge.testing import run_distributed
+from surge.testing import distributed_test
 from surge.utils import DistributedDataParallelKwargs, broadcast, set_seed
 
 pytestmark = pytest.mark.distributed
@@ -249,11 +249,4 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def report():
-    return run_distributed(CHECKS, world_size=2)
-
-
-@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
-def test_two_processes(report, check):
-    report.assert_passed(check)
+test_two_processes = distributed_test(CHECKS, world_size=2)

@@ -7,12 +7,10 @@ its own Accelerators.
 
 Example (in a pytest module):
     >>> CHECKS = [check_gather, check_ddp_parity]
-    >>> @pytest.fixture(scope="module")
-    ... def report():
-    ...     return run_distributed(CHECKS, world_size=2)
-    >>> @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
-    ... def test_check(report, check):
-    ...     report.assert_passed(check)
+    >>> test_two_processes = distributed_test(CHECKS, world_size=2)
+
+which spawns once, on the first of the generated tests, and reports each check as its
+own pytest test.
 """
 
 from __future__ import annotations
@@ -189,3 +187,23 @@ def run_distributed(
         report.exitcodes[procs.index(p)] = p.exitcode
     results.close()
     return report
+
+
+def distributed_test(checks: Sequence[Check], world_size: int = 2, **kwargs: object) -> Callable[..., None]:
+    """A pytest test, parametrized over ``checks``, that spawns once for all of them.
+
+    Assign it to a module-level name starting with ``test_``. Keyword arguments go to
+    :func:`run_distributed`.
+    """
+    import pytest
+
+    checks = list(checks)
+    reports: list[DistributedReport] = []
+
+    @pytest.mark.parametrize("check", checks, ids=lambda c: c.__name__)
+    def test(check: Check) -> None:
+        if not reports:
+            reports.append(run_distributed(checks, world_size, **kwargs))  # type: ignore[arg-type]
+        reports[0].assert_passed(check)
+
+    return test
