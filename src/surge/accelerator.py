@@ -343,12 +343,17 @@ class Accelerator(ProcessQueries):
         self.strategy.backward(loss, **kwargs)
 
     def _rescale_gradients(self, factor: float) -> None:
-        # Only on the last micro-step of a short final cycle: one pass over the gradients.
+        # Only on the last micro-step of a short final cycle: one pass over the gradients
+        # of everything prepared (optimizer parameters outside any model included), each
+        # parameter once however many models or groups share it.
+        seen: set[int] = set()
+        params = [p for m in self._models for p in m.parameters()]
+        params += [p for opt in self._optimizers for g in opt.param_groups for p in g["params"]]
         with torch.no_grad():
-            for model in self._models:
-                for p in model.parameters():
-                    if p.grad is not None:
-                        p.grad.mul_(factor)
+            for p in params:
+                if id(p) not in seen and p.grad is not None:
+                    seen.add(id(p))
+                    p.grad.mul_(factor)
 
     def accumulate(self, *models: nn.Module) -> _Accumulate:
         """One micro-step of gradient accumulation, as a ``with`` block.
@@ -447,13 +452,17 @@ class Accelerator(ProcessQueries):
         """
         state_dict = self.get_state_dict(model)
         if self.is_main_process:
-            config = getattr(self.unwrap_model(model), "config", None)
+            inner = self.unwrap_model(model)
+            generation_config = getattr(inner, "generation_config", None)
+            if generation_config is not None and not (hasattr(inner, "can_generate") and inner.can_generate()):
+                generation_config = None
             save_weights(
                 state_dict,
                 save_directory,
                 max_shard_size=max_shard_size,
                 safe_serialization=safe_serialization,
-                config=config,
+                config=getattr(inner, "config", None),
+                generation_config=generation_config,
             )
 
     def save(self, obj: Any, f: str | os.PathLike[str], safe_serialization: bool = False) -> None:

@@ -17,6 +17,7 @@ def choose_device(
     cpu: bool,
     cuda_device_count: int,
     mps_available: bool = False,
+    local_world_size_known: bool = True,
 ) -> str:
     """Pick this process's device as a string ("cuda:1", "mps", "cpu"). Pure.
 
@@ -25,6 +26,9 @@ def choose_device(
     - CUDA with exactly one visible GPU per process (a scheduler that binds one GPU per
       task through CUDA_VISIBLE_DEVICES): ``cuda:0``.
     - Apple MPS for a single process only (MPS has no collective backend).
+
+    When the launcher did not give the local process count (``local_world_size_known``
+    is False) only the local rank is checked against the visible GPUs.
 
     Raises:
         ValueError: more local processes than visible GPUs (two ranks on one GPU deadlock
@@ -35,6 +39,13 @@ def choose_device(
     if cuda_device_count > 0:
         if cuda_device_count == 1:
             return "cuda:0"
+        if not local_world_size_known:
+            if local_rank >= cuda_device_count:
+                raise ValueError(
+                    f"LOCAL_RANK={local_rank} but only {cuda_device_count} GPUs are visible on this machine; use at "
+                    "most one process per GPU, or pass cpu=True to train on the CPU."
+                )
+            return f"cuda:{local_rank}"
         if local_world_size > cuda_device_count:
             raise ValueError(
                 f"{local_world_size} processes on this machine but only {cuda_device_count} GPUs are visible; "

@@ -112,18 +112,19 @@ def gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def reduce(tensor: Any, reduction: Literal["sum", "mean"] = "sum", scale: float = 1.0) -> Any:
+def reduce(tensor: Any, reduction: Literal["sum", "mean", "none"] = "sum", scale: float = 1.0) -> Any:
     """Reduce each tensor across processes; the inputs are not modified.
 
-    ``"mean"`` of an integer tensor returns a floating-point tensor.
+    ``"mean"`` of an integer tensor returns a floating-point tensor; ``"none"`` returns
+    a scaled copy of the local tensor without communicating.
 
     Raises:
-        ValueError: ``reduction`` is not "sum" or "mean".
+        ValueError: ``reduction`` is not "sum", "mean" or "none".
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction={reduction!r} is not supported; choose 'sum' or 'mean'.")
+    if reduction not in ("sum", "mean", "none"):
+        raise ValueError(f"reduction={reduction!r} is not supported; choose 'sum', 'mean' or 'none'.")
     _check_tensors(tensor, "reduce")
-    active = process_group_active()
+    active = process_group_active() and reduction != "none"
     dist = _dist()
     world = dist.get_world_size() if active else 1
 

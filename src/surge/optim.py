@@ -44,6 +44,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         self.optimizer = optimizer
         self.gradient_state = gradient_state if gradient_state is not None else GradientState()
         self.precision = precision if precision is not None else Precision(torch.device("cpu"))
+        self.precision.register_optimizer(optimizer)
         self._step_was_skipped = False
         if device is not None and optimizer.state:
             optimizer.load_state_dict(send_to_device(optimizer.state_dict(), device))
@@ -96,8 +97,9 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         """Step the wrapped optimizer at an accumulation boundary; a no-op otherwise."""
         if not self.gradient_state.sync_gradients:
             return None
-        self._step_was_skipped = not self.precision.step(self.optimizer, closure)
-        return None
+        stepped, result = self.precision.step(self.optimizer, closure)
+        self._step_was_skipped = not stepped
+        return result
 
     def train(self) -> None:
         """Forward ``train()`` to optimizers that have it (schedule-free optimizers)."""

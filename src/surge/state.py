@@ -12,6 +12,7 @@ callers, and can be torn down with :func:`destroy_process_group`.
 from __future__ import annotations
 
 import atexit
+import warnings
 import contextlib
 import enum
 import functools
@@ -107,6 +108,7 @@ class Topology:
             cpu=cpu,
             cuda_device_count=cuda_device_count,
             mps_available=mps_available,
+            local_world_size_known=launch.local_world_size_known,
         )
         if launch.world_size == 1:
             chosen = None
@@ -137,10 +139,22 @@ class Topology:
 
     @classmethod
     def detect(cls, *, cpu: bool = False, backend: str | None = None) -> Topology:
-        """Read this process's launcher variables and devices."""
+        """Read this process's launcher variables and devices.
+
+        A process group the user started without launcher variables (e.g.
+        ``mp.spawn`` + ``init_process_group(rank=..., world_size=...)``) defines the job.
+        """
+        launch = current_launch_environment()
+        dist = _dist()
+        if launch.world_size == 1 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            world, rank = dist.get_world_size(), dist.get_rank()
+            launch = LaunchEnvironment(
+                "existing", rank, world, rank, world, 0, 1, None, None, local_world_size_known=False
+            )
+            backend = backend or str(dist.get_backend())
         mps = getattr(torch.backends, "mps", None)
         return cls.from_launch(
-            current_launch_environment(),
+            launch,
             cpu=cpu,
             backend=backend,
             cuda_device_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
@@ -151,6 +165,7 @@ class Topology:
 # --- the default process group -------------------------------------------------------
 
 _OWNED_GROUP = False  # True when surge created the default process group in this process
+_GROUP_TIMEOUT: list[timedelta] = []  # the timeout surge started it with
 
 
 def _dist() -> Any:
@@ -159,13 +174,13 @@ def _dist() -> Any:
     return dist
 
 
-def ensure_process_group(topology: Topology, *, timeout: timedelta, init_method: str | None = None) -> None:
+def ensure_process_group(topology: Topology, *, timeout: timedelta | None, init_method: str | None = None) -> None:
     """Start the default process group for ``topology`` unless one is running.
 
     A group started elsewhere (by the user or an earlier Accelerator) is reused after
     checking it describes the same job. The timeout is applied to every collective of
-    the group: a rank that waits longer than ``timeout`` for the others fails instead
-    of hanging.
+    the group: a rank that waits longer than ``timeout`` (None: 10 minutes) for the
+    others fails instead of hanging. Asking a running group for another timeout warns.
 
     Raises:
         ValueError: a running group has another world size or rank than the environment.
@@ -182,7 +197,17 @@ def ensure_process_group(topology: Topology, *, timeout: timedelta, init_method:
                 f"environment describes world size {topology.world_size} and rank {topology.rank}. Destroy the "
                 "old group (surge.state.destroy_process_group()) or fix the launcher variables."
             )
+        if timeout is not None and _GROUP_TIMEOUT and timeout != _GROUP_TIMEOUT[0]:
+            warnings.warn(
+                f"the process group is already running with a timeout of {_GROUP_TIMEOUT[0]}; the timeout "
+                f"{timeout} asked for now cannot change it. Set it on the first Accelerator/PartialState.",
+                stacklevel=3,
+            )
         return
+    if timeout is None:
+        from surge.config.accelerator import DEFAULT_TIMEOUT
+
+        timeout = DEFAULT_TIMEOUT
     if topology.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(topology.device))
     if init_method is None:
@@ -207,6 +232,7 @@ def ensure_process_group(topology: Topology, *, timeout: timedelta, init_method:
     if not _OWNED_GROUP:
         atexit.register(_destroy_at_exit)
     _OWNED_GROUP = True
+    _GROUP_TIMEOUT[:] = [timeout]
 
 
 def destroy_process_group() -> None:
@@ -219,6 +245,7 @@ def destroy_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _OWNED_GROUP = False
+    _GROUP_TIMEOUT.clear()
 
 
 def _destroy_at_exit() -> None:
@@ -425,11 +452,9 @@ class PartialState(ProcessQueries):
         backend: str | None = None,
         init_method: str | None = None,
     ) -> None:
-        from surge.config.accelerator import DEFAULT_TIMEOUT
-
         if not isinstance(cpu, bool):
             raise TypeError(f"cpu={cpu!r} must be True or False.")
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else as_timeout("timeout", timeout)
+        self.timeout = None if timeout is None else as_timeout("timeout", timeout)
         self.topology = Topology.detect(cpu=cpu, backend=backend)
         ensure_process_group(self.topology, timeout=self.timeout, init_method=init_method)
 

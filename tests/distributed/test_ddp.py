@@ -232,7 +232,32 @@ def check_several_accelerators_share_the_group():
     assert a.gather(x)[0] == b.gather(x)[1]  # same seed on both ranks
 
 
+def check_user_distributed_sampler_is_not_sharded_twice():
+    from torch.utils.data import DistributedSampler
+
+    acc = Accelerator()
+    data = TensorDataset(torch.arange(8))
+    loader = acc.prepare(DataLoader(data, batch_size=2, sampler=DistributedSampler(data, shuffle=False)))
+    mine = [i for (x,) in loader for i in x.tolist()]
+    assert len(mine) == 4 and sorted(gather_object(mine)) == list(range(8))
+
+
+def check_second_timeout_warns():
+    import warnings
+
+    from surge.utils import InitProcessGroupKwargs
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Accelerator()  # no timeout asked: silent
+        assert not caught
+        Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=5)])
+    assert any("cannot change it" in str(w.message) for w in caught)
+
+
 CHECKS = [
+    check_user_distributed_sampler_is_not_sharded_twice,
+    check_second_timeout_warns,
     check_topology,
     check_ddp_matches_single_process_on_the_global_batch,
     check_gather,

@@ -2,6 +2,7 @@
 mpirun-style environments, with no surge launcher involved."""
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -74,3 +75,9 @@ def test_inconsistent_launcher_variables_are_reported():
                  MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
     assert result.returncode != 0
     assert "RANK=2 and WORLD_SIZE=2 are inconsistent" in result.stderr
+
+
+def test_a_process_group_started_by_the_user_is_adopted():
+    result = run([PYTHON, os.path.join(SCRIPTS, "spawned.py"), str(free_port())])
+    assert result.returncode == 0, result.stderr
+    assert sorted(re.findall(r"rank \d: world \d", result.stdout)) == ["rank 0: world 2", "rank 1: world 2"]

@@ -146,6 +146,7 @@ def test_save_model_loads_with_transformers_from_pretrained(tmp_path):
     for shard in ("10GB", 4000):
         out = tmp_path / str(shard)
         acc.save_model(prepared, out, max_shard_size=shard)
+        assert {"config.json", "generation_config.json"} <= set(os.listdir(out))
         again = transformers.LlamaForCausalLM.from_pretrained(out)
         expected = acc.unwrap_model(prepared).state_dict()
         got = again.state_dict()

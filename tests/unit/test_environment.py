@@ -124,3 +124,20 @@ def test_first_host(nodelist, host):
 def test_first_host_rejects_garbage():
     with pytest.raises(ValueError, match="node list"):
         first_host("node[1-2")
+
+
+def test_rank_exported_by_hand_on_several_machines():
+    # `export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID ...` in an sbatch script: the node
+    # count comes from SLURM, so the local size is 16 / 2 = 8, not 16.
+    env = {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1",
+           "SLURM_NNODES": "2"}
+    got = parse_launch_environment(env)
+    assert (got.local_world_size, got.num_nodes, got.node_rank, got.local_world_size_known) == (8, 2, 1, True)
+
+
+def test_unknown_local_size_is_marked_as_a_guess():
+    env = {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    got = parse_launch_environment(env)
+    assert got.local_world_size_known is False and got.local_rank == 1
+    with pytest.raises(ValueError, match="LOCAL_RANK=16 and WORLD_SIZE=16"):
+        parse_launch_environment({**env, "LOCAL_RANK": "16"})

@@ -102,3 +102,10 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         atomic_write(target, broken)
     assert torch.load(target, weights_only=True) == {"v": 1}
     assert os.listdir(tmp_path) == ["obj.pt"]
+
+
+def test_new_directory_appears_whole(tmp_path):
+    target = tmp_path / "model"
+    save_weights(state(), target, max_shard_size=2 * 32 * 32 * 4)
+    assert os.listdir(tmp_path) == ["model"]  # staged beside it, renamed in one step
+    assert len(os.listdir(target)) == 4

@@ -73,3 +73,10 @@ def test_split_for_rank_padding_and_types():
         split_for_rank(3, 2, 0)
     with pytest.raises(ValueError, match="one length"):
         split_for_rank({"a": [1], "b": [1, 2]}, 2, 0)
+
+
+def test_guessed_local_size_only_checks_the_local_rank():
+    guess = LaunchEnvironment("env", 9, 16, 1, 16, 0, 1, "h", 1, local_world_size_known=False)
+    assert Topology.from_launch(guess, cuda_device_count=8).device == "cuda:1"
+    with pytest.raises(ValueError, match="LOCAL_RANK=9 but only 8 GPUs"):
+        choose_device(local_rank=9, local_world_size=16, cpu=False, cuda_device_count=8, local_world_size_known=False)

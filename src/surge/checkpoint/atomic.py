@@ -61,7 +61,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
 def staging_dir(parent: str | os.PathLike[str]) -> Iterator[str]:
     """A fresh temporary directory inside ``parent``, removed on exit whatever happens.
 
-    Move what should survive out of it (``publish_files``) before the block ends.
+    Move what should survive out of it (``publish_files``, ``publish_directory``) before
+    the block ends.
     """
     parent = os.fspath(parent)
     os.makedirs(parent, exist_ok=True)
@@ -70,7 +71,19 @@ def staging_dir(parent: str | os.PathLike[str]) -> Iterator[str]:
     try:
         yield tmp
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(tmp):  # gone when it was published whole
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_directory(staging: str, destination: str) -> None:
+    """Flush every file in ``staging`` and rename the directory to ``destination``
+    (which must not exist): the whole set appears at once."""
+    for name in os.listdir(staging):
+        path = os.path.join(staging, name)
+        if os.path.isfile(path):
+            _fsync_file(path)
+    os.rename(staging, destination)
+    _fsync_dir(os.path.dirname(os.path.abspath(destination)))
 
 
 def publish_files(staging: str, destination: str, names: list[str]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from surge.checkpoint.atomic import publish_files, staging_dir
+from surge.checkpoint.atomic import publish_directory, publish_files, staging_dir
 
 _UNITS = {
     "B": 1,
@@ -124,15 +124,16 @@ def save_weights(
     max_shard_size: int | str = "10GB",
     safe_serialization: bool = True,
     config: Any = None,
+    generation_config: Any = None,
 ) -> list[str]:
     """Write ``state_dict`` into ``save_directory`` (see module doc); returns the file names.
 
     Files are staged in a temporary directory and renamed into place, the index last;
     weight files of an earlier export in the same directory that the new one does not
     use are removed only after the new ones are in place (see [Note: write aside, then
-    rename] in atomic.py). ``config``, when it has ``to_json_file`` (a transformers
-    config), is written as ``config.json`` so the directory loads with
-    ``from_pretrained``.
+    rename] in atomic.py). ``config`` and ``generation_config``, when they have
+    ``to_json_file`` (transformers configs), are written as ``config.json`` and
+    ``generation_config.json`` so the directory loads with ``from_pretrained``.
 
     Raises:
         NotADirectoryError: ``save_directory`` is an existing file.
@@ -145,7 +146,12 @@ def save_weights(
     shards = _shard(tensors, limit)
     files, index_name = _names(safe_serialization, len(shards))
     written = list(files)
-    with staging_dir(save_directory) as staging:
+    fresh = not os.path.exists(save_directory)
+    # A new directory is staged beside it and renamed into place whole: readers see
+    # all of it or nothing. Into an existing directory (which may hold a tokenizer and
+    # other files) the files are renamed in one by one, the index last.
+    parent = os.path.dirname(os.path.abspath(save_directory)) if fresh else save_directory
+    with staging_dir(parent) as staging:
         for file, shard in zip(files, shards):
             path = os.path.join(staging, file)
             if safe_serialization:
@@ -162,9 +168,13 @@ def save_weights(
             with open(os.path.join(staging, index_name), "w") as f:
                 json.dump(index, f, indent=2, sort_keys=True)
             written.append(index_name)
-        if config is not None and hasattr(config, "to_json_file"):
-            config.to_json_file(os.path.join(staging, "config.json"))
-            written.append("config.json")
+        for name, extra in (("config.json", config), ("generation_config.json", generation_config)):
+            if extra is not None and hasattr(extra, "to_json_file"):
+                extra.to_json_file(os.path.join(staging, name))
+                written.append(name)
+        if fresh:
+            publish_directory(staging, save_directory)
+            return written
         publish_files(staging, save_directory, written)
     for stale in os.listdir(save_directory):
         if _WEIGHT_FILE.match(stale) and stale not in written:

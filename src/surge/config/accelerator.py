@@ -55,8 +55,9 @@ class AcceleratorConfig:
     """Process-group backend; None picks nccl for CUDA, gloo for CPU."""
     init_method: str | None = None
     """Rendezvous URL; None uses the launcher's variables."""
-    timeout: timedelta = DEFAULT_TIMEOUT
-    """How long any collective may wait for the other ranks before it fails."""
+    timeout: timedelta | None = None
+    """How long any collective may wait for the other ranks before it fails; None means
+    ``DEFAULT_TIMEOUT`` (10 minutes) for a group this Accelerator starts."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -76,7 +77,8 @@ class AcceleratorConfig:
         for name, kind in (("ddp", DistributedDataParallelKwargs), ("autocast", AutocastKwargs), ("scaler", GradScalerKwargs)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name}={getattr(self, name)!r} must be a {kind.__name__}.")
-        set_(self, "timeout", as_timeout("timeout", self.timeout))
+        if self.timeout is not None:
+            set_(self, "timeout", as_timeout("timeout", self.timeout))
 
     @classmethod
     def from_handlers(cls, handlers: list | tuple | None, **values) -> AcceleratorConfig:

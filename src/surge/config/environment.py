@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-Source = Literal["none", "torchrun", "env", "mpi", "slurm"]
+Source = Literal["none", "torchrun", "env", "mpi", "slurm", "existing"]
 
 DEFAULT_MASTER_PORT = 29500
 
@@ -55,6 +55,9 @@ class LaunchEnvironment:
     """Host of the rendezvous store (rank 0's machine); None for one process."""
     master_port: int | None = None
     """Port of the rendezvous store; None for one process."""
+    local_world_size_known: bool = True
+    """False when the launcher did not say how many processes share this machine and
+    ``local_world_size`` (and the node numbers) are a single-machine guess."""
 
 
 def _int(env: Mapping[str, str], name: str, *, minimum: int = 0) -> int:
@@ -122,18 +125,24 @@ def _from_rank_vars(env: Mapping[str, str]) -> LaunchEnvironment:
     rank = _int(env, "RANK")
     world = _int(env, "WORLD_SIZE", minimum=1)
     local_rank = _int(env, "LOCAL_RANK") if _first(env, "LOCAL_RANK") else rank
-    if _first(env, "LOCAL_WORLD_SIZE"):
-        local_world = _int(env, "LOCAL_WORLD_SIZE", minimum=1)
-    elif _first(env, "LOCAL_RANK"):
-        # A launcher that gives LOCAL_RANK but not the local size: assume one machine
-        # unless a node count says otherwise.
-        nodes = _int(env, "GROUP_WORLD_SIZE", minimum=1) if _first(env, "GROUP_WORLD_SIZE") else 1
-        local_world = max(1, world // nodes)
+    # The local size: torchrun says it; other launchers leave it to be inferred from a
+    # node count, or from the scheduler's own variables when RANK was exported by hand
+    # (e.g. `export RANK=$SLURM_PROCID` in an sbatch script).
+    known = True
+    local_name = _first(env, "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
+    nodes_name = _first(env, "GROUP_WORLD_SIZE", "NNODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+    if local_name:
+        local_world = _int(env, local_name, minimum=1)
+    elif nodes_name:
+        local_world = max(1, -(-world // _int(env, nodes_name, minimum=1)))
     else:
-        local_world = world
-    _check_ranks(("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"), rank, world, local_rank, local_world)
-    if _first(env, "GROUP_WORLD_SIZE"):
-        num_nodes = _int(env, "GROUP_WORLD_SIZE", minimum=1)
+        local_world, known = world, False
+    if known:
+        _check_ranks(("RANK", "WORLD_SIZE", "LOCAL_RANK", local_name or "LOCAL_WORLD_SIZE"), rank, world, local_rank, local_world)
+    else:
+        _check_ranks(("RANK", "WORLD_SIZE", "LOCAL_RANK", "WORLD_SIZE"), rank, world, local_rank, world)
+    if nodes_name:
+        num_nodes = _int(env, nodes_name, minimum=1)
     else:
         num_nodes = -(-world // local_world)
     node_rank = _int(env, "GROUP_RANK") if _first(env, "GROUP_RANK") else rank // local_world
@@ -152,7 +161,7 @@ def _from_rank_vars(env: Mapping[str, str]) -> LaunchEnvironment:
             "cannot find each other. Export MASTER_ADDR (rank 0's host) and MASTER_PORT, or launch with "
             "torchrun / surge launch, which set them."
         )
-    return LaunchEnvironment(source, rank, world, local_rank, local_world, node_rank, num_nodes, addr, port)
+    return LaunchEnvironment(source, rank, world, local_rank, local_world, node_rank, num_nodes, addr, port, known)
 
 
 _MPI_FLAVOURS = (

@@ -12,11 +12,12 @@ new one each epoch, and iterating never touches the global RNG.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
 from surge.accumulation import GradientState
 from surge.data.sampler import Repeated, ShardedBatchSampler, ShardedIterableDataset
@@ -111,35 +112,39 @@ class PreparedDataLoader(DataLoader):
         if sampler is not None:
             sampler.skip = skip  # dropped as indices: the skipped samples are never loaded
         gs = self.gradient_state
+        # An inner loop over another prepared loader (evaluation inside a training step)
+        # must hand the outer loop's batch state back when it ends or is abandoned.
+        outer = (gs.end_of_dataloader, gs.batch_real_count, gs.batch_size)
         it = super().__iter__()
-        if sampler is None:
-            for _ in range(skip):  # an iterable dataset can only skip by reading
-                if next(it, _END) is _END:
-                    return
-        current = next(it, _END)
-        samples = real_samples = 0
-        move = self.device is not None and not self._already_there(current)
-        # One batch of look-ahead tells us which batch is the last without an extra
-        # blocking step after it (the next batch is already being loaded anyway).
-        while current is not _END:
-            upcoming = next(it, _END)
-            last = upcoming is _END
-            real = total = None
-            if isinstance(current, CountedBatch):
-                current, real, total = current
-            elif sampler is not None and sampler.real_counts:
-                real, total = sampler.real_counts.popleft()
-            if total is not None:
-                samples += total
-                real_samples += real
-            self._real_count = real
-            gs.batch_real_count, gs.batch_size = real, total
-            gs.end_of_dataloader = last
-            yield send_to_device(current, self.device, self._non_blocking) if move else current
-            current = upcoming
-        gs.end_of_dataloader = False
-        gs.batch_real_count = gs.batch_size = None
-        gs.epoch_samples, gs.epoch_padding = samples, samples - real_samples
+        try:
+            if sampler is None:
+                for _ in range(skip):  # an iterable dataset can only skip by reading
+                    if next(it, _END) is _END:
+                        return
+            current = next(it, _END)
+            samples = real_samples = 0
+            move = self.device is not None and not self._already_there(current)
+            # One batch of look-ahead tells us which batch is the last without an extra
+            # blocking step after it (the next batch is already being loaded anyway).
+            while current is not _END:
+                upcoming = next(it, _END)
+                last = upcoming is _END
+                real = total = None
+                if isinstance(current, CountedBatch):
+                    current, real, total = current
+                elif sampler is not None and sampler.real_counts:
+                    real, total = sampler.real_counts.popleft()
+                if total is not None:
+                    samples += total
+                    real_samples += real
+                self._real_count = real
+                gs.batch_real_count, gs.batch_size = real, total
+                gs.end_of_dataloader = last
+                yield send_to_device(current, self.device, self._non_blocking) if move else current
+                current = upcoming
+            gs.epoch_samples, gs.epoch_padding = samples, samples - real_samples
+        finally:
+            gs.end_of_dataloader, gs.batch_real_count, gs.batch_size = outer
 
     def _already_there(self, batch: Any) -> bool:
         # Batches collated on the CPU for a CPU run need no move; deciding it once per
@@ -232,6 +237,23 @@ class SkipFirstBatches:
         return getattr(self.loader, name)
 
 
+def _own_randomness(batch_sampler: Any) -> tuple[Any, torch.Generator | None]:
+    """Give a sampler that would draw from the global RNG a generator of its own (see
+    [Note: the loader owns its randomness]). The user's sampler is copied, not changed."""
+    sampler = getattr(batch_sampler, "sampler", None)
+    if sampler is None or not hasattr(sampler, "generator") or sampler.generator is not None:
+        return batch_sampler, None
+    generator = torch.Generator()
+    sampler = copy.copy(sampler)
+    sampler.generator = generator
+    if type(batch_sampler) is BatchSampler:
+        batch_sampler = BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last)
+    else:  # a custom batch sampler: copy it and point the copy at the new sampler
+        batch_sampler = copy.copy(batch_sampler)
+        batch_sampler.sampler = sampler
+    return batch_sampler, generator
+
+
 def shard_dataloader(
     loader: DataLoader,
     *,
@@ -257,7 +279,7 @@ def shard_dataloader(
         kwargs.pop("persistent_workers", None)
     dataset = loader.dataset
     if isinstance(dataset, IterableDataset):
-        if loader.batch_size is None:
+        if loader.batch_size is None and num_shards > 1:
             raise ValueError(
                 "an iterable dataset is prepared with batch_size=None (the dataset makes its own batches); "
                 "surge cannot shard such batches evenly. Let the DataLoader batch (batch_size=N)."
@@ -272,6 +294,7 @@ def shard_dataloader(
                 shard_index=shard_index,
                 even_batches=even_batches,
                 split_batches=split_batches,
+                drop_last=loader.drop_last,
             )
         batch_size = dataset.batch_size if isinstance(dataset, ShardedIterableDataset) else loader.batch_size
         return PreparedDataLoader(
@@ -290,12 +313,10 @@ def shard_dataloader(
         # hand the collate function the sample itself, not a list of one.
         batch_sampler = BatchSampler(loader.sampler, batch_size=1, drop_last=False)
         kwargs["collate_fn"] = _Unbatched(loader.collate_fn)
-    shuffle_generator = None
-    sampler = getattr(batch_sampler, "sampler", None)
-    if isinstance(sampler, RandomSampler) and sampler.generator is None:
-        # See [Note: the loader owns its randomness].
-        shuffle_generator = torch.Generator()
-        sampler.generator = shuffle_generator
+    batch_sampler, shuffle_generator = _own_randomness(batch_sampler)
+    if isinstance(getattr(batch_sampler, "sampler", None), DistributedSampler):
+        # The user sharded already (DistributedSampler pads and splits by rank itself).
+        num_shards, shard_index = 1, 0
     sharded = ShardedBatchSampler(
         batch_sampler,
         num_shards=num_shards,

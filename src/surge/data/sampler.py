@@ -179,6 +179,7 @@ class ShardedIterableDataset(IterableDataset):
         shard_index: int = 0,
         even_batches: bool = True,
         split_batches: bool = False,
+        drop_last: bool = False,
     ) -> None:
         _check_shards(num_shards, shard_index)
         if split_batches:
@@ -193,6 +194,7 @@ class ShardedIterableDataset(IterableDataset):
         self.num_shards = num_shards
         self.shard_index = shard_index
         self.even_batches = even_batches
+        self.drop_last = drop_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -200,11 +202,35 @@ class ShardedIterableDataset(IterableDataset):
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
+    def __len__(self) -> int:
+        """Items this shard yields per epoch (needs ``len()`` of the wrapped dataset)."""
+        n = len(self.dataset)  # type: ignore[arg-type]
+        size, shards = self.batch_size, self.num_shards
+        chunks = n // size if self.drop_last else -(-n // size)
+        if self.even_batches:
+            return -(-chunks // shards) * size if chunks else 0
+        mine = range(self.shard_index, chunks, shards)
+        return sum(min(size, n - c * size) for c in mine)
+
     def __iter__(self) -> Iterator[Any]:
         from torch.utils.data import get_worker_info
+        from torch.utils.data._utils import worker as worker_module
 
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        # [Note: the wrapped dataset sees one stream]
+        # surge splits the stream across workers itself. A dataset that also splits by
+        # get_worker_info() (PyTorch's documented pattern, HF datasets) would then drop
+        # data, so inside a worker the wrapped dataset is shown no worker info and yields
+        # the whole stream; each worker keeps its own chunks of it.
+        saved_info = worker_module._worker_info
+        worker_module._worker_info = None
+        try:
+            yield from self._iter_shard(workers, worker)
+        finally:
+            worker_module._worker_info = saved_info
+
+    def _iter_shard(self, workers: int, worker: int) -> Iterator[Any]:
         n, me, size = self.num_shards, self.shard_index, self.batch_size
         head: list[Any] = []
         chunk: list[Any] = []
@@ -218,6 +244,8 @@ class ShardedIterableDataset(IterableDataset):
                     yield from chunk
                 chunk = []
                 c += 1
+        if self.drop_last:
+            chunk = []  # an incomplete last batch is dropped, as a single process would
         if not self.even_batches:
             if chunk and c % n == me and (c // n) % workers == worker:
                 yield from chunk

@@ -90,13 +90,13 @@ class Precision:
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients to their true scale before clipping (no-op without scaling)."""
 
-    def step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> bool:
-        """Step ``optimizer``; return False when the step was skipped (fp16 overflow)."""
-        if closure is not None:
-            optimizer.step(closure)
-        else:
-            optimizer.step()
-        return True
+    def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called by ``prepare`` for every optimizer this precision will step."""
+
+    def step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> tuple[bool, Any]:
+        """Step ``optimizer``. Returns (stepped, what ``optimizer.step`` returned);
+        stepped is False when the step was skipped (fp16 overflow)."""
+        return True, optimizer.step(closure) if closure is not None else optimizer.step()
 
     # -- checkpoints ----------------------------------------------------------------------
 

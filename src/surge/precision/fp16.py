@@ -36,12 +36,29 @@ class FP16(Precision):
             growth_interval=opts.growth_interval,
             enabled=opts.enabled,
         )
-        # The scale after the last update, as a Python float. Comparing with it tells
-        # whether a step was skipped without an extra host sync before the step.
-        self._last_scale = float(opts.init_scale) if opts.enabled else 1.0
-        self._unscaled: set[int] = set()
+        self._optimizers: list[int] = []  # ids of the prepared optimizers
+        self._stepped: set[int] = set()  # optimizers stepped since the last scaler update
+        self._unscaled: set[int] = set()  # optimizers unscaled since the last scaler update
+
+    def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        if id(optimizer) not in self._optimizers:
+            self._optimizers.append(id(optimizer))
+
+    # [Note: one scaler update per iteration]
+    # GradScaler expects step() for each optimizer and then a single update(). With
+    # several optimizers, updating after each would change the scale between them (the
+    # second would be unscaled with the wrong factor). The update runs once every
+    # prepared optimizer has stepped; when only some step (a GAN's alternating
+    # updates), it runs before the next backward or before an optimizer steps twice.
+
+    def _update(self) -> None:
+        if self._stepped:
+            self.scaler.update()
+            self._stepped.clear()
+            self._unscaled.clear()
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        self._update()
         self.scaler.scale(loss).backward(**kwargs)
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
@@ -50,26 +67,25 @@ class FP16(Precision):
             self.scaler.unscale_(optimizer)
             self._unscaled.add(id(optimizer))
 
-    def step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> bool:
+    def step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> tuple[bool, Any]:
         if not self.scaler.is_enabled():
             return super().step(optimizer, closure)
-        # GradScaler.step itself syncs with the host to read the overflow flag; reading the
-        # updated scale afterwards costs nothing more.
-        if closure is not None:
-            self.scaler.step(optimizer, closure)
-        else:
-            self.scaler.step(optimizer)
-        self.scaler.update()
-        self._unscaled.discard(id(optimizer))
-        scale = self.scaler.get_scale()
-        stepped = scale >= self._last_scale
-        self._last_scale = scale
-        return stepped
+        if id(optimizer) in self._stepped:
+            self._update()
+        result = self.scaler.step(optimizer, closure) if closure is not None else self.scaler.step(optimizer)
+        # GradScaler.step already read the overflow flag on the host; reading it again
+        # from the per-optimizer state costs no extra synchronisation.
+        state = self.scaler._per_optimizer_states[id(optimizer)]
+        skipped = bool(sum(v.item() for v in state["found_inf_per_device"].values()))
+        self._stepped.add(id(optimizer))
+        if all(o in self._stepped for o in self._optimizers):
+            self._update()
+        return not skipped, result
 
     def state_dict(self) -> dict[str, Any]:
+        self._update()
         return {"scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-            self._last_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
