@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# No test may read the config file of the person running the tests: point the cache
+# (where `surge config` writes by default) at an empty directory for the whole session.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="surge-tests-cache-")
+os.environ.pop("SURGE_CONFIG_FILE", None)
 # Set by PyTorch itself on first use (torch.compile's caches), not by the code under test.
 _TORCH_OWN = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"}
 

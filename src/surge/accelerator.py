@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ from surge.accumulation import GradientState
 from surge.checkpoint.atomic import atomic_write
 from surge.checkpoint.export import save_weights
 from surge.config.accelerator import AcceleratorConfig
+from surge.config.file import resolve_accelerator_args
 from surge.config.project import ProjectConfiguration
 from surge.data.loader import PreparedDataLoader, shard_dataloader
 from surge.data.loader import SkipFirstBatches
@@ -87,9 +89,14 @@ class Accelerator(ProcessQueries):
         device_placement: Move prepared models and batches to :attr:`device`.
         split_batches: Split each loader batch across processes (the batch size is the
             global one) instead of giving each process whole batches.
-        mixed_precision: "no", "fp16", "bf16" or "fp8". None means "no".
+        mixed_precision: "no", "fp16", "bf16" or "fp8".
         gradient_accumulation_steps: Micro-batches per optimizer step (>= 1).
         cpu: Use the CPU even when GPUs are visible.
+
+        These three, when not given (None), come from the config file that ``surge
+        launch`` hands over (or the default config file written by ``surge config``),
+        else default to "no", 1 and False. An explicit argument that differs from the
+        config file wins and is reported with a warning.
         project_dir: Where the run keeps checkpoints and logs.
         project_config: A :class:`~surge.utils.ProjectConfiguration` (alternative to
             ``project_dir``).
@@ -114,8 +121,8 @@ class Accelerator(ProcessQueries):
         device_placement: bool = True,
         split_batches: bool = False,
         mixed_precision: str | None = None,
-        gradient_accumulation_steps: int = 1,
-        cpu: bool = False,
+        gradient_accumulation_steps: int | None = None,
+        cpu: bool | None = None,
         project_dir: str | os.PathLike[str] | None = None,
         project_config: ProjectConfiguration | None = None,
         even_batches: bool = True,
@@ -123,11 +130,18 @@ class Accelerator(ProcessQueries):
         kwargs_handlers: list[Any] | None = None,
     ) -> None:
         # 1. Validate everything; no side effects until this succeeded.
+        resolved, conflicts, sharding = resolve_accelerator_args(
+            {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu}
+        )
+        if sharding:
+            raise ValueError(
+                f"the config file asks for sharding ({', '.join(f'{k}={v!r}' for k, v in sharding.items())}), "
+                "which this version of surge cannot run yet: ZeRO stages 1-3, offload and FSDP arrive with the "
+                "sharding engine. Set zero_stage: 0 (and no fsdp/offload/deepspeed keys) in the config."
+            )
         self.config = AcceleratorConfig.from_handlers(
             kwargs_handlers,
-            mixed_precision="no" if mixed_precision is None else mixed_precision,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            cpu=cpu,
+            **resolved,
             device_placement=device_placement,
             split_batches=split_batches,
             even_batches=even_batches,
@@ -148,6 +162,9 @@ class Accelerator(ProcessQueries):
         # 2. Side effects: the process group (shared, reused when running).
         ensure_process_group(topology, timeout=self.config.timeout, init_method=self.config.init_method)
         self.topology = topology
+        if conflicts and topology.is_main_process:
+            for conflict in conflicts:
+                warnings.warn(conflict, stacklevel=2)
         self.strategy = select_strategy(topology, self.config, self.precision)
         self.gradient_state = GradientState(self.config.gradient_accumulation_steps)
         self._models: list[nn.Module] = []
