@@ -1,38 +1,92 @@
-"""The ``surge`` entry point. Imports nothing heavy: ``surge --help`` never loads torch."""
+"""The ``surge`` entry point: subcommands, and errors as one readable line.
+
+Imports nothing heavy: each subcommand's module is imported only when it runs, so
+``surge --help`` never loads torch (see [Note: the config file has no torch]).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
+from typing import NoReturn
 
 from surge._version import __version__
 
+# name -> (module, one-line help)
+COMMANDS = {
+    "config": ("surge.commands.config", "Answer a few questions and write the config file surge launch uses."),
+    "launch": ("surge.commands.launch", "Run a training script on every local process (torch's elastic launcher)."),
+    "test": ("surge.commands.test", "Run surge's own end-to-end check on the configured topology."),
+    "env": ("surge.commands.env", "Report versions, devices, backends and the active config (like ds_report)."),
+    "estimate-memory": ("surge.commands.estimate_memory", "Per-process memory of model states for each strategy."),
+}
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+
+class CLIError(Exception):
+    """A user mistake on the command line; printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad invocation is one line on stderr (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="surge",
         description=(
             "surge: distributed training made simple for PyTorch. One training script runs unchanged "
             "on a CPU, one GPU, many GPUs and many machines."
         ),
-        epilog=(
-            "Run a script on 2 local processes today with PyTorch's launcher: "
-            "torchrun --nproc_per_node 2 train.py. The surge subcommands (config, launch, test, env, "
-            "estimate-memory) are being added."
-        ),
+        epilog="Start with `surge config`, then `surge launch train.py`. `surge <command> --help` for details.",
     )
     parser.add_argument("--version", action="version", version=f"surge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_arguments(module, p)
     return parser
 
 
+def _add_arguments(module: str, parser: Parser) -> None:
+    # Each command module exposes add_arguments(parser) and run(args) -> int, and
+    # imports torch only inside run(), so building every parser stays fast.
+    importlib.import_module(module).add_arguments(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        parser.print_help()
-        return 0
-    parser.parse_args(args)
-    return 0
+    try:
+        args = parser.parse_args(args_list)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        module = importlib.import_module(COMMANDS[args.command][0])
+        return int(module.run(args) or 0)
+    except CLIError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("surge: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, ImportError) as exc:
+        # User-facing failures (bad config, missing files, missing extras) are one line;
+        # SURGE_DEBUG=1 shows the traceback instead.
+        if os.environ.get("SURGE_DEBUG"):
+            raise
+        command = f"surge {args_list[0]}" if args_list else "surge"
+        print(f"{command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,1 @@
+"""Starting jobs: one process directly, several through torch's elastic agent."""

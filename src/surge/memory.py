@@ -1,0 +1,81 @@
+"""Per-process memory of model states (parameters, gradients, optimizer) per strategy.
+
+ZeRO's arithmetic (Rajbhandari et al., 2020) for Adam with Ψ parameters on N
+processes. Mixed precision (fp16/bf16) keeps 2-byte parameters and gradients plus
+12 bytes of fp32 optimizer state per parameter (master weights, momentum,
+variance); fp32 training keeps 4-byte parameters and gradients plus 8 bytes of state.
+
+| strategy | mixed precision (K = 12) | fp32 |
+| --- | --- | --- |
+| DDP | 16Ψ | 16Ψ |
+| ZeRO-1 (optimizer state sharded) | 4Ψ + 12Ψ/N | 8Ψ + 8Ψ/N |
+| ZeRO-2 (+ gradients) | 2Ψ + 14Ψ/N | 4Ψ + 12Ψ/N |
+| ZeRO-3 (+ parameters) | 16Ψ/N | 16Ψ/N |
+
+Offloading the optimizer moves its sharded state to CPU memory; offloading
+parameters (ZeRO-3) moves the parameter shards too. Activations, temporary buffers
+and the communication buckets come on top and are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# bytes per parameter: (parameters, gradients, optimizer state)
+_BYTES = {"fp32": (4, 4, 8), "bf16": (2, 2, 12), "fp16": (2, 2, 12)}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    stage: int
+    offload_optimizer: bool = False
+    offload_param: bool = False
+
+
+STRATEGIES = (
+    Strategy("DDP", 0),
+    Strategy("ZeRO-1", 1),
+    Strategy("ZeRO-2", 2),
+    Strategy("ZeRO-3", 3),
+    Strategy("ZeRO-1 + offload optimizer", 1, offload_optimizer=True),
+    Strategy("ZeRO-2 + offload optimizer", 2, offload_optimizer=True),
+    Strategy("ZeRO-3 + offload optimizer", 3, offload_optimizer=True),
+    Strategy("ZeRO-3 + offload optimizer and params", 3, offload_optimizer=True, offload_param=True),
+)
+
+
+def model_state_bytes(num_params: float, strategy: Strategy, world_size: int, precision: str = "bf16") -> tuple[float, float]:
+    """(accelerator bytes, CPU bytes) of model states on each process.
+
+    Raises:
+        ValueError: unknown precision, or a world size < 1.
+    """
+    if precision not in _BYTES:
+        raise ValueError(f"precision={precision!r} is not supported; choose one of {', '.join(map(repr, _BYTES))}.")
+    if world_size < 1:
+        raise ValueError(f"world_size={world_size} must be >= 1.")
+    p, g, o = (b * num_params for b in _BYTES[precision])
+    n = world_size
+    params = p / n if strategy.stage >= 3 else p
+    grads = g / n if strategy.stage >= 2 else g
+    optim = o / n if strategy.stage >= 1 else o
+    gpu, cpu = params + grads + optim, 0.0
+    if strategy.offload_optimizer:
+        gpu -= optim
+        cpu += optim
+    if strategy.offload_param:
+        gpu -= params
+        cpu += params
+    return gpu, cpu
+
+
+def count_parameters(model: object) -> int:
+    """Unique parameters of a module (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():  # type: ignore[attr-defined]
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel()
+    return total

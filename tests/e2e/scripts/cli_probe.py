@@ -1,0 +1,15 @@
+"""Prints what the launched script sees; `--exit N` exits with N; `--fail-rank R` raises there."""
+
+import sys
+
+from surge import Accelerator
+
+acc = Accelerator()
+args = sys.argv[1:]
+print(f"rank={acc.process_index} world={acc.num_processes} mp={acc.mixed_precision} "
+      f"accum={acc.gradient_accumulation_steps} args={args}", flush=True)
+if "--fail-rank" in args and acc.process_index == int(args[args.index("--fail-rank") + 1]):
+    raise RuntimeError(f"deliberate failure on rank {acc.process_index}")
+acc.wait_for_everyone()
+if "--exit" in args:
+    sys.exit(int(args[args.index("--exit") + 1]))

@@ -1,0 +1,206 @@
+"""The `surge` command line, run for real in subprocesses."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from e2e_util import ROOT, SCRIPTS, clean_env
+from surge.testing import free_port
+
+pytestmark = pytest.mark.e2e
+PROBE = os.path.join(SCRIPTS, "cli_probe.py")
+
+
+def surge(*args, timeout=180, cwd=ROOT, **env):
+    return subprocess.run(["surge", *map(str, args)], cwd=cwd, env=clean_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_config_default_then_launch_two_processes(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    assert surge("config", "--default", "--config_file", cfg).returncode == 0
+    cfg.write_text(cfg.read_text().replace("gradient_accumulation_steps: 1", "gradient_accumulation_steps: 3"))
+    result = surge("launch", "--config_file", cfg, "--num_processes", 2, "--mixed_precision", "bf16", PROBE,
+                   "--num_processes", "7", "--x=1", "positional")
+    assert result.returncode == 0, result.stderr
+    lines = sorted(re.findall(r"rank=\d world=\d .*", result.stdout))
+    # The script sees the job, the file's and the flags' settings, and its own arguments untouched.
+    assert lines == [
+        f"rank={r} world=2 mp=bf16 accum=3 args=['--num_processes', '7', '--x=1', 'positional']" for r in (0, 1)
+    ]
+
+
+def test_default_config_location_is_used(tmp_path):
+    cache = tmp_path / "cache"
+    assert surge("config", "--default", XDG_CACHE_HOME=cache).returncode == 0
+    assert (cache / "surge" / "default_config.yaml").exists()
+    result = surge("launch", PROBE, XDG_CACHE_HOME=cache)
+    assert result.returncode == 0 and "world=1" in result.stdout
+
+
+def test_module_launch(tmp_path):
+    result = surge("launch", "--num_processes", 2, "-m", "cli_probe", "a", cwd=SCRIPTS)
+    assert result.returncode == 0, result.stderr
+    assert len(re.findall(r"world=2 .*args=\['a'\]", result.stdout)) == 2
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_exit_code_propagates(processes):
+    result = surge("launch", "--num_processes", processes, PROBE, "--exit", 3)
+    assert result.returncode == 3, result.stderr
+
+
+def test_failing_rank_traceback_is_shown_once():
+    result = surge("launch", "--num_processes", 2, PROBE, "--fail-rank", 1)
+    assert result.returncode == 1
+    traceback_lines = [line for line in result.stderr.splitlines() if line.startswith("[rank1]:")]
+    assert sum("RuntimeError: deliberate failure on rank 1" in line for line in traceback_lines) == 1
+    assert sum("Traceback (most recent call last)" in line for line in traceback_lines) == 1
+    # The summary names the rank that failed first, not the peer that lost it mid-collective.
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "surge launch: rank 1 (local rank 1) failed: RuntimeError: deliberate failure on rank 1")
+
+
+def test_two_machines_on_localhost_form_one_job():
+    port = free_port()
+    common = ["launch", "--num_machines", 2, "--num_processes", 2, "--main_process_ip", "127.0.0.1",
+              "--main_process_port", port]
+    second = subprocess.Popen(["surge", *map(str, common), "--machine_rank", "1", PROBE], cwd=ROOT, env=clean_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = surge(*common, "--machine_rank", 0, PROBE)
+    out, err = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + err
+    assert "rank=0 world=2" in first.stdout and "rank=1 world=2" in out
+
+
+def test_surge_test_passes_on_two_cpu_processes():
+    result = surge("test", "--num_processes", 2, "--cpu", "--mixed_precision", "bf16", "--gradient_accumulation_steps", 2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("PASS") == 3 and "all checks passed" in result.stdout
+
+
+def test_estimate_memory_reproduces_the_zero_paper():
+    result = surge("estimate-memory", "--params", "7.5e9", "--num_processes", 64, "--json")
+    rows = {r["strategy"]: r["per_process"][0]["gpu_gb"] for r in json.loads(result.stdout)["rows"]}
+    assert [round(rows[k], 1) for k in ("DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3")] == [120.0, 31.4, 16.6, 1.9]
+    table = surge("estimate-memory", "--params", "7.5e9", "--num_processes", 64, "--gpu-memory", 32).stdout
+    assert "120.0 ✗" in table and "31.4 ✓" in table
+
+
+def test_estimate_memory_builds_models_on_meta(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4)
+    config.save_pretrained(tmp_path)
+    expected = sum(p.numel() for p in transformers.AutoModel.from_config(config).parameters())
+    result = surge("estimate-memory", "--model", tmp_path, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["parameters"] == expected
+    factory = surge("estimate-memory", "--model", "torch.nn:Identity", "--json")
+    assert json.loads(factory.stdout)["parameters"] == 0
+
+
+def test_env_report():
+    info = json.loads(surge("env", "--json").stdout)
+    assert info["backends"]["gloo"] is True and info["torch"].startswith("2.")
+    assert "surge env" in surge("env").stdout
+
+
+BAD = [
+    (["frob"], "invalid choice: 'frob'"),
+    (["launch", "--num_processes", "0", PROBE], "num_processes=0 is out of range"),
+    (["launch", "--num_processes", "two", PROBE], "must be a whole number, got 'two'"),
+    (["launch", "missing_script.py"], "script 'missing_script.py' does not exist"),
+    (["launch", "--config_file", "/nonexistent/c.yaml", PROBE], "does not exist; create one"),
+    (["launch", "--zero_stage", "5", PROBE], "zero_stage=5 is out of range"),
+    (["launch", "--mixed_precision", "fp32", PROBE], "mixed_precision='fp32' is not allowed"),
+    (["launch", "--num_machines", "2", "--machine_rank", "2", "--num_processes", "2", "--main_process_ip", "h", PROBE],
+     "machine_rank=2 must be below num_machines=2"),
+    (["launch", "--gradient_accumulation_steps", "-1", PROBE], "gradient_accumulation_steps=-1 is out of range"),
+    (["config", "--default", "--config_file", "/proc/nope/c.yaml"], "cannot write the config file"),
+    (["launch"], "the following arguments are required: script"),
+    (["estimate-memory", "--params", "-3"], "must be a positive number"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(map(str, a))[:40] for a, _ in BAD])
+def test_bad_invocations_fail_with_one_line(argv, message):
+    result = surge(*argv)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("num_procs: 2\n", "unknown key(s) 'num_procs'"), ("a: [\n", "is not valid YAML"), ("zero_stage: 4\n", "zero_stage=4")],
+)
+def test_bad_config_files_fail_with_one_line(tmp_path, content, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(content)
+    result = surge("launch", "--config_file", cfg, PROBE)
+    assert result.returncode != 0 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_interactive_config_through_a_terminal(tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    cfg = tmp_path / "asked.yaml"
+    child = pexpect.spawn("surge", ["config", "--config_file", str(cfg)], env=clean_env(COLUMNS="200", TERM="dumb"),
+                          encoding="utf-8", timeout=60)
+    answers = [
+        (r"Machine type", "multi_node"),
+        (r"How many machines", "2"),
+        (r"Rank of this machine", "5"),  # out of range: asked again
+        (r"Please enter a number from 0 to 1", None),
+        (r"Rank of this machine", "1"),
+        (r"IP address of machine 0", "10.0.0.1"),
+        (r"Port on machine 0", ""),
+        (r"How many processes in total", "4"),
+        (r"Which GPUs", ""),
+        (r"Mixed precision", "bf16"),
+        (r"Gradient accumulation steps", "2"),
+        (r"ZeRO sharding stage", "3"),
+        (r"Offload optimizer state", "y"),
+        (r"Offload parameters", "n"),
+        (r"Restart the workers", "1"),
+    ]
+    for pattern, answer in answers:
+        child.expect(pattern)
+        if answer is not None:
+            child.sendline(answer)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    from surge.config.file import load_config
+
+    got = load_config(str(cfg))
+    assert (got.machine_type, got.num_machines, got.machine_rank, got.main_process_ip, got.main_process_port) == (
+        "multi_node", 2, 1, "10.0.0.1", 29500)
+    assert (got.num_processes, got.mixed_precision, got.gradient_accumulation_steps, got.zero_stage) == (4, "bf16", 2, 3)
+    assert (got.offload_optimizer_device, got.offload_param_device, got.max_restarts) == ("cpu", "none", 1)
+
+
+def test_ctrl_c_stops_every_worker(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(["surge", "launch", "--num_processes", "2", os.path.join(SCRIPTS, "sleeper.py"), str(tmp_path)],
+                            cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("pid-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.read_text()) for p in tmp_path.glob("pid-*")]
+    assert len(pids) == 2
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does to the foreground group
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    time.sleep(0.5)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
