@@ -12,6 +12,7 @@ callers, and can be torn down with :func:`destroy_process_group`.
 from __future__ import annotations
 
 import atexit
+import gc
 import warnings
 import contextlib
 import enum
@@ -248,11 +249,30 @@ def destroy_process_group() -> None:
     _GROUP_TIMEOUT.clear()
 
 
+_EXIT_CLEANUPS: list[Callable[[], None]] = []
+
+
+def register_exit_cleanup(fn: Callable[[], None]) -> None:
+    """Run ``fn`` at interpreter exit, before surge's process group is destroyed."""
+    if fn not in _EXIT_CLEANUPS:
+        _EXIT_CLEANUPS.append(fn)
+
+
 def _destroy_at_exit() -> None:
-    # PyTorch warns when a process exits with a live group it did not destroy; only the
-    # group surge created is ours to close.
-    if _OWNED_GROUP:
-        destroy_process_group()
+    # [Note: tear down while Python is alive]
+    # Objects that hold the process group from C++ (DDP's reducer) must go before the
+    # interpreter is finalised: destroyed during finalisation, the group's worker
+    # threads can try to take the GIL and the process dies with "terminate called
+    # without an active exception" (SIGABRT) after the script already finished. So at
+    # exit: collect cyclic garbage, release the reducers still referenced by globals,
+    # destroy the group, collect again. Only the group surge created is ours to close.
+    if not _OWNED_GROUP:
+        return
+    gc.collect()
+    for cleanup in _EXIT_CLEANUPS:
+        cleanup()
+    destroy_process_group()
+    gc.collect()
 
 
 def process_group_active() -> bool:

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from surge.state import DistributedType
+from surge.state import DistributedType, register_exit_cleanup
 from surge.strategies.base import Strategy
+
+_WRAPPED: weakref.WeakSet[DistributedDataParallel] = weakref.WeakSet()
+
+
+def _release_reducers() -> None:
+    """Drop the reducers of DDP modules still alive at exit (see [Note: tear down while
+    Python is alive] in state.py). The modules are not used after the script ended."""
+    for module in list(_WRAPPED):
+        if hasattr(module, "reducer"):
+            del module.reducer
 
 
 class DDP(Strategy):
@@ -30,7 +41,10 @@ class DDP(Strategy):
             # Nothing to synchronise (a frozen teacher, an EMA copy): DDP would refuse it.
             return model
         device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids, **self.config.ddp.to_kwargs())
+        wrapped = DistributedDataParallel(model, device_ids=device_ids, **self.config.ddp.to_kwargs())
+        _WRAPPED.add(wrapped)
+        register_exit_cleanup(_release_reducers)
+        return wrapped
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         if isinstance(model, DistributedDataParallel):
