@@ -135,7 +135,8 @@ class Accelerator(ProcessQueries):
         )
         if sharding:
             raise ValueError(
-                f"the config file asks for sharding ({', '.join(f'{k}={v!r}' for k, v in sharding.items())}), "
+                f"the config file or surge launch asks for sharding "
+                f"({', '.join(f'{k}={v!r}' for k, v in sharding.items())}), "
                 "which this version of surge cannot run yet: ZeRO stages 1-3, offload and FSDP arrive with the "
                 "sharding engine. Set zero_stage: 0 (and no fsdp/offload/deepspeed keys) in the config."
             )

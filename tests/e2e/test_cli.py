@@ -45,7 +45,7 @@ def test_default_config_location_is_used(tmp_path):
 def test_module_launch(tmp_path):
     result = surge("launch", "--num_processes", 2, "-m", "cli_probe", "a", cwd=SCRIPTS)
     assert result.returncode == 0, result.stderr
-    assert len(re.findall(r"world=2 .*args=\['a'\]", result.stdout)) == 2
+    assert len(re.findall(r"world=2 .*?args=\['a'\]", result.stdout)) == 2
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -204,3 +204,49 @@ def test_ctrl_c_stops_every_worker(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_rank_that_exits_first_is_blamed_with_its_code(tmp_path):
+    script = tmp_path / "exits.py"
+    script.write_text(
+        "import sys, torch\nfrom surge import PartialState\nfrom surge.ops import reduce\n"
+        "s = PartialState()\nif s.process_index == 1:\n    sys.exit(7)\nreduce(torch.ones(1))\n"
+    )
+    result = surge("launch", "--num_processes", 2, script)
+    assert result.returncode == 7
+    assert result.stderr.strip().splitlines()[-1].startswith("surge launch: rank 1 (local rank 1) exited with code 7")
+
+
+def test_sigterm_to_a_one_process_launch_stops_the_script(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(["surge", "launch", os.path.join(SCRIPTS, "sleeper.py"), str(tmp_path)], cwd=ROOT,
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("pid-*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pid = int((tmp_path / "pid-0").read_text())
+    proc.send_signal(signal.SIGTERM)  # the launcher only, as `timeout` or `kill` would
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_config_default_keeps_an_existing_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("num_processes: 2\n")
+    result = surge("config", "--default", "--config_file", cfg)
+    assert result.returncode != 0 and "already exists; it was kept" in result.stderr
+    assert cfg.read_text() == "num_processes: 2\n"
+    assert surge("config", "--default", "--force", "--config_file", cfg).returncode == 0
+
+
+def test_yaml_no_and_numeric_gpu_ids_are_understood(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mixed_precision: no\ngpu_ids: 0\n")
+    result = surge("launch", "--config_file", cfg, PROBE)
+    assert result.returncode == 0, result.stderr
+    assert "mp=no" in result.stdout

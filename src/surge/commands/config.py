@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from surge.config.file import MIXED_PRECISION, ConfigError, SurgeConfig, default_config_path, write_config
@@ -11,6 +12,7 @@ from surge.config.file import MIXED_PRECISION, ConfigError, SurgeConfig, default
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config_file", default=None, help=f"Where to write (default: {default_config_path()}).")
     parser.add_argument("--default", action="store_true", help="Write a sensible config for this machine without questions.")
+    parser.add_argument("--force", action="store_true", help="With --default: replace an existing config file.")
 
 
 def _gpus() -> tuple[int, bool]:
@@ -52,14 +54,22 @@ def ask(gpus: int, bf16: bool) -> SurgeConfig:
         values["num_machines"] = _ask_int(IntPrompt, "How many machines", 2, minimum=2)
         values["machine_rank"] = _ask_int(IntPrompt, "Rank of this machine (0 for the main one)", 0, minimum=0,
                                           maximum=values["num_machines"] - 1)
-        values["main_process_ip"] = Prompt.ask("IP address of machine 0")
+        values["main_process_ip"] = ""
+        while not values["main_process_ip"].strip():
+            values["main_process_ip"] = Prompt.ask("IP address of machine 0")
         values["main_process_port"] = _ask_int(IntPrompt, "Port on machine 0", 29500, minimum=1, maximum=65535)
     if machine == "single_gpu":
         values["num_processes"] = 1
     else:
         per = gpus if machine in ("multi_gpu", "multi_node") and gpus else 1
         total_default = per * values.get("num_machines", 1)
-        values["num_processes"] = _ask_int(IntPrompt, "How many processes in total (all machines)", total_default, minimum=1)
+        machines = values.get("num_machines", 1)
+        while True:
+            values["num_processes"] = _ask_int(IntPrompt, "How many processes in total (all machines)", total_default,
+                                               minimum=1)
+            if values["num_processes"] % machines == 0:
+                break
+            console.print(f"[prompt.invalid]Please enter a multiple of {machines} (the same number on every machine)")
     if machine != "cpu":
         values["gpu_ids"] = Prompt.ask("Which GPUs (ids like 0,1 or all)", default="all")
     else:
@@ -89,7 +99,12 @@ def _ask_int(prompt: Any, question: str, default: int, *, minimum: int, maximum:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config_file == "":
+        raise ConfigError("--config_file '' is empty; give the path of a YAML file")
     path = args.config_file or default_config_path()
+    if args.default and os.path.exists(path) and not args.force:
+        raise ConfigError(f"{path} already exists; it was kept. Pass --force to replace it, or run `surge config` "
+                          "to answer the questions again")
     gpus, bf16 = _gpus()
     try:
         config = default_config(gpus, bf16) if args.default else ask(gpus, bf16)

@@ -39,19 +39,31 @@ def _count(model: str) -> int:
     if ":" not in model:
         raise ValueError(f"--model {model!r} is neither an existing config path nor 'package.module:factory'.")
     module_name, _, attr = model.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr, None)
+    import sys
+
+    sys.path.insert(0, os.getcwd())  # a module next to you is found, as with `python -m`
+    try:
+        factory = getattr(importlib.import_module(module_name), attr, None)
+    finally:
+        sys.path.pop(0)
     if not callable(factory):
         raise ValueError(f"--model {model!r}: {module_name} has no callable {attr!r}.")
     with torch.device("meta"):
         built = factory()
+    if not isinstance(built, torch.nn.Module):
+        raise TypeError(f"--model {model!r} returned a {type(built).__name__}, not a torch.nn.Module.")
     return count_parameters(built)
 
 
 def run(args: argparse.Namespace) -> int:
     from surge.memory import STRATEGIES, model_state_bytes
 
-    if args.params is not None and not args.params > 0:
+    import math
+
+    if args.params is not None and not (args.params > 0 and math.isfinite(args.params)):
         raise ValueError(f"--params {args.params} must be a positive number of parameters, e.g. 7e9.")
+    if args.gpu_memory is not None and not (args.gpu_memory > 0 and math.isfinite(args.gpu_memory)):
+        raise ValueError(f"--gpu-memory {args.gpu_memory} must be a positive number of GB, e.g. 80.")
     if any(n < 1 for n in args.num_processes):
         raise ValueError(f"--num_processes {args.num_processes} must all be >= 1.")
     num = args.params if args.params is not None else _count(args.model)

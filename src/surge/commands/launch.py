@@ -10,7 +10,15 @@ import argparse
 import os
 from typing import Any
 
-from surge.config.file import FIELDS, ConfigError, SurgeConfig, default_config_path, read_values
+from surge.config.file import (
+    ENV_VAR,
+    FIELDS,
+    SHARDING_KEYS,
+    ConfigError,
+    SurgeConfig,
+    default_config_path,
+    read_values,
+)
 
 # Short aliases users know from `accelerate launch`.
 ALIASES = {"use_cpu": ["--cpu"]}
@@ -53,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser)
     parser.add_argument("-m", "--module", action="store_true", help="Run the target as a module (python -m).")
     parser.add_argument("script", help="The training script (or module with -m).")
-    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="Arguments passed to the script untouched.")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, default=[],
+                        help="Arguments passed to the script untouched.")
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[SurgeConfig, dict[str, Any]]:
@@ -66,18 +75,39 @@ def resolve_config(args: argparse.Namespace) -> tuple[SurgeConfig, dict[str, Any
         ConfigError: a bad file or flag value, or an impossible combination.
     """
     path = args.config_file
-    if path is not None:
-        values = read_values(path)
+    if path == "":
+        raise ConfigError("--config_file '' is empty; give the path of a YAML file")
+    if path is not None or os.environ.get(ENV_VAR):
+        # An explicit file (flag or SURGE_CONFIG_FILE) must exist; a typo is an error.
+        values = read_values(path or default_config_path())
     else:
         default = default_config_path()
         values = read_values(default) if os.path.exists(default) else {}
     flags = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     values.update(flags)
     if getattr(args, "multi_gpu", False):
+        if values.get("use_cpu"):
+            raise ConfigError("--multi_gpu and --cpu contradict each other; choose one")
         values["machine_type"] = "multi_gpu"
-        if "num_processes" not in flags:
-            values["num_processes"] = _gpu_count() or 1
-    return SurgeConfig(**values), values
+        if "num_processes" not in values:  # neither the file nor a flag set it: one per GPU
+            ids = values.get("gpu_ids")
+            values["num_processes"] = len(ids.split(",")) if ids not in (None, "all") else (_gpu_count() or 1)
+    config = SurgeConfig(**values)
+    _check_runnable(config)
+    return config, values
+
+
+def _check_runnable(config: SurgeConfig) -> None:
+    """Refuse, before starting any process, what every worker would refuse."""
+    sharding = {k: v for k, v in config.changed().items() if k in SHARDING_KEYS}
+    if sharding:
+        raise ConfigError(
+            f"sharding settings ({', '.join(f'{k}={v!r}' for k, v in sharding.items())}) cannot run in this version "
+            "of surge yet: ZeRO stages 1-3, offload and FSDP arrive with the sharding engine"
+        )
+    if config.mixed_precision == "fp8" and _gpu_count() == 0:
+        raise ConfigError("mixed_precision='fp8' needs a CUDA GPU with compute capability >= 8.9 and none is visible; "
+                          "use --mixed_precision bf16")
 
 
 def _gpu_count() -> int:
@@ -89,8 +119,5 @@ def _gpu_count() -> int:
 def run(args: argparse.Namespace) -> int:
     from surge.launch.runner import launch
 
-    try:
-        config, values = resolve_config(args)
-    except ConfigError:
-        raise
+    config, values = resolve_config(args)
     return launch(config, values, args.script, list(args.script_args), module=args.module)

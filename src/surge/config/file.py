@@ -24,6 +24,7 @@ MACHINE_TYPES: tuple[str, ...] = get_args(MachineType)
 MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
 ENV_VAR = "SURGE_CONFIG_FILE"
+HANDOFF_NAME = "surge-launch-config.yaml"  # the file surge launch hands to its workers
 
 
 class ConfigError(ValueError):
@@ -42,9 +43,11 @@ class SurgeConfig:
     machine_type: MachineType = field(
         default="cpu", metadata=_help("Where the job runs: cpu, single_gpu, multi_gpu or multi_node.", choices=MACHINE_TYPES)
     )
-    num_machines: int = field(default=1, metadata=_help("Number of machines in the job.", minimum=1))
+    num_machines: int = field(default=1, metadata=_help("Number of machines in the job.", minimum=1, maximum=100_000))
     num_processes: int = field(
-        default=1, metadata=_help("Total number of processes over all machines (one per GPU on GPU machines).", minimum=1)
+        default=1,
+        metadata=_help("Total number of processes over all machines (one per GPU on GPU machines).", minimum=1,
+                       maximum=1_000_000),
     )
     machine_rank: int = field(default=0, metadata=_help("Index of this machine, 0 to num_machines-1.", minimum=0))
     main_process_ip: str | None = field(
@@ -77,8 +80,12 @@ class SurgeConfig:
         default=None, metadata=_help("FSDP sharding instead of ZeRO: FULL_SHARD, SHARD_GRAD_OP, NO_SHARD or HYBRID_SHARD.", choices=FSDP_SHARDING)
     )
     fsdp_cpu_offload: bool = field(default=False, metadata=_help("FSDP: keep parameters on the CPU."))
-    max_restarts: int = field(default=0, metadata=_help("Restart all workers up to this many times when one fails.", minimum=0))
-    monitor_interval: float = field(default=0.1, metadata=_help("Seconds between checks of the workers' health.", positive=True))
+    max_restarts: int = field(
+        default=0, metadata=_help("Restart all workers up to this many times when one fails.", minimum=0, maximum=1000)
+    )
+    monitor_interval: float = field(
+        default=0.1, metadata=_help("Seconds between checks of the workers' health.", positive=True, maximum=60)
+    )
 
     def __post_init__(self) -> None:
         errors = validate_values(dataclasses.asdict(self))
@@ -170,6 +177,8 @@ def validate_values(values: dict[str, Any]) -> list[str]:
         errors.append("offload_optimizer_device='cpu' needs zero_stage 1, 2 or 3")
     if v["fsdp_sharding_strategy"] and v["zero_stage"]:
         errors.append(f"choose either zero_stage={v['zero_stage']} or fsdp_sharding_strategy={v['fsdp_sharding_strategy']!r}, not both")
+    if v["gpu_ids"] not in (None, "all") and not all(p.strip().isdigit() for p in str(v["gpu_ids"]).split(",")):
+        errors.append(f"gpu_ids={v['gpu_ids']!r} must be 'all' or GPU indices like '0,1'")
     if v["mixed_precision"] == "fp8" and v["use_cpu"]:
         errors.append("mixed_precision='fp8' needs a GPU with compute capability >= 8.9; it cannot run with use_cpu=true")
     return errors
@@ -210,6 +219,12 @@ def read_values(path: str) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping of keys to values, not a {type(data).__name__}")
+    # YAML 1.1 reads `mixed_precision: no` as false and `gpu_ids: 0` as a number; take
+    # them as the user meant them.
+    if data.get("mixed_precision") is False:
+        data["mixed_precision"] = "no"
+    if isinstance(data.get("gpu_ids"), int) and not isinstance(data.get("gpu_ids"), bool):
+        data["gpu_ids"] = str(data["gpu_ids"])
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
         raise ConfigError(f"config file {path!r} has non-text keys {bad_keys!r}; allowed keys are {', '.join(FIELDS)}")
@@ -240,6 +255,9 @@ def write_config(config: SurgeConfig | dict[str, Any], path: str) -> None:
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".surge-tmp-", suffix=".yaml")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a normal file, not mkstemp's private 0600
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -265,7 +283,7 @@ def active_values() -> tuple[dict[str, Any], str | None]:
 # Accelerator argument <- config file key
 _ACCELERATOR_ARGS = {"cpu": "use_cpu", "mixed_precision": "mixed_precision",
                      "gradient_accumulation_steps": "gradient_accumulation_steps"}
-_SHARDING_KEYS = ("zero_stage", "offload_optimizer_device", "offload_param_device", "deepspeed_config_file",
+SHARDING_KEYS = ("zero_stage", "offload_optimizer_device", "offload_param_device", "deepspeed_config_file",
                   "fsdp_sharding_strategy", "fsdp_cpu_offload")
 
 
@@ -279,6 +297,8 @@ def resolve_accelerator_args(explicit: dict[str, Any]) -> tuple[dict[str, Any], 
         from the defaults.
     """
     file_values, source = active_values()
+    if source is not None and os.path.basename(source) == HANDOFF_NAME:
+        source = "surge launch (its config file and flags)"
     values: dict[str, Any] = {}
     conflicts = []
     for arg, given in explicit.items():
@@ -292,5 +312,5 @@ def resolve_accelerator_args(explicit: dict[str, Any]) -> tuple[dict[str, Any], 
                     f"Accelerator({arg}={given!r}) overrides {key}={file_values[key]!r} from {source}; the script's "
                     "explicit argument wins. Remove one of them to silence this."
                 )
-    sharding = {k: file_values[k] for k in _SHARDING_KEYS if k in file_values and file_values[k] != FIELDS[k].default}
+    sharding = {k: file_values[k] for k in SHARDING_KEYS if k in file_values and file_values[k] != FIELDS[k].default}
     return values, conflicts, sharding

@@ -15,11 +15,23 @@ import os
 import runpy
 import sys
 
-from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record
 
 
 @record
 def main() -> None:
+    try:
+        _run()
+    except SystemExit as exc:
+        # A deliberate non-zero exit is recorded too, with its time, so the launcher can
+        # tell it caused the failure rather than a peer that then lost it (@record itself
+        # only records exceptions).
+        if exc.code not in (None, 0):
+            get_error_handler().record_exception(exc)
+        raise
+
+
+def _run() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["-m"]:
         module, rest = argv[1], argv[2:]

@@ -20,15 +20,18 @@ import tempfile
 import uuid
 from typing import Any
 
-from surge.config.file import ENV_VAR, ConfigError, SurgeConfig, write_config
+from surge.config.file import ENV_VAR, HANDOFF_NAME, ConfigError, SurgeConfig, write_config
 
 
 def _check_target(target: str, module: bool) -> None:
     if module:
-        # `python -m` looks in the current directory first; so does this check.
+        # Only the top-level package is looked up: finding a submodule would import (run)
+        # the user's package in the launcher. `python -m` searches the current directory
+        # first, and so does this check.
+        top = target.split(".")[0]
         sys.path.insert(0, os.getcwd())
         try:
-            found = importlib.util.find_spec(target) is not None
+            found = bool(top) and importlib.util.find_spec(top) is not None
         except (ImportError, ValueError):
             found = False
         finally:
@@ -54,14 +57,14 @@ def launch(config: SurgeConfig, handed: dict[str, Any], target: str, target_args
     _check_target(target, module)
     workdir = tempfile.mkdtemp(prefix="surge-launch-")
     try:
-        path = os.path.join(workdir, "config.yaml")
+        path = os.path.join(workdir, HANDOFF_NAME)
         write_config(handed, path)
         env = dict(os.environ)
         env[ENV_VAR] = path
         if config.gpu_ids not in (None, "all"):
             env["CUDA_VISIBLE_DEVICES"] = config.gpu_ids
         command = ["-m", target] if module else [target]
-        if config.num_processes == 1:
+        if config.num_processes == 1 and config.max_restarts == 0:
             return _run_single(command + target_args, env)
         return _run_elastic(config, command + target_args, env)
     finally:
@@ -69,45 +72,73 @@ def launch(config: SurgeConfig, handed: dict[str, Any], target: str, target_args
 
 
 def _run_single(argv: list[str], env: dict[str, str]) -> int:
-    """One process: the script runs directly, like `python script.py`."""
+    """One process: the script runs directly, like `python script.py`.
+
+    SIGTERM and SIGHUP sent to the launcher (``timeout``, ``scancel``, ``kill``) are passed
+    on to the script, so stopping the launcher stops the job. Ctrl-C reaches the script
+    directly (the terminal signals the whole foreground group).
+    """
     proc = subprocess.Popen([sys.executable, *argv], env=env)
+
+    def forward(signum: int, _frame: Any) -> None:
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return _exit_code(proc.wait())
     except KeyboardInterrupt:
-        # The terminal sent SIGINT to the child too; give it a moment to stop cleanly.
         try:
             return _exit_code(proc.wait(timeout=10))
         except subprocess.TimeoutExpired:
             proc.kill()
             return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_PEER_LOST = ("closed by peer", "reset by peer", "remote worker", "connection refused", "broken pipe")
 
 
 def _root_cause(exc: Any) -> tuple[int, Any, str]:
-    """The failure that happened first, and its exception message ("" if none).
+    """The failure that caused the others, and its exception message ("" if none).
 
-    Every rank that raised left an error file (launch/bootstrap.py). The agent orders
-    failures by whole-second timestamps, so a rank that died and the peer that then
-    failed in a collective with it tie; the files' modification times (nanoseconds)
-    tell them apart.
+    Ranks that raised or exited with an error left an error file (launch/bootstrap.py);
+    its modification time (nanoseconds) orders them, where the agent's own timestamps
+    only have whole seconds. Ranked last: processes the agent itself terminated
+    (SIGTERM, no error file), then ranks whose error only says a peer vanished from a
+    collective - those are consequences, not causes.
     """
 
-    def written(item: tuple[int, Any]) -> float:
+    def message_of(failure: Any) -> str:
+        message = failure.message
+        if isinstance(message, dict):
+            message = message.get("message", "")
+        return message if isinstance(message, str) else ""
+
+    def written(failure: Any) -> float:
         try:
-            return os.stat(item[1].error_file).st_mtime_ns
+            return os.stat(failure.error_file).st_mtime_ns
         except (OSError, TypeError):
             return float("inf")
 
-    rank, failure = min(exc.failures.items(), key=lambda item: (written(item), item[1].timestamp, item[0]))
-    message = failure.message
-    if isinstance(message, dict):
-        message = message.get("message", "")
-    if not isinstance(message, str) or written((rank, failure)) == float("inf"):
-        message = ""
-    return rank, failure, message.strip().splitlines()[0] if message.strip() else ""
+    def key(item: tuple[int, Any]) -> tuple[Any, ...]:
+        rank, failure = item
+        has_file = written(failure) != float("inf")
+        terminated = not has_file and failure.exitcode == -signal.SIGTERM
+        consequence = has_file and any(p in message_of(failure).lower() for p in _PEER_LOST)
+        return (terminated, consequence, written(failure), failure.timestamp, rank)
+
+    rank, failure = min(exc.failures.items(), key=key)
+    message = message_of(failure) if written(failure) != float("inf") else ""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return rank, failure, lines[0] if lines else ""
 
 
 def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> int:
+    from torch.distributed import DistNetworkError
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -144,7 +175,9 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
         return 0
     except ChildFailedError as exc:
         rank, failure, message = _root_cause(exc)
-        if message:
+        if message.startswith("SystemExit"):
+            code, what = _exit_code(failure.exitcode), f"exited with code {failure.exitcode}"
+        elif message:
             # It raised: an uncaught exception exits with 1, even if the agent's SIGTERM
             # reached the process while it was still shutting down.
             code = failure.exitcode if failure.exitcode > 0 else 1
@@ -157,6 +190,11 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
         print(f"surge launch: rank {rank} (local rank {failure.local_rank}) {what} (its output is above)",
               file=sys.stderr)
         return code
+    except (RendezvousError, DistNetworkError) as exc:
+        detail = " ".join(str(exc).split())
+        hint = ("is the port free? choose another with --main_process_port" if config.num_machines == 1
+                else "check --main_process_ip / --main_process_port and that machine 0 is reachable and its port free")
+        raise ConfigError(f"cannot start the job's rendezvous on {addr}:{port} ({detail[:200]}); {hint}") from None
     except SignalException as exc:
         print(f"surge launch: stopped by {signal.Signals(exc.sigval).name}; every worker was terminated.",
               file=sys.stderr)

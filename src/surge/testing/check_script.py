@@ -71,7 +71,11 @@ CHECKS: list[tuple[str, Callable[[Accelerator], str]]] = [
 
 
 def main() -> int:
-    acc = Accelerator()
+    try:
+        acc = Accelerator()
+    except (ValueError, TypeError, ImportError) as exc:
+        print(f"surge test: FAIL  setup  {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     results = []
     for name, fn in CHECKS:
         start = time.perf_counter()

@@ -6,8 +6,10 @@ from surge import Accelerator
 
 acc = Accelerator()
 args = sys.argv[1:]
-print(f"rank={acc.process_index} world={acc.num_processes} mp={acc.mixed_precision} "
-      f"accum={acc.gradient_accumulation_steps} args={args}", flush=True)
+# One write per line: lines from several ranks must not interleave mid-line.
+sys.stdout.write(f"rank={acc.process_index} world={acc.num_processes} mp={acc.mixed_precision} "
+                 f"accum={acc.gradient_accumulation_steps} args={args}\n")
+sys.stdout.flush()
 if "--fail-rank" in args and acc.process_index == int(args[args.index("--fail-rank") + 1]):
     raise RuntimeError(f"deliberate failure on rank {acc.process_index}")
 acc.wait_for_everyone()
