@@ -176,7 +176,11 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
     except ChildFailedError as exc:
         rank, failure, message = _root_cause(exc)
         if message.startswith("SystemExit"):
-            code, what = _exit_code(failure.exitcode), f"exited with code {failure.exitcode}"
+            # The code the script asked for (the agent's SIGTERM may have reached the
+            # process while it was already exiting).
+            asked = message.partition(":")[2].strip()
+            code = int(asked) % 256 if asked.lstrip("-").isdigit() else 1
+            what = f"exited with code {code}"
         elif message:
             # It raised: an uncaught exception exits with 1, even if the agent's SIGTERM
             # reached the process while it was still shutting down.
