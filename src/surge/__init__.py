@@ -26,6 +26,8 @@ _LAZY = {
     "InitProcessGroupKwargs": "surge.config.kwargs",
     "AutocastKwargs": "surge.config.kwargs",
     "GradScalerKwargs": "surge.config.kwargs",
+    "DeepSpeedPlugin": "surge.config.plugins",
+    "FullyShardedDataParallelPlugin": "surge.config.plugins",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -38,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
         GradScalerKwargs,
         InitProcessGroupKwargs,
     )
+    from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin
     from surge.config.project import ProjectConfiguration
     from surge.state import DistributedType, PartialState, Topology
 

@@ -34,6 +34,7 @@ from surge.checkpoint.atomic import atomic_write
 from surge.checkpoint.export import save_weights
 from surge.config.accelerator import AcceleratorConfig
 from surge.config.file import resolve_accelerator_args
+from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
 from surge.data.loader import PreparedDataLoader, shard_dataloader
 from surge.data.loader import SkipFirstBatches
@@ -104,7 +105,11 @@ class Accelerator(ProcessQueries):
             number of batches (prevents hangs at the end of an epoch).
         step_scheduler_with_optimizer: Prepared schedulers advance only when the
             optimizer really stepped (see [Note: the scheduler rule] in optim.py).
-        kwargs_handlers: ``DistributedDataParallelKwargs`` / ``InitProcessGroupKwargs``.
+        kwargs_handlers: ``DistributedDataParallelKwargs`` / ``InitProcessGroupKwargs`` /
+            ``AutocastKwargs`` / ``GradScalerKwargs``.
+        deepspeed_plugin: ZeRO sharding: a ``DeepSpeedPlugin`` or a dict such as
+            ``{"zero_stage": 3}``; runs on FSDP2 (no DeepSpeed needed).
+        fsdp_plugin: A ``FullyShardedDataParallelPlugin`` (FULL_SHARD / SHARD_GRAD_OP / NO_SHARD).
 
     Example:
         >>> accelerator = Accelerator()
@@ -128,18 +133,24 @@ class Accelerator(ProcessQueries):
         even_batches: bool = True,
         step_scheduler_with_optimizer: bool = True,
         kwargs_handlers: list[Any] | None = None,
+        deepspeed_plugin: DeepSpeedPlugin | dict[str, Any] | None = None,
+        fsdp_plugin: FullyShardedDataParallelPlugin | None = None,
     ) -> None:
         # 1. Validate everything; no side effects until this succeeded.
+        if isinstance(deepspeed_plugin, dict):
+            deepspeed_plugin = DeepSpeedPlugin.from_dict(deepspeed_plugin)
+        if deepspeed_plugin is not None and not isinstance(deepspeed_plugin, DeepSpeedPlugin):
+            raise TypeError(f"deepspeed_plugin={deepspeed_plugin!r} must be a DeepSpeedPlugin or a dict.")
+        if fsdp_plugin is not None and not isinstance(fsdp_plugin, FullyShardedDataParallelPlugin):
+            raise TypeError(f"fsdp_plugin={fsdp_plugin!r} must be a FullyShardedDataParallelPlugin.")
+        if gradient_accumulation_steps is None and deepspeed_plugin is not None:
+            gradient_accumulation_steps = deepspeed_plugin.gradient_accumulation_steps
         resolved, conflicts, sharding = resolve_accelerator_args(
             {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu}
         )
-        if sharding:
-            raise ValueError(
-                f"the config file or surge launch asks for sharding "
-                f"({', '.join(f'{k}={v!r}' for k, v in sharding.items())}), "
-                "which this version of surge cannot run yet: ZeRO stages 1-3, offload and FSDP arrive with the "
-                "sharding engine. Set zero_stage: 0 (and no fsdp/offload/deepspeed keys) in the config."
-            )
+        if sharding and deepspeed_plugin is None and fsdp_plugin is None:
+            # The config file / launcher asks for sharding and the script passed no plugin.
+            deepspeed_plugin, fsdp_plugin = plugins_from_config(sharding)
         self.config = AcceleratorConfig.from_handlers(
             kwargs_handlers,
             **resolved,
@@ -166,7 +177,10 @@ class Accelerator(ProcessQueries):
         if conflicts and topology.is_main_process:
             for conflict in conflicts:
                 warnings.warn(conflict, stacklevel=2)
-        self.strategy = select_strategy(topology, self.config, self.precision)
+        self.strategy = select_strategy(topology, self.config, self.precision, deepspeed_plugin, fsdp_plugin)
+        self.deepspeed_plugin = deepspeed_plugin
+        self.fsdp_plugin = fsdp_plugin
+        self._max_grad_norm = deepspeed_plugin.gradient_clipping if deepspeed_plugin is not None else None
         self.gradient_state = GradientState(self.config.gradient_accumulation_steps)
         self._models: list[nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
@@ -284,8 +298,10 @@ class Accelerator(ProcessQueries):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"prepare_optimizer expects a torch.optim.Optimizer; got {type(optimizer).__name__}.")
         place = self.config.device_placement if device_placement is None else device_placement
+        self.strategy.prepare_optimizer(optimizer)
         wrapped = AcceleratedOptimizer(
-            optimizer, self.gradient_state, self.precision, device=self.device if place else None
+            optimizer, self.gradient_state, self.precision, device=self.device if place else None,
+            max_grad_norm=self._max_grad_norm, clip=self.strategy.clip_grad_norm_,
         )
         self._optimizers.append(wrapped)
         return wrapped
@@ -410,7 +426,7 @@ class Accelerator(ProcessQueries):
         if not self.gradient_state.sync_gradients:
             return None
         self.unscale_gradients()
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
+        return self.strategy.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
 
     def clip_grad_value_(self, parameters: Iterable[torch.Tensor] | torch.Tensor, clip_value: float) -> None:
         """Clamp every gradient element to ``[-clip_value, clip_value]`` (after unscaling;

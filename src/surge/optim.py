@@ -30,6 +30,9 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         precision: Steps the optimizer (through the fp16 loss scaler when there is one).
         device: When given, optimizer state already present (e.g. loaded before
             ``prepare``) is moved to this device.
+        max_grad_norm: Clip the gradient norm of this optimizer's parameters to this
+            before every real step (DeepSpeed's ``gradient_clipping``).
+        clip: The strategy's norm clipping (it knows how to reduce sharded norms).
     """
 
     def __init__(
@@ -38,6 +41,8 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         gradient_state: GradientState | None = None,
         precision: Precision | None = None,
         device: torch.device | None = None,
+        max_grad_norm: float | None = None,
+        clip: Any = None,
     ) -> None:
         # Deliberately no super().__init__: the wrapped optimizer owns the parameters,
         # groups and state; this object only forwards to it.
@@ -45,6 +50,8 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         self.gradient_state = gradient_state if gradient_state is not None else GradientState()
         self.precision = precision if precision is not None else Precision(torch.device("cpu"))
         self.precision.register_optimizer(optimizer)
+        self._max_grad_norm = max_grad_norm  # DeepSpeed's gradient_clipping, applied at each step
+        self._clip = clip if clip is not None else torch.nn.utils.clip_grad_norm_
         self._step_was_skipped = False
         if device is not None and optimizer.state:
             optimizer.load_state_dict(send_to_device(optimizer.state_dict(), device))
@@ -97,6 +104,10 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         """Step the wrapped optimizer at an accumulation boundary; a no-op otherwise."""
         if not self.gradient_state.sync_gradients:
             return None
+        if self._max_grad_norm is not None:
+            self.precision.unscale(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            self._clip(params, self._max_grad_norm)
         stepped, result = self.precision.step(self.optimizer, closure)
         self._step_was_skipped = not stepped
         return result

@@ -250,3 +250,12 @@ def test_yaml_no_and_numeric_gpu_ids_are_understood(tmp_path):
     result = surge("launch", "--config_file", cfg, PROBE)
     assert result.returncode == 0, result.stderr
     assert "mp=no" in result.stdout
+
+
+def test_launch_with_zero_stage_three_shards_the_model():
+    result = surge("launch", "--num_processes", 2, "--zero_stage", 3, os.path.join(SCRIPTS, "sharded_probe.py"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(re.findall(r"rank=\d type=\w+ params=\w+", result.stdout)) == [
+        "rank=0 type=DEEPSPEED params=DTensor", "rank=1 type=DEEPSPEED params=DTensor"]
+    refused = surge("launch", "--num_processes", 2, "--zero_stage", 1, PROBE)
+    assert refused.returncode != 0 and "not available yet" in refused.stderr

@@ -99,7 +99,9 @@ def test_accelerator_takes_unset_arguments_from_the_config(tmp_path):
     assert second.startswith("bf16 5") and "overrides gradient_accumulation_steps=3" in second
 
 
-def test_sharding_in_the_config_is_refused_until_supported(tmp_path):
-    path = write(tmp_path, "zero_stage: 2\n")
-    out = _run("from surge import Accelerator; Accelerator()", SURGE_CONFIG_FILE=path)
-    assert out.returncode != 0 and "zero_stage=2" in out.stderr
+def test_sharding_in_the_config_becomes_a_plugin(tmp_path):
+    ok = _run("from surge import Accelerator; print(Accelerator().deepspeed_plugin.zero_stage)",
+              SURGE_CONFIG_FILE=write(tmp_path, "zero_stage: 3\n"))
+    assert ok.returncode == 0 and ok.stdout.strip() == "3", ok.stderr
+    not_yet = _run("from surge import Accelerator; Accelerator()", SURGE_CONFIG_FILE=write(tmp_path, "zero_stage: 1\n"))
+    assert not_yet.returncode != 0 and "zero_stage=1" in not_yet.stderr and "not available yet" in not_yet.stderr

@@ -56,6 +56,13 @@ class Strategy:
         self.precision.wrap_forward(model)
         return model
 
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Adapt a user's optimizer to the prepared models (sharding rebinds parameters)."""
+
+    def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """Clip and return the total gradient norm over all processes."""
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
+
     def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True) -> nn.Module:
         inner = unwrap_module(model)
         return inner if keep_fp32_wrapper else remove_autocast_forward(inner)

@@ -42,13 +42,36 @@ def make_model(seed: int = 0) -> nn.Module:
     return model
 
 
+class BlockModel(nn.Module):
+    """A stack of repeated blocks in a ModuleList, like a transformer: what sharding
+    strategies wrap block by block."""
+
+    def __init__(self, seed: int = 0, blocks: int = 3, width: int = 16) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.inp = nn.Linear(FEATURES, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.Tanh()) for _ in range(blocks))
+        self.out = nn.Linear(width, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
 
-def reference_run(dataset: TensorDataset, global_batch: int, mixed_precision: str = "no") -> list[torch.Tensor]:
+def reference_run(
+    dataset: TensorDataset, global_batch: int, mixed_precision: str = "no", model_fn: Callable[[], nn.Module] = make_model
+) -> list[torch.Tensor]:
     """Train one process, plain PyTorch, one optimizer step per global batch."""
-    model = make_model()
+    model = model_fn()
     opt = make_optimizer(model)
     dtype = _DTYPES.get(mixed_precision)
     scale = FP16_SCALE if mixed_precision == "fp16" else 1.0
@@ -71,10 +94,11 @@ def surge_run(
     dataset: TensorDataset,
     per_process_batch: int,
     on_step: Callable[[Any, nn.Module], None] | None = None,
+    model_fn: Callable[[], nn.Module] = make_model,
 ) -> list[torch.Tensor]:
     """Train with a prepared model/optimizer/loader and ``accumulate``; returns the
-    user-module parameters."""
-    model = make_model()
+    full parameters of the user's module (gathered when sharded: a collective)."""
+    model = model_fn()
     opt = make_optimizer(model)
     model, opt, loader = accelerator.prepare(model, opt, DataLoader(dataset, batch_size=per_process_batch))
     for x, y in loader:
@@ -85,7 +109,14 @@ def surge_run(
                 on_step(accelerator, model)
             opt.step()
             opt.zero_grad()
-    return [p.detach().clone() for p in accelerator.unwrap_model(model).parameters()]
+    state = accelerator.get_state_dict(model)  # every rank (DDP) or the main one only (sharded)
+    if accelerator.num_processes > 1:
+        from surge.ops import broadcast_object_list, gather_object
+
+        if any(gather_object([not state])):
+            state = broadcast_object_list([state if accelerator.is_main_process else None])[0]
+    names = [n for n, _ in accelerator.unwrap_model(model).named_parameters()]
+    return [state[n].detach().clone().cpu() for n in names]
 
 
 def max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

@@ -10,6 +10,7 @@ from surge.config.kwargs import (
     InitProcessGroupKwargs,
     KwargsHandler,
 )
+from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 from surge.config.project import ProjectConfiguration
 from surge.device import send_to_device
 from surge.ops import broadcast, broadcast_object_list, gather, gather_object, pad_across_processes, reduce
@@ -18,6 +19,8 @@ from surge.strategies.base import unwrap_module as extract_model_from_parallel
 from surge.utils.random import set_seed
 
 __all__ = [
+    "DeepSpeedPlugin",
+    "FullyShardedDataParallelPlugin",
     "AutocastKwargs",
     "GradScalerKwargs",
     "DistributedDataParallelKwargs",
