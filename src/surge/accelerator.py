@@ -298,11 +298,12 @@ class Accelerator(ProcessQueries):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"prepare_optimizer expects a torch.optim.Optimizer; got {type(optimizer).__name__}.")
         place = self.config.device_placement if device_placement is None else device_placement
-        self.strategy.prepare_optimizer(optimizer)
+        inner = self.strategy.prepare_optimizer(optimizer)
         wrapped = AcceleratedOptimizer(
-            optimizer, self.gradient_state, self.precision, device=self.device if place else None,
+            inner, self.gradient_state, self.precision, device=self.device if place else None,
             max_grad_norm=self._max_grad_norm, clip=self.strategy.clip_grad_norm_,
         )
+        wrapped.original = optimizer  # schedulers built on the user's optimizer find it by this
         self._optimizers.append(wrapped)
         return wrapped
 
@@ -313,7 +314,10 @@ class Accelerator(ProcessQueries):
         if not hasattr(scheduler, "step"):
             raise TypeError(f"prepare_scheduler expects an LR scheduler; got {type(scheduler).__name__}.")
         target = getattr(scheduler, "optimizer", None)
-        optimizers = [o for o in self._optimizers if o is target or o.optimizer is target] or list(self._optimizers)
+        optimizers = [o for o in self._optimizers if target in (o, o.optimizer, o.original)] or list(self._optimizers)
+        if len(optimizers) == 1 and target is optimizers[0].original and target is not optimizers[0].optimizer:
+            # The strategy replaced the optimizer (ZeRO-1): the schedule must drive the one that steps.
+            scheduler.optimizer = optimizers[0].optimizer
         wrapped = AcceleratedScheduler(
             scheduler, optimizers, self.gradient_state, step_with_optimizer=self.config.step_scheduler_with_optimizer
         )

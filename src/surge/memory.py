@@ -79,3 +79,28 @@ def count_parameters(model: object) -> int:
             seen.add(id(param))
             total += param.numel()
     return total
+
+
+def measured_model_state_bytes(model: object, optimizer: object) -> dict[str, int]:
+    """Bytes this process holds for parameters, gradients and optimizer state, counting
+    only the local shard of sharded tensors (DTensor) and each storage once."""
+    import torch
+
+    seen: set[int] = set()
+
+    def local_bytes(t: object) -> int:
+        if not isinstance(t, torch.Tensor):
+            return 0
+        t = getattr(t, "_local_tensor", t)  # the shard this rank holds
+        key = t.untyped_storage().data_ptr()
+        if key in seen or t.numel() == 0:
+            return 0
+        seen.add(key)
+        return t.untyped_storage().nbytes()
+
+    params = sum(local_bytes(p) for p in model.parameters())  # type: ignore[attr-defined]
+    grads = sum(local_bytes(p.grad) for p in model.parameters() if p.grad is not None)  # type: ignore[attr-defined]
+    inner = getattr(optimizer, "optimizer", optimizer)
+    inner = getattr(inner, "optim", inner)  # ZeroRedundancyOptimizer keeps its shard's optimizer here
+    state = sum(local_bytes(v) for s in inner.state.values() for v in s.values())
+    return {"params": params, "grads": grads, "optimizer": state, "total": params + grads + state}

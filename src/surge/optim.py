@@ -47,6 +47,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         # Deliberately no super().__init__: the wrapped optimizer owns the parameters,
         # groups and state; this object only forwards to it.
         self.optimizer = optimizer
+        self.original = optimizer  # the user's optimizer, when a strategy replaced it
         self.gradient_state = gradient_state if gradient_state is not None else GradientState()
         self.precision = precision if precision is not None else Precision(torch.device("cpu"))
         self.precision.register_optimizer(optimizer)

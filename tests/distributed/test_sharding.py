@@ -19,6 +19,7 @@ from surge.testing.parity import BlockModel, TOLERANCE, make_dataset, max_differ
 pytestmark = pytest.mark.distributed
 
 PLUGINS = {
+    "zero1": lambda: {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=1)},
     "zero2": lambda: {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=2)},
     "zero3": lambda: {"deepspeed_plugin": {"zero_stage": 3}},
     "fsdp_full": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin("FULL_SHARD")},
@@ -35,6 +36,24 @@ def _parity(name: str) -> None:
             got = surge_run(acc, data, 16 // (2 * steps), model_fn=BlockModel)
             diff = max_difference(ref, got)
             assert diff <= TOLERANCE[mp], f"{name} x {mp} x accumulation {steps}: {diff}"
+
+
+def check_zero1_parity():
+    _parity("zero1")
+
+
+def check_zero1_scheduler_and_state_dict():
+    acc = Accelerator(deepspeed_plugin={"zero_stage": 1})
+    model = BlockModel()
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)  # built on the user's optimizer
+    model, opt, sched = acc.prepare(model, opt, sched)
+    acc.backward(model(torch.randn(4, 8)).pow(2).mean())
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.5  # the schedule drives the sharded optimizer
+    state = opt.state_dict()  # a collective; the full state on rank 0
+    assert (len(state["state"]) == len(list(model.parameters()))) if acc.is_main_process else state == {}
 
 
 def check_zero2_parity():
@@ -78,7 +97,26 @@ def check_sharded_model_save_clip_and_types():
     opt.zero_grad()
 
 
+def check_memory_follows_zero_arithmetic():
+    from surge.memory import measured_model_state_bytes
+
+    results = {}
+    for stage in (None, 1, 2, 3):
+        acc = Accelerator(deepspeed_plugin=None if stage is None else DeepSpeedPlugin(zero_stage=stage))
+        model = BlockModel(width=64, blocks=4)  # an even number of equal blocks: ZeRO-1 can split them evenly
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model, opt = acc.prepare(model, opt)
+        acc.backward(model(torch.randn(4, 8)).pow(2).mean())
+        opt.step()
+        results[stage] = measured_model_state_bytes(acc.unwrap_model(model), opt)["total"]
+    assert results[1] <= 0.8 * results[None], results
+    assert results[2] <= 0.55 * results[None] and results[3] <= 0.55 * results[None], results
+
+
 CHECKS = [
+    check_memory_follows_zero_arithmetic,
+    check_zero1_parity,
+    check_zero1_scheduler_and_state_dict,
     check_zero2_parity,
     check_zero3_parity,
     check_fsdp_full_shard_parity,

@@ -103,5 +103,7 @@ def test_sharding_in_the_config_becomes_a_plugin(tmp_path):
     ok = _run("from surge import Accelerator; print(Accelerator().deepspeed_plugin.zero_stage)",
               SURGE_CONFIG_FILE=write(tmp_path, "zero_stage: 3\n"))
     assert ok.returncode == 0 and ok.stdout.strip() == "3", ok.stderr
-    not_yet = _run("from surge import Accelerator; Accelerator()", SURGE_CONFIG_FILE=write(tmp_path, "zero_stage: 1\n"))
-    assert not_yet.returncode != 0 and "zero_stage=1" in not_yet.stderr and "not available yet" in not_yet.stderr
+    not_yet = _run("from surge import Accelerator; Accelerator()",
+                   SURGE_CONFIG_FILE=write(tmp_path, "zero_stage: 3\noffload_optimizer_device: cpu\n"))
+    assert not_yet.returncode != 0 and "offload_optimizer_device='cpu'" in not_yet.stderr
+    assert "not available yet" in not_yet.stderr

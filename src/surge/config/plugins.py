@@ -155,10 +155,10 @@ def plugins_from_config(values: dict[str, Any]) -> tuple[DeepSpeedPlugin | None,
 
 def unsupported_reason(ds: DeepSpeedPlugin | None, fsdp: FullyShardedDataParallelPlugin | None) -> str | None:
     """Why this version cannot run the requested sharding, or None when it can."""
-    if ds is not None and (ds.zero_stage == 1 or "cpu" in (ds.offload_optimizer_device, ds.offload_param_device)):
+    if ds is not None and "cpu" in (ds.offload_optimizer_device, ds.offload_param_device):
         return (f"DeepSpeedPlugin(zero_stage={ds.zero_stage}, offload_optimizer_device={ds.offload_optimizer_device!r}, "
                 f"offload_param_device={ds.offload_param_device!r}) is not available yet: this version runs ZeRO "
-                "stages 0, 2 and 3 without offload. Use zero_stage=2 or 3.")
+                "stages 0-3 without offload. Drop the offload settings.")
     if fsdp is not None and (fsdp.cpu_offload or fsdp.sharding_strategy == "HYBRID_SHARD"
                              or fsdp.activation_checkpointing or fsdp.auto_wrap_policy == "SIZE_BASED_WRAP"):
         return ("FullyShardedDataParallelPlugin with cpu_offload, HYBRID_SHARD, activation_checkpointing or "

@@ -56,8 +56,10 @@ class Strategy:
         self.precision.wrap_forward(model)
         return model
 
-    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Adapt a user's optimizer to the prepared models (sharding rebinds parameters)."""
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The optimizer to step for the user's ``optimizer``: itself, rebound to sharded
+        parameters, or a sharded replacement (ZeRO-1)."""
+        return optimizer
 
     def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
         """Clip and return the total gradient norm over all processes."""

@@ -101,13 +101,14 @@ class FSDP(Strategy):
         self._param_map.update({old: new[name] for old, name in names.items() if name in new})
         return model
 
-    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Rebind ``optimizer`` to the sharded parameters (see the module note)."""
         if optimizer.state:
             raise ValueError("the optimizer already has state; prepare it before its first step when sharding "
                              "(its state must be created for the parameter shards).")
         for group in optimizer.param_groups:
             group["params"] = [self._param_map.get(id(p), p) for p in group["params"]]
+        return optimizer
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         return _gradient_sync_off(model)

@@ -10,6 +10,7 @@ from surge.strategies.base import Strategy
 from surge.strategies.ddp import DDP
 from surge.strategies.fsdp import FSDP
 from surge.strategies.single import SingleDevice
+from surge.strategies.zero1 import Zero1
 
 
 def select_strategy(
@@ -34,12 +35,14 @@ def select_strategy(
         raise ValueError(reason)
     if deepspeed_plugin is not None:
         kind = DistributedType.DEEPSPEED
-        shard = {0: None, 2: False, 3: True}[deepspeed_plugin.zero_stage]
+        shard = {0: None, 1: None, 2: False, 3: True}[deepspeed_plugin.zero_stage]
     elif fsdp_plugin is not None:
         shard = {"FULL_SHARD": True, "SHARD_GRAD_OP": False, "NO_SHARD": None}[fsdp_plugin.sharding_strategy]
         layer_classes = fsdp_plugin.transformer_layer_cls_to_wrap
         if fsdp_plugin.auto_wrap_policy == "NO_WRAP":
             layer_classes = []
+    if topology.is_distributed and deepspeed_plugin is not None and deepspeed_plugin.zero_stage == 1:
+        return Zero1(topology, config, precision)
     if shard is not None and topology.is_distributed:
         return FSDP(topology, config, precision, reshard_after_forward=shard, layer_classes=layer_classes,
                     distributed_type=kind)
