@@ -24,6 +24,10 @@ PLUGINS = {
     "zero3": lambda: {"deepspeed_plugin": {"zero_stage": 3}},
     "fsdp_full": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin("FULL_SHARD")},
     "fsdp_grad_op": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin("SHARD_GRAD_OP")},
+    "zero3_offload": lambda: {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=3, offload_param_device="cpu",
+                                                                  offload_optimizer_device="cpu")},
+    "fsdp_offload_checkpointing": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin(
+        "FULL_SHARD", cpu_offload=True, activation_checkpointing=True)},
 }
 
 
@@ -70,6 +74,26 @@ def check_fsdp_full_shard_parity():
 
 def check_fsdp_shard_grad_op_parity():
     _parity("fsdp_grad_op")
+
+
+def check_zero3_offload_parity():
+    _parity("zero3_offload")
+
+
+def check_fsdp_offload_and_activation_checkpointing_parity():
+    _parity("fsdp_offload_checkpointing")
+
+
+def check_activation_checkpointing_recomputes_blocks():
+    calls = []
+    acc = Accelerator(**PLUGINS["fsdp_offload_checkpointing"]())
+    model = BlockModel()
+    for block in model.blocks:
+        block[0].register_forward_hook(lambda *_: calls.append(1))
+    model = acc.prepare(model)
+    acc.backward(model(torch.randn(4, 8)).pow(2).mean())
+    assert len(calls) == 2 * len(model.blocks)  # each block ran again in backward
+    assert "forward" not in acc.get_state_dict(model)  # keys unchanged by the wrapper
 
 
 def check_sharded_model_save_clip_and_types():
@@ -121,6 +145,9 @@ CHECKS = [
     check_zero3_parity,
     check_fsdp_full_shard_parity,
     check_fsdp_shard_grad_op_parity,
+    check_zero3_offload_parity,
+    check_fsdp_offload_and_activation_checkpointing_parity,
+    check_activation_checkpointing_recomputes_blocks,
     check_sharded_model_save_clip_and_types,
 ]
 

@@ -155,12 +155,13 @@ def plugins_from_config(values: dict[str, Any]) -> tuple[DeepSpeedPlugin | None,
 
 def unsupported_reason(ds: DeepSpeedPlugin | None, fsdp: FullyShardedDataParallelPlugin | None) -> str | None:
     """Why this version cannot run the requested sharding, or None when it can."""
-    if ds is not None and "cpu" in (ds.offload_optimizer_device, ds.offload_param_device):
-        return (f"DeepSpeedPlugin(zero_stage={ds.zero_stage}, offload_optimizer_device={ds.offload_optimizer_device!r}, "
-                f"offload_param_device={ds.offload_param_device!r}) is not available yet: this version runs ZeRO "
-                "stages 0-3 without offload. Drop the offload settings.")
-    if fsdp is not None and (fsdp.cpu_offload or fsdp.sharding_strategy == "HYBRID_SHARD"
-                             or fsdp.activation_checkpointing or fsdp.auto_wrap_policy == "SIZE_BASED_WRAP"):
-        return ("FullyShardedDataParallelPlugin with cpu_offload, HYBRID_SHARD, activation_checkpointing or "
-                "SIZE_BASED_WRAP is not available yet: this version runs FULL_SHARD, SHARD_GRAD_OP and NO_SHARD.")
+    if ds is not None and ds.offload_optimizer_device == "cpu" and ds.offload_param_device != "cpu":
+        return (f"DeepSpeedPlugin(zero_stage={ds.zero_stage}, offload_optimizer_device='cpu') without "
+                "offload_param_device='cpu' is not available yet: this version offloads optimizer state together "
+                "with the parameters (zero_stage=3, offload_param_device='cpu', offload_optimizer_device='cpu').")
+    if fsdp is not None and (fsdp.sharding_strategy == "HYBRID_SHARD" or fsdp.auto_wrap_policy == "SIZE_BASED_WRAP"
+                             or (fsdp.cpu_offload and fsdp.sharding_strategy == "NO_SHARD")):
+        return ("FullyShardedDataParallelPlugin with HYBRID_SHARD, SIZE_BASED_WRAP, or cpu_offload with NO_SHARD is "
+                "not available yet: this version runs FULL_SHARD and SHARD_GRAD_OP (with cpu_offload and "
+                "activation_checkpointing) and NO_SHARD.")
     return None

@@ -56,16 +56,39 @@ def find_blocks(model: nn.Module, class_names: list[str] | None = None) -> list[
     return outer
 
 
+class CheckpointedForward:
+    """Replaces a block's ``forward``: its activations are recomputed in backward instead
+    of stored (non-reentrant ``torch.utils.checkpoint``). Set as an instance attribute,
+    like the autocast forward, so the block's class and state dict keys are unchanged."""
+
+    def __init__(self, forward: Any) -> None:
+        self.__wrapped__ = forward
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.__wrapped__, *args, use_reentrant=False, **kwargs)
+
+
+def checkpoint_block(block: nn.Module) -> None:
+    """Recompute ``block``'s activations in backward (idempotent)."""
+    if not isinstance(block.__dict__.get("forward"), CheckpointedForward):
+        block.forward = CheckpointedForward(block.forward)
+
+
 class FSDP(Strategy):
     """Sharded data parallelism on FSDP2."""
 
     name = "fsdp"
 
     def __init__(self, topology: Any, config: Any, precision: Any, *, reshard_after_forward: bool,
-                 layer_classes: list[str] | None = None, distributed_type: DistributedType = DistributedType.FSDP) -> None:
+                 layer_classes: list[str] | None = None, distributed_type: DistributedType = DistributedType.FSDP,
+                 offload_params: bool = False, activation_checkpointing: bool = False) -> None:
         super().__init__(topology, config, precision)
         self.reshard_after_forward = reshard_after_forward
         self.layer_classes = layer_classes
+        self.offload_params = offload_params
+        self.activation_checkpointing = activation_checkpointing
         self._distributed_type = distributed_type
         self._param_map: dict[int, nn.Parameter] = {}
 
@@ -94,7 +117,17 @@ class FSDP(Strategy):
             model.to(self.device)
         mesh = init_device_mesh(self.device.type, (self.topology.world_size,))
         kwargs = {"mesh": mesh, "reshard_after_forward": self.reshard_after_forward, "mp_policy": self._mp_policy()}
-        for block in find_blocks(model, self.layer_classes):
+        if self.offload_params:
+            from torch.distributed.fsdp import CPUOffloadPolicy
+
+            # Parameter shards, their gradients and so the optimizer step live on the CPU;
+            # each block is copied to the device just before it runs.
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
+        blocks = find_blocks(model, self.layer_classes)
+        if self.activation_checkpointing:
+            for block in blocks:
+                checkpoint_block(block)
+        for block in blocks:
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
         new = dict(model.named_parameters(remove_duplicate=False))
