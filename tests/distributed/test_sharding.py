@@ -137,7 +137,38 @@ def check_memory_follows_zero_arithmetic():
     assert results[2] <= 0.55 * results[None] and results[3] <= 0.55 * results[None], results
 
 
+def check_transformers_llama_under_zero3():
+    transformers = pytest.importorskip("transformers")
+    acc = Accelerator(mixed_precision="bf16", deepspeed_plugin=DeepSpeedPlugin(zero_stage=3, gradient_clipping=1.0))
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    model.gradient_checkpointing_enable()  # the model's own checkpointing keeps working when sharded
+    model.config.use_cache = False
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model, opt = acc.prepare(model, opt)
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(acc.process_index))
+    losses = []
+    for _ in range(12):
+        out = model(input_ids=ids, labels=ids)
+        acc.backward(out.loss)
+        opt.step()
+        opt.zero_grad()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses
+    out_dir = os.path.join(broadcast_object_list([tempfile.mkdtemp() if dist.get_rank() == 0 else None])[0], "llama")
+    acc.save_model(model, out_dir)
+    acc.wait_for_everyone()
+    again = transformers.LlamaForCausalLM.from_pretrained(out_dir)
+    expected = acc.get_state_dict(model)  # collective; full on rank 0
+    if acc.is_main_process:
+        got = again.state_dict()
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
 CHECKS = [
+    check_transformers_llama_under_zero3,
     check_memory_follows_zero_arithmetic,
     check_zero1_parity,
     check_zero1_scheduler_and_state_dict,
