@@ -34,6 +34,7 @@ from surge.checkpoint.atomic import atomic_write
 from surge.checkpoint.export import save_weights
 from surge.config.accelerator import AcceleratorConfig
 from surge.config.file import resolve_accelerator_args
+from surge.config.kwargs import GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
 from surge.data.loader import PreparedDataLoader, shard_dataloader
@@ -145,6 +146,17 @@ class Accelerator(ProcessQueries):
             raise TypeError(f"fsdp_plugin={fsdp_plugin!r} must be a FullyShardedDataParallelPlugin.")
         if gradient_accumulation_steps is None and deepspeed_plugin is not None:
             gradient_accumulation_steps = deepspeed_plugin.gradient_accumulation_steps
+        ds = getattr(deepspeed_plugin, "ds_settings", None)
+        if ds is not None:
+            if mixed_precision is None:
+                mixed_precision = ds.mixed_precision
+            elif mixed_precision != ds.mixed_precision:
+                raise ValueError(f"mixed_precision={mixed_precision!r} contradicts the DeepSpeed config, which asks "
+                                 f"for {ds.mixed_precision!r}; set it in one place.")
+            if ds.mixed_precision == "fp16" and not any(isinstance(h, GradScalerKwargs) for h in kwargs_handlers or []):
+                growth = 10**9 if ds.fp16_static_scale else ds.fp16_growth_interval
+                scale = ds.fp16_static_scale or ds.fp16_initial_scale
+                kwargs_handlers = [*(kwargs_handlers or []), GradScalerKwargs(init_scale=scale, growth_interval=growth)]
         resolved, conflicts, sharding = resolve_accelerator_args(
             {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu}
         )
@@ -177,6 +189,15 @@ class Accelerator(ProcessQueries):
         if conflicts and topology.is_main_process:
             for conflict in conflicts:
                 warnings.warn(conflict, stacklevel=2)
+        if ds is not None and topology.is_main_process:
+            ignored = ds.unhonoured + [k for k in ("optimizer", "scheduler") if getattr(ds, k)]
+            if ignored:
+                warnings.warn(
+                    "the DeepSpeed config sets keys surge accepts but does not apply with an Accelerator: "
+                    + ", ".join(ignored)
+                    + " (the optimizer and scheduler sections are for surge.initialize; pass your own to prepare).",
+                    stacklevel=2,
+                )
         self.strategy = select_strategy(topology, self.config, self.precision, deepspeed_plugin, fsdp_plugin)
         self.deepspeed_plugin = deepspeed_plugin
         self.fsdp_plugin = fsdp_plugin

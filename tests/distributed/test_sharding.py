@@ -167,7 +167,23 @@ def check_transformers_llama_under_zero3():
         assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
+def check_deepspeed_json_config_parity():
+    config = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": 2,
+        "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"}},
+        "activation_checkpointing": {"number_checkpoints": 1},
+    }
+    data = make_dataset(64)
+    ref = reference_run(data, 16, "no", model_fn=BlockModel)
+    acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config))
+    assert acc.gradient_accumulation_steps == 2 and acc.distributed_type == DistributedType.DEEPSPEED
+    got = surge_run(acc, data, 4, model_fn=BlockModel)
+    assert max_difference(ref, got) <= TOLERANCE["no"]
+
+
 CHECKS = [
+    check_deepspeed_json_config_parity,
     check_transformers_llama_under_zero3,
     check_memory_follows_zero_arithmetic,
     check_zero1_parity,

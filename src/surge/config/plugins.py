@@ -39,8 +39,26 @@ class DeepSpeedPlugin:
     """"cpu" keeps parameter shards on the CPU (stage 3 only)."""
     zero3_save_16bit_model: bool = False
     """Under stage 3, save_model gathers the full model (always true in surge; accepted for compatibility)."""
+    hf_ds_config: dict[str, Any] | str | None = None
+    """A DeepSpeed JSON config (dict or path). Its ZeRO, offload, precision, clipping,
+    accumulation and activation-checkpointing settings take the place of the fields above."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward (set by the DeepSpeed config's section)."""
 
     def __post_init__(self) -> None:
+        self.ds_settings = None
+        if self.hf_ds_config is not None:
+            from surge.config.deepspeed import parse_deepspeed_config
+
+            ds = parse_deepspeed_config(self.hf_ds_config)
+            self.ds_settings = ds
+            self.zero_stage = ds.zero_stage
+            self.offload_optimizer_device = ds.offload_optimizer_device
+            self.offload_param_device = ds.offload_param_device
+            self.gradient_clipping = ds.gradient_clipping if ds.gradient_clipping is not None else self.gradient_clipping
+            if ds.gradient_accumulation_steps is not None:
+                self.gradient_accumulation_steps = ds.gradient_accumulation_steps
+            self.activation_checkpointing = self.activation_checkpointing or ds.activation_checkpointing
         check_int("DeepSpeedPlugin.zero_stage", self.zero_stage, minimum=0, maximum=3)
         if self.gradient_accumulation_steps is not None:
             check_int("DeepSpeedPlugin.gradient_accumulation_steps", self.gradient_accumulation_steps, minimum=1)
@@ -53,6 +71,7 @@ class DeepSpeedPlugin:
         self.offload_param_device = check_choice(
             "DeepSpeedPlugin.offload_param_device", self.offload_param_device, OFFLOAD_DEVICES)
         check_bool("DeepSpeedPlugin.zero3_save_16bit_model", self.zero3_save_16bit_model)
+        check_bool("DeepSpeedPlugin.activation_checkpointing", self.activation_checkpointing)
         if self.offload_param_device != "none" and self.zero_stage != 3:
             raise ValueError(
                 f"DeepSpeedPlugin(offload_param_device={self.offload_param_device!r}) needs zero_stage=3 (got "
@@ -78,6 +97,9 @@ class DeepSpeedPlugin:
                     raise TypeError(f"DeepSpeedPlugin {short}={flag!r} must be true/false or a device ('cpu').")
                 values[f"{short}_device"] = ("cpu" if flag else "none") if isinstance(flag, bool) else flag
         allowed = set(cls.__dataclass_fields__)
+        if "zero_optimization" in values or "train_micro_batch_size_per_gpu" in values or "fp16" in values \
+                or "bf16" in values or "train_batch_size" in values:
+            return cls(hf_ds_config=values)  # a whole DeepSpeed config
         unknown = sorted(set(values) - allowed)
         if unknown:
             raise ValueError(
@@ -139,10 +161,7 @@ def plugins_from_config(values: dict[str, Any]) -> tuple[DeepSpeedPlugin | None,
             sharding_strategy=values["fsdp_sharding_strategy"], cpu_offload=bool(values.get("fsdp_cpu_offload", False))
         )
     if values.get("deepspeed_config_file"):
-        raise ValueError(
-            f"deepspeed_config_file={values['deepspeed_config_file']!r}: reading DeepSpeed JSON configs is not "
-            "available yet; set zero_stage (and the offload keys) in the surge config instead."
-        )
+        return DeepSpeedPlugin(hf_ds_config=values["deepspeed_config_file"]), None
     stage = values.get("zero_stage", 0)
     if stage or values.get("offload_optimizer_device", "none") != "none":
         return DeepSpeedPlugin(

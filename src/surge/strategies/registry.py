@@ -38,6 +38,7 @@ def select_strategy(
         kind = DistributedType.DEEPSPEED
         shard = {0: None, 1: None, 2: False, 3: True}[deepspeed_plugin.zero_stage]
         offload = deepspeed_plugin.offload_param_device == "cpu"
+        checkpointing = deepspeed_plugin.activation_checkpointing
     elif fsdp_plugin is not None:
         shard = {"FULL_SHARD": True, "SHARD_GRAD_OP": False, "NO_SHARD": None}[fsdp_plugin.sharding_strategy]
         layer_classes = fsdp_plugin.transformer_layer_cls_to_wrap

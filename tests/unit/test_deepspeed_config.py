@@ -1,0 +1,85 @@
+"""DeepSpeed JSON configs: translation, batch arithmetic, errors, warnings."""
+
+import json
+import warnings
+
+import pytest
+
+from surge import Accelerator, DeepSpeedPlugin
+from surge.config.deepspeed import parse_deepspeed_config, resolve_batch_sizes
+
+CONFIG = {
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": 4,
+    "gradient_clipping": 1.0,
+    "fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 12, "loss_scale_window": 500, "hysteresis": 2},
+    "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"},
+                          "overlap_comm": True},
+    "activation_checkpointing": {"partition_activations": False},
+}
+
+
+def test_translation():
+    s = parse_deepspeed_config(CONFIG)
+    assert (s.zero_stage, s.offload_param_device, s.offload_optimizer_device) == (3, "cpu", "cpu")
+    assert (s.mixed_precision, s.fp16_initial_scale, s.fp16_growth_interval) == ("fp16", 4096.0, 500)
+    assert (s.gradient_clipping, s.gradient_accumulation_steps, s.activation_checkpointing) == (1.0, 4, True)
+    assert "fp16.hysteresis" in s.unhonoured
+
+
+def test_plugin_from_a_json_path(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(CONFIG))
+    plugin = DeepSpeedPlugin(hf_ds_config=str(path))
+    assert (plugin.zero_stage, plugin.gradient_accumulation_steps, plugin.gradient_clipping) == (3, 4, 1.0)
+    assert DeepSpeedPlugin.from_dict(CONFIG).offload_param_device == "cpu"
+
+
+def test_accelerator_takes_precision_and_scaler_from_the_config():
+    cfg = {"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 2}
+    acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=cfg))
+    assert (acc.mixed_precision, acc.gradient_accumulation_steps) == ("bf16", 2)
+    fp16 = {"fp16": {"enabled": True, "initial_scale_power": 8}, "optimizer": {"type": "AdamW", "params": {}}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        acc16 = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=fp16))
+    assert acc16.scaler.get_scale() == 256.0
+    assert any("optimizer" in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="contradicts the DeepSpeed config"):
+        Accelerator(mixed_precision="bf16", deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=fp16))
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"zero_optimization": {"stage": 5}}, "stage=5"),
+        ({"zero_optimisation": {}}, "unknown key(s) 'zero_optimisation'"),
+        ({"zero_optimization": {"stages": 2}}, "'zero_optimization.stages'"),
+        ({"fp16": {"enabled": True}, "bf16": {"enabled": True}}, "both fp16 and bf16"),
+        ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps=0"),
+        ({"zero_optimization": {"offload_param": {"device": "gpu"}}}, "offload_param.device='gpu'"),
+    ],
+)
+def test_bad_configs_name_the_value(config, message):
+    with pytest.raises(ValueError) as err:
+        parse_deepspeed_config(config)
+    assert message in str(err.value)
+
+
+def test_unparsable_and_missing_paths(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        DeepSpeedPlugin(hf_ds_config=str(bad))
+    with pytest.raises(ValueError, match="does not exist"):
+        DeepSpeedPlugin(hf_ds_config=str(tmp_path / "missing.json"))
+
+
+def test_batch_arithmetic():
+    assert resolve_batch_sizes(64, 4, None, 8) == (64, 4, 2)
+    assert resolve_batch_sizes(None, 4, 2, 8) == (64, 4, 2)
+    assert resolve_batch_sizes(64, None, 2, 8) == (64, 4, 2)
+    with pytest.raises(ValueError, match=r"train_batch_size=60 but .*4 x gradient_accumulation_steps=2 x 8 processes = 64"):
+        resolve_batch_sizes(60, 4, 2, 8)
+    with pytest.raises(ValueError, match="not a multiple"):
+        resolve_batch_sizes(30, 4, None, 8)
