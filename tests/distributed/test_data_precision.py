@@ -13,7 +13,15 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from surge import Accelerator
 from surge.testing import distributed_test
-from surge.testing.parity import FP16_SCALE, TOLERANCE, make_dataset, max_difference, reference_run, surge_run
+from surge.testing.parity import (
+    FP16_SCALE,
+    TOLERANCE,
+    make_dataset,
+    max_difference,
+    reference_run,
+    scheduled_run,
+    surge_run,
+)
 from surge.utils import GradScalerKwargs
 
 pytestmark = pytest.mark.distributed
@@ -71,20 +79,9 @@ def check_no_sync_inside_a_cycle():
 def check_scheduler_rule():
     for steps in (1, 4):
         acc = Accelerator(gradient_accumulation_steps=steps)
-        model = nn.Linear(8, 1)
-        opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        model, opt, loader = acc.prepare(model, opt, DataLoader(make_dataset(128), batch_size=4))
-        total = len(loader) * 2 // steps
-        sched = acc.prepare(torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / total)))
-        for _ in range(2):
-            for x, y in loader:
-                with acc.accumulate(model):
-                    acc.backward(nn.functional.mse_loss(model(x), y))
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad()
-        assert sched.scheduler.last_epoch == total, (steps, sched.scheduler.last_epoch, total)
-        assert sched.get_last_lr() == [0.0]
+        _, last_epoch, last_lr, total = scheduled_run(acc, 128, lambda length, epochs: length * epochs // steps)
+        assert last_epoch == total, (steps, last_epoch, total)
+        assert last_lr == 0.0
 
 
 class _Stream(IterableDataset):

@@ -10,7 +10,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from surge import Accelerator
 from surge.precision.fp8 import check_fp8_supported
-from surge.testing.parity import FP16_SCALE, TOLERANCE, make_dataset, max_difference, reference_run, surge_run
+from surge.testing.parity import (
+    FP16_SCALE,
+    TOLERANCE,
+    make_dataset,
+    max_difference,
+    reference_run,
+    scheduled_run,
+    surge_run,
+)
 from surge.utils import AutocastKwargs, GradScalerKwargs
 
 
@@ -71,24 +79,10 @@ def test_item_weighted_mean_over_uneven_micro_batches():
 @pytest.mark.parametrize("n", [64, 72])
 def test_scheduler_ends_at_the_last_optimizer_step(steps, n):
     acc = Accelerator(gradient_accumulation_steps=steps)
-    model = nn.Linear(8, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    loader = DataLoader(make_dataset(n), batch_size=4)
-    model, opt, loader = acc.prepare(model, opt, loader)
-    epochs = 2
-    total = math.ceil(len(loader) / steps) * epochs  # == len * epochs / steps when divisible
-    sched = acc.prepare(torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / total)))
-    optimizer_steps = 0
-    for _ in range(epochs):
-        for x, y in loader:
-            with acc.accumulate(model):
-                acc.backward(nn.functional.mse_loss(model(x), y))
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-                optimizer_steps += acc.sync_gradients
-    assert optimizer_steps == total and sched.scheduler.last_epoch == total
-    assert sched.get_last_lr() == [0.0]
+    # math.ceil(len / steps) * epochs == len * epochs / steps when divisible
+    optimizer_steps, last_epoch, last_lr, total = scheduled_run(acc, n, lambda length, epochs: math.ceil(length / steps) * epochs)
+    assert optimizer_steps == total and last_epoch == total
+    assert last_lr == 0.0
 
 
 def test_fp16_overflow_skips_the_step_and_the_scheduler():

@@ -41,9 +41,6 @@ class Zero1(DDP):
 
     name = "zero1"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-
     @property
     def distributed_type(self) -> DistributedType:  # type: ignore[override]
         return DistributedType.DEEPSPEED

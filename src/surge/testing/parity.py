@@ -119,6 +119,30 @@ def surge_run(
     return [state[n].detach().clone().cpu() for n in names]
 
 
+def scheduled_run(
+    accelerator: Any, n_samples: int, schedule_length: Callable[[int, int], int], epochs: int = 2
+) -> tuple[int, int, float, int]:
+    """Train with accumulation and a linear-to-zero LR schedule whose length is
+    ``schedule_length(len(prepared_loader), epochs)``; returns (optimizer steps taken,
+    the scheduler's last_epoch, the final LR, the schedule length). Checks the
+    scheduler rule ([Note: the scheduler rule] in optim.py)."""
+    model = nn.Linear(FEATURES, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model, opt, loader = accelerator.prepare(model, opt, DataLoader(make_dataset(n_samples), batch_size=4))
+    total = schedule_length(len(loader), epochs)
+    sched = accelerator.prepare(torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / total)))
+    optimizer_steps = 0
+    for _ in range(epochs):
+        for x, y in loader:
+            with accelerator.accumulate(model):
+                accelerator.backward(nn.functional.mse_loss(model(x), y))
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                optimizer_steps += accelerator.sync_gradients
+    return optimizer_steps, sched.scheduler.last_epoch, sched.get_last_lr()[0], total
+
+
 def max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
 
