@@ -11,10 +11,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from surge import Accelerator, DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
+from surge import Accelerator, DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin, GradScalerKwargs
 from surge.ops import broadcast_object_list
 from surge.testing import distributed_test
-from surge.testing.parity import BlockModel, TOLERANCE, make_dataset, max_difference, reference_run, surge_run
+from surge.testing.parity import FP16_SCALE, BlockModel, TOLERANCE, make_dataset, max_difference, reference_run, surge_run
 
 pytestmark = pytest.mark.distributed
 
@@ -28,15 +28,22 @@ PLUGINS = {
                                                                   offload_optimizer_device="cpu")},
     "fsdp_offload_checkpointing": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin(
         "FULL_SHARD", cpu_offload=True, activation_checkpointing=True)},
+    "zero1_offload_optimizer": lambda: {"deepspeed_plugin": {"zero_stage": 1, "offload_optimizer": True}},
+    "zero2_offload_optimizer": lambda: {"deepspeed_plugin": {"zero_stage": 2, "offload_optimizer": True}},
+    "zero3_offload_optimizer": lambda: {"deepspeed_plugin": {"zero_stage": 3, "offload_optimizer": True}},
+    "fsdp_size_based": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin(
+        "FULL_SHARD", auto_wrap_policy="SIZE_BASED_WRAP", min_num_params=200)},
+    "fsdp_hybrid": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin("HYBRID_SHARD")},
 }
 
 
-def _parity(name: str) -> None:
+def _parity(name: str, precisions: tuple[str, ...] = ("no", "bf16")) -> None:
     data = make_dataset(64)
-    for mp in ("no", "bf16"):
+    for mp in precisions:
         ref = reference_run(data, 16, mp, model_fn=BlockModel)
+        scaler = {"kwargs_handlers": [GradScalerKwargs(init_scale=FP16_SCALE)]} if mp == "fp16" else {}
         for steps in (1, 2):
-            acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=steps, **PLUGINS[name]())
+            acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=steps, **PLUGINS[name](), **scaler)
             got = surge_run(acc, data, 16 // (2 * steps), model_fn=BlockModel)
             diff = max_difference(ref, got)
             assert diff <= TOLERANCE[mp], f"{name} x {mp} x accumulation {steps}: {diff}"
@@ -82,6 +89,73 @@ def check_zero3_offload_parity():
 
 def check_fsdp_offload_and_activation_checkpointing_parity():
     _parity("fsdp_offload_checkpointing")
+
+
+def check_fp16_under_zero2_and_zero3_parity():
+    _parity("zero2", ("fp16",))
+    _parity("zero3_offload", ("fp16",))
+
+
+def check_optimizer_offload_parity():
+    for name in ("zero1_offload_optimizer", "zero2_offload_optimizer", "zero3_offload_optimizer"):
+        _parity(name, ("no", "bf16", "fp16"))
+
+
+def check_optimizer_offload_keeps_state_on_cpu():
+    from surge.strategies.offload import OffloadedOptimizer
+
+    acc = Accelerator(deepspeed_plugin={"zero_stage": 3, "offload_optimizer": True})
+    model = BlockModel()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    assert isinstance(opt.optimizer, OffloadedOptimizer)
+    for _ in range(2):
+        acc.backward(model(torch.randn(4, 8)).pow(2).mean())
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    masters = [m for group in opt.optimizer.masters for m in group]
+    # State exists for the CPU masters only, and the device shards equal their masters.
+    assert set(map(id, opt.state)) == set(map(id, masters))
+    assert all(v.device.type == "cpu" for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
+    shards = [p.to_local() for p in model.parameters()]
+    assert all(torch.equal(s, m) for s, m in zip(shards, masters))
+    assert opt.param_groups[0]["lr"] == 1e-2 * 0.25  # the schedule reaches the CPU step
+    state = opt.state_dict()
+    moved = {k: v.clone() for k, v in state["state"][0].items()}
+    opt.load_state_dict(state)
+    assert all(torch.equal(moved[k], opt.state_dict()["state"][0][k]) for k in moved)
+    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], model.parameters()))
+
+
+def check_size_based_wrap_shards_big_modules():
+    from torch.distributed.fsdp import FSDPModule
+
+    _parity("fsdp_size_based", ("no",))
+    acc = Accelerator(**PLUGINS["fsdp_size_based"]())
+    model = acc.prepare(BlockModel())
+    sharded = [name for name, m in model.named_modules() if isinstance(m, FSDPModule)]
+    # Each block's 16x16 Linear (272 parameters) is its own unit, the 8->16 input layer (144) is not.
+    assert sharded == ["", "blocks.0.0", "blocks.1.0", "blocks.2.0"], sharded
+
+
+def check_hybrid_shard_parity():
+    import dataclasses
+
+    from torch.distributed.fsdp import FSDPModule
+
+    _parity("fsdp_hybrid", ("no",))  # one machine: shards over its 2 processes
+    # Two machines of one process each: replicate across them, shard within (a 2x1 mesh).
+    data = make_dataset(64)
+    ref = reference_run(data, 16, "no", model_fn=BlockModel)
+    acc = Accelerator(**PLUGINS["fsdp_hybrid"]())
+    acc.strategy.topology = dataclasses.replace(acc.topology, local_world_size=1, num_nodes=2)
+    got = surge_run(acc, data, 8, model_fn=BlockModel)
+    assert max_difference(ref, got) <= TOLERANCE["no"]
+    model = next(m for m in acc._models if isinstance(m, FSDPModule))
+    param = next(model.parameters())
+    assert param.device_mesh.shape == (2, 1) and param.to_local().shape == param.shape  # replicated
 
 
 def check_activation_checkpointing_recomputes_blocks():
@@ -183,6 +257,11 @@ def check_deepspeed_json_config_parity():
 
 
 CHECKS = [
+    check_fp16_under_zero2_and_zero3_parity,
+    check_optimizer_offload_parity,
+    check_optimizer_offload_keeps_state_on_cpu,
+    check_size_based_wrap_shards_big_modules,
+    check_hybrid_shard_parity,
     check_deepspeed_json_config_parity,
     check_transformers_llama_under_zero3,
     check_memory_follows_zero_arithmetic,

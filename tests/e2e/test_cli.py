@@ -257,5 +257,9 @@ def test_launch_with_zero_stage_three_shards_the_model():
     assert result.returncode == 0, result.stderr
     assert sorted(re.findall(r"rank=\d type=\w+ params=\w+", result.stdout)) == [
         "rank=0 type=DEEPSPEED params=DTensor", "rank=1 type=DEEPSPEED params=DTensor"]
-    refused = surge("launch", "--num_processes", 2, "--zero_stage", 3, "--offload_optimizer_device", "cpu", PROBE)
-    assert refused.returncode != 0 and "not available yet" in refused.stderr
+    offloaded = surge("launch", "--num_processes", 2, "--zero_stage", 2, "--offload_optimizer_device", "cpu",
+                      os.path.join(SCRIPTS, "sharded_probe.py"))
+    assert offloaded.returncode == 0 and offloaded.stdout.count("params=DTensor") == 2, offloaded.stderr
+    refused = surge("launch", "--num_processes", 2, "--zero_stage", 2, "--offload_param_device", "cpu", PROBE)
+    assert refused.returncode != 0 and "needs zero_stage=3" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

@@ -1,10 +1,11 @@
 """Sharding plugins: validation in constructors, dict forms, block discovery."""
 
 import pytest
+import torch
 from torch import nn
 
 from surge import Accelerator, DeepSpeedPlugin, FullyShardedDataParallelPlugin
-from surge.strategies.fsdp import find_blocks
+from surge.strategies.fsdp import find_blocks, find_blocks_by_size
 from surge.testing.parity import BlockModel
 
 
@@ -65,3 +66,54 @@ def test_find_blocks_uses_no_split_modules():
     model = transformers.LlamaForCausalLM(cfg)
     blocks = find_blocks(model)
     assert len(blocks) == 2 and all(type(b).__name__ == "LlamaDecoderLayer" for b in blocks)
+
+
+def test_find_blocks_by_size_is_innermost_first_and_skips_the_root():
+    model = nn.Sequential(nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10)), nn.Linear(10, 1))
+    # Each 10x10 layer (110) is a unit; the outer Sequential's remainder (11) is not; the root never is.
+    assert find_blocks_by_size(model, 100) == [model[0][0], model[0][1]]
+    assert find_blocks_by_size(model, 200) == [model[0]]  # 220 together
+    assert find_blocks_by_size(model, 10**6) == []
+
+
+def test_single_process_optimizer_offload_matches_plain_training():
+    from surge.strategies.offload import OffloadedOptimizer
+    from surge.testing.parity import make_dataset, max_difference, reference_run, surge_run
+
+    data = make_dataset(32)
+    ref = reference_run(data, 8, model_fn=BlockModel)
+    acc = Accelerator(deepspeed_plugin={"zero_stage": 2, "offload_optimizer": True, "gradient_accumulation_steps": 2})
+    got = surge_run(acc, data, 4, model_fn=BlockModel)
+    assert isinstance(acc._optimizers[0].optimizer, OffloadedOptimizer)
+    assert max_difference(ref, got) <= 1e-6
+
+
+def test_offloaded_optimizer_refuses_closures_and_late_groups():
+    from surge.strategies.offload import OffloadedOptimizer
+
+    model = nn.Linear(2, 1)
+    opt = OffloadedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="closure"):
+        opt.step(lambda: 0.0)
+    with pytest.raises(ValueError, match="add_param_group"):
+        opt.add_param_group({"params": [torch.zeros(1)]})
+    model(torch.ones(1, 2)).sum().backward()
+    before = model.weight.detach().clone()
+    opt.step()
+    assert torch.allclose(model.weight, before - 0.1)  # the CPU step reached the parameters
+
+
+def test_activation_checkpointing_without_sharding():
+    calls = []
+    acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(zero_stage=0, activation_checkpointing=True))
+    model = BlockModel()
+    for block in model.blocks:
+        block[0].register_forward_hook(lambda *_: calls.append(1))
+    model = acc.prepare(model)
+    acc.backward(model(torch.randn(4, 8)).pow(2).mean())
+    assert len(calls) == 2 * len(model.blocks)  # recomputed in backward
+
+
+def test_fsdp_plugin_refuses_offload_without_sharding():
+    with pytest.raises(ValueError, match="NO_SHARD.*cpu_offload"):
+        FullyShardedDataParallelPlugin("NO_SHARD", cpu_offload=True)

@@ -99,15 +99,13 @@ def resolve_config(args: argparse.Namespace) -> tuple[SurgeConfig, dict[str, Any
 
 def _check_runnable(config: SurgeConfig) -> None:
     """Refuse, before starting any process, what every worker would refuse."""
-    from surge.config.plugins import plugins_from_config, unsupported_reason
+    from surge.config.plugins import plugins_from_config
 
     sharding = {k: v for k, v in config.changed().items() if k in SHARDING_KEYS}
     try:
-        reason = unsupported_reason(*plugins_from_config(sharding))
-    except ValueError as exc:
-        reason = str(exc)
-    if reason:
-        raise ConfigError(reason)
+        plugins_from_config(sharding)  # the plugins validate in their constructors
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
     if config.mixed_precision == "fp8" and _gpu_count() == 0:
         raise ConfigError("mixed_precision='fp8' needs a CUDA GPU with compute capability >= 8.9 and none is visible; "
                           "use --mixed_precision bf16")

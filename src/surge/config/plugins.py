@@ -34,7 +34,8 @@ class DeepSpeedPlugin:
     gradient_clipping: float | None = None
     """Clip the global gradient norm to this at every optimizer step (None: no clipping)."""
     offload_optimizer_device: str = "none"
-    """"cpu" keeps the fp32 optimizer state on the CPU (stages 1-3)."""
+    """"cpu" keeps fp32 master weights and optimizer state on the CPU and steps there
+    (stages 1-3; stage 1 then runs as stage 2)."""
     offload_param_device: str = "none"
     """"cpu" keeps parameter shards on the CPU (stage 3 only)."""
     zero3_save_16bit_model: bool = False
@@ -119,7 +120,8 @@ class FullyShardedDataParallelPlugin:
     """
 
     sharding_strategy: str = "FULL_SHARD"
-    """FULL_SHARD (ZeRO-3), SHARD_GRAD_OP (ZeRO-2), NO_SHARD (DDP) or HYBRID_SHARD."""
+    """FULL_SHARD (ZeRO-3), SHARD_GRAD_OP (ZeRO-2), NO_SHARD (DDP) or HYBRID_SHARD (ZeRO-3
+    within each machine, replicated across machines)."""
     auto_wrap_policy: str = "TRANSFORMER_AUTO_WRAP"
     """How blocks are found: TRANSFORMER_AUTO_WRAP (layer classes), SIZE_BASED_WRAP or NO_WRAP (root only)."""
     transformer_layer_cls_to_wrap: list[str] | None = None
@@ -149,6 +151,9 @@ class FullyShardedDataParallelPlugin:
             self.transformer_layer_cls_to_wrap = list(names)
         check_int("FullyShardedDataParallelPlugin.min_num_params", self.min_num_params, minimum=1)
         check_bool("FullyShardedDataParallelPlugin.cpu_offload", self.cpu_offload)
+        if self.cpu_offload and self.sharding_strategy == "NO_SHARD":
+            raise ValueError("FullyShardedDataParallelPlugin(sharding_strategy='NO_SHARD', cpu_offload=True): only "
+                             "sharded parameters can be offloaded. Use FULL_SHARD or SHARD_GRAD_OP with cpu_offload.")
         check_bool("FullyShardedDataParallelPlugin.activation_checkpointing", self.activation_checkpointing)
         self.state_dict_type = check_choice("FullyShardedDataParallelPlugin.state_dict_type", self.state_dict_type,
                                             ("FULL_STATE_DICT", "SHARDED_STATE_DICT"))
@@ -170,17 +175,3 @@ def plugins_from_config(values: dict[str, Any]) -> tuple[DeepSpeedPlugin | None,
             offload_param_device=values.get("offload_param_device", "none"),
         ), None
     return None, None
-
-
-def unsupported_reason(ds: DeepSpeedPlugin | None, fsdp: FullyShardedDataParallelPlugin | None) -> str | None:
-    """Why this version cannot run the requested sharding, or None when it can."""
-    if ds is not None and ds.offload_optimizer_device == "cpu" and ds.offload_param_device != "cpu":
-        return (f"DeepSpeedPlugin(zero_stage={ds.zero_stage}, offload_optimizer_device='cpu') without "
-                "offload_param_device='cpu' is not available yet: this version offloads optimizer state together "
-                "with the parameters (zero_stage=3, offload_param_device='cpu', offload_optimizer_device='cpu').")
-    if fsdp is not None and (fsdp.sharding_strategy == "HYBRID_SHARD" or fsdp.auto_wrap_policy == "SIZE_BASED_WRAP"
-                             or (fsdp.cpu_offload and fsdp.sharding_strategy == "NO_SHARD")):
-        return ("FullyShardedDataParallelPlugin with HYBRID_SHARD, SIZE_BASED_WRAP, or cpu_offload with NO_SHARD is "
-                "not available yet: this version runs FULL_SHARD and SHARD_GRAD_OP (with cpu_offload and "
-                "activation_checkpointing) and NO_SHARD.")
-    return None

@@ -37,11 +37,33 @@ class Strategy:
     name = "single"
     distributed_type = DistributedType.NO
 
-    def __init__(self, topology: Topology, config: AcceleratorConfig, precision: Precision) -> None:
+    def __init__(self, topology: Topology, config: AcceleratorConfig, precision: Precision, *,
+                 offload_optimizer: bool = False, activation_checkpointing: bool = False,
+                 layer_classes: list[str] | None = None, min_num_params: int | None = None) -> None:
         self.topology = topology
         self.config = config
         self.precision = precision
         self.device = torch.device(topology.device)
+        self.offload_optimizer = offload_optimizer
+        self.activation_checkpointing = activation_checkpointing
+        self.layer_classes = layer_classes  # block classes; None finds them, [] means none
+        self.min_num_params = min_num_params  # SIZE_BASED_WRAP when set
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The model's blocks: sharded one by one (FSDP) and checkpointed one by one."""
+        from surge.strategies.blocks import find_blocks, find_blocks_by_size
+
+        if self.min_num_params is not None:
+            return find_blocks_by_size(model, self.min_num_params)
+        return find_blocks(model, self.layer_classes)
+
+    def checkpoint_activations(self, blocks: list[nn.Module]) -> None:
+        """Recompute the activations of each (outermost) block in backward, when asked."""
+        from surge.strategies.blocks import checkpoint_block, outermost
+
+        if self.activation_checkpointing:
+            for block in outermost(blocks):
+                checkpoint_block(block)
 
     def prepare_model(self, model: nn.Module, *, device_placement: bool, evaluation_mode: bool = False) -> nn.Module:
         """Convert, place and (in subclasses) wrap ``model``; returns what the user calls.
@@ -53,12 +75,19 @@ class Strategy:
         model = self.precision.convert_module(model)
         if device_placement:
             model.to(self.device)
+        if not evaluation_mode:
+            self.checkpoint_activations(self.blocks(model) if self.activation_checkpointing else [])
         self.precision.wrap_forward(model)
         return model
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """The optimizer to step for the user's ``optimizer``: itself, rebound to sharded
-        parameters, or a sharded replacement (ZeRO-1)."""
+        parameters, a sharded replacement (ZeRO-1), or (``offload_optimizer``) one that
+        keeps fp32 masters and its state on the CPU (see [Note: optimizer offload])."""
+        if self.offload_optimizer:
+            from surge.strategies.offload import OffloadedOptimizer
+
+            return OffloadedOptimizer(optimizer, pin_memory=self.device.type == "cuda")
         return optimizer
 
     def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:

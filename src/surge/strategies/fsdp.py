@@ -14,7 +14,6 @@ rebinds its groups to the new parameters by name, keeping each group's settings.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,57 +22,9 @@ from torch import nn
 
 from surge.state import DistributedType
 from surge.strategies.base import Strategy
+from surge.strategies.blocks import find_blocks, find_blocks_by_size
 
-
-def find_blocks(model: nn.Module, class_names: list[str] | None = None) -> list[nn.Module]:
-    """The modules to shard one by one, outermost first, never nested in each other.
-
-    Taken from ``class_names`` when given, else from transformers'
-    ``_no_split_modules``, else the children of any ``nn.ModuleList`` whose entries
-    repeat one class (the usual stack of transformer layers).
-    """
-    if class_names is not None and not class_names:
-        return []  # NO_WRAP: the root alone
-    names = set(class_names or getattr(model, "_no_split_modules", None) or [])
-    if names:
-        chosen = [m for m in model.modules() if type(m).__name__ in names and m is not model]
-        if class_names and not chosen:
-            raise ValueError(
-                f"transformer_layer_cls_to_wrap={class_names} matches no submodule of {type(model).__name__}; "
-                f"its submodule classes include {sorted({type(m).__name__ for m in model.modules()})[:12]}."
-            )
-    else:
-        chosen = []
-        for m in model.modules():
-            if isinstance(m, nn.ModuleList) and len(m) > 1:
-                kinds = Counter(type(c) for c in m)
-                if len(kinds) == 1:
-                    chosen.extend(m)
-    outer: list[nn.Module] = []
-    for m in chosen:  # drop blocks nested inside another chosen block
-        if not any(m is not o and any(m is d for d in o.modules()) for o in chosen):
-            outer.append(m)
-    return outer
-
-
-class CheckpointedForward:
-    """Replaces a block's ``forward``: its activations are recomputed in backward instead
-    of stored (non-reentrant ``torch.utils.checkpoint``). Set as an instance attribute,
-    like the autocast forward, so the block's class and state dict keys are unchanged."""
-
-    def __init__(self, forward: Any) -> None:
-        self.__wrapped__ = forward
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from torch.utils.checkpoint import checkpoint
-
-        return checkpoint(self.__wrapped__, *args, use_reentrant=False, **kwargs)
-
-
-def checkpoint_block(block: nn.Module) -> None:
-    """Recompute ``block``'s activations in backward (idempotent)."""
-    if not isinstance(block.__dict__.get("forward"), CheckpointedForward):
-        block.forward = CheckpointedForward(block.forward)
+__all__ = ["FSDP", "find_blocks", "find_blocks_by_size"]
 
 
 class FSDP(Strategy):
@@ -83,12 +34,15 @@ class FSDP(Strategy):
 
     def __init__(self, topology: Any, config: Any, precision: Any, *, reshard_after_forward: bool,
                  layer_classes: list[str] | None = None, distributed_type: DistributedType = DistributedType.FSDP,
-                 offload_params: bool = False, activation_checkpointing: bool = False) -> None:
-        super().__init__(topology, config, precision)
+                 offload_params: bool = False, activation_checkpointing: bool = False,
+                 offload_optimizer: bool = False, min_num_params: int | None = None, hybrid: bool = False) -> None:
+        # With offload_params the shards already live (and step) on the CPU.
+        super().__init__(topology, config, precision, offload_optimizer=offload_optimizer and not offload_params,
+                         activation_checkpointing=activation_checkpointing, layer_classes=layer_classes,
+                         min_num_params=min_num_params)
         self.reshard_after_forward = reshard_after_forward
-        self.layer_classes = layer_classes
         self.offload_params = offload_params
-        self.activation_checkpointing = activation_checkpointing
+        self.hybrid = hybrid  # HYBRID_SHARD: shard within a machine, replicate across machines
         self._distributed_type = distributed_type
         self._param_map: dict[int, nn.Parameter] = {}
 
@@ -100,7 +54,9 @@ class FSDP(Strategy):
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         dtype = self.precision.autocast_dtype if self.precision.name == "bf16" else None
-        # Compute in bf16 from gathered bf16 parameters, reduce gradients in fp32.
+        # Compute in bf16 from gathered bf16 parameters, reduce gradients in fp32. fp16
+        # keeps fp32 parameters and autocast instead: its loss scaler unscales fp32
+        # gradients (and finds overflow across all shards: the DTensor op reduces it).
         return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
 
     def prepare_model(self, model: nn.Module, *, device_placement: bool, evaluation_mode: bool = False) -> nn.Module:
@@ -109,13 +65,12 @@ class FSDP(Strategy):
 
         if isinstance(model, FSDPModule) or evaluation_mode:
             return super().prepare_model(model, device_placement=device_placement) if evaluation_mode else model
-        if self.precision.name == "fp16":
-            raise ValueError("mixed_precision='fp16' with ZeRO-2/3 sharding is not supported yet; use 'bf16' "
-                             "(no loss scaling needed) or 'no'.")
         names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
         if device_placement:
             model.to(self.device)
-        mesh = init_device_mesh(self.device.type, (self.topology.world_size,))
+        if self.precision.name != "bf16":
+            self.precision.wrap_forward(model)  # fp16 (and fp8) autocast; a no-op for fp32
+        mesh = init_device_mesh(self.device.type, self._mesh_shape(), mesh_dim_names=self._mesh_names())
         kwargs = {"mesh": mesh, "reshard_after_forward": self.reshard_after_forward, "mp_policy": self._mp_policy()}
         if self.offload_params:
             from torch.distributed.fsdp import CPUOffloadPolicy
@@ -123,16 +78,28 @@ class FSDP(Strategy):
             # Parameter shards, their gradients and so the optimizer step live on the CPU;
             # each block is copied to the device just before it runs.
             kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
-        blocks = find_blocks(model, self.layer_classes)
-        if self.activation_checkpointing:
-            for block in blocks:
-                checkpoint_block(block)
+        blocks = self.blocks(model)
+        self.checkpoint_activations(blocks)
         for block in blocks:
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
         new = dict(model.named_parameters(remove_duplicate=False))
         self._param_map.update({old: new[name] for old, name in names.items() if name in new})
         return model
+
+    def _mesh_shape(self) -> tuple[int, ...]:
+        """(world,) or, for HYBRID_SHARD, (machines, processes per machine): parameters
+        are sharded over the processes of a machine and replicated across machines."""
+        world, machines = self.topology.world_size, self.topology.num_nodes
+        if not self.hybrid:
+            return (world,)
+        if world % machines:
+            raise ValueError(f"HYBRID_SHARD needs the same number of processes on every machine; {world} processes "
+                             f"on {machines} machines. Use FULL_SHARD, or launch equal processes per machine.")
+        return (machines, world // machines)
+
+    def _mesh_names(self) -> tuple[str, ...]:
+        return ("replicate", "shard") if self.hybrid else ("shard",)
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Rebind ``optimizer`` to the sharded parameters (see the module note)."""
@@ -141,7 +108,7 @@ class FSDP(Strategy):
                              "(its state must be created for the parameter shards).")
         for group in optimizer.param_groups:
             group["params"] = [self._param_map.get(id(p), p) for p in group["params"]]
-        return optimizer
+        return super().prepare_optimizer(optimizer)
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         return _gradient_sync_off(model)

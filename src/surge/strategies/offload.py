@@ -1,0 +1,143 @@
+"""Optimizer offload (DeepSpeed's ``offload_optimizer``): the fp32 master copy of each
+parameter shard and all optimizer state live in CPU memory, and the step runs there.
+
+[Note: optimizer offload]
+The user's optimizer keeps its param groups, which keep pointing at the device
+parameters (the local shards under ZeRO-2/3). Everything that reads gradients through
+the groups (the fp16 loss scaler's unscale, clipping, ``zero_grad``) therefore works on
+the device gradients as usual. Only while the optimizer itself runs (``step``,
+``state_dict``, ``load_state_dict``) do the groups hold the CPU masters instead, so its
+state is created, saved and loaded for the masters, on the CPU. One step:
+
+1. each device gradient is copied into the master's CPU gradient buffer (pinned memory
+   on CUDA, so the copies run asynchronously; one stream sync before the CPU reads);
+2. the optimizer steps the fp32 masters on the CPU;
+3. the masters are copied back into the device parameters (cast to their dtype).
+
+Device memory then holds the parameters and gradients only: the optimizer state (8
+bytes per parameter for Adam, sharded under ZeRO) never touches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of ``tensor`` this process holds (a DTensor's local shard)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+class OffloadedOptimizer(torch.optim.Optimizer):
+    """Runs ``optimizer`` on CPU fp32 masters of its (device) parameters; see the note above.
+
+    Args:
+        optimizer: The user's optimizer, its groups holding the device parameters. Its
+            state must be empty (it is created for the masters).
+        pin_memory: Page-locked CPU buffers (on CUDA: asynchronous copies).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, pin_memory: bool = False) -> None:
+        # No super().__init__: ``optimizer`` owns groups and state; this object swaps
+        # what its groups point at around the calls that create or read state.
+        if optimizer.state:
+            raise ValueError("the optimizer already has state; prepare it before its first step when offloading "
+                             "it (its state is created on the CPU).")
+        self.optimizer = optimizer
+        self._pin = pin_memory
+        self._masters: list[list[torch.Tensor]] = []
+        for group in optimizer.param_groups:
+            masters = []
+            for p in group["params"]:
+                local = _local(p.detach())
+                master = torch.empty(local.shape, dtype=torch.float32, device="cpu", pin_memory=pin_memory)
+                master.copy_(local)
+                masters.append(master)
+            self._masters.append(masters)
+
+    # -- the optimizer's own face -------------------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        """The optimizer state, keyed by the CPU masters."""
+        return self.optimizer.state
+
+    @property
+    def masters(self) -> list[list[torch.Tensor]]:
+        """The fp32 CPU master of each parameter, group by group."""
+        return self._masters
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        raise ValueError("add_param_group after prepare is not supported with offload_optimizer; add every group "
+                         "before prepare.")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @contextmanager
+    def _groups_on_masters(self) -> Iterator[list[list[torch.Tensor]]]:
+        groups = self.optimizer.param_groups
+        device_params = [group["params"] for group in groups]
+        for group, masters in zip(groups, self._masters):
+            group["params"] = masters
+        try:
+            yield device_params
+        finally:
+            # load_state_dict replaces the group dicts: restore by position.
+            for group, params in zip(self.optimizer.param_groups, device_params):
+                group["params"] = params
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        with self._groups_on_masters():
+            return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        with self._groups_on_masters():
+            self.optimizer.load_state_dict(state_dict)  # casts the state to the masters (CPU, fp32)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        if closure is not None:
+            raise ValueError("optimizer.step(closure) is not supported with offload_optimizer: the closure's "
+                             "gradients would land on the device after the copy to the CPU. Call backward, then "
+                             "step() without a closure.")
+        device_params = [group["params"] for group in self.optimizer.param_groups]
+        asynchronous = False
+        for params, masters in zip(device_params, self._masters):
+            for p, master in zip(params, masters):
+                if p.grad is None:
+                    master.grad = None
+                    continue
+                grad = _local(p.grad)
+                if master.grad is None:
+                    master.grad = torch.empty(master.shape, dtype=torch.float32, device="cpu", pin_memory=self._pin)
+                master.grad.copy_(grad, non_blocking=self._pin)
+                asynchronous = asynchronous or grad.device.type == "cuda"
+        if asynchronous:
+            torch.cuda.current_stream().synchronize()  # the CPU reads the gradients next
+        with self._groups_on_masters():
+            result = self.optimizer.step()
+        for params, masters in zip(device_params, self._masters):
+            for p, master in zip(params, masters):
+                if master.grad is not None:
+                    _local(p).copy_(master, non_blocking=self._pin)
+        return result
+
+    def __repr__(self) -> str:
+        return f"OffloadedOptimizer({self.optimizer!r})"
