@@ -18,6 +18,7 @@ later ones reuse after checking it matches.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -147,16 +148,12 @@ class Accelerator(ProcessQueries):
         if gradient_accumulation_steps is None and deepspeed_plugin is not None:
             gradient_accumulation_steps = deepspeed_plugin.gradient_accumulation_steps
         ds = getattr(deepspeed_plugin, "ds_settings", None)
-        if ds is not None:
+        if ds is not None and ds.mixed_precision is not None:
             if mixed_precision is None:
                 mixed_precision = ds.mixed_precision
             elif mixed_precision != ds.mixed_precision:
                 raise ValueError(f"mixed_precision={mixed_precision!r} contradicts the DeepSpeed config, which asks "
-                                 f"for {ds.mixed_precision!r}; set it in one place.")
-            if ds.mixed_precision == "fp16" and not any(isinstance(h, GradScalerKwargs) for h in kwargs_handlers or []):
-                growth = 10**9 if ds.fp16_static_scale else ds.fp16_growth_interval
-                scale = ds.fp16_static_scale or ds.fp16_initial_scale
-                kwargs_handlers = [*(kwargs_handlers or []), GradScalerKwargs(init_scale=scale, growth_interval=growth)]
+                                 f"for {ds.mixed_precision!r}; set it in one place (or \"auto\" in the config).")
         resolved, conflicts, sharding = resolve_accelerator_args(
             {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu}
         )
@@ -171,6 +168,10 @@ class Accelerator(ProcessQueries):
             even_batches=even_batches,
             step_scheduler_with_optimizer=step_scheduler_with_optimizer,
         )
+        if ds is not None and ds.loss_scale is not None and self.config.mixed_precision == "fp16" \
+                and not any(isinstance(h, GradScalerKwargs) for h in kwargs_handlers or []):
+            # The config's fp16 section: DeepSpeed's loss-scaling rule (precision/fp16.py).
+            self.config = dataclasses.replace(self.config, scaler=ds.loss_scale)
         if project_config is not None and not isinstance(project_config, ProjectConfiguration):
             raise TypeError(f"project_config={project_config!r} must be a ProjectConfiguration.")
         self.project_configuration = project_config if project_config is not None else ProjectConfiguration()

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from surge import Accelerator, DeepSpeedPlugin
-from surge.config.deepspeed import parse_deepspeed_config, resolve_batch_sizes
+from surge.config.deepspeed import LossScaleSettings, parse_deepspeed_config, resolve_batch_sizes
 
 CONFIG = {
     "train_micro_batch_size_per_gpu": "auto",
@@ -22,9 +22,57 @@ CONFIG = {
 def test_translation():
     s = parse_deepspeed_config(CONFIG)
     assert (s.zero_stage, s.offload_param_device, s.offload_optimizer_device) == (3, "cpu", "cpu")
-    assert (s.mixed_precision, s.fp16_initial_scale, s.fp16_growth_interval) == ("fp16", 4096.0, 500)
+    assert s.mixed_precision == "fp16"
+    assert s.loss_scale == LossScaleSettings(initial_scale=4096.0, window=500, hysteresis=2)
     assert (s.gradient_clipping, s.gradient_accumulation_steps, s.activation_checkpointing) == (1.0, 4, True)
-    assert "fp16.hysteresis" in s.unhonoured
+    assert "fp16.hysteresis" not in s.unhonoured  # honoured by surge's DeepSpeed loss scaler
+
+
+def _scales(settings, overflows):
+    """The scale after each step of a run whose steps overflow as given."""
+    from surge.precision.fp16 import DeepSpeedLossScaler
+
+    scaler = DeepSpeedLossScaler("cpu", settings)
+    scale, out = settings.initial_scale, []
+    for overflow in overflows:
+        scale = scaler._next_scale(scale, overflow)
+        out.append(scale)
+    return out
+
+
+def test_deepspeed_loss_scale_rule():
+    dynamic = LossScaleSettings(initial_scale=16.0, window=2, hysteresis=2, min_scale=4.0)
+    # Clean steps double every `window`; the first overflow only spends the hysteresis,
+    # the second halves; the scale never falls below min_scale.
+    assert _scales(dynamic, [False, False]) == [16.0, 32.0]
+    assert _scales(dynamic, [True, True, True, True, True]) == [16.0, 8.0, 4.0, 4.0, 4.0]
+    # Growth counts from the last overflow, which it also refills the hysteresis at.
+    assert _scales(dynamic, [True, False, False, True]) == [16.0, 16.0, 32.0, 32.0]
+    assert _scales(LossScaleSettings(initial_scale=8.0, static=True), [True, False, True]) == [8.0, 8.0, 8.0]
+    consecutive = LossScaleSettings(initial_scale=16.0, window=100, hysteresis=2, consecutive_hysteresis=True)
+    assert _scales(consecutive, [True, False, True, True]) == [16.0, 16.0, 16.0, 8.0]
+
+
+def test_fp16_section_values_are_checked():
+    with pytest.raises(ValueError, match="fp16.hysteresis=0"):
+        parse_deepspeed_config({"fp16": {"enabled": True, "hysteresis": 0}})
+    with pytest.raises(ValueError, match="fp16.enabled='yes'"):
+        parse_deepspeed_config({"fp16": {"enabled": "yes"}})
+    assert parse_deepspeed_config({"fp16": {"enabled": True, "loss_scale": 128}}).loss_scale.static
+    assert parse_deepspeed_config({"bf16": {"enabled": "auto"}}).mixed_precision is None
+
+
+def test_deepspeed_fp16_config_installs_the_deepspeed_scaler():
+    from surge.precision.fp16 import DeepSpeedLossScaler
+
+    acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config={
+        "train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": True, "initial_scale_power": 5, "hysteresis": 3}}))
+    scaler = acc.precision.scaler
+    assert isinstance(scaler, DeepSpeedLossScaler) and scaler.get_scale() == 32.0
+    assert scaler.settings.hysteresis == 3
+    auto = Accelerator(mixed_precision="fp16", deepspeed_plugin=DeepSpeedPlugin(hf_ds_config={
+        "train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": "auto"}}))
+    assert isinstance(auto.precision.scaler, DeepSpeedLossScaler)
 
 
 def test_plugin_from_a_json_path(tmp_path):

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Literal, get_args
 
 from surge.config._validate import check_bool, check_choice, check_int
+from surge.config.deepspeed import LossScaleSettings
 from surge.config.kwargs import (
     AutocastKwargs,
     DistributedDataParallelKwargs,
@@ -49,8 +50,8 @@ class AcceleratorConfig:
     """Options passed to DistributedDataParallel."""
     autocast: AutocastKwargs = field(default_factory=AutocastKwargs)
     """Options for the autocast region of fp16 / bf16 / fp8."""
-    scaler: GradScalerKwargs = field(default_factory=GradScalerKwargs)
-    """Options for fp16's dynamic loss scaler."""
+    scaler: GradScalerKwargs | LossScaleSettings = field(default_factory=GradScalerKwargs)
+    """Options for fp16's dynamic loss scaler (``LossScaleSettings``: DeepSpeed's rule)."""
     backend: str | None = None
     """Process-group backend; None picks nccl for CUDA, gloo for CPU."""
     init_method: str | None = None
@@ -74,9 +75,10 @@ class AcceleratorConfig:
         )
         for name in ("cpu", "device_placement", "split_batches", "even_batches", "step_scheduler_with_optimizer"):
             check_bool(name, getattr(self, name))
-        for name, kind in (("ddp", DistributedDataParallelKwargs), ("autocast", AutocastKwargs), ("scaler", GradScalerKwargs)):
-            if not isinstance(getattr(self, name), kind):
-                raise TypeError(f"{name}={getattr(self, name)!r} must be a {kind.__name__}.")
+        for name, kinds in (("ddp", (DistributedDataParallelKwargs,)), ("autocast", (AutocastKwargs,)),
+                            ("scaler", (GradScalerKwargs, LossScaleSettings))):
+            if not isinstance(getattr(self, name), kinds):
+                raise TypeError(f"{name}={getattr(self, name)!r} must be a {kinds[0].__name__}.")
         if self.timeout is not None:
             set_(self, "timeout", as_timeout("timeout", self.timeout))
 

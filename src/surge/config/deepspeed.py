@@ -39,6 +39,7 @@ _KNOWN: dict[str, set[str] | None] = {
     "optimizer": {"type", "params"},
     "scheduler": {"type", "params"},
     "zero_allow_untested_optimizer": None,
+    "dataloader_drop_last": None,
     "zero_force_ds_cpu_optimizer": None,
     "communication_data_type": None,
     "tensorboard": None,
@@ -51,10 +52,27 @@ _UNHONOURED = {
     "prescale_gradients", "gradient_predivide_factor", "communication_data_type", "tensorboard", "wandb",
     "flops_profiler", "comms_logger", "zero_optimization.zero_quantized_weights",
     "zero_optimization.zero_quantized_gradients", "zero_optimization.zero_hpz_partition_size",
-    "fp16.hysteresis", "fp16.consecutive_hysteresis", "fp16.min_loss_scale",
     "activation_checkpointing.partition_activations", "activation_checkpointing.cpu_checkpointing",
     "activation_checkpointing.contiguous_memory_optimization",
 }
+
+
+@dataclass(frozen=True)
+class LossScaleSettings:
+    """DeepSpeed's fp16 loss scaling (the ``fp16`` section), see precision/fp16.py."""
+
+    initial_scale: float = 2.0**16
+    """``2 ** initial_scale_power``, or the fixed ``loss_scale``."""
+    window: int = 1000
+    """``loss_scale_window``: overflow-free steps before the scale doubles."""
+    hysteresis: int = 2
+    """Overflows tolerated before the scale halves (the delayed shift)."""
+    consecutive_hysteresis: bool = False
+    """Refill the hysteresis after every overflow-free step, not only when the scale grows."""
+    min_scale: float = 1.0
+    """``min_loss_scale``: the scale never halves below this."""
+    static: bool = False
+    """``loss_scale`` > 0: the scale never changes (overflowing steps are still skipped)."""
 
 
 @dataclass
@@ -64,10 +82,10 @@ class DeepSpeedSettings:
     zero_stage: int = 0
     offload_optimizer_device: str = "none"
     offload_param_device: str = "none"
-    mixed_precision: str = "no"
-    fp16_initial_scale: float = 2.0**16
-    fp16_growth_interval: int = 1000
-    fp16_static_scale: float | None = None
+    mixed_precision: str | None = "no"
+    """"no", "fp16", "bf16", or None when the config says "auto" (the run decides)."""
+    loss_scale: LossScaleSettings | None = None
+    drop_last: bool = False
     gradient_clipping: float | None = None
     gradient_accumulation_steps: int | None = None
     train_micro_batch_size_per_gpu: int | None = None
@@ -143,6 +161,28 @@ def resolve_batch_sizes(train: int | None, micro: int | None, accumulation: int 
                      "prepared DataLoader to fill it in).")
 
 
+def _number(section: str, name: str, value: Any, minimum: float, integer: bool = False) -> Any:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"DeepSpeed config {section}.{name}={value!r} must be {kind} >= {minimum}.")
+    return value
+
+
+def _loss_scale(fp16: dict[str, Any]) -> LossScaleSettings:
+    """The loss-scaling settings of an ``fp16`` section, with DeepSpeed's defaults."""
+    static = _number("fp16", "loss_scale", fp16.get("loss_scale", 0), 0)
+    power = _number("fp16", "initial_scale_power", fp16.get("initial_scale_power", 16), 0, integer=True)
+    return LossScaleSettings(
+        initial_scale=float(static) if static else 2.0**power,
+        window=_number("fp16", "loss_scale_window", fp16.get("loss_scale_window", 1000), 1, integer=True),
+        hysteresis=_number("fp16", "hysteresis", fp16.get("hysteresis", 2), 1, integer=True),
+        consecutive_hysteresis=bool(fp16.get("consecutive_hysteresis", False)),
+        min_scale=float(_number("fp16", "min_loss_scale", fp16.get("min_loss_scale", 1), 0)),
+        static=bool(static),
+    )
+
+
 def parse_deepspeed_config(config: dict[str, Any] | str | os.PathLike[str]) -> DeepSpeedSettings:
     """Validate a DeepSpeed config and translate it (batch sizes stay unresolved here:
     "auto" values are filled from the run).
@@ -177,17 +217,19 @@ def parse_deepspeed_config(config: dict[str, Any] | str | os.PathLike[str]) -> D
             device = "cpu"
         setattr(s, f"{part}_device", device)
     fp16, bf16 = data.get("fp16", {}), data.get("bf16", {})
+    for name, section in (("fp16", fp16), ("bf16", bf16)):
+        if section.get("enabled", False) not in (True, False, AUTO):
+            raise ValueError(f"DeepSpeed config {name}.enabled={section['enabled']!r} must be true, false or \"auto\".")
     if fp16.get("enabled") is True and bf16.get("enabled") is True:
         raise ValueError("DeepSpeed config enables both fp16 and bf16; choose one.")
     if fp16.get("enabled") is True:
         s.mixed_precision = "fp16"
-        power = fp16.get("initial_scale_power", 16)
-        s.fp16_initial_scale = 2.0 ** power
-        s.fp16_growth_interval = int(fp16.get("loss_scale_window", 1000))
-        if fp16.get("loss_scale", 0):
-            s.fp16_static_scale = float(fp16["loss_scale"])
+        s.loss_scale = _loss_scale(fp16)
     elif bf16.get("enabled") is True:
         s.mixed_precision = "bf16"
+    elif AUTO in (fp16.get("enabled"), bf16.get("enabled")):
+        s.mixed_precision = None
+        s.loss_scale = _loss_scale(fp16)  # used if the run picks fp16
     clip = data.get("gradient_clipping")
     if clip not in (None, AUTO, 0, 0.0):
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0:
@@ -198,6 +240,7 @@ def parse_deepspeed_config(config: dict[str, Any] | str | os.PathLike[str]) -> D
                                                     data.get("train_micro_batch_size_per_gpu"))
     s.train_batch_size = _int_or_auto("train_batch_size", data.get("train_batch_size"))
     s.activation_checkpointing = "activation_checkpointing" in data
+    s.drop_last = data.get("dataloader_drop_last", False) is True
     s.optimizer = data.get("optimizer")
     s.scheduler = data.get("scheduler")
     return s

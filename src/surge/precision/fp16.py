@@ -12,8 +12,77 @@ from typing import Any
 
 import torch
 
+from surge.config.deepspeed import LossScaleSettings
 from surge.config.kwargs import AutocastKwargs, GradScalerKwargs
 from surge.precision.base import Precision
+
+
+class DeepSpeedLossScaler(torch.amp.GradScaler):
+    """``torch.amp.GradScaler`` with DeepSpeed's update rule (its ``fp16`` section).
+
+    An overflowing step is skipped. The scale halves (never below ``min_scale``) only
+    once ``hysteresis`` overflows have been seen since the hysteresis was last
+    refilled; it doubles after ``window`` overflow-free steps since the last overflow
+    (which refills the hysteresis; with ``consecutive_hysteresis`` every clean step
+    refills it). A static scale never changes. The rule needs the overflow flag on the
+    host: one synchronisation per step, which ``step`` already pays to decide whether
+    to skip.
+    """
+
+    def __init__(self, device_type: str, settings: LossScaleSettings) -> None:
+        super().__init__(device_type, init_scale=settings.initial_scale, growth_interval=settings.window)
+        self.settings = settings
+        self.hysteresis_left = settings.hysteresis
+        self.iteration = 0
+        self.last_overflow = -1
+
+    def update(self, new_scale: float | torch.Tensor | None = None) -> None:
+        if new_scale is not None or not self.is_enabled():
+            super().update(new_scale)
+            return
+        flags = [f for st in self._per_optimizer_states.values() for f in st["found_inf_per_device"].values()]
+        if not flags:
+            raise AssertionError("No inf checks were recorded prior to update.")
+        overflow = bool(sum(float(f.item()) for f in flags))
+        super().update(self._next_scale(self.get_scale(), overflow))
+
+    def _next_scale(self, scale: float, overflow: bool) -> float:
+        cfg = self.settings
+        if cfg.static:
+            new = scale
+        elif overflow:
+            if cfg.hysteresis == 1 or self.hysteresis_left == 1:
+                new = max(scale / 2.0, cfg.min_scale)
+            else:
+                new = scale
+                self.hysteresis_left -= 1
+            self.last_overflow = self.iteration
+        else:
+            new = scale
+            if cfg.consecutive_hysteresis:
+                self.hysteresis_left = cfg.hysteresis
+            if (self.iteration - self.last_overflow) % cfg.window == 0:
+                if not cfg.consecutive_hysteresis:
+                    self.hysteresis_left = cfg.hysteresis
+                new = scale * 2.0
+        self.iteration += 1
+        return float(new)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if state:
+            state["deepspeed"] = {"hysteresis_left": self.hysteresis_left, "iteration": self.iteration,
+                                  "last_overflow": self.last_overflow}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        extra = state.pop("deepspeed", None)
+        super().load_state_dict(state)
+        if extra:
+            self.hysteresis_left = int(extra["hysteresis_left"])
+            self.iteration = int(extra["iteration"])
+            self.last_overflow = int(extra["last_overflow"])
 
 
 class FP16(Precision):
@@ -24,11 +93,20 @@ class FP16(Precision):
         self,
         device: torch.device,
         autocast_kwargs: AutocastKwargs | None = None,
-        scaler_kwargs: GradScalerKwargs | None = None,
+        scaler_kwargs: GradScalerKwargs | LossScaleSettings | None = None,
     ) -> None:
         super().__init__(device, autocast_kwargs)
-        opts = scaler_kwargs or GradScalerKwargs()
-        self.scaler = torch.amp.GradScaler(
+        if isinstance(scaler_kwargs, LossScaleSettings):
+            self.scaler: torch.amp.GradScaler = DeepSpeedLossScaler(device.type, scaler_kwargs)
+        else:
+            self.scaler = self._torch_scaler(device, scaler_kwargs or GradScalerKwargs())
+        self._optimizers: list[int] = []  # ids of the prepared optimizers
+        self._stepped: set[int] = set()  # optimizers stepped since the last scaler update
+        self._unscaled: set[int] = set()  # optimizers unscaled since the last scaler update
+
+    @staticmethod
+    def _torch_scaler(device: torch.device, opts: GradScalerKwargs) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(
             device.type,
             init_scale=opts.init_scale,
             growth_factor=opts.growth_factor,
@@ -36,9 +114,6 @@ class FP16(Precision):
             growth_interval=opts.growth_interval,
             enabled=opts.enabled,
         )
-        self._optimizers: list[int] = []  # ids of the prepared optimizers
-        self._stepped: set[int] = set()  # optimizers stepped since the last scaler update
-        self._unscaled: set[int] = set()  # optimizers unscaled since the last scaler update
 
     def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         if id(optimizer) not in self._optimizers:
