@@ -337,12 +337,19 @@ class Accelerator(ProcessQueries):
             raise TypeError(f"prepare_scheduler expects an LR scheduler; got {type(scheduler).__name__}.")
         target = getattr(scheduler, "optimizer", None)
         optimizers = [o for o in self._optimizers if target in (o, o.optimizer, o.original)] or list(self._optimizers)
-        if len(optimizers) == 1 and target is optimizers[0].original and target is not optimizers[0].optimizer:
-            # The strategy replaced the optimizer (ZeRO-1): the schedule must drive the one that steps.
+        if len(optimizers) == 1 and target is optimizers[0].original and target is not optimizers[0].optimizer \
+                and target.param_groups is not optimizers[0].optimizer.param_groups:
+            # The strategy replaced the optimizer by one with its own groups (ZeRO-1): the
+            # schedule must drive the one that steps. (An offloaded optimizer shares the
+            # user's groups, so the schedule reaches it as it is.)
             scheduler.optimizer = optimizers[0].optimizer
+            rebound = True
+        else:
+            rebound = False
         wrapped = AcceleratedScheduler(
             scheduler, optimizers, self.gradient_state, step_with_optimizer=self.config.step_scheduler_with_optimizer
         )
+        wrapped.rebound = rebound
         self._schedulers.append(wrapped)
         return wrapped
 

@@ -11,6 +11,7 @@ looked up, inspected or constructed per step.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -172,6 +173,7 @@ class AcceleratedScheduler:
         self.optimizers = optimizers
         self.gradient_state = gradient_state
         self.step_with_optimizer = step_with_optimizer
+        self.rebound = False  # set when prepare pointed the scheduler at a replacement optimizer
 
     def step(self, *args: Any, **kwargs: Any) -> None:
         if self.step_with_optimizer:
@@ -180,6 +182,13 @@ class AcceleratedScheduler:
             for opt in self.optimizers:
                 if opt._step_was_skipped:
                     return
+        if self.rebound and getattr(self.scheduler, "_step_count", 0) == 1:
+            # torch warns on the first step that the optimizer's step was "overridden":
+            # true of the replacement (ZeRO-1), and harmless; the order is ours to keep.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
+                self.scheduler.step(*args, **kwargs)
+            return
         self.scheduler.step(*args, **kwargs)
 
     def get_last_lr(self) -> list[float]:

@@ -14,6 +14,11 @@ state is created, saved and loaded for the masters, on the CPU. One step:
 2. the optimizer steps the fp32 masters on the CPU;
 3. the masters are copied back into the device parameters (cast to their dtype).
 
+Parameters changed from outside (``load_state_dict`` on the model, a checkpoint load)
+are noticed through the version counters of the parameter and its local shard, which
+every in-place write bumps:
+such a parameter's master is refreshed from it before the next step.
+
 Device memory then holds the parameters and gradients only: the optimizer state (8
 bytes per parameter for Adam, sharded under ZeRO) never touches it.
 """
@@ -30,6 +35,10 @@ import torch
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """The part of ``tensor`` this process holds (a DTensor's local shard)."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _version(param: torch.Tensor) -> tuple[int, int]:
+    return param._version, _local(param)._version
 
 
 class OffloadedOptimizer(torch.optim.Optimizer):
@@ -58,6 +67,11 @@ class OffloadedOptimizer(torch.optim.Optimizer):
                 master.copy_(local)
                 masters.append(master)
             self._masters.append(masters)
+        self._versions = self._current_versions()
+
+    def _current_versions(self) -> list[list[tuple[int, int]]]:
+        # A DTensor counts writes made through it; its local shard those made to it.
+        return [[_version(p) for p in group["params"]] for group in self.optimizer.param_groups]
 
     # -- the optimizer's own face -------------------------------------------------------
 
@@ -103,11 +117,35 @@ class OffloadedOptimizer(torch.optim.Optimizer):
             for group, params in zip(self.optimizer.param_groups, device_params):
                 group["params"] = params
 
+    def _device_params(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The optimizer's state dict. The state of a sharded (DTensor) parameter is
+        given as DTensors laid out like the parameter, so ``torch.distributed.checkpoint``
+        saves each shard once and can reshard it on load."""
         with self._groups_on_masters():
-            return self.optimizer.state_dict()
+            state = self.optimizer.state_dict()
+        params = self._device_params()
+        for index, entry in state["state"].items():
+            p = params[index]
+            if hasattr(p, "device_mesh"):
+                state["state"][index] = {k: self._as_dtensor(v, p) for k, v in entry.items()}
+        return state
+
+    @staticmethod
+    def _as_dtensor(value: Any, param: Any) -> Any:
+        from torch.distributed.tensor import DTensor
+
+        if not isinstance(value, torch.Tensor) or value.shape != param.to_local().shape or value.dim() == 0:
+            return value
+        return DTensor.from_local(value, param.device_mesh, param.placements, run_check=False,
+                                  shape=param.shape, stride=param.stride())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        state_dict = dict(state_dict)
+        state_dict["state"] = {k: {n: _local(v) if isinstance(v, torch.Tensor) else v for n, v in entry.items()}
+                               for k, entry in state_dict["state"].items()}
         with self._groups_on_masters():
             self.optimizer.load_state_dict(state_dict)  # casts the state to the masters (CPU, fp32)
 
@@ -119,8 +157,10 @@ class OffloadedOptimizer(torch.optim.Optimizer):
                              "step() without a closure.")
         device_params = [group["params"] for group in self.optimizer.param_groups]
         asynchronous = False
-        for params, masters in zip(device_params, self._masters):
-            for p, master in zip(params, masters):
+        for params, masters, versions in zip(device_params, self._masters, self._versions):
+            for p, master, version in zip(params, masters, versions):
+                if _version(p) != version:  # written from outside since our last step
+                    master.copy_(_local(p.detach()))
                 if p.grad is None:
                     master.grad = None
                     continue
@@ -137,6 +177,7 @@ class OffloadedOptimizer(torch.optim.Optimizer):
             for p, master in zip(params, masters):
                 if master.grad is not None:
                     _local(p).copy_(master, non_blocking=self._pin)
+        self._versions = self._current_versions()
         return result
 
     def __repr__(self) -> str:
