@@ -28,6 +28,9 @@ _LAZY = {
     "GradScalerKwargs": "surge.config.kwargs",
     "DeepSpeedPlugin": "surge.config.plugins",
     "FullyShardedDataParallelPlugin": "surge.config.plugins",
+    "initialize": "surge.engine",
+    "Engine": "surge.engine",
+    "add_config_arguments": "surge.engine",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -42,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin
     from surge.config.project import ProjectConfiguration
+    from surge.engine import Engine, add_config_arguments, initialize
     from surge.state import DistributedType, PartialState, Topology
 
 

@@ -35,6 +35,7 @@ from surge.checkpoint.atomic import atomic_write
 from surge.checkpoint.export import save_weights
 from surge.config.accelerator import AcceleratorConfig
 from surge.config.file import resolve_accelerator_args
+from surge.config.deepspeed import resolve_batch_sizes
 from surge.config.kwargs import GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
@@ -203,7 +204,13 @@ class Accelerator(ProcessQueries):
         self.deepspeed_plugin = deepspeed_plugin
         self.fsdp_plugin = fsdp_plugin
         self._max_grad_norm = deepspeed_plugin.gradient_clipping if deepspeed_plugin is not None else None
-        self.gradient_state = GradientState(self.config.gradient_accumulation_steps)
+        steps = self.config.gradient_accumulation_steps
+        if ds is not None and (ds.train_batch_size is not None and ds.train_micro_batch_size_per_gpu is not None):
+            # DeepSpeed's arithmetic with the numbers the config gives (errors show all three).
+            _, _, derived = resolve_batch_sizes(ds.train_batch_size, ds.train_micro_batch_size_per_gpu,
+                                                ds.gradient_accumulation_steps, topology.world_size)
+            steps = steps if ds.gradient_accumulation_steps is not None or gradient_accumulation_steps else derived
+        self.gradient_state = GradientState(steps)
         self._models: list[nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
         self._schedulers: list[AcceleratedScheduler] = []
@@ -360,6 +367,7 @@ class Accelerator(ProcessQueries):
         if not isinstance(data_loader, DataLoader):
             raise TypeError(f"prepare_data_loader expects a torch DataLoader; got {type(data_loader).__name__}.")
         place = self.config.device_placement if device_placement is None else device_placement
+        self._fill_deepspeed_batch_sizes(data_loader)
         prepared = shard_dataloader(
             data_loader,
             num_shards=self.num_processes,
@@ -372,6 +380,22 @@ class Accelerator(ProcessQueries):
         )
         self._dataloaders.append(prepared)
         return prepared
+
+    def _fill_deepspeed_batch_sizes(self, loader: DataLoader) -> None:
+        """A DeepSpeed config's "auto" batch sizes come from the first prepared loader;
+        given ones are checked against it (DeepSpeed's arithmetic, all numbers shown)."""
+        ds = getattr(self.deepspeed_plugin, "ds_settings", None)
+        if ds is None or loader.batch_size is None or getattr(ds, "batch_sizes_filled", False):
+            return
+        micro = loader.batch_size // self.num_processes if self.config.split_batches else loader.batch_size
+        configured = ds.train_micro_batch_size_per_gpu
+        if configured is not None and configured != micro:
+            warnings.warn(f"the DeepSpeed config says train_micro_batch_size_per_gpu={configured} but the DataLoader "
+                          f"gives each process batches of {micro}; the DataLoader's batches are used.", stacklevel=3)
+        ds.train_batch_size, ds.train_micro_batch_size_per_gpu, _ = resolve_batch_sizes(
+            ds.train_batch_size if configured in (None, micro) else None, micro, self.gradient_accumulation_steps,
+            self.num_processes)
+        ds.batch_sizes_filled = True
 
     def _shared_seed(self, loader: DataLoader) -> int:
         """The shuffle seed every rank uses (see [Note: the loader owns its randomness])."""

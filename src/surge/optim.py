@@ -55,6 +55,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         self._max_grad_norm = max_grad_norm  # DeepSpeed's gradient_clipping, applied at each step
         self._clip = clip if clip is not None else torch.nn.utils.clip_grad_norm_
         self._step_was_skipped = False
+        self.last_grad_norm: torch.Tensor | None = None  # before clipping, when max_grad_norm clips
         if device is not None and optimizer.state:
             optimizer.load_state_dict(send_to_device(optimizer.state_dict(), device))
 
@@ -109,7 +110,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         if self._max_grad_norm is not None:
             self.precision.unscale(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            self._clip(params, self._max_grad_norm)
+            self.last_grad_norm = self._clip(params, self._max_grad_norm)
         stepped, result = self.precision.step(self.optimizer, closure)
         self._step_was_skipped = not stepped
         return result

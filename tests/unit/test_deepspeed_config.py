@@ -4,6 +4,7 @@ import json
 import warnings
 
 import pytest
+import torch
 
 from surge import Accelerator, DeepSpeedPlugin
 from surge.config.deepspeed import LossScaleSettings, parse_deepspeed_config, resolve_batch_sizes
@@ -131,3 +132,27 @@ def test_batch_arithmetic():
         resolve_batch_sizes(60, 4, 2, 8)
     with pytest.raises(ValueError, match="not a multiple"):
         resolve_batch_sizes(30, 4, None, 8)
+
+
+def test_auto_batch_sizes_are_filled_from_the_dataloader():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.zeros(32, 2))
+    plugin = DeepSpeedPlugin(hf_ds_config={"train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+                                           "gradient_accumulation_steps": 2})
+    acc = Accelerator(deepspeed_plugin=plugin)
+    acc.prepare(DataLoader(data, batch_size=4))
+    assert (plugin.ds_settings.train_micro_batch_size_per_gpu, plugin.ds_settings.train_batch_size) == (4, 8)
+    bad = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config={
+        "train_micro_batch_size_per_gpu": "auto", "train_batch_size": 12, "gradient_accumulation_steps": 2}))
+    with pytest.raises(ValueError, match=r"train_batch_size=12 but .*=4 x gradient_accumulation_steps=2 x 1"):
+        bad.prepare(DataLoader(data, batch_size=4))
+
+
+def test_accumulation_follows_from_train_and_micro_batch():
+    acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config={"train_batch_size": 12,
+                                                                     "train_micro_batch_size_per_gpu": 3}))
+    assert acc.gradient_accumulation_steps == 4
+    with pytest.raises(ValueError, match="batch sizes disagree"):
+        Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config={
+            "train_batch_size": 12, "train_micro_batch_size_per_gpu": 3, "gradient_accumulation_steps": 2}))

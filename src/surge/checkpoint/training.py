@@ -189,35 +189,46 @@ def load_training_state(
     optimizers: list[Any],
     schedulers: list[Any],
     load_precision_state: Any = None,
+    strict: bool = True,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_training_state` into the given objects
     (a collective). Returns the caller's ``extra`` state.
+
+    ``strict=False`` tolerates model keys missing on either side; ``partial=True``
+    loads only the optimizers/schedulers given (the first ones saved), e.g. weights only.
 
     Raises:
         ValueError: an incomplete or corrupted checkpoint, or one holding a different
             number of models/optimizers/schedulers (the file or count is named).
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     directory = os.fspath(directory)
     manifest = read_manifest(directory)
     counts = {"models": len(models), "optimizers": len(optimizers), "schedulers": len(schedulers)}
     for key, count in counts.items():
-        if manifest.get(key) != count:
+        if (manifest.get(key) != count) if not partial or key == "models" else (manifest.get(key, 0) < count):
             raise ValueError(f"checkpoint {directory!r} holds {manifest.get(key)} {key} but {count} were prepared; "
                              "prepare the same objects as the run that saved it.")
     optimizers = [_inner(o) for o in optimizers]
     state = _tensor_state(models, optimizers)
     try:
         with _single_process_is_fine():
-            dcp.load(state, checkpoint_id=os.path.join(directory, TENSORS))
+            dcp.load(state, checkpoint_id=os.path.join(directory, TENSORS),
+                     planner=DefaultLoadPlanner(allow_partial_load=not strict))
     except Exception as exc:  # DCP wraps reader errors in its own exception types
         detail = str(exc).strip().splitlines()
         raise ValueError(f"checkpoint {os.path.join(directory, TENSORS)!r} could not be read: "
                          f"{detail[-1] if detail else type(exc).__name__}.") from None
     for i, model in enumerate(models):
-        set_model_state_dict(model, state[f"model_{i}"])
+        set_model_state_dict(model, state[f"model_{i}"], options=StateDictOptions(strict=strict))
     for i, opt in enumerate(optimizers):
         if _consolidates(opt):
             opt.load_state_dict(_load_file(os.path.join(directory, f"optimizer_{i}.pt")))

@@ -1,0 +1,412 @@
+"""DeepSpeed's engine API on an Accelerator: ``surge.initialize`` and ``Engine``.
+
+A script written for ``deepspeed.initialize`` runs with ``import surge`` and
+``surge.initialize`` in its place: the same JSON config, the same
+``engine(batch)`` / ``engine.backward(loss)`` / ``engine.step()`` loop, the same
+``save_checkpoint`` / ``load_checkpoint``. Underneath, everything is an
+:class:`~surge.Accelerator` with a ``DeepSpeedPlugin`` (FSDP2, no DeepSpeed needed).
+
+[Note: the engine's micro-step]
+Each ``backward`` is one micro-step of the accumulation cycle (the Accelerator's
+``accumulate``): inside a cycle gradients are accumulated without being
+synchronised; on the cycle's last micro-step (every ``gradient_accumulation_steps``,
+and on a prepared loader's last batch) they are, and the following ``step()`` clips
+(``gradient_clipping``), steps the optimizer, advances the scheduler (unless fp16
+skipped the step) and zeroes the gradients. ``step()`` anywhere else only counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from surge.config.deepspeed import load_json, parse_deepspeed_config, resolve_batch_sizes
+
+_CLIENT_STATE = "client_state"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add DeepSpeed's ``--deepspeed`` and ``--deepspeed_config`` flags to ``parser``
+    (``surge.initialize(args=...)`` reads the config path from them)."""
+    group = parser.add_argument_group("DeepSpeed", "DeepSpeed-compatible configuration (surge)")
+    group.add_argument("--deepspeed", default=False, action="store_true",
+                       help="Run through surge.initialize (accepted for DeepSpeed compatibility).")
+    group.add_argument("--deepspeed_config", default=None, type=str, help="A DeepSpeed JSON configuration file.")
+    return parser
+
+
+def _config_source(args: Any, config: Any, config_params: Any) -> Any:
+    if config is not None and config_params is not None:
+        raise ValueError("pass the DeepSpeed config as config= or config_params=, not both.")
+    config = config if config is not None else config_params
+    from_args = getattr(args, "deepspeed_config", None) if args is not None else None
+    if config is not None and from_args is not None:
+        raise ValueError(f"the DeepSpeed config is given twice: config=... and args.deepspeed_config={from_args!r}; "
+                         "keep one.")
+    config = config if config is not None else from_args
+    if config is None:
+        raise ValueError("surge.initialize needs a DeepSpeed config: config= (a dict or JSON path) or "
+                         "args.deepspeed_config (see surge.add_config_arguments).")
+    if not isinstance(config, (dict, str, os.PathLike)):
+        raise TypeError(f"config={config!r} must be a dict or a path to a JSON file.")
+    return config
+
+
+def initialize(
+    args: Any = None,
+    model: nn.Module | None = None,
+    optimizer: Any = None,
+    model_parameters: Any = None,
+    training_data: Any = None,
+    lr_scheduler: Any = None,
+    mpu: Any = None,
+    dist_init_required: bool | None = None,
+    collate_fn: Any = None,
+    config: dict[str, Any] | str | os.PathLike[str] | None = None,
+    config_params: dict[str, Any] | None = None,
+    **ignored: Any,
+) -> tuple[Engine, Any, Any, Any]:
+    """Build a training engine the way ``deepspeed.initialize`` does.
+
+    Args:
+        args: An argparse namespace; its ``deepspeed_config`` is the config when
+            ``config`` is not given.
+        model: The ``torch.nn.Module`` to train.
+        optimizer: An optimizer built on ``model``'s parameters, or a callable taking
+            the parameters; None builds the config's ``optimizer`` section.
+        model_parameters: The parameters (or param groups) for the config's optimizer;
+            default: every parameter of ``model`` that requires grad.
+        training_data: A dataset; a sharded, shuffled DataLoader of
+            ``train_micro_batch_size_per_gpu`` is built from it.
+        lr_scheduler: A scheduler built on ``optimizer``, or a callable taking the
+            optimizer; None builds the config's ``scheduler`` section (if any).
+        collate_fn: The DataLoader's collate function.
+        config / config_params: The DeepSpeed config: a dict or a JSON file path.
+
+    Returns:
+        ``(engine, optimizer, dataloader, lr_scheduler)``; the last three are None when
+        there is nothing to build.
+
+    Raises:
+        ValueError: a bad config (unknown keys, stage, offload, batch sizes, optimizer
+            or scheduler type: each named), an optimizer both passed and configured.
+    """
+    from surge.accelerator import Accelerator
+    from surge.config.plugins import DeepSpeedPlugin
+    from surge.optimizers import build_optimizer, optimizer_class
+    from surge.schedulers import SCHEDULERS, build_scheduler
+    from surge.state import Topology
+
+    if mpu is not None:
+        raise ValueError("surge.initialize(mpu=...): model parallelism through a DeepSpeed mpu is not supported; "
+                         "surge shards data-parallel (ZeRO/FSDP).")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"surge.initialize needs model= a torch.nn.Module; got {type(model).__name__}.")
+    data = load_json(_config_source(args, config, config_params))
+    settings = parse_deepspeed_config(data)  # every config error before any side effect
+    opt_section, sched_section = data.get("optimizer"), data.get("scheduler")
+    if opt_section is not None:
+        if optimizer is not None:
+            raise ValueError("an optimizer was passed to surge.initialize and the config has an optimizer section; "
+                             "keep one (drop the section, or pass optimizer=None).")
+        optimizer_class(opt_section)
+    if sched_section is not None:
+        if lr_scheduler is not None:
+            raise ValueError("an lr_scheduler was passed to surge.initialize and the config has a scheduler section; "
+                             "keep one.")
+        if sched_section.get("type") not in SCHEDULERS:
+            raise ValueError(f"DeepSpeed config scheduler.type={sched_section.get('type')!r} is not supported; choose "
+                             f"one of {', '.join(SCHEDULERS)} (or pass lr_scheduler= yourself).")
+    world = Topology.detect().world_size
+    micro, train, accumulation = (settings.train_micro_batch_size_per_gpu, settings.train_batch_size,
+                                  settings.gradient_accumulation_steps)
+    if micro is not None or train is not None:
+        train, micro, accumulation = resolve_batch_sizes(train, micro, accumulation, world)
+    elif training_data is not None:
+        raise ValueError("surge.initialize(training_data=...) needs train_micro_batch_size_per_gpu or "
+                         "train_batch_size in the DeepSpeed config (not \"auto\": there is no DataLoader to read it "
+                         "from).")
+    engine_config = {k: v for k, v in data.items() if k not in ("optimizer", "scheduler")}
+    accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=engine_config),
+                              gradient_accumulation_steps=accumulation)
+    if opt_section is not None:
+        params = model_parameters if model_parameters is not None else [p for p in model.parameters()
+                                                                          if p.requires_grad]
+        optimizer = build_optimizer(opt_section, params)
+    elif optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        if not callable(optimizer):
+            raise TypeError(f"optimizer={optimizer!r} must be a torch.optim.Optimizer or a callable taking the "
+                            "parameters.")
+        optimizer = optimizer(model_parameters if model_parameters is not None else model.parameters())
+    if sched_section is not None and optimizer is not None:
+        lr_scheduler = build_scheduler(sched_section, optimizer)
+    elif lr_scheduler is not None and not hasattr(lr_scheduler, "step") and callable(lr_scheduler):
+        lr_scheduler = lr_scheduler(optimizer)
+    loader = None
+    if training_data is not None:
+        from torch.utils.data import DataLoader, RandomSampler
+
+        # DeepSpeed's loader: shuffled from seed 0 (+ the epoch), sharded over the
+        # processes. The sampler has no generator of its own, so the prepared loader
+        # reseeds it every epoch from the loader's seed (see data/loader.py).
+        loader = DataLoader(training_data, batch_size=micro, sampler=RandomSampler(training_data),
+                            collate_fn=collate_fn, drop_last=settings.drop_last,
+                            generator=torch.Generator().manual_seed(0))
+    prepared = accelerator.prepare(*(x for x in (model, optimizer, lr_scheduler, loader) if x is not None))
+    prepared = list(prepared) if isinstance(prepared, tuple) else [prepared]
+    model = prepared.pop(0)
+    optimizer = prepared.pop(0) if optimizer is not None else None
+    lr_scheduler = prepared.pop(0) if lr_scheduler is not None else None
+    loader = prepared.pop(0) if loader is not None else None
+    engine = Engine(accelerator, model, optimizer, lr_scheduler, loader, train_batch_size=train,
+                    micro_batch_size=micro, zero_stage=settings.zero_stage, config=data)
+    return engine, optimizer, loader, lr_scheduler
+
+
+class Engine(nn.Module):
+    """A model prepared for training with DeepSpeed's engine methods (see the module
+    docstring and [Note: the engine's micro-step]). Build it with :func:`initialize`."""
+
+    def __init__(self, accelerator: Any, model: nn.Module, optimizer: Any, lr_scheduler: Any, dataloader: Any, *,
+                 train_batch_size: int | None, micro_batch_size: int | None, zero_stage: int,
+                 config: dict[str, Any]) -> None:
+        super().__init__()
+        self.module = accelerator.unwrap_model(model)
+        # The wrapper that runs the forward (DDP, or the FSDP module itself); not a
+        # submodule, so the engine's parameters and state dict are the model's.
+        object.__setattr__(self, "_wrapped", model)
+        self.accelerator = accelerator
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.training_dataloader = dataloader
+        self.config = config
+        self._train_batch_size = train_batch_size
+        self._micro_batch_size = micro_batch_size
+        self._zero_stage = zero_stage
+        self.global_steps = 0
+        """Optimizer steps taken (boundaries), skipped fp16 steps included, as in DeepSpeed."""
+        self.global_samples = 0
+        self.micro_steps = 0
+        self.skipped_steps = 0
+        self._backward_this_micro_step = False
+
+    # -- DeepSpeed's accessors --------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def local_rank(self) -> int:
+        return self.accelerator.local_process_index
+
+    @property
+    def global_rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    def train_batch_size(self) -> int | None:
+        return self._train_batch_size
+
+    def train_micro_batch_size_per_gpu(self) -> int | None:
+        return self._micro_batch_size
+
+    def gradient_accumulation_steps(self) -> int:
+        return self.accelerator.gradient_accumulation_steps
+
+    def zero_optimization_stage(self) -> int:
+        return self._zero_stage
+
+    def fp16_enabled(self) -> bool:
+        return self.accelerator.mixed_precision == "fp16"
+
+    def bf16_enabled(self) -> bool:
+        return self.accelerator.mixed_precision == "bf16"
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self._need_optimizer("get_lr").param_groups]
+
+    def was_step_applied(self) -> bool:
+        """False when the last boundary step was skipped (fp16 overflow)."""
+        return self.optimizer is not None and not self.optimizer.step_was_skipped
+
+    def get_global_grad_norm(self) -> float | None:
+        """The gradient norm before clipping at the last step (with ``gradient_clipping``)."""
+        norm = getattr(self.optimizer, "last_grad_norm", None)
+        return None if norm is None else float(norm)
+
+    @property
+    def loss_scale(self) -> float:
+        scaler = getattr(self.accelerator.precision, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+    cur_scale = loss_scale
+
+    # -- the training step ------------------------------------------------------------------
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapped(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> Engine:
+        super().train(mode)
+        self._wrapped.train(mode)
+        return self
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        """True when this micro-step ends an accumulation cycle (asked before or after
+        its ``backward``)."""
+        gs = self.accelerator.gradient_state
+        if self._backward_this_micro_step:
+            return gs.sync_gradients
+        return gs.cycle_step + 1 >= gs.num_steps or gs.end_of_dataloader
+
+    def no_sync(self) -> Any:
+        """A block in which backward does not synchronise gradients."""
+        return self.accelerator.no_sync(self._wrapped)
+
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False, scale_wrt_gas: bool = True) -> torch.Tensor:
+        """Backpropagate one micro-batch's ``loss``, divided by the accumulation steps
+        (``scale_wrt_gas``), fp16-scaled when configured. Returns ``loss``."""
+        if self._backward_this_micro_step:
+            raise RuntimeError("engine.backward was called twice in one micro-step; call engine.step() after each "
+                               "backward (it only steps the optimizer at accumulation boundaries).")
+        with self.accelerator.accumulate(self._wrapped):
+            if scale_wrt_gas:
+                self.accelerator.backward(loss, retain_graph=retain_graph)
+            else:
+                self.accelerator.strategy.backward(loss, retain_graph=retain_graph)
+        self._backward_this_micro_step = True
+        return loss
+
+    def step(self) -> None:
+        """At an accumulation boundary: clip, step the optimizer, advance the scheduler,
+        zero the gradients. Elsewhere: count the micro-step."""
+        if self._backward_this_micro_step and self.accelerator.gradient_state.sync_gradients:
+            optimizer = self._need_optimizer("step")
+            optimizer.step()
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()  # not after a skipped fp16 step (see optim.py)
+            optimizer.zero_grad()
+            self.global_steps += 1
+            self.skipped_steps += int(optimizer.step_was_skipped)
+            if self._train_batch_size is not None:
+                self.global_samples += self._train_batch_size
+        self.micro_steps += 1
+        self._backward_this_micro_step = False
+
+    def _need_optimizer(self, what: str) -> Any:
+        if self.optimizer is None:
+            raise RuntimeError(f"engine.{what}() needs an optimizer: pass optimizer= to surge.initialize or add an "
+                               "optimizer section to the config.")
+        return self.optimizer
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(self, save_dir: str | os.PathLike[str], tag: Any = None, client_state: dict[str, Any] | None = None,
+                        save_latest: bool = True, exclude_frozen_parameters: bool = False) -> bool:
+        """Save model, optimizer, scheduler, loss scaler, counters and ``client_state``
+        to ``save_dir/tag`` (tag default ``global_step<N>``) and, with ``save_latest``,
+        name it in ``save_dir/latest``. Every process must call it; the checkpoint
+        appears only once complete (see checkpoint/training.py)."""
+        from surge.checkpoint.training import save_training_state, write_text
+        from surge.ops import broadcast_object_list
+
+        tag = _check_tag(f"global_step{self.global_steps}" if tag is None else tag)
+        if self.accelerator.num_processes > 1:
+            agreed = broadcast_object_list([tag])[0]
+            if agreed != tag:
+                raise ValueError(f"save_checkpoint tag {tag!r} differs from the main process's {agreed!r}; every "
+                                 "process must pass the same tag.")
+        save_dir = os.fspath(save_dir)
+        extra = {_CLIENT_STATE: dict(client_state or {}), "engine": self._counters()}
+        save_training_state(os.path.join(save_dir, tag), topology=self.accelerator.topology,
+                            strategy_name=self.accelerator.strategy.name, models=[self._wrapped],
+                            optimizers=[self.optimizer] if self.optimizer is not None else [],
+                            schedulers=[self.lr_scheduler] if self.lr_scheduler is not None else [],
+                            precision_state=self.accelerator.precision.state_dict(), extra=extra)
+        if save_latest and self.accelerator.is_main_process:
+            write_text(os.path.join(save_dir, "latest"), tag)
+        self.accelerator.wait_for_everyone()
+        return True
+
+    def load_checkpoint(self, load_dir: str | os.PathLike[str], tag: Any = None, load_module_strict: bool = True,
+                        load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True,
+                        load_module_only: bool = False) -> tuple[str | None, dict[str, Any] | None]:
+        """Load ``load_dir/tag`` (tag default: the name in ``load_dir/latest``) into
+        the model, optimizer, scheduler and loss scaler, and restore the counters.
+        Every process must call it.
+
+        Returns:
+            ``(checkpoint_path, client_state)``, or ``(None, None)`` (with a warning)
+            when ``tag`` is None and there is no ``latest`` file.
+        """
+        from surge.checkpoint.training import load_training_state
+
+        load_dir = os.fspath(load_dir)
+        if tag is None:
+            latest = os.path.join(load_dir, "latest")
+            if not os.path.isfile(latest):
+                warnings.warn(f"no checkpoint to load: {latest!r} does not exist (pass tag= to load a named one).",
+                              stacklevel=2)
+                return None, None
+            with open(latest) as f:
+                tag = f.read().strip()
+        path = os.path.join(load_dir, _check_tag(tag))
+        with_optimizer = load_optimizer_states and not load_module_only and self.optimizer is not None
+        with_scheduler = load_lr_scheduler_states and not load_module_only and self.lr_scheduler is not None
+        extra = load_training_state(
+            path, models=[self._wrapped], optimizers=[self.optimizer] if with_optimizer else [],
+            schedulers=[self.lr_scheduler] if with_scheduler else [],
+            load_precision_state=None if load_module_only else self.accelerator.precision.load_state_dict,
+            strict=load_module_strict, partial=not (with_optimizer and with_scheduler),
+        )
+        if not load_module_only:
+            for key, value in extra.get("engine", {}).items():
+                setattr(self, key, value)
+        return path, extra.get(_CLIENT_STATE, {})
+
+    def _counters(self) -> dict[str, int]:
+        return {"global_steps": self.global_steps, "global_samples": self.global_samples,
+                "micro_steps": self.micro_steps, "skipped_steps": self.skipped_steps}
+
+    def save_16bit_model(self, save_dir: str | os.PathLike[str], save_filename: str = "pytorch_model.bin",
+                         exclude_frozen_parameters: bool = False) -> bool:
+        """Write the full model's weights, gathered from the shards, in the run's 16-bit
+        type (fp16/bf16; fp32 without mixed precision) to ``save_dir/save_filename``
+        from the main process: a ``.safetensors`` name writes safetensors, otherwise a
+        ``torch.save`` of plain tensors (loadable with ``weights_only=True``). Every
+        process must call it (the gather is collective)."""
+        from surge.checkpoint.atomic import atomic_write
+
+        state = self.accelerator.get_state_dict(self._wrapped)
+        if exclude_frozen_parameters:
+            frozen = {name for name, p in self.module.named_parameters() if not p.requires_grad}
+            state = {k: v for k, v in state.items() if k not in frozen}
+        if self.accelerator.is_main_process:
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision)
+            state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+                     for k, v in state.items()}
+            path = os.path.join(os.fspath(save_dir), save_filename)
+            if save_filename.endswith(".safetensors"):
+                from safetensors.torch import save_file
+
+                atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+            else:
+                atomic_write(path, lambda tmp: torch.save(state, tmp))
+        self.accelerator.wait_for_everyone()
+        return True
+
+
+def _check_tag(tag: Any) -> str:
+    tag = str(tag)
+    if not tag or tag in (".", "..") or "/" in tag or "\\" in tag or tag.startswith("."):
+        raise ValueError(f"checkpoint tag {tag!r} must be a plain directory name (no path separators, not hidden).")
+    return tag
