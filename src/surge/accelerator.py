@@ -192,12 +192,14 @@ class Accelerator(ProcessQueries):
             for conflict in conflicts:
                 warnings.warn(conflict, stacklevel=2)
         if ds is not None and topology.is_main_process:
-            ignored = ds.unhonoured + [k for k in ("optimizer", "scheduler") if getattr(ds, k)]
-            if ignored:
+            sections = [k for k in ("optimizer", "scheduler") if getattr(ds, k)]
+            if ds.unhonoured or sections:
                 warnings.warn(
-                    "the DeepSpeed config sets keys surge accepts but does not apply with an Accelerator: "
-                    + ", ".join(ignored)
-                    + " (the optimizer and scheduler sections are for surge.initialize; pass your own to prepare).",
+                    "the DeepSpeed config sets keys surge accepts but does not apply: "
+                    + ", ".join(ds.unhonoured + sections)
+                    + (" (the optimizer and scheduler sections are for surge.initialize; with an Accelerator, pass "
+                       "your own to prepare)" if sections else "")
+                    + ".",
                     stacklevel=2,
                 )
         self.strategy = select_strategy(topology, self.config, self.precision, deepspeed_plugin, fsdp_plugin)

@@ -263,3 +263,23 @@ def test_launch_with_zero_stage_three_shards_the_model():
     refused = surge("launch", "--num_processes", 2, "--zero_stage", 2, "--offload_param_device", "cpu", PROBE)
     assert refused.returncode != 0 and "needs zero_stage=3" in refused.stderr
     assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+DS_EXAMPLE = os.path.join(ROOT, "examples", "deepspeed_engine.py")
+DS_CONFIG = os.path.join(ROOT, "examples", "configs", "zero3_offload_fp16.json")
+
+
+def test_deepspeed_style_script_trains_saves_and_resumes(tmp_path):
+    """A DeepSpeed script (argparse + add_config_arguments + initialize) under surge
+    launch: ZeRO-3 + offload + fp16 from the JSON config, checkpoints, --resume."""
+    save = tmp_path / "ckpt"
+    args = ["launch", "--num_processes", 2, "--mixed_precision", "fp16", DS_EXAMPLE, "--deepspeed",
+            "--deepspeed_config", DS_CONFIG, "--smoke", "--save_dir", save]
+    first = surge(*args)
+    assert first.returncode == 0, first.stderr
+    assert re.search(r"steps=8 .* zero_stage=3", first.stdout), first.stdout
+    assert (save / "latest").read_text() == "global_step8" and (save / "global_step8" / "surge_checkpoint.json").exists()
+    resumed = surge(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "steps=16 " in resumed.stdout and (save / "latest").read_text() == "global_step16"
+    assert "does not apply" not in first.stderr  # nothing in the example config is ignored

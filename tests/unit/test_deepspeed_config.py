@@ -156,3 +156,17 @@ def test_accumulation_follows_from_train_and_micro_batch():
     with pytest.raises(ValueError, match="batch sizes disagree"):
         Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config={
             "train_batch_size": 12, "train_micro_batch_size_per_gpu": 3, "gradient_accumulation_steps": 2}))
+
+
+def test_keys_surge_cannot_honour_give_one_warning_naming_them():
+    config = {"zero_optimization": {"stage": 2, "zero_quantized_gradients": True,
+                                    "offload_optimizer": {"device": "nvme"}},
+              "activation_checkpointing": {"partition_activations": False}, "wandb": {"enabled": False}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config))
+    messages = [str(w.message) for w in caught if "does not apply" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert "zero_optimization.zero_quantized_gradients" in messages[0] and "nvme" in messages[0]
+    assert "partition_activations" not in messages[0] and "wandb" not in messages[0]  # switched off: nothing to do
+    assert acc.deepspeed_plugin.offload_optimizer_device == "cpu"

@@ -185,6 +185,19 @@ def _loss_scale(fp16: dict[str, Any]) -> LossScaleSettings:
     )
 
 
+def _asks_for(data: dict[str, Any], dotted: str) -> bool:
+    """True when the config sets ``dotted`` to something other than off (false, 0,
+    null, an empty or disabled section): only then is there something to honour."""
+    value: Any = data
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    if isinstance(value, dict):
+        return bool(value) and value.get("enabled", True) not in (False, None)
+    return value not in (False, None, 0, "none")
+
+
 def parse_deepspeed_config(config: dict[str, Any] | str | os.PathLike[str]) -> DeepSpeedSettings:
     """Validate a DeepSpeed config and translate it (batch sizes stay unresolved here:
     "auto" values are filled from the run).
@@ -203,8 +216,7 @@ def parse_deepspeed_config(config: dict[str, Any] | str | os.PathLike[str]) -> D
         raise ValueError(f"DeepSpeed config has unknown key(s) {', '.join(map(repr, sorted(unknown)))}; surge "
                          f"understands {', '.join(sorted(_KNOWN))} (and their documented sub-keys).")
     s = DeepSpeedSettings()
-    s.unhonoured = sorted(k for k in _UNHONOURED
-                          if (k in data) or ("." in k and k.split(".")[1] in data.get(k.split(".")[0], {})))
+    s.unhonoured = sorted(k for k in _UNHONOURED if _asks_for(data, k))
     zero = data.get("zero_optimization", {})
     stage = zero.get("stage", 0)
     if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage <= 3:
