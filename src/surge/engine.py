@@ -69,7 +69,8 @@ def initialize(
     collate_fn: Any = None,
     config: dict[str, Any] | str | os.PathLike[str] | None = None,
     config_params: dict[str, Any] | None = None,
-    **ignored: Any,
+    distributed_port: int | None = None,
+    mesh_param: Any = None,
 ) -> tuple[Engine, Any, Any, Any]:
     """Build a training engine the way ``deepspeed.initialize`` does.
 
@@ -87,6 +88,8 @@ def initialize(
             optimizer; None builds the config's ``scheduler`` section (if any).
         collate_fn: The DataLoader's collate function.
         config / config_params: The DeepSpeed config: a dict or a JSON file path.
+        dist_init_required / distributed_port: accepted for compatibility; the process
+            group comes from the launcher (``surge launch``, torchrun, ...).
 
     Returns:
         ``(engine, optimizer, dataloader, lr_scheduler)``; the last three are None when
@@ -102,9 +105,9 @@ def initialize(
     from surge.schedulers import SCHEDULERS, build_scheduler
     from surge.state import Topology
 
-    if mpu is not None:
-        raise ValueError("surge.initialize(mpu=...): model parallelism through a DeepSpeed mpu is not supported; "
-                         "surge shards data-parallel (ZeRO/FSDP).")
+    if mpu is not None or mesh_param is not None:
+        raise ValueError("surge.initialize(mpu=... / mesh_param=...): model parallelism through DeepSpeed's mpu or "
+                         "mesh is not supported; surge shards data-parallel (ZeRO/FSDP). Drop the argument.")
     if not isinstance(model, nn.Module):
         raise TypeError(f"surge.initialize needs model= a torch.nn.Module; got {type(model).__name__}.")
     data = load_json(_config_source(args, config, config_params))
