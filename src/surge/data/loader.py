@@ -75,6 +75,11 @@ class PreparedDataLoader(DataLoader):
         self._non_blocking = bool(self.pin_memory) and device is not None and device.type == "cuda"
         self._real_count: int | None = None
         self._skip_next = 0
+        # Progress, for checkpoints: the epoch last started, batches of it handed out
+        # (skipped ones included), and whether it ran to the end.
+        self._progress_epoch = -1
+        self._batches_seen = 0
+        self._epoch_done = True
 
     @property
     def epoch(self) -> int:
@@ -86,6 +91,29 @@ class PreparedDataLoader(DataLoader):
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"set_epoch(epoch={epoch!r}) needs a non-negative integer.")
         self._epoch = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader is: the epoch in progress (or last finished), the batches of
+        it already handed out, and the shuffle seed. Plain values (JSON-safe)."""
+        return {"epoch": self._progress_epoch, "batches_seen": self._batches_seen,
+                "finished": self._epoch_done, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``: the next iteration runs the saved epoch again (same
+        shuffle) if it was in progress, else the following one. Skip the batches already
+        seen with ``skip_first_batches(loader, loader.resume_batches)``."""
+        self.seed = int(state["seed"])
+        epoch, finished = int(state["epoch"]), bool(state["finished"])
+        self._epoch = max(0, epoch + 1 if finished else epoch)
+        self._progress_epoch = epoch
+        self._batches_seen = 0 if finished else int(state["batches_seen"])
+        self._epoch_done = finished
+
+    @property
+    def resume_batches(self) -> int:
+        """Batches of the next epoch already consumed before a checkpoint was loaded
+        (0 when the last epoch had finished): the number to give skip_first_batches."""
+        return 0 if self._epoch_done or self._progress_epoch != self._epoch else self._batches_seen
 
     def _begin_epoch(self) -> None:
         epoch = self._epoch
@@ -108,6 +136,7 @@ class PreparedDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         self._begin_epoch()
         skip, self._skip_next = self._skip_next, 0
+        self._progress_epoch, self._batches_seen, self._epoch_done = self._epoch - 1, skip, False
         sampler = self.batch_sampler if isinstance(self.batch_sampler, ShardedBatchSampler) else None
         if sampler is not None:
             sampler.skip = skip  # dropped as indices: the skipped samples are never loaded
@@ -140,9 +169,11 @@ class PreparedDataLoader(DataLoader):
                 self._real_count = real
                 gs.batch_real_count, gs.batch_size = real, total
                 gs.end_of_dataloader = last
+                self._batches_seen += 1
                 yield send_to_device(current, self.device, self._non_blocking) if move else current
                 current = upcoming
             gs.epoch_samples, gs.epoch_padding = samples, samples - real_samples
+            self._epoch_done = True
         finally:
             gs.end_of_dataloader, gs.batch_real_count, gs.batch_size = outer
 
