@@ -217,6 +217,14 @@ class Accelerator(ProcessQueries):
         self._optimizers: list[AcceleratedOptimizer] = []
         self._schedulers: list[AcceleratedScheduler] = []
         self._dataloaders: list[PreparedDataLoader] = []
+        self._custom_objects: list[Any] = []
+        self._checkpoint_calls = 0  # save/load_state calls: names the collective's rendezvous
+        if self.project_configuration.automatic_checkpoint_naming:
+            # Never write over: continue after the highest checkpoint number on disk.
+            from surge.checkpoint.naming import checkpoints_root, next_number
+
+            root = checkpoints_root(self.project_configuration.project_dir)
+            self.project_configuration.iteration = max(self.project_configuration.iteration, next_number(root))
 
     # -- settings and topology ------------------------------------------------------------
 
@@ -571,6 +579,123 @@ class Accelerator(ProcessQueries):
             atomic_write(f, lambda tmp: save_file(obj, tmp, metadata={"format": "pt"}))
         else:
             atomic_write(f, lambda tmp: torch.save(obj, tmp))
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def register_for_checkpointing(self, *objects: Any) -> None:
+        """Include ``objects`` (anything with ``state_dict`` / ``load_state_dict``) in
+        :meth:`save_state` / :meth:`load_state`, in this order. Their state dicts should
+        hold tensors and plain values: checkpoints load with ``weights_only=True``."""
+        for obj in objects:
+            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+                raise TypeError(f"register_for_checkpointing: {type(obj).__name__} has no state_dict() / "
+                                "load_state_dict(); wrap it in an object that has both.")
+        self._custom_objects.extend(objects)
+
+    def save_state(self, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
+                   **kwargs: Any) -> str:
+        """Save everything prepared (models, optimizers, schedulers, the loss scaler, the
+        loaders' progress), the registered objects, step counters and every process's
+        RNG state to ``output_dir`` (see [Note: checkpoint layout]); returns the directory.
+
+        With ``ProjectConfiguration(automatic_checkpoint_naming=True)`` and no
+        ``output_dir`` it writes ``project_dir/checkpoints/checkpoint_<n>`` and, with
+        ``total_limit``, removes the oldest once the new one is complete.
+
+        Unsharded strategies (one process, DDP) write from the main process without any
+        collective, so ``if accelerator.is_main_process: accelerator.save_state()``
+        works (other processes' RNG states are then not saved). Sharded ones (ZeRO,
+        FSDP) need every process: called on some only, it fails rather than hangs.
+        """
+        from surge.checkpoint.naming import checkpoints_root, number_of, prune
+        from surge.checkpoint.training import save_training_state
+        from surge.utils.random import rng_state
+
+        if not safe_serialization:
+            warnings.warn("save_state(safe_serialization=False) is ignored: weights are always written with "
+                          "safetensors.", stacklevel=2)
+        if kwargs:
+            raise TypeError(f"save_state got unexpected arguments {sorted(kwargs)}.")
+        pc = self.project_configuration
+        automatic = output_dir is None
+        if automatic:
+            if not pc.automatic_checkpoint_naming:
+                raise ValueError("save_state() needs output_dir, or ProjectConfiguration(project_dir=..., "
+                                 "automatic_checkpoint_naming=True) to name checkpoints itself.")
+            output_dir = os.path.join(checkpoints_root(pc.project_dir), f"checkpoint_{pc.iteration}")
+        self._checkpoint_calls += 1
+        number = number_of(os.fspath(output_dir))
+        extra = {
+            "loaders": [dl.state_dict() for dl in self._dataloaders],
+            "custom": [obj.state_dict() for obj in self._custom_objects],
+            "gradient_step": self.gradient_state.step,
+            "iteration": (number + 1) if number is not None else pc.iteration,
+        }
+        path = save_training_state(
+            output_dir, topology=self.topology, strategy_name=self.strategy.name,
+            sharded=self.strategy.sharded_checkpoint, models=self._models, optimizers=self._optimizers,
+            schedulers=self._schedulers, precision_state=self.precision.state_dict(), extra=extra,
+            rank_state={"rng": rng_state()}, save_index=self._checkpoint_calls,
+        )
+        if automatic:
+            pc.iteration += 1
+            if pc.total_limit is not None and self.is_main_process:
+                prune(checkpoints_root(pc.project_dir), pc.total_limit)
+        return path
+
+    def load_state(self, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
+        """Restore what :meth:`save_state` wrote into the prepared objects (same kinds and
+        order), the registered objects, the loaders' progress, step counters and this
+        process's RNG state. ``input_dir=None`` loads the newest complete checkpoint
+        under ``project_dir/checkpoints``; automatic numbering continues after it.
+
+        Works across world sizes and strategies (e.g. DDP <-> ZeRO-3). Every process must
+        call it. To continue a partly done epoch, iterate
+        ``accelerator.skip_first_batches(loader, loader.resume_batches)`` once.
+
+        Raises:
+            ValueError: no checkpoint, or an incomplete, corrupted or mismatching one
+                (the file or count is named).
+        """
+        from surge.checkpoint.naming import checkpoints_root, newest_complete, number_of
+        from surge.checkpoint.training import check_all_arrived, load_training_state
+        from surge.utils.random import set_rng_state
+
+        if kwargs:
+            raise TypeError(f"load_state got unexpected arguments {sorted(kwargs)}.")
+        pc = self.project_configuration
+        if input_dir is None:
+            root = checkpoints_root(pc.project_dir)
+            input_dir = newest_complete(root)
+            if input_dir is None:
+                raise ValueError(f"load_state() found no complete checkpoint under {root!r}; pass input_dir.")
+        input_dir = os.fspath(input_dir)
+        self._checkpoint_calls += 1
+        if self.strategy.sharded_checkpoint:
+            check_all_arrived(self.topology, f"surge/load/{os.path.abspath(input_dir)}/{self._checkpoint_calls}")
+        extra, rank_state = load_training_state(
+            input_dir, topology=self.topology, models=self._models, optimizers=self._optimizers,
+            schedulers=self._schedulers, load_precision_state=self.precision.load_state_dict,
+        )
+        for kind, mine, saved in (("dataloaders", self._dataloaders, extra["loaders"]),
+                                  ("objects registered for checkpointing", self._custom_objects, extra["custom"])):
+            if len(mine) != len(saved):
+                raise ValueError(f"checkpoint {input_dir!r} holds {len(saved)} {kind} but {len(mine)} are prepared "
+                                 "here; prepare/register the same ones as the run that saved it.")
+        for loader, state in zip(self._dataloaders, extra["loaders"]):
+            loader.load_state_dict(state)
+        for obj, state in zip(self._custom_objects, extra["custom"]):
+            obj.load_state_dict(state)
+        self.gradient_state.step = int(extra["gradient_step"])
+        if "rng" in rank_state:
+            set_rng_state(rank_state["rng"])
+        elif self.num_processes > 1:
+            warnings.warn(f"checkpoint {input_dir!r} has no RNG state for process {self.process_index} (it was "
+                          "saved by the main process alone); its random streams continue unrestored.", stacklevel=2)
+        number = number_of(input_dir)
+        if pc.automatic_checkpoint_naming and number is not None:
+            pc.iteration = max(pc.iteration, number + 1)
+        return input_dir
 
     def free_memory(self, *objects: Any) -> tuple[Any, ...]:
         """Forget every prepared object (so they can be garbage-collected); returns

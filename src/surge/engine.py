@@ -197,6 +197,7 @@ class Engine(nn.Module):
         self.micro_steps = 0
         self.skipped_steps = 0
         self._backward_this_micro_step = False
+        self._saves = 0
 
     # -- DeepSpeed's accessors --------------------------------------------------------------
 
@@ -330,8 +331,11 @@ class Engine(nn.Module):
                                  "process must pass the same tag.")
         save_dir = os.fspath(save_dir)
         extra = {_CLIENT_STATE: dict(client_state or {}), "engine": self._counters()}
+        self._saves += 1
         save_training_state(os.path.join(save_dir, tag), topology=self.accelerator.topology,
-                            strategy_name=self.accelerator.strategy.name, models=[self._wrapped],
+                            strategy_name=self.accelerator.strategy.name,
+                            sharded=self.accelerator.strategy.sharded_checkpoint, save_index=self._saves,
+                            models=[self._wrapped],
                             optimizers=[self.optimizer] if self.optimizer is not None else [],
                             schedulers=[self.lr_scheduler] if self.lr_scheduler is not None else [],
                             precision_state=self.accelerator.precision.state_dict(), extra=extra)
@@ -365,8 +369,8 @@ class Engine(nn.Module):
         path = os.path.join(load_dir, _check_tag(tag))
         with_optimizer = load_optimizer_states and not load_module_only and self.optimizer is not None
         with_scheduler = load_lr_scheduler_states and not load_module_only and self.lr_scheduler is not None
-        extra = load_training_state(
-            path, models=[self._wrapped], optimizers=[self.optimizer] if with_optimizer else [],
+        extra, _ = load_training_state(
+            path, topology=self.accelerator.topology, models=[self._wrapped], optimizers=[self.optimizer] if with_optimizer else [],
             schedulers=[self.lr_scheduler] if with_scheduler else [],
             load_precision_state=None if load_module_only else self.accelerator.precision.load_state_dict,
             strict=load_module_strict, partial=not (with_optimizer and with_scheduler),

@@ -1,24 +1,33 @@
-"""Training checkpoints: models, optimizers, schedulers, the loss scaler and caller
-state, saved and loaded by every process together.
+"""Training checkpoints: models, optimizers, schedulers, the loss scaler, per-process
+state (RNG) and caller state, saved and loaded together.
 
 [Note: checkpoint layout]
-A checkpoint is a directory:
+A checkpoint is a directory. Two layouts, chosen by the strategy:
 
-- ``model_optimizer/``: the models' and optimizers' tensors through
-  ``torch.distributed.checkpoint`` (DCP), keyed by parameter name. Sharded states
-  (FSDP2 DTensors, optimizer state of parameter shards) are written by the process
-  holding each piece and can be read back at another world size or strategy;
-  replicated ones are written once.
-- ``optimizer_<i>.pt``: an optimizer that consolidates its own state (ZeRO-1's
-  ``ZeroRedundancyOptimizer``), written whole by the main process.
-- ``state.pt``: schedulers, the loss scaler and the caller's ``extra`` state (main
-  process), read back with ``torch.load(weights_only=True)``: no code runs on load.
-- ``surge_checkpoint.json``: the manifest (version, world size, strategy, files),
-  written last inside the checkpoint.
+Full (one process, DDP: every process holds everything). Written by the main process
+alone, with no collective, so ``if accelerator.is_main_process: save_state()`` works:
+
+- ``model_<i>.safetensors``: each model's full weights;
+- ``optimizer_<i>.pt``: each optimizer's state keyed by parameter name (the layout of
+  ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``), so it loads
+  into any strategy, sharded ones included.
+
+Sharded (ZeRO-1/2/3, FSDP): a collective; every process must call it.
+
+- ``model_optimizer/``: models' and optimizers' tensors through
+  ``torch.distributed.checkpoint`` (DCP), keyed by parameter name; each shard is written
+  by its owner and can be read back at another world size or strategy;
+- ``optimizer_<i>.pt`` for optimizers that consolidate their own state (ZeRO-1), whole,
+  keyed by parameter name.
+
+Both: ``state.pt`` (schedulers, the loss scaler, caller state; main process),
+``rank_<r>.pt`` (each process's own state: RNG), and ``surge_checkpoint.json`` (the
+manifest, written last inside the checkpoint). Everything is read back with
+safetensors, JSON or ``torch.load(weights_only=True)``: loading runs no code.
 
 The directory is assembled under a temporary name next to its destination and renamed
-into place only once every process has finished (see checkpoint/atomic.py): a save
-killed midway leaves the previous checkpoint as it was.
+into place only when complete (see checkpoint/atomic.py): a save killed midway leaves
+the previous checkpoint as it was and nothing a loader would pick.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -40,11 +50,18 @@ from surge.checkpoint.atomic import TMP_PREFIX, _fsync_dir, atomic_write
 MANIFEST = "surge_checkpoint.json"
 TENSORS = "model_optimizer"
 STATE = "state.pt"
+FORMAT = 1
+ARRIVAL_TIMEOUT_S = 60.0
+"""How long a sharded save waits for every process to arrive before failing."""
 
 
 def _consolidates(optimizer: Any) -> bool:
     """True for optimizers that gather their sharded state themselves (ZeRO-1)."""
     return hasattr(optimizer, "consolidate_state_dict")
+
+
+def _inner(optimizer: Any) -> Any:
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def _owner(models: list[nn.Module], optimizer: torch.optim.Optimizer) -> int:
@@ -56,16 +73,6 @@ def _owner(models: list[nn.Module], optimizer: torch.optim.Optimizer) -> int:
     raise ValueError("an optimizer to checkpoint holds parameters of no prepared model; prepare the model with it.")
 
 
-def _tensor_state(models: list[nn.Module], optimizers: list[Any]) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-    state: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
-    for i, opt in enumerate(optimizers):
-        if not _consolidates(opt):
-            state[f"optimizer_{i}"] = get_optimizer_state_dict(models[_owner(models, opt)], opt)
-    return state
-
-
 @contextlib.contextmanager
 def _single_process_is_fine() -> Iterator[None]:
     """DCP warns when there is no process group; one process is a normal case here."""
@@ -74,8 +81,80 @@ def _single_process_is_fine() -> Iterator[None]:
         yield
 
 
-def _inner(optimizer: Any) -> Any:
-    return getattr(optimizer, "optimizer", optimizer)
+def _named_positions(model: nn.Module, optimizer: Any) -> list[str]:
+    """The parameter name of each position in the optimizer's param groups."""
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    prefix = "module."
+    out = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = names.get(id(p))
+            if name is None:
+                raise ValueError("an optimizer parameter is not a parameter of its model; cannot name its state.")
+            out.append(name[len(prefix):] if name.startswith(prefix) else name)
+    return out
+
+
+def _by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """An index-keyed optimizer state dict (ZeRO-1's consolidated one) keyed by name."""
+    groups = []
+    for group in state["param_groups"]:
+        groups.append({**group, "params": [names[i] for i in group["params"]]})
+    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
+
+
+def _by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    index = {n: i for i, n in enumerate(names)}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
+
+
+def _wait_for_everyone(topology: Any) -> None:
+    if topology.is_distributed:
+        from surge.ops import broadcast_object_list
+
+        broadcast_object_list([None])
+
+
+def check_all_arrived(topology: Any, key: str, timeout: float = ARRIVAL_TIMEOUT_S) -> None:
+    """Fail, instead of hanging, when not every process entered a collective save.
+
+    Each process counts itself in the process group's store and waits (polling,
+    bounded by ``timeout``) for the others.
+
+    Raises:
+        RuntimeError: some process did not arrive within ``timeout`` seconds.
+    """
+    if not topology.is_distributed:
+        return
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    store = _get_default_store()
+    store.add(key, 1)
+    deadline = time.monotonic() + timeout
+    while store.add(key, 0) < topology.world_size:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"this checkpoint is sharded, so saving and loading it is a collective: every process must call "
+                f"save_state/load_state (only {store.add(key, 0)} of {topology.world_size} did within {timeout:.0f} "
+                "s). Call it on all processes, not inside `if accelerator.is_main_process:`."
+            )
+        time.sleep(0.01)
+
+
+def _full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights for safetensors: contiguous, CPU, shared storage stored once
+    per name (tied weights are written under each of their names)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, tensor in get_model_state_dict(model).items():
+        tensor = tensor.detach().cpu()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        out[name] = tensor.clone() if key in seen else tensor.contiguous()
+        seen.add(key)
+    return out
 
 
 def save_training_state(
@@ -83,61 +162,110 @@ def save_training_state(
     *,
     topology: Any,
     strategy_name: str,
+    sharded: bool,
     models: list[nn.Module],
     optimizers: list[Any],
     schedulers: list[Any],
     precision_state: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    rank_state: dict[str, Any] | None = None,
+    save_index: int = 0,
 ) -> str:
-    """Write a checkpoint to ``directory`` (a collective: every process calls it).
+    """Write a checkpoint to ``directory`` in the layout of [Note: checkpoint layout].
 
-    An existing checkpoint at ``directory`` is replaced only after the new one is
-    complete. Returns the directory.
+    ``sharded=True``: every process must call it (checked: it fails, never hangs, when
+    some do not). ``sharded=False``: the main process writes everything and other
+    processes, if they call it too, add their ``rank_state`` once it is in place
+    (``save_index`` tells them which save that is). An existing checkpoint at
+    ``directory`` is replaced only after the new one is complete. Returns the directory.
     """
-    import torch.distributed.checkpoint as dcp
-
-    from surge.ops import broadcast_object_list
-
     directory = os.path.abspath(os.fspath(directory))
-    parent = os.path.dirname(directory)
     main = topology.is_main_process
-    staging = os.path.join(parent, f"{TMP_PREFIX}{os.path.basename(directory)}")
+    if sharded:
+        check_all_arrived(topology, f"surge/save/{directory}/{save_index}")
+    elif not main:
+        _add_rank_state_when_ready(directory, topology, rank_state, save_index)
+        return directory
+    staging = os.path.join(os.path.dirname(directory), f"{TMP_PREFIX}{os.path.basename(directory)}")
     if main:
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # what an earlier killed save left
         os.mkdir(staging)
-    if topology.is_distributed:
-        broadcast_object_list([None])  # the staging directory exists before anyone writes
+    files: list[str] = []
     optimizers = [_inner(o) for o in optimizers]
-    with _single_process_is_fine():
-        dcp.save(_tensor_state(models, optimizers), checkpoint_id=os.path.join(staging, TENSORS))
-    files = [TENSORS]
-    for i, opt in enumerate(optimizers):
-        if _consolidates(opt):
-            full = opt.state_dict()  # collective; the whole state on the main process
-            if main:
-                torch.save(full, os.path.join(staging, f"optimizer_{i}.pt"))
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        _wait_for_everyone(topology)  # the staging directory exists before anyone writes
+        tensors: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
+        for i, opt in enumerate(optimizers):
+            if not _consolidates(opt):
+                tensors[f"optimizer_{i}"] = get_optimizer_state_dict(models[_owner(models, opt)], opt)
+        with _single_process_is_fine():
+            dcp.save(tensors, checkpoint_id=os.path.join(staging, TENSORS))
+        files.append(TENSORS)
+        for i, opt in enumerate(optimizers):
+            if _consolidates(opt):
+                full = opt.state_dict()  # collective; the whole state on the main process
+                if main:
+                    names = _named_positions(models[_owner(models, opt)], opt)
+                    torch.save(_by_name(full, names), os.path.join(staging, f"optimizer_{i}.pt"))
+                files.append(f"optimizer_{i}.pt")
+        torch.save(rank_state or {}, os.path.join(staging, f"rank_{topology.rank}.pt"))
+    else:
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        for i, model in enumerate(models):
+            save_file(_full_model_state(model), os.path.join(staging, f"model_{i}.safetensors"),
+                      metadata={"format": "pt"})
+            files.append(f"model_{i}.safetensors")
+        for i, opt in enumerate(optimizers):
+            torch.save(get_optimizer_state_dict(models[_owner(models, opt)], opt),
+                       os.path.join(staging, f"optimizer_{i}.pt"))
             files.append(f"optimizer_{i}.pt")
+        torch.save(rank_state or {}, os.path.join(staging, "rank_0.pt"))
     if main:
         torch.save({"schedulers": [s.state_dict() for s in schedulers], "precision": precision_state,
                     "extra": extra or {}}, os.path.join(staging, STATE))
         files.append(STATE)
         from surge import __version__
 
-        manifest = {"format": 1, "surge_version": __version__, "world_size": topology.world_size,
-                    "strategy": strategy_name, "models": len(models), "optimizers": len(optimizers),
-                    "schedulers": len(schedulers), "files": files}
+        manifest = {"format": FORMAT, "surge_version": __version__, "world_size": topology.world_size,
+                    "strategy": strategy_name, "sharded": sharded, "models": len(models),
+                    "optimizers": len(optimizers), "schedulers": len(schedulers), "save_index": save_index,
+                    "files": files}
         with open(os.path.join(staging, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-    if topology.is_distributed:
-        broadcast_object_list([None])  # every process finished writing
+    if sharded:
+        _wait_for_everyone(topology)  # every process finished writing
     if main:
         _replace_directory(staging, directory)
-    if topology.is_distributed:
-        broadcast_object_list([None])  # the checkpoint is in place before anyone reads it
+    if sharded:
+        _wait_for_everyone(topology)  # the checkpoint is in place before anyone reads it
     return directory
+
+
+def _add_rank_state_when_ready(directory: str, topology: Any, rank_state: dict[str, Any] | None,
+                               save_index: int) -> None:
+    """A non-main process's part of a full save: once the main process has put this
+    save in place, add this process's own state to it (no collective)."""
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT_S * 10
+    path = os.path.join(directory, MANIFEST)
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            with open(path) as f:
+                if json.load(f).get("save_index") == save_index:
+                    break
+        if time.monotonic() > deadline:
+            warnings.warn(f"process {topology.rank} gave up waiting for checkpoint {directory!r}; its RNG state is "
+                          "not in it (a resume will not restore this process's random streams).", stacklevel=3)
+            return
+        time.sleep(0.02)
+    atomic_write(os.path.join(directory, f"rank_{topology.rank}.pt"), lambda tmp: torch.save(rank_state or {}, tmp))
 
 
 def _replace_directory(staging: str, directory: str) -> None:
@@ -152,6 +280,11 @@ def _replace_directory(staging: str, directory: str) -> None:
     _fsync_dir(os.path.dirname(directory))
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def is_complete(directory: str | os.PathLike[str]) -> bool:
+    """True when ``directory`` holds a finished checkpoint (its manifest is there)."""
+    return os.path.isfile(os.path.join(os.fspath(directory), MANIFEST))
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -169,41 +302,60 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
                          "(the save did not finish, or this is not a checkpoint directory).") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"checkpoint manifest {path!r} is corrupted: {exc.msg}.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"checkpoint manifest {path!r} is not a surge checkpoint of format {FORMAT}.")
     return manifest
 
 
-def _load_file(path: str) -> Any:
+def load_file(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` with a clear error naming the file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"checkpoint file {path!r} is missing.") from None
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as exc:
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()
         raise ValueError(f"checkpoint file {path!r} is corrupted or truncated ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}).") from None
+                         f"{detail[0] if detail else 'no detail'}).") from None
+
+
+def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file as load_safetensors
+
+    try:
+        return load_safetensors(path)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint file {path!r} is missing.") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"checkpoint file {path!r} is corrupted or truncated ({exc}).") from None
 
 
 def load_training_state(
     directory: str | os.PathLike[str],
     *,
+    topology: Any,
     models: list[nn.Module],
     optimizers: list[Any],
     schedulers: list[Any],
     load_precision_state: Any = None,
     strict: bool = True,
     partial: bool = False,
-) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_training_state` into the given objects
-    (a collective). Returns the caller's ``extra`` state.
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_training_state` into the given objects,
+    whatever the strategy and world size it was saved with. Every process calls it.
 
     ``strict=False`` tolerates model keys missing on either side; ``partial=True``
     loads only the optimizers/schedulers given (the first ones saved), e.g. weights only.
+
+    Returns:
+        ``(extra, rank_state)``: the caller's state, and this process's own state (empty
+        when the checkpoint has none for this rank).
 
     Raises:
         ValueError: an incomplete or corrupted checkpoint, or one holding a different
             number of models/optimizers/schedulers (the file or count is named).
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
@@ -218,28 +370,60 @@ def load_training_state(
             raise ValueError(f"checkpoint {directory!r} holds {manifest.get(key)} {key} but {count} were prepared; "
                              "prepare the same objects as the run that saved it.")
     optimizers = [_inner(o) for o in optimizers]
-    state = _tensor_state(models, optimizers)
+    full = StateDictOptions(full_state_dict=True, strict=strict)
+    if manifest["sharded"]:
+        _load_sharded_tensors(directory, models, optimizers, strict)
+    else:
+        for i, model in enumerate(models):
+            state = _load_safetensors(os.path.join(directory, f"model_{i}.safetensors"))
+            set_model_state_dict(model, state, options=full)
+    for i, opt in enumerate(optimizers):
+        path = os.path.join(directory, f"optimizer_{i}.pt")
+        if os.path.exists(path) or not manifest["sharded"]:
+            model = models[_owner(models, opt)]
+            state = load_file(path)
+            if _consolidates(opt):
+                opt.load_state_dict(_by_index(state, _named_positions(model, opt)))
+            else:
+                set_optimizer_state_dict(model, opt, state, options=full)
+    rest = load_file(os.path.join(directory, STATE))
+    for scheduler, sd in zip(schedulers, rest["schedulers"]):
+        scheduler.load_state_dict(sd)
+    if load_precision_state is not None:
+        load_precision_state(rest["precision"])
+    rank_path = os.path.join(directory, f"rank_{topology.rank}.pt")
+    rank_state = load_file(rank_path) if os.path.exists(rank_path) else {}
+    return rest["extra"], rank_state
+
+
+def _load_sharded_tensors(directory: str, models: list[nn.Module], optimizers: list[Any], strict: bool) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
+    for i, opt in enumerate(optimizers):
+        if not _consolidates(opt) and not os.path.exists(os.path.join(directory, f"optimizer_{i}.pt")):
+            state[f"optimizer_{i}"] = get_optimizer_state_dict(models[_owner(models, opt)], opt)
     try:
         with _single_process_is_fine():
             dcp.load(state, checkpoint_id=os.path.join(directory, TENSORS),
                      planner=DefaultLoadPlanner(allow_partial_load=not strict))
-    except Exception as exc:  # DCP wraps reader errors in its own exception types
-        detail = str(exc).strip().splitlines()
+    except Exception as exc:  # DCP wraps reader errors (per rank) in its own exception types
+        detail = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise ValueError(f"checkpoint {os.path.join(directory, TENSORS)!r} could not be read: "
                          f"{detail[-1] if detail else type(exc).__name__}.") from None
     for i, model in enumerate(models):
         set_model_state_dict(model, state[f"model_{i}"], options=StateDictOptions(strict=strict))
     for i, opt in enumerate(optimizers):
-        if _consolidates(opt):
-            opt.load_state_dict(_load_file(os.path.join(directory, f"optimizer_{i}.pt")))
-        else:
+        if f"optimizer_{i}" in state:
             set_optimizer_state_dict(models[_owner(models, opt)], opt, state[f"optimizer_{i}"])
-    rest = _load_file(os.path.join(directory, STATE))
-    for scheduler, sd in zip(schedulers, rest["schedulers"]):
-        scheduler.load_state_dict(sd)
-    if load_precision_state is not None:
-        load_precision_state(rest["precision"])
-    return rest["extra"]
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

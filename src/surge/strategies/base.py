@@ -36,6 +36,9 @@ class Strategy:
 
     name = "single"
     distributed_type = DistributedType.NO
+    sharded_checkpoint = False
+    """True when no single process holds the whole training state, so checkpoints are
+    collectives written shard by shard (see [Note: checkpoint layout])."""
 
     def __init__(self, topology: Topology, config: AcceleratorConfig, precision: Precision, *,
                  offload_optimizer: bool = False, activation_checkpointing: bool = False,

@@ -31,6 +31,7 @@ class FSDP(Strategy):
     """Sharded data parallelism on FSDP2."""
 
     name = "fsdp"
+    sharded_checkpoint = True
 
     def __init__(self, topology: Any, config: Any, precision: Any, *, reshard_after_forward: bool,
                  layer_classes: list[str] | None = None, distributed_type: DistributedType = DistributedType.FSDP,

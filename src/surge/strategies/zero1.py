@@ -40,6 +40,7 @@ class Zero1(DDP):
     """DDP plus a sharded optimizer."""
 
     name = "zero1"
+    sharded_checkpoint = True
 
     @property
     def distributed_type(self) -> DistributedType:  # type: ignore[override]

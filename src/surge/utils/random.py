@@ -42,3 +42,41 @@ def set_seed(seed: int, device_specific: bool = False, deterministic: bool = Fal
     if deterministic:
         torch.use_deterministic_algorithms(True)
     return seed
+
+
+def rng_state() -> dict[str, object]:
+    """Every random stream this process draws from (Python, NumPy when installed, torch
+    CPU, every CUDA device), as plain values and tensors (``weights_only``-loadable)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, object] = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+    except ImportError:
+        pass
+    else:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, object]) -> None:
+    """Restore what :func:`rng_state` captured (streams it lacks are left alone)."""
+    if "python" in state:
+        version, internal, gauss = state["python"]  # type: ignore[misc]
+        random.setstate((version, tuple(internal), gauss))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])  # type: ignore[arg-type]
+    if "numpy" in state:
+        try:
+            import numpy as np
+        except ImportError:
+            pass
+        else:
+            kind, keys, pos, has_gauss, cached = state["numpy"]  # type: ignore[misc]
+            np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        states = state["cuda"]
+        if len(states) == torch.cuda.device_count():  # type: ignore[arg-type]
+            torch.cuda.set_rng_state_all(states)  # type: ignore[arg-type]
