@@ -385,7 +385,10 @@ def load_training_state(
             if _consolidates(opt):
                 opt.load_state_dict(_by_index(state, _named_positions(model, opt)))
             else:
-                set_optimizer_state_dict(model, opt, state, options=full)
+                # A full state is split into shards only for a sharded model (and only
+                # when there are tensors to split: a stateless SGD has none).
+                split = bool(state.get("state")) and any(hasattr(p, "device_mesh") for p in model.parameters())
+                set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=split))
     rest = load_file(os.path.join(directory, STATE))
     for scheduler, sd in zip(schedulers, rest["schedulers"]):
         scheduler.load_state_dict(sd)

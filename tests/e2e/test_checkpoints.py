@@ -1,0 +1,128 @@
+"""save_state / load_state for real, in new processes under `surge launch`: exact
+resume, resharding across world sizes and strategies, automatic naming, a save killed
+midway, corrupted files."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from e2e_util import ROOT, SCRIPTS, clean_env
+
+pytestmark = pytest.mark.e2e
+PROBE = os.path.join(SCRIPTS, "resume_probe.py")
+
+
+def launch(n, *args, check=True):
+    result = subprocess.run(["surge", "launch", "--num_processes", str(n), PROBE, *map(str, args)], cwd=ROOT,
+                            env=clean_env(), capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def checksum(result):
+    match = re.search(r"checksum=(\w+) seen=(\d+) lr=([\d.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    return match.groups()
+
+
+@pytest.mark.parametrize("zero", [0, 3])
+def test_exact_resume_mid_epoch(tmp_path, zero):
+    """Stopped mid-second-epoch and resumed in new processes: the same batches, dropout
+    masks, schedule and final parameters (bit for bit) as an uninterrupted run."""
+    full = checksum(launch(2, "--project", tmp_path / "full", "--zero", zero))
+    launch(2, "--project", tmp_path / "cut", "--zero", zero, "--stop_after", 13)
+    assert os.listdir(tmp_path / "cut" / "checkpoints") == ["checkpoint_0"]
+    resumed = checksum(launch(2, "--project", tmp_path / "cut", "--zero", zero, "--resume"))
+    assert resumed == full
+
+
+def test_reshard_across_world_sizes_and_strategies(tmp_path):
+    launch(2, "--project", tmp_path / "z3", "--zero", 3, "--stop_after", 13)
+    launch(2, "--project", tmp_path / "ddp", "--stop_after", 13)
+    reference = checksum(launch(2, "--project", tmp_path / "ddp", "--load_only"))
+    assert reference[1] == "13"
+    for n, zero, project in ((1, 3, "z3"), (3, 3, "z3"), (2, 0, "z3"), (3, 0, "z3"), (2, 3, "ddp"), (3, 3, "ddp")):
+        assert checksum(launch(n, "--project", tmp_path / project, "--load_only", "--zero", zero)) == reference, \
+            (n, zero, project)
+
+
+def _names(root):
+    return sorted(n for n in os.listdir(root / "checkpoints") if not n.startswith("."))
+
+
+def test_automatic_naming_continues_and_prunes(tmp_path):
+    code = (
+        "import sys, torch; from surge import Accelerator, ProjectConfiguration\n"
+        "acc = Accelerator(project_config=ProjectConfiguration(sys.argv[1], automatic_checkpoint_naming=True, "
+        "total_limit=2))\n"
+        "m = torch.nn.Linear(2, 2); model, opt = acc.prepare(m, torch.optim.SGD(m.parameters(), 0.1))\n"
+        "if sys.argv[2] == 'three':\n"
+        "    for _ in range(3): acc.save_state()\n"
+        "else:\n"
+        "    print('loaded', acc.load_state()); print('saved', acc.save_state())\n"
+    )
+    run = lambda what: subprocess.run([sys.executable, "-c", code, str(tmp_path), what], env=clean_env(),  # noqa: E731
+                                      capture_output=True, text=True, timeout=120)
+    assert run("three").returncode == 0
+    assert _names(tmp_path) == ["checkpoint_1", "checkpoint_2"]
+    again = run("resume")
+    assert again.returncode == 0, again.stderr
+    assert "checkpoint_2" in again.stdout.splitlines()[0] and again.stdout.splitlines()[1].endswith("checkpoint_3")
+    assert _names(tmp_path) == ["checkpoint_2", "checkpoint_3"]
+
+
+def test_a_killed_save_leaves_the_previous_checkpoint(tmp_path):
+    """SIGKILL while the second checkpoint is being written: the first stays complete and
+    load_state() picks it, never the half-written one."""
+    code = (
+        "import sys, time, torch; from surge import Accelerator, ProjectConfiguration\n"
+        "import surge.checkpoint.training as T\n"
+        "acc = Accelerator(project_config=ProjectConfiguration(sys.argv[1], automatic_checkpoint_naming=True))\n"
+        "model = torch.nn.Linear(256, 256); opt = torch.optim.Adam(model.parameters())\n"
+        "model, opt = acc.prepare(model, opt)\n"
+        "acc.save_state(); print('first', flush=True)\n"
+        "real = T._full_model_state\n"
+        "def slow(m):\n"
+        "    print('writing', flush=True); time.sleep(60); return real(m)\n"
+        "T._full_model_state = slow\n"
+        "acc.save_state()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=clean_env(), stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "first"
+    assert proc.stdout.readline().strip() == "writing"
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _names(tmp_path) == ["checkpoint_0"]  # the second never appeared under its name
+    leftovers = [n for n in os.listdir(tmp_path / "checkpoints") if n.startswith(".surge-tmp-")]
+    assert leftovers  # the staging directory, which no loader picks
+    check = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, torch; from surge import Accelerator, ProjectConfiguration\n"
+         "acc = Accelerator(project_config=ProjectConfiguration(sys.argv[1], automatic_checkpoint_naming=True))\n"
+         "model = torch.nn.Linear(256, 256); opt = torch.optim.Adam(model.parameters())\n"
+         "acc.prepare(model, opt); print(acc.load_state())", str(tmp_path)],
+        env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip().endswith("checkpoint_0")
+
+
+def test_corrupted_checkpoint_names_the_file(tmp_path):
+    launch(1, "--project", tmp_path, "--stop_after", 4)
+    ckpt = tmp_path / "checkpoints" / "checkpoint_0"
+    with open(ckpt / "optimizer_0.pt", "r+b") as f:
+        f.truncate(100)
+    broken = launch(1, "--project", tmp_path, "--load_only", check=False)
+    assert broken.returncode != 0
+    assert "optimizer_0.pt' is corrupted or truncated" in broken.stderr
+    assert "UnpicklingError" not in broken.stderr.splitlines()[-1]
+    (ckpt / "model_0.safetensors").write_bytes(b"garbage")
+    broken = launch(1, "--project", tmp_path, "--load_only", check=False)
+    assert "model_0.safetensors' is corrupted or truncated" in broken.stderr
