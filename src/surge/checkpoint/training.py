@@ -116,7 +116,7 @@ def _wait_for_everyone(topology: Any) -> None:
         broadcast_object_list([None])
 
 
-def check_all_arrived(topology: Any, key: str, timeout: float = ARRIVAL_TIMEOUT_S) -> None:
+def check_all_arrived(topology: Any, key: str, timeout: float | None = None) -> None:
     """Fail, instead of hanging, when not every process entered a collective save.
 
     Each process counts itself in the process group's store and waits (polling,
@@ -129,6 +129,7 @@ def check_all_arrived(topology: Any, key: str, timeout: float = ARRIVAL_TIMEOUT_
         return
     from torch.distributed.distributed_c10d import _get_default_store
 
+    timeout = ARRIVAL_TIMEOUT_S if timeout is None else timeout
     store = _get_default_store()
     store.add(key, 1)
     deadline = time.monotonic() + timeout
