@@ -102,7 +102,7 @@ def initialize(
     from surge.accelerator import Accelerator
     from surge.config.plugins import DeepSpeedPlugin
     from surge.optimizers import build_optimizer, optimizer_class
-    from surge.schedulers import SCHEDULERS, build_scheduler
+    from surge.schedulers import build_scheduler, scheduler_class
     from surge.state import Topology
 
     if mpu is not None or mesh_param is not None:
@@ -122,9 +122,7 @@ def initialize(
         if lr_scheduler is not None:
             raise ValueError("an lr_scheduler was passed to surge.initialize and the config has a scheduler section; "
                              "keep one.")
-        if sched_section.get("type") not in SCHEDULERS:
-            raise ValueError(f"DeepSpeed config scheduler.type={sched_section.get('type')!r} is not supported; choose "
-                             f"one of {', '.join(SCHEDULERS)} (or pass lr_scheduler= yourself).")
+        scheduler_class(sched_section)
     world = Topology.detect().world_size
     micro, train, accumulation = (settings.train_micro_batch_size_per_gpu, settings.train_batch_size,
                                   settings.gradient_accumulation_steps)

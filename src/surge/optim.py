@@ -21,7 +21,38 @@ from surge.device import send_to_device
 from surge.precision.base import Precision
 
 
-class AcceleratedOptimizer(torch.optim.Optimizer):
+class ForwardingOptimizer(torch.optim.Optimizer):
+    """An optimizer that wraps another (``self.optimizer``) without ``super().__init__``:
+    ``param_groups``, ``defaults`` and ``state`` are the wrapped optimizer's own."""
+
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
+
+class AcceleratedOptimizer(ForwardingOptimizer):
     """A prepared optimizer. ``isinstance(opt, torch.optim.Optimizer)`` holds, so LR
     schedulers can be built on it after ``prepare``.
 
@@ -60,30 +91,6 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
             optimizer.load_state_dict(send_to_device(optimizer.state_dict(), device))
 
     # -- what torch.optim.Optimizer users touch ------------------------------------------
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self.optimizer.param_groups = value
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value: dict[str, Any]) -> None:
-        self.optimizer.defaults = value
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        self.optimizer.state = value
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.optimizer.add_param_group(param_group)

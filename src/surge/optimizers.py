@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from surge.config.deepspeed import reject_auto
+
 _DEEPSPEED_ONLY = ("lamb", "onebitadam", "zerooneadam", "onebitlamb", "lion", "muadam", "muadamw", "musgd")
 _DEEPSPEED_FLAGS = ("torch_adam", "adam_w_mode", "fused", "bias_correction")
 
@@ -41,10 +43,7 @@ def optimizer_class(section: dict[str, Any]) -> tuple[type[torch.optim.Optimizer
             if isinstance(kind, str) and kind.lower() in _DEEPSPEED_ONLY else ""
         raise ValueError(f"DeepSpeed config optimizer.type={kind!r} is not supported{extra}; choose Adam, AdamW, "
                          f"SGD or another torch.optim class: {', '.join(sorted(c.__name__ for c in known.values()))}.")
-    autos = sorted(k for k, v in params.items() if v == "auto")
-    if autos:
-        raise ValueError(f"DeepSpeed config optimizer.params {', '.join(autos)} = \"auto\": surge.initialize has "
-                         "nothing to fill them from; give numbers.")
+    reject_auto("optimizer", params)
     adam_w_mode = params.pop("adam_w_mode", True)
     for flag in _DEEPSPEED_FLAGS:
         params.pop(flag, None)

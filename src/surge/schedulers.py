@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from surge.config.deepspeed import reject_auto
+
 WARMUP_TYPES = ("log", "linear")
 
 
@@ -136,21 +138,29 @@ class WarmupCosineLR(_Warmup):
 SCHEDULERS = {"WarmupLR": WarmupLR, "WarmupDecayLR": WarmupDecayLR, "WarmupCosineLR": WarmupCosineLR}
 
 
-def build_scheduler(section: dict[str, Any], optimizer: torch.optim.Optimizer) -> LRScheduler:
-    """The scheduler a DeepSpeed config's ``scheduler`` section describes.
+def scheduler_class(section: dict[str, Any]) -> tuple[type[LRScheduler], dict[str, Any]]:
+    """The class and arguments for a DeepSpeed config's ``scheduler`` section.
 
     Raises:
-        ValueError: an unknown type, "auto" or bad parameters (named).
+        ValueError: an unknown type or "auto" parameters (named).
     """
     kind, params = section.get("type"), dict(section.get("params") or {})
     if kind not in SCHEDULERS:
         raise ValueError(f"DeepSpeed config scheduler.type={kind!r} is not supported; choose one of "
                          f"{', '.join(SCHEDULERS)} (or pass lr_scheduler= yourself).")
-    autos = sorted(k for k, v in params.items() if v == "auto")
-    if autos:
-        raise ValueError(f"DeepSpeed config scheduler.params {', '.join(autos)} = \"auto\": surge.initialize has "
-                         "nothing to fill them from; give numbers.")
+    reject_auto("scheduler", params)
+    return SCHEDULERS[kind], params
+
+
+def build_scheduler(section: dict[str, Any], optimizer: torch.optim.Optimizer) -> LRScheduler:
+    """The scheduler a DeepSpeed config's ``scheduler`` section describes.
+
+    Raises:
+        ValueError: see :func:`scheduler_class`; bad parameters (named).
+    """
+    cls, params = scheduler_class(section)
+    kind = section.get("type")
     try:
-        return SCHEDULERS[kind](optimizer, **params)
+        return cls(optimizer, **params)
     except TypeError as exc:
         raise ValueError(f"DeepSpeed config scheduler {kind} params {sorted(params)}: {exc}.") from None

@@ -185,6 +185,18 @@ def _loss_scale(fp16: dict[str, Any]) -> LossScaleSettings:
     )
 
 
+def reject_auto(section: str, params: dict[str, Any]) -> None:
+    """Refuse "auto" in a section surge.initialize builds itself (nothing fills it).
+
+    Raises:
+        ValueError: naming the "auto" parameters.
+    """
+    autos = sorted(k for k, v in params.items() if v == AUTO)
+    if autos:
+        raise ValueError(f"DeepSpeed config {section}.params {', '.join(autos)} = \"auto\": surge.initialize has "
+                         "nothing to fill them from; give numbers.")
+
+
 def _asks_for(data: dict[str, Any], dotted: str) -> bool:
     """True when the config sets ``dotted`` to something other than off (false, 0,
     null, an empty or disabled section): only then is there something to honour."""

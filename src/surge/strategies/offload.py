@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from surge.optim import ForwardingOptimizer
+
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """The part of ``tensor`` this process holds (a DTensor's local shard)."""
@@ -41,7 +43,7 @@ def _version(param: torch.Tensor) -> tuple[int, int]:
     return param._version, _local(param)._version
 
 
-class OffloadedOptimizer(torch.optim.Optimizer):
+class OffloadedOptimizer(ForwardingOptimizer):
     """Runs ``optimizer`` on CPU fp32 masters of its (device) parameters; see the note above.
 
     Args:
@@ -73,24 +75,8 @@ class OffloadedOptimizer(torch.optim.Optimizer):
         # A DTensor counts writes made through it; its local shard those made to it.
         return [[_version(p) for p in group["params"]] for group in self.optimizer.param_groups]
 
-    # -- the optimizer's own face -------------------------------------------------------
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self.optimizer.param_groups = value
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.optimizer.defaults
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        """The optimizer state, keyed by the CPU masters."""
-        return self.optimizer.state
+    # -- the optimizer's own face (param_groups, defaults, state: the wrapped one's;
+    # its state is keyed by the CPU masters) ----------------------------------------
 
     @property
     def masters(self) -> list[list[torch.Tensor]]:
