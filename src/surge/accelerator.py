@@ -39,6 +39,7 @@ from surge.config.deepspeed import resolve_batch_sizes
 from surge.config.kwargs import GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
+from surge.config._validate import check_bool
 from surge.data.loader import PreparedDataLoader, shard_dataloader
 from surge.data.loader import SkipFirstBatches
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
@@ -219,6 +220,8 @@ class Accelerator(ProcessQueries):
         self._dataloaders: list[PreparedDataLoader] = []
         self._custom_objects: list[Any] = []
         self._checkpoint_calls = 0  # save/load_state calls: names the collective's rendezvous
+        self._pending_save: Any = None  # a save_state(async_save=True) still being written
+        self._checkpoint_group: Any = None  # the gloo group background sharded saves use
         if self.project_configuration.automatic_checkpoint_naming:
             # Never write over: continue after the highest checkpoint number on disk.
             from surge.checkpoint.naming import checkpoints_root, next_number
@@ -593,7 +596,7 @@ class Accelerator(ProcessQueries):
         self._custom_objects.extend(objects)
 
     def save_state(self, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
-                   **kwargs: Any) -> str:
+                   *, async_save: bool = False, **kwargs: Any) -> str:
         """Save everything prepared (models, optimizers, schedulers, the loss scaler, the
         loaders' progress), the registered objects, step counters and every process's
         RNG state to ``output_dir`` (see [Note: checkpoint layout]); returns the directory.
@@ -606,6 +609,15 @@ class Accelerator(ProcessQueries):
         collective, so ``if accelerator.is_main_process: accelerator.save_state()``
         works (other processes' RNG states are then not saved). Sharded ones (ZeRO,
         FSDP) need every process: called on some only, it fails rather than hangs.
+        FSDP with ``state_dict_type="FULL_STATE_DICT"`` gathers the weights and writes
+        the full layout; ZeRO and ``SHARDED_STATE_DICT`` write shards (DCP).
+
+        ``async_save=True`` copies the state to CPU memory and writes it in the
+        background while training goes on (sharded tensors through DCP's
+        ``async_save``). The next ``save_state``/``load_state``, :meth:`end_training`
+        and :meth:`wait_for_checkpoint` wait for it; the checkpoint appears (and
+        ``total_limit`` prunes) only once it is complete. It costs one extra copy of the
+        state in host memory while the write runs.
         """
         from surge.checkpoint.naming import checkpoints_root, number_of, prune
         from surge.checkpoint.training import save_training_state
@@ -616,6 +628,8 @@ class Accelerator(ProcessQueries):
                           "safetensors.", stacklevel=2)
         if kwargs:
             raise TypeError(f"save_state got unexpected arguments {sorted(kwargs)}.")
+        check_bool("save_state async_save", async_save)
+        self.wait_for_checkpoint()
         pc = self.project_configuration
         automatic = output_dir is None
         if automatic:
@@ -631,17 +645,47 @@ class Accelerator(ProcessQueries):
             "gradient_step": self.gradient_state.step,
             "iteration": (number + 1) if number is not None else pc.iteration,
         }
-        path = save_training_state(
+        sharded = self.strategy.sharded_checkpoint
+        gather = sharded and self.fsdp_plugin is not None and self.fsdp_plugin.state_dict_type == "FULL_STATE_DICT"
+        limit = pc.total_limit if automatic else None
+        root = checkpoints_root(pc.project_dir)
+        result = save_training_state(
             output_dir, topology=self.topology, strategy_name=self.strategy.name,
-            sharded=self.strategy.sharded_checkpoint, models=self._models, optimizers=self._optimizers,
+            sharded=sharded and not gather, gather=gather, models=self._models, optimizers=self._optimizers,
             schedulers=self._schedulers, precision_state=self.precision.state_dict(), extra=extra,
-            rank_state={"rng": rng_state()}, save_index=self._checkpoint_calls,
+            rank_state={"rng": rng_state()}, save_index=self._checkpoint_calls, background=async_save,
+            group=self._background_group() if async_save and sharded and not gather else None,
+            on_complete=(lambda: prune(root, limit)) if limit is not None else None,
         )
         if automatic:
             pc.iteration += 1
-            if pc.total_limit is not None and self.is_main_process:
-                prune(checkpoints_root(pc.project_dir), pc.total_limit)
-        return path
+        if async_save:
+            self._pending_save = result
+            return result.directory
+        return result
+
+    def _background_group(self) -> Any:
+        """A gloo process group of its own for background checkpoint writes, so their
+        collectives never interleave with the training's (made once, by every process)."""
+        if self._checkpoint_group is None and self.topology.is_distributed:
+            import torch.distributed as dist
+
+            self._checkpoint_group = dist.new_group(backend="gloo")
+        return self._checkpoint_group
+
+    def wait_for_checkpoint(self) -> str | None:
+        """Block until a ``save_state(async_save=True)`` still being written is complete
+        and return its directory (None when there is none).
+
+        Raises:
+            RuntimeError: the background save failed; the previous checkpoint is intact.
+        """
+        pending, self._pending_save = self._pending_save, None
+        return pending.wait() if pending is not None else None
+
+    def end_training(self) -> None:
+        """Finish the run: wait for a checkpoint still being written in the background."""
+        self.wait_for_checkpoint()
 
     def load_state(self, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
         """Restore what :meth:`save_state` wrote into the prepared objects (same kinds and
@@ -663,6 +707,7 @@ class Accelerator(ProcessQueries):
 
         if kwargs:
             raise TypeError(f"load_state got unexpected arguments {sorted(kwargs)}.")
+        self.wait_for_checkpoint()
         pc = self.project_configuration
         if input_dir is None:
             root = checkpoints_root(pc.project_dir)

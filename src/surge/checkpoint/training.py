@@ -37,6 +37,7 @@ import json
 import os
 import pickle
 import shutil
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -143,17 +144,66 @@ def check_all_arrived(topology: Any, key: str, timeout: float | None = None) -> 
         time.sleep(0.01)
 
 
-def _full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights for safetensors: contiguous, CPU, shared storage stored once
-    per name (tied weights are written under each of their names)."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+class PendingSave:
+    """A checkpoint being written in the background (``save_state(async_save=True)``).
 
+    The state was copied to CPU memory before the save returned, so training may change
+    the live tensors meanwhile. :meth:`wait` blocks until the checkpoint is in place
+    (on every process: non-main processes wait until the main process has renamed it)
+    and re-raises what went wrong in the background.
+    """
+
+    def __init__(self, directory: str, work: Any) -> None:
+        self.directory = directory
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # handed to the caller by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"surge-save-{os.path.basename(directory)}")
+        self._thread.start()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> str:
+        """Block until the checkpoint is complete; returns its directory.
+
+        Raises:
+            RuntimeError: the background save failed (its error is chained).
+        """
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"the background save of checkpoint {self.directory!r} failed: "
+                               f"{type(error).__name__}: {error}. The previous checkpoint is intact.") from error
+        return self.directory
+
+
+def _snapshot(tree: Any) -> Any:
+    """A copy of ``tree`` whose tensors are fresh CPU copies: what a background write
+    saves while training goes on changing the originals."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _snapshot(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_snapshot(v) for v in tree)
+    return tree
+
+
+def _dedup_storage(state: dict[str, torch.Tensor], copy: bool) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors for safetensors; shared storage (tied weights) is written
+    under each of its names as separate copies. ``copy`` makes every tensor a copy."""
     seen: set[tuple[int, int]] = set()
     out = {}
-    for name, tensor in get_model_state_dict(model).items():
-        tensor = tensor.detach().cpu()
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        out[name] = tensor.clone() if key in seen else tensor.contiguous()
+    for name, tensor in state.items():
+        cpu = tensor.detach().cpu()
+        key = (cpu.untyped_storage().data_ptr(), cpu.storage_offset())
+        out[name] = cpu.clone(memory_format=torch.contiguous_format) if copy or key in seen else cpu.contiguous()
         seen.add(key)
     return out
 
@@ -171,20 +221,36 @@ def save_training_state(
     extra: dict[str, Any] | None = None,
     rank_state: dict[str, Any] | None = None,
     save_index: int = 0,
-) -> str:
+    gather: bool = False,
+    background: bool = False,
+    group: Any = None,
+    on_complete: Any = None,
+) -> str | PendingSave:
     """Write a checkpoint to ``directory`` in the layout of [Note: checkpoint layout].
 
     ``sharded=True``: every process must call it (checked: it fails, never hangs, when
-    some do not). ``sharded=False``: the main process writes everything and other
-    processes, if they call it too, add their ``rank_state`` once it is in place
+    some do not). ``gather=True`` (sharded models saved in the full layout, FSDP's
+    FULL_STATE_DICT): every process must call it too; the full state is gathered to the
+    main process, which writes it. Otherwise the main process writes everything and
+    other processes, if they call it too, add their ``rank_state`` once it is in place
     (``save_index`` tells them which save that is). An existing checkpoint at
-    ``directory`` is replaced only after the new one is complete. Returns the directory.
+    ``directory`` is replaced only after the new one is complete; ``on_complete`` then
+    runs on the main process.
+
+    ``background=True`` copies the state to CPU memory, starts the writing in a thread
+    (sharded tensors through DCP's ``async_save`` on ``group``, a gloo process group
+    other than the training one) and returns a :class:`PendingSave`; otherwise the
+    directory once it is complete.
     """
     directory = os.path.abspath(os.fspath(directory))
     main = topology.is_main_process
-    if sharded:
+    collective = sharded or gather
+    if collective:
         check_all_arrived(topology, f"surge/save/{directory}/{save_index}")
     elif not main:
+        if background:
+            return PendingSave(directory, lambda: _add_rank_state_when_ready(directory, topology, rank_state,
+                                                                             save_index))
         _add_rank_state_when_ready(directory, topology, rank_state, save_index)
         return directory
     staging = os.path.join(os.path.dirname(directory), f"{TMP_PREFIX}{os.path.basename(directory)}")
@@ -192,80 +258,127 @@ def save_training_state(
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # what an earlier killed save left
         os.mkdir(staging)
+    if collective:
+        _wait_for_everyone(topology)  # the staging directory exists before anyone writes
+    torch.save(rank_state or {}, os.path.join(staging, f"rank_{topology.rank}.pt"))
     files: list[str] = []
+    writes: list[tuple[str, Any, Any]] = []  # (file, saver, value): the main process's files
     optimizers = [_inner(o) for o in optimizers]
+    copy = _snapshot if background else (lambda tree: tree)
+    dcp_future = None
     if sharded:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        _wait_for_everyone(topology)  # the staging directory exists before anyone writes
         tensors: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
         for i, opt in enumerate(optimizers):
             if not _consolidates(opt):
                 tensors[f"optimizer_{i}"] = get_optimizer_state_dict(models[_owner(models, opt)], opt)
-        with _single_process_is_fine():
-            dcp.save(tensors, checkpoint_id=os.path.join(staging, TENSORS))
-        files.append(TENSORS)
         for i, opt in enumerate(optimizers):
             if _consolidates(opt):
                 full = opt.state_dict()  # collective; the whole state on the main process
                 if main:
                     names = _named_positions(models[_owner(models, opt)], opt)
-                    torch.save(_by_name(full, names), os.path.join(staging, f"optimizer_{i}.pt"))
-                files.append(f"optimizer_{i}.pt")
-        torch.save(rank_state or {}, os.path.join(staging, f"rank_{topology.rank}.pt"))
+                    writes.append((f"optimizer_{i}.pt", torch.save, copy(_by_name(full, names))))
+        _wait_for_everyone(topology)  # every process's own file is written
+        checkpoint_id = os.path.join(staging, TENSORS)
+        with _single_process_is_fine():
+            if background:
+                # DCP stages (copies) the tensors to CPU memory before returning.
+                dcp_future = dcp.async_save(tensors, checkpoint_id=checkpoint_id, process_group=group)
+            else:
+                dcp.save(tensors, checkpoint_id=checkpoint_id)
+        files.append(TENSORS)
     else:
         from safetensors.torch import save_file
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        # Gathering is a collective that leaves the whole state on the main process (in
+        # CPU memory); without it the main process holds everything already.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True) if gather else None
+
+        def save_model(state: dict[str, torch.Tensor], path: str) -> None:
+            save_file(state, path, metadata={"format": "pt"})
 
         for i, model in enumerate(models):
-            save_file(_full_model_state(model), os.path.join(staging, f"model_{i}.safetensors"),
-                      metadata={"format": "pt"})
-            files.append(f"model_{i}.safetensors")
+            state = get_model_state_dict(model, options=options)
+            if main:
+                writes.append((f"model_{i}.safetensors", save_model, _dedup_storage(state, copy=background)))
         for i, opt in enumerate(optimizers):
-            torch.save(get_optimizer_state_dict(models[_owner(models, opt)], opt),
-                       os.path.join(staging, f"optimizer_{i}.pt"))
-            files.append(f"optimizer_{i}.pt")
-        torch.save(rank_state or {}, os.path.join(staging, "rank_0.pt"))
-    if main:
-        torch.save({"schedulers": [s.state_dict() for s in schedulers], "precision": precision_state,
-                    "extra": extra or {}}, os.path.join(staging, STATE))
-        files.append(STATE)
-        from surge import __version__
+            state = get_optimizer_state_dict(models[_owner(models, opt)], opt, options=options)
+            if main:
+                writes.append((f"optimizer_{i}.pt", torch.save, copy(state)))
+        if gather:
+            _wait_for_everyone(topology)  # every process's own file is written
+    if not main:
+        if not background:
+            _wait_for_everyone(topology)  # the checkpoint is in place before anyone reads it
+            return directory
 
-        manifest = {"format": FORMAT, "surge_version": __version__, "world_size": topology.world_size,
-                    "strategy": strategy_name, "sharded": sharded, "models": len(models),
-                    "optimizers": len(optimizers), "schedulers": len(schedulers), "save_index": save_index,
-                    "files": files}
+        def wait_until_in_place() -> None:
+            if dcp_future is not None:
+                dcp_future.result()
+            _wait_for_manifest(directory, save_index, topology)
+
+        return PendingSave(directory, wait_until_in_place)
+    from surge import __version__
+
+    files += [name for name, _, _ in writes]
+    writes.append((STATE, torch.save, copy({"schedulers": [s.state_dict() for s in schedulers],
+                                            "precision": precision_state, "extra": extra or {}})))
+    files.append(STATE)
+    manifest = {"format": FORMAT, "surge_version": __version__, "world_size": topology.world_size,
+                "strategy": strategy_name, "sharded": sharded, "models": len(models),
+                "optimizers": len(optimizers), "schedulers": len(schedulers), "save_index": save_index,
+                "files": files}
+
+    def finish() -> None:
+        for name, saver, value in writes:
+            saver(value, os.path.join(staging, name))
+        if dcp_future is not None:
+            dcp_future.result()  # on the main process: every process's shards are written
         with open(os.path.join(staging, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-    if sharded:
-        _wait_for_everyone(topology)  # every process finished writing
-    if main:
         _replace_directory(staging, directory)
-    if sharded:
+        if on_complete is not None:
+            on_complete()
+
+    if background:
+        return PendingSave(directory, finish)
+    finish()  # a synchronous DCP save has returned on the main process once every shard is written
+    if collective:
         _wait_for_everyone(topology)  # the checkpoint is in place before anyone reads it
     return directory
 
 
-def _add_rank_state_when_ready(directory: str, topology: Any, rank_state: dict[str, Any] | None,
-                               save_index: int) -> None:
-    """A non-main process's part of a full save: once the main process has put this
-    save in place, add this process's own state to it (no collective)."""
+def _wait_for_manifest(directory: str, save_index: int, topology: Any) -> bool:
+    """Poll until the main process has put save ``save_index`` in place at ``directory``."""
     deadline = time.monotonic() + ARRIVAL_TIMEOUT_S * 10
     path = os.path.join(directory, MANIFEST)
     while True:
         with contextlib.suppress(OSError, ValueError):
             with open(path) as f:
                 if json.load(f).get("save_index") == save_index:
-                    break
+                    return True
         if time.monotonic() > deadline:
-            warnings.warn(f"process {topology.rank} gave up waiting for checkpoint {directory!r}; its RNG state is "
-                          "not in it (a resume will not restore this process's random streams).", stacklevel=3)
-            return
+            return False
         time.sleep(0.02)
+
+
+def _add_rank_state_when_ready(directory: str, topology: Any, rank_state: dict[str, Any] | None,
+                               save_index: int) -> None:
+    """A non-main process's part of a full save: once the main process has put this
+    save in place, add this process's own state to it (no collective)."""
+    if not _wait_for_manifest(directory, save_index, topology):
+        warnings.warn(f"process {topology.rank} gave up waiting for checkpoint {directory!r}; its RNG state is "
+                      "not in it (a resume will not restore this process's random streams).", stacklevel=3)
+        return
     atomic_write(os.path.join(directory, f"rank_{topology.rank}.pt"), lambda tmp: torch.save(rank_state or {}, tmp))
 
 

@@ -21,6 +21,8 @@ COMMANDS = {
     "test": ("surge.commands.test", "Run surge's own end-to-end check on the configured topology."),
     "env": ("surge.commands.env", "Report versions, devices, backends and the active config (like ds_report)."),
     "estimate-memory": ("surge.commands.estimate_memory", "Per-process memory of model states for each strategy."),
+    "merge-weights": ("surge.commands.merge_weights", "Turn a (sharded) checkpoint's model into one safetensors "
+                                                       "model, offline."),
 }
 
 
@@ -47,7 +49,9 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"surge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # launch hands everything after the script to it untouched: no abbreviations, or
+        # a script's own --fsdp would be taken for an abbreviated --fsdp_* launcher flag.
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=name != "launch")
         _add_arguments(module, p)
     return parser
 

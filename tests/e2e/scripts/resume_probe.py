@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from surge import Accelerator, ProjectConfiguration
+from surge import Accelerator, FullyShardedDataParallelPlugin, ProjectConfiguration
 from surge.utils import set_seed
 
 parser = argparse.ArgumentParser()
@@ -18,6 +18,10 @@ parser.add_argument("--stop_after", type=int, default=0, help="save and exit aft
 parser.add_argument("--resume", action="store_true")
 parser.add_argument("--load_only", action="store_true")
 parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--save_every", type=int, default=0, help="also save every this many micro-steps")
+parser.add_argument("--async_save", action="store_true", help="write checkpoints in the background")
+parser.add_argument("--fsdp", choices=["FULL_STATE_DICT", "SHARDED_STATE_DICT"], help="FSDP FULL_SHARD with this "
+                    "checkpoint layout instead of --zero")
 args = parser.parse_args()
 
 
@@ -33,7 +37,8 @@ class Counter:
 
 
 plugin = {"zero_stage": args.zero} if args.zero else None
-acc = Accelerator(gradient_accumulation_steps=2, deepspeed_plugin=plugin,
+fsdp = FullyShardedDataParallelPlugin("FULL_SHARD", state_dict_type=args.fsdp) if args.fsdp else None
+acc = Accelerator(gradient_accumulation_steps=2, deepspeed_plugin=plugin, fsdp_plugin=fsdp,
                   project_config=ProjectConfiguration(args.project, automatic_checkpoint_naming=True, total_limit=2))
 set_seed(0)
 model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.3),
@@ -79,8 +84,12 @@ if not args.load_only:
                 opt.zero_grad()
             counter.seen += 1
             if args.stop_after and acc.gradient_state.step == args.stop_after:
-                acc.save_state()
+                acc.save_state(async_save=args.async_save)
+                acc.end_training()  # waits for a background save
                 raise SystemExit(0)
+            if args.save_every and acc.gradient_state.step % args.save_every == 0:
+                acc.save_state(async_save=args.async_save)  # training goes on while it is written
+acc.end_training()
 state = acc.get_state_dict(model)
 if acc.is_main_process:
     digest = hashlib.sha256()

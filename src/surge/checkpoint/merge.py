@@ -1,0 +1,131 @@
+"""A checkpoint's model weights as one safetensors model, offline (``surge merge-weights``).
+
+Reads what :func:`surge.checkpoint.training.save_training_state` wrote (sharded DCP
+files or the full layout), a DeepSpeed-style directory with a ``latest`` file (as
+``Engine.save_checkpoint`` writes), or any DCP checkpoint directory, in one process and
+with no process group: the shards of every rank are read and stitched together by
+DCP's own reader. The result is written by :func:`surge.checkpoint.export.save_weights`
+(sharded files plus an index when large, staged and renamed into place).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from surge.checkpoint.training import MANIFEST, TENSORS, _load_safetensors, _single_process_is_fine, read_manifest
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DCP_METADATA = ".metadata"
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> str:
+    """The checkpoint directory ``path`` names: itself, or the tag in its ``latest`` file.
+
+    Raises:
+        ValueError: ``path`` is not a directory, or holds no checkpoint (named).
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"checkpoint {path!r} is not a directory; give the directory save_state or "
+                         "save_checkpoint wrote.")
+    if os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isfile(os.path.join(path, _DCP_METADATA)):
+        return path
+    latest = os.path.join(path, "latest")
+    if os.path.isfile(latest):
+        with open(latest) as f:
+            tag = f.read().strip()
+        if tag and os.path.isdir(os.path.join(path, tag)):
+            return os.path.join(path, tag)
+        raise ValueError(f"{latest!r} names {tag!r}, which is not a directory in {path!r}.")
+    raise ValueError(f"{path!r} is not a checkpoint: it has no {MANIFEST} (a surge checkpoint), no {_DCP_METADATA} "
+                     "(a torch.distributed.checkpoint directory) and no 'latest' file. An unfinished save leaves "
+                     "only a '.surge-tmp-*' directory, which cannot be merged.")
+
+
+def read_dcp_tensors(directory: str, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor whose key starts with ``prefix`` in the DCP checkpoint at
+    ``directory``, whole, on the CPU, keys without the prefix. Needs no process group.
+
+    Raises:
+        ValueError: unreadable or corrupted files, or no tensor under ``prefix``.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(directory)
+    try:
+        metadata = reader.read_metadata()
+    except Exception as exc:  # a missing or truncated .metadata is a pickle/OS error inside DCP
+        raise ValueError(f"checkpoint {directory!r} could not be read: its {_DCP_METADATA} file is missing or "
+                         f"corrupted ({type(exc).__name__}).") from None
+    wanted = {
+        key: torch.empty(md.size, dtype=md.properties.dtype)
+        for key, md in metadata.state_dict_metadata.items()
+        if isinstance(md, TensorStorageMetadata) and key.startswith(prefix)
+    }
+    if not wanted:
+        raise ValueError(f"checkpoint {directory!r} holds no tensors under {prefix.rstrip('.')!r}.")
+    try:
+        with _single_process_is_fine():
+            dcp.load(wanted, storage_reader=reader, no_dist=True)
+    except Exception as exc:  # DCP wraps reader errors in its own exception types
+        detail = [line for line in str(exc).strip().splitlines() if line.strip()]
+        raise ValueError(f"checkpoint {directory!r} could not be read: "
+                         f"{detail[-1] if detail else type(exc).__name__}.") from None
+    return {key[len(prefix):]: tensor for key, tensor in wanted.items()}
+
+
+def model_weights(checkpoint: str | os.PathLike[str], model_index: int = 0) -> dict[str, torch.Tensor]:
+    """Model ``model_index``'s full weights from a checkpoint (see module doc).
+
+    Raises:
+        ValueError: no such checkpoint or model, or unreadable files (named).
+    """
+    directory = resolve_checkpoint(checkpoint)
+    if not os.path.isfile(os.path.join(directory, MANIFEST)):
+        return read_dcp_tensors(directory)  # a DCP directory from elsewhere: all of its tensors
+    manifest = read_manifest(directory)
+    count = manifest.get("models", 0)
+    if not 0 <= model_index < count:
+        raise ValueError(f"model index {model_index} is out of range: checkpoint {directory!r} holds {count} "
+                         f"model(s) (indices 0..{max(count - 1, 0)}).")
+    if manifest["sharded"]:
+        return read_dcp_tensors(os.path.join(directory, TENSORS), prefix=f"model_{model_index}.")
+    return _load_safetensors(os.path.join(directory, f"model_{model_index}.safetensors"))
+
+
+def merge_weights(
+    checkpoint: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    model_index: int = 0,
+    max_shard_size: int | str = "10GB",
+    dtype: str | None = None,
+    safe_serialization: bool = True,
+) -> list[str]:
+    """Write model ``model_index`` of ``checkpoint`` to ``output_dir`` as a full model
+    (``model.safetensors``, or shards plus ``model.safetensors.index.json``); returns the
+    file names. ``dtype`` ("float32", "bfloat16", "float16") converts floating-point
+    tensors; None keeps the saved dtypes.
+
+    Raises:
+        ValueError: a bad checkpoint, model index, dtype or output directory.
+    """
+    from surge.checkpoint.export import save_weights
+
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)} (or none to keep the "
+                         "saved dtypes).")
+    source = os.path.realpath(resolve_checkpoint(checkpoint))
+    target = os.path.realpath(os.fspath(output_dir))
+    if target == source or target.startswith(source + os.sep):
+        raise ValueError(f"output directory {os.fspath(output_dir)!r} is inside the checkpoint {source!r}; write the "
+                         "merged model somewhere else.")
+    state: dict[str, Any] = model_weights(source, model_index)
+    if dtype is not None:
+        to = DTYPES[dtype]
+        state = {k: v.to(to) if v.is_floating_point() else v for k, v in state.items()}
+    return save_weights(state, output_dir, max_shard_size=max_shard_size, safe_serialization=safe_serialization)

@@ -1,0 +1,128 @@
+"""Two gloo processes: background (async) saves under DDP and ZeRO-3, FSDP's
+FULL_STATE_DICT / SHARDED_STATE_DICT layouts, and merge-weights reading a sharded
+checkpoint offline."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from surge import Accelerator, FullyShardedDataParallelPlugin
+from surge.checkpoint.merge import merge_weights
+from surge.ops import broadcast_object_list
+from surge.testing import distributed_test
+from surge.testing.parity import BlockModel
+
+pytestmark = pytest.mark.distributed
+
+
+def _tmp() -> str:
+    return broadcast_object_list([tempfile.mkdtemp() if dist.get_rank() == 0 else None])[0]
+
+
+def _prepared(**kwargs):
+    acc = Accelerator(**kwargs)
+    torch.manual_seed(0)
+    model = BlockModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model, opt = acc.prepare(model, opt)
+    return acc, model, opt
+
+
+def _step(acc, model, opt, seed):
+    g = torch.Generator().manual_seed(seed * 10 + acc.process_index)
+    acc.backward(model(torch.randn(4, 8, generator=g)).pow(2).mean())
+    opt.step()
+    opt.zero_grad()
+
+
+def _full(acc, model):
+    """The full weights (gathered under sharding; get_state_dict leaves other processes
+    an empty dict then, so compare on the main process)."""
+    return {k: v.detach().cpu().clone() for k, v in acc.get_state_dict(model).items()}
+
+
+def _equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _async_round_trip(**kwargs):
+    acc, model, opt = _prepared(**kwargs)
+    _step(acc, model, opt, 1)
+    want = _full(acc, model)
+    directory = os.path.join(_tmp(), "ckpt")
+    assert acc.save_state(directory, async_save=True) == os.path.abspath(directory)
+    for seed in (2, 3):  # training goes on while the checkpoint is written
+        _step(acc, model, opt, seed)
+    assert not _equal(_full(acc, model), want) or not acc.is_main_process
+    assert acc.wait_for_checkpoint() == os.path.abspath(directory)
+    acc.wait_for_everyone()  # under DDP the other processes add their RNG state after the main one's save
+    assert {"rank_0.pt", "rank_1.pt", "surge_checkpoint.json"} <= set(os.listdir(directory))
+    fresh, model2, opt2 = _prepared(**kwargs)
+    fresh.load_state(directory)
+    assert _equal(_full(fresh, model2), want) or not acc.is_main_process
+    # The optimizer state is the one of the moment too: one more identical step matches.
+    _step(fresh, model2, opt2, 9)
+    again, model3, opt3 = _prepared(**kwargs)
+    again.load_state(directory)
+    _step(again, model3, opt3, 9)
+    assert _equal(_full(fresh, model2), _full(again, model3)) or not acc.is_main_process
+    return acc, directory
+
+
+def check_async_save_ddp():
+    _async_round_trip()
+
+
+def check_async_save_zero3_then_merge_offline():
+    acc, directory = _async_round_trip(deepspeed_plugin={"zero_stage": 3})
+    assert "model_optimizer" in os.listdir(directory)
+    fresh, model, _ = _prepared(deepspeed_plugin={"zero_stage": 3})
+    fresh.load_state(directory)
+    want = _full(fresh, model)
+    if acc.is_main_process:  # offline: one process, no collective
+        merge_weights(directory, os.path.join(directory + "-merged"))
+        assert _equal(load_file(os.path.join(directory + "-merged", "model.safetensors")), want)
+
+
+def check_fsdp_full_state_dict_writes_full_files():
+    plugin = FullyShardedDataParallelPlugin("FULL_SHARD", state_dict_type="FULL_STATE_DICT")
+    acc, model, opt = _prepared(fsdp_plugin=plugin)
+    _step(acc, model, opt, 1)
+    want = _full(acc, model)
+    for background in (False, True):
+        directory = os.path.join(_tmp(), "ckpt")
+        acc.save_state(directory, async_save=background)
+        acc.wait_for_checkpoint()
+        assert sorted(os.listdir(directory)) == ["model_0.safetensors", "optimizer_0.pt", "rank_0.pt", "rank_1.pt",
+                                                 "state.pt", "surge_checkpoint.json"]
+        main = acc.is_main_process
+        assert _equal(load_file(os.path.join(directory, "model_0.safetensors")), want) or not main
+        for target in ({"fsdp_plugin": plugin}, {}):  # back into FSDP, and into DDP
+            fresh, model2, _ = _prepared(**target)
+            fresh.load_state(directory)
+            assert _equal(_full(fresh, model2), want) or not main
+
+
+def check_fsdp_sharded_state_dict_writes_shards():
+    plugin = FullyShardedDataParallelPlugin("FULL_SHARD", state_dict_type="SHARDED_STATE_DICT")
+    acc, model, opt = _prepared(fsdp_plugin=plugin)
+    _step(acc, model, opt, 1)
+    directory = os.path.join(_tmp(), "ckpt")
+    acc.save_state(directory)
+    assert "model_optimizer" in os.listdir(directory) and "model_0.safetensors" not in os.listdir(directory)
+
+
+CHECKS = [
+    check_async_save_ddp,
+    check_async_save_zero3_then_merge_offline,
+    check_fsdp_full_state_dict_writes_full_files,
+    check_fsdp_sharded_state_dict_writes_shards,
+]
+
+test_two_processes = distributed_test(CHECKS, world_size=2)

@@ -1,0 +1,250 @@
+"""save_state / load_state in one process: round trip, exact resume with shuffling and
+dropout, background (async) saves, corrupted files, and merge-weights offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import surge.checkpoint.training as training
+from surge import Accelerator, ProjectConfiguration
+from surge.checkpoint.merge import merge_weights
+from surge.utils import set_seed
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.drop = nn.Linear(8, 16), nn.Dropout(0.3)
+        self.out = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.out(self.drop(torch.relu(self.inp(x))))
+
+
+class Counter:
+    def __init__(self):
+        self.seen = 0
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"]
+
+
+def setup(project=None, **kwargs):
+    acc = Accelerator(project_config=ProjectConfiguration(project, automatic_checkpoint_naming=True, **kwargs)
+                      if project is not None else None)
+    set_seed(0)
+    model = Net()
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(40, 8, generator=g), torch.randn(40, 1, generator=g))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    model, opt, loader, sched = acc.prepare(model, opt, DataLoader(data, batch_size=4, shuffle=True), sched)
+    counter = Counter()
+    acc.register_for_checkpointing(counter)
+    return acc, model, opt, loader, sched, counter
+
+
+def train(acc, model, opt, loader, sched, counter, epochs=2, stop_after=None, on_stop=None):
+    start, skip = loader.epoch, loader.resume_batches
+    for _ in range(start, epochs):
+        batches = acc.skip_first_batches(loader, skip) if skip else loader
+        skip = 0
+        for x, y in batches:
+            loss = nn.functional.mse_loss(model(x), y)
+            acc.backward(loss)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            counter.seen += 1
+            if counter.seen == stop_after:
+                return on_stop()
+    return None
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_round_trip_restores_everything(tmp_path):
+    acc, model, opt, loader, sched, counter = setup()
+    train(acc, model, opt, loader, sched, counter, epochs=1)
+    path = acc.save_state(tmp_path / "ckpt")
+    manifest = json.loads((tmp_path / "ckpt" / "surge_checkpoint.json").read_text())
+    assert manifest["world_size"] == 1 and not manifest["sharded"] and manifest["models"] == 1
+    assert set(manifest["files"]) == {"model_0.safetensors", "optimizer_0.pt", "state.pt"}
+    want, momentum, lr = params(model), opt.state_dict()["state"][0]["momentum_buffer"].clone(), sched.get_last_lr()
+    fresh = setup()
+    assert fresh[0].load_state(path) == path
+    _, model2, opt2, loader2, sched2, counter2 = fresh
+    assert all(torch.equal(v, want[k]) for k, v in params(model2).items())
+    assert torch.equal(opt2.state_dict()["state"][0]["momentum_buffer"], momentum)
+    assert sched2.get_last_lr() == lr and counter2.seen == counter.seen == 10 and loader2.epoch == 1
+
+
+def test_exact_resume_mid_epoch_with_shuffling_and_dropout(tmp_path):
+    """Stopped mid-second-epoch, resumed from the checkpoint: bit-identical."""
+    full = setup()
+    train(*full, epochs=3)
+    cut = setup(tmp_path)
+    train(*cut, epochs=3, stop_after=14, on_stop=cut[0].save_state)
+    set_seed(123)  # the resumed run must not depend on the RNG it starts with
+    resumed = setup(tmp_path)
+    resumed[0].load_state()
+    assert resumed[3].epoch == 1 and resumed[3].resume_batches == 4
+    train(*resumed, epochs=3)
+    assert resumed[5].seen == full[5].seen == 30
+    assert all(torch.equal(v, params(full[1])[k]) for k, v in params(resumed[1]).items())
+
+
+def test_async_save_writes_the_state_of_the_moment_while_training_goes_on(tmp_path, monkeypatch):
+    acc, model, opt, loader, sched, counter = setup(tmp_path)
+    train(acc, model, opt, loader, sched, counter, epochs=1)
+    release = threading.Event()
+    real = training._replace_directory
+
+    def held(staging, directory):
+        assert release.wait(30)
+        real(staging, directory)
+
+    monkeypatch.setattr(training, "_replace_directory", held)
+    want = params(model)
+    path = acc.save_state(async_save=True)
+    assert path.endswith("checkpoint_0") and not os.path.exists(path)  # not there until complete
+    train(acc, model, opt, loader, sched, counter, epochs=2)  # training changes the weights meanwhile
+    assert not all(torch.equal(v, want[k]) for k, v in params(model).items())
+    release.set()
+    assert acc.wait_for_checkpoint() == path and acc.wait_for_checkpoint() is None
+    saved = load_file(os.path.join(path, "model_0.safetensors"))
+    assert all(torch.equal(saved[k], want[k]) for k in want)
+
+
+def test_async_saves_wait_for_each_other_and_prune_after_completion(tmp_path):
+    acc, model, opt, loader, sched, counter = setup(tmp_path, total_limit=2)
+    for _ in range(3):
+        train(acc, model, opt, loader, sched, counter, epochs=loader.epoch + 1)
+        acc.save_state(async_save=True)
+    acc.end_training()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["checkpoint_1", "checkpoint_2"]
+    want = params(model)
+    fresh = setup(tmp_path)
+    assert fresh[0].load_state().endswith("checkpoint_2")
+    assert all(torch.equal(v, want[k]) for k, v in params(fresh[1]).items())
+
+
+def test_a_failed_async_save_is_reported_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    acc, *_ = setup(tmp_path)
+    first = acc.save_state()
+
+    def broken(staging, directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(training, "_replace_directory", broken)
+    acc.save_state(async_save=True)
+    with pytest.raises(RuntimeError, match=r"background save of checkpoint .*checkpoint_1.* failed: OSError: disk full"):
+        acc.wait_for_checkpoint()
+    monkeypatch.undo()
+    assert setup(tmp_path)[0].load_state() == first
+
+
+def test_async_save_rejects_non_bool(tmp_path):
+    acc, *_ = setup(tmp_path)
+    with pytest.raises(TypeError, match="async_save"):
+        acc.save_state(async_save="yes")
+
+
+def test_corrupted_files_are_named(tmp_path):
+    acc, *_ = setup()
+    path = acc.save_state(tmp_path / "ckpt")
+    with open(os.path.join(path, "optimizer_0.pt"), "r+b") as f:
+        f.truncate(40)
+    with pytest.raises(ValueError, match=r"optimizer_0\.pt.* corrupted or truncated"):
+        setup()[0].load_state(path)
+    (tmp_path / "ckpt" / "surge_checkpoint.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"surge_checkpoint\.json.* corrupted"):
+        setup()[0].load_state(path)
+
+
+# -- merge-weights ------------------------------------------------------------------------
+
+
+def test_merge_weights_from_a_full_checkpoint(tmp_path):
+    acc, model, *_ = setup()
+    path = acc.save_state(tmp_path / "ckpt")
+    assert merge_weights(path, tmp_path / "out") == ["model.safetensors"]
+    merged = load_file(tmp_path / "out" / "model.safetensors")
+    assert merged.keys() == model.state_dict().keys()
+    assert all(torch.equal(merged[k], v) for k, v in model.state_dict().items())
+    assert merge_weights(path, tmp_path / "half", dtype="bfloat16", max_shard_size=300) == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    index = json.loads((tmp_path / "half" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(merged)
+    shard = load_file(tmp_path / "half" / index["weight_map"]["inp.weight"])
+    assert shard["inp.weight"].dtype == torch.bfloat16
+
+
+def test_merge_weights_reads_dcp_offline(tmp_path):
+    """A DCP directory written by one process reads back whole with no process group."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": {"a.weight": torch.randn(4, 3), "b.bias": torch.arange(5)}, "step": 3}
+    with training._single_process_is_fine():
+        dcp.save(state, checkpoint_id=str(tmp_path / "dcp"))
+    merge_weights(tmp_path / "dcp", tmp_path / "out")
+    merged = load_file(tmp_path / "out" / "model.safetensors")
+    assert set(merged) == {"model.a.weight", "model.b.bias"}
+    assert torch.equal(merged["model.a.weight"], state["model"]["a.weight"])
+
+
+def test_merge_weights_follows_latest(tmp_path):
+    acc, model, *_ = setup()
+    acc.save_state(tmp_path / "run" / "global_step7")
+    (tmp_path / "run" / "latest").write_text("global_step7")
+    merge_weights(tmp_path / "run", tmp_path / "out")
+    assert torch.equal(load_file(tmp_path / "out" / "model.safetensors")["out.bias"], model.state_dict()["out.bias"])
+
+
+def test_merge_weights_errors(tmp_path):
+    acc, *_ = setup()
+    path = acc.save_state(tmp_path / "ckpt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is not a checkpoint"):
+        merge_weights(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(ValueError, match="is not a directory"):
+        merge_weights(tmp_path / "missing", tmp_path / "out")
+    with pytest.raises(ValueError, match=r"model index 1 is out of range: .* holds 1 model"):
+        merge_weights(path, tmp_path / "out", model_index=1)
+    with pytest.raises(ValueError, match="inside the checkpoint"):
+        merge_weights(path, os.path.join(path, "merged"))
+    with pytest.raises(ValueError, match="dtype='int8' is not supported"):
+        merge_weights(path, tmp_path / "out", dtype="int8")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "latest").write_text("global_step9")
+    with pytest.raises(ValueError, match="names 'global_step9', which is not a directory"):
+        merge_weights(tmp_path / "run", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_weights_cli_one_line_errors(tmp_path):
+    acc, model, *_ = setup()
+    path = acc.save_state(tmp_path / "ckpt")
+    ok = subprocess.run(["surge", "merge-weights", path, str(tmp_path / "out"), "--dtype",
+                         "float16"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "wrote model.safetensors" in ok.stdout
+    assert load_file(tmp_path / "out" / "model.safetensors")["inp.weight"].dtype == torch.float16
+    bad = subprocess.run(["surge", "merge-weights", str(tmp_path / "nope"), str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "is not a directory" in bad.stderr
