@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -94,3 +95,27 @@ def publish_files(staging: str, destination: str, names: list[str]) -> None:
     for name in names:
         os.replace(os.path.join(staging, name), os.path.join(destination, name))
     _fsync_dir(destination)
+
+
+def remove_in_background(path: str) -> None:
+    """Take the directory ``path`` out of sight at once (renamed to a temporary name no
+    loader picks) and delete it in a thread: deleting gigabytes of old checkpoint files
+    does not hold up training. The thread is not a daemon, so the process finishes the
+    deletion before it exits."""
+    hidden = hidden_name(path)
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return
+    delete_in_background(hidden)
+
+
+def hidden_name(path: str) -> str:
+    """A fresh name beside ``path`` that no loader picks up."""
+    return os.path.join(os.path.dirname(path), f"{TMP_PREFIX}old-{uuid.uuid4().hex}-{os.path.basename(path)}")
+
+
+def delete_in_background(path: str) -> None:
+    """Delete the directory ``path`` in a (non-daemon) thread."""
+    threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
+                     name="surge-remove-old-checkpoint").start()

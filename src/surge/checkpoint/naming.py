@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
+from surge.checkpoint.atomic import remove_in_background
 from surge.checkpoint.training import is_complete
 
 _NAME = re.compile(r"^checkpoint_(\d+)$")
@@ -53,5 +53,5 @@ def prune(root: str, keep: int) -> list[str]:
     complete = [path for _, path in numbered(root) if is_complete(path)]
     removed = complete[:-keep] if len(complete) > keep else []
     for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_in_background(path)  # out of sight at once, deleted in a thread
     return removed

@@ -12,7 +12,10 @@ alone, with no collective, so ``if accelerator.is_main_process: save_state()`` w
   ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``), so it loads
   into any strategy, sharded ones included.
 
-Sharded (ZeRO-1/2/3, FSDP): a collective; every process must call it.
+FSDP with ``state_dict_type="FULL_STATE_DICT"`` writes the same files, gathered to the
+main process first: a collective.
+
+Sharded (ZeRO-1/2/3, FSDP SHARDED_STATE_DICT): a collective; every process must call it.
 
 - ``model_optimizer/``: models' and optimizers' tensors through
   ``torch.distributed.checkpoint`` (DCP), keyed by parameter name; each shard is written
@@ -28,6 +31,14 @@ safetensors, JSON or ``torch.load(weights_only=True)``: loading runs no code.
 The directory is assembled under a temporary name next to its destination and renamed
 into place only when complete (see checkpoint/atomic.py): a save killed midway leaves
 the previous checkpoint as it was and nothing a loader would pick.
+
+In the background (``async_save``) the state is first copied to CPU memory (DCP's
+stager for the sharded tensors, :func:`_snapshot` for the rest) and the same files are
+written by a thread; each process's ``rank_<r>.pt`` is written before the call returns.
+Ordering without extra barriers: every process writes its own file before entering
+DCP's save, whose final step gathers all results on the main process, so when the save
+(or its future) completes there, every file is written and the main process renames
+the directory into place; other processes wait for the manifest to appear.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surge.checkpoint.atomic import TMP_PREFIX, _fsync_dir, atomic_write
+from surge.checkpoint.atomic import TMP_PREFIX, _fsync_dir, atomic_write, delete_in_background, hidden_name
 
 MANIFEST = "surge_checkpoint.json"
 TENSORS = "model_optimizer"
@@ -112,36 +123,42 @@ def _by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
 
 def _wait_for_everyone(topology: Any) -> None:
     if topology.is_distributed:
-        from surge.ops import broadcast_object_list
+        import torch.distributed as dist
 
-        broadcast_object_list([None])
+        if topology.backend == "nccl":
+            dist.barrier(device_ids=[torch.device(topology.device).index or 0])
+        else:
+            dist.barrier()
 
 
 def check_all_arrived(topology: Any, key: str, timeout: float | None = None) -> None:
     """Fail, instead of hanging, when not every process entered a collective save.
 
-    Each process counts itself in the process group's store and waits (polling,
-    bounded by ``timeout``) for the others.
+    Each process counts itself in the process group's store; the last to arrive marks
+    the key done, and everyone waits for that mark (bounded by ``timeout``). Work a
+    process does before calling it is finished before any process returns from it.
 
     Raises:
         RuntimeError: some process did not arrive within ``timeout`` seconds.
     """
     if not topology.is_distributed:
         return
+    from datetime import timedelta
+
     from torch.distributed.distributed_c10d import _get_default_store
 
     timeout = ARRIVAL_TIMEOUT_S if timeout is None else timeout
     store = _get_default_store()
-    store.add(key, 1)
-    deadline = time.monotonic() + timeout
-    while store.add(key, 0) < topology.world_size:
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"this checkpoint is sharded, so saving and loading it is a collective: every process must call "
-                f"save_state/load_state (only {store.add(key, 0)} of {topology.world_size} did within {timeout:.0f} "
-                "s). Call it on all processes, not inside `if accelerator.is_main_process:`."
-            )
-        time.sleep(0.01)
+    if store.add(key, 1) == topology.world_size:
+        store.set(f"{key}/all", "1")
+    try:
+        store.wait([f"{key}/all"], timedelta(seconds=timeout))
+    except Exception:  # the store's timeout error (its type differs across torch versions)
+        raise RuntimeError(
+            f"this checkpoint is sharded, so saving and loading it is a collective: every process must call "
+            f"save_state/load_state (only {store.add(key, 0)} of {topology.world_size} did within {timeout:.0f} "
+            "s). Call it on all processes, not inside `if accelerator.is_main_process:`."
+        ) from None
 
 
 class PendingSave:
@@ -245,9 +262,7 @@ def save_training_state(
     directory = os.path.abspath(os.fspath(directory))
     main = topology.is_main_process
     collective = sharded or gather
-    if collective:
-        check_all_arrived(topology, f"surge/save/{directory}/{save_index}")
-    elif not main:
+    if not (collective or main):
         if background:
             return PendingSave(directory, lambda: _add_rank_state_when_ready(directory, topology, rank_state,
                                                                              save_index))
@@ -259,7 +274,9 @@ def save_training_state(
         shutil.rmtree(staging, ignore_errors=True)  # what an earlier killed save left
         os.mkdir(staging)
     if collective:
-        _wait_for_everyone(topology)  # the staging directory exists before anyone writes
+        # Returns once every process arrived, the main process after making the staging
+        # directory: nobody writes into it before it exists.
+        check_all_arrived(topology, f"surge/save/{directory}/{save_index}")
     torch.save(rank_state or {}, os.path.join(staging, f"rank_{topology.rank}.pt"))
     files: list[str] = []
     writes: list[tuple[str, Any, Any]] = []  # (file, saver, value): the main process's files
@@ -280,7 +297,9 @@ def save_training_state(
                 if main:
                     names = _named_positions(models[_owner(models, opt)], opt)
                     writes.append((f"optimizer_{i}.pt", torch.save, copy(_by_name(full, names))))
-        _wait_for_everyone(topology)  # every process's own file is written
+        # Each process wrote its own file before entering DCP's save, whose last step on
+        # the main process gathers every process's result: once it returns (or its
+        # background future completes) there, all files are written.
         checkpoint_id = os.path.join(staging, TENSORS)
         with _single_process_is_fine():
             if background:
@@ -368,7 +387,7 @@ def _wait_for_manifest(directory: str, save_index: int, topology: Any) -> bool:
                     return True
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 def _add_rank_state_when_ready(directory: str, topology: Any, rank_state: dict[str, Any] | None,
@@ -384,16 +403,15 @@ def _add_rank_state_when_ready(directory: str, topology: Any, rank_state: dict[s
 
 def _replace_directory(staging: str, directory: str) -> None:
     """Rename ``staging`` to ``directory``; an old ``directory`` is set aside first and
-    removed only after the new one is in place."""
+    removed (in the background) only after the new one is in place."""
     old = None
     if os.path.exists(directory):
-        old = os.path.join(os.path.dirname(directory), f"{TMP_PREFIX}old-{os.path.basename(directory)}")
-        shutil.rmtree(old, ignore_errors=True)
+        old = hidden_name(directory)
         os.rename(directory, old)
     os.rename(staging, directory)
     _fsync_dir(os.path.dirname(directory))
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        delete_in_background(old)
 
 
 def is_complete(directory: str | os.PathLike[str]) -> bool:
