@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -114,6 +115,9 @@ class Accelerator(ProcessQueries):
         deepspeed_plugin: ZeRO sharding: a ``DeepSpeedPlugin`` or a dict such as
             ``{"zero_stage": 3}``; runs on FSDP2 (no DeepSpeed needed).
         fsdp_plugin: A ``FullyShardedDataParallelPlugin`` (FULL_SHARD / SHARD_GRAD_OP / NO_SHARD).
+        log_with: Experiment trackers: "jsonl", "tensorboard", "wandb", "mlflow", "all"
+            (every installed one), a list of names and ``GeneralTracker`` objects, or None.
+            They start at :meth:`init_trackers`, on the main process only.
 
     Example:
         >>> accelerator = Accelerator()
@@ -139,8 +143,12 @@ class Accelerator(ProcessQueries):
         kwargs_handlers: list[Any] | None = None,
         deepspeed_plugin: DeepSpeedPlugin | dict[str, Any] | None = None,
         fsdp_plugin: FullyShardedDataParallelPlugin | None = None,
+        log_with: Any = None,
     ) -> None:
         # 1. Validate everything; no side effects until this succeeded.
+        from surge.tracking import resolve_log_with
+
+        self._log_with, self._trackers_missing = resolve_log_with(log_with)
         if isinstance(deepspeed_plugin, dict):
             deepspeed_plugin = DeepSpeedPlugin.from_dict(deepspeed_plugin)
         if deepspeed_plugin is not None and not isinstance(deepspeed_plugin, DeepSpeedPlugin):
@@ -221,6 +229,7 @@ class Accelerator(ProcessQueries):
         self._custom_objects: list[Any] = []
         self._checkpoint_calls = 0  # save/load_state calls: names the collective's rendezvous
         self._pending_save: Any = None  # a save_state(async_save=True) still being written
+        self.trackers: list[Any] = []  # started by init_trackers, on the main process
         self._checkpoint_group: Any = None  # the gloo group background sharded saves use
         if self.project_configuration.automatic_checkpoint_naming:
             # Never write over: continue after the highest checkpoint number on disk.
@@ -683,10 +692,6 @@ class Accelerator(ProcessQueries):
         pending, self._pending_save = self._pending_save, None
         return pending.wait() if pending is not None else None
 
-    def end_training(self) -> None:
-        """Finish the run: wait for a checkpoint still being written in the background."""
-        self.wait_for_checkpoint()
-
     def load_state(self, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
         """Restore what :meth:`save_state` wrote into the prepared objects (same kinds and
         order), the registered objects, the loaders' progress, step counters and this
@@ -753,6 +758,85 @@ class Accelerator(ProcessQueries):
         return tuple(None for _ in objects)
 
     clear = free_memory
+
+    # -- tracking ------------------------------------------------------------------------
+
+    def init_trackers(self, project_name: str, config: dict[str, Any] | None = None,
+                      init_kwargs: dict[str, dict[str, Any]] | None = None) -> None:
+        """Start the trackers named by ``log_with`` (main process only): each gets
+        ``project_name`` as its run/project name and ``config`` as the run's
+        hyperparameters; ``init_kwargs={"wandb": {...}}`` goes to that tracker's start.
+
+        Raises:
+            ValueError: a file-writing tracker without a logging dir, or init_kwargs for a
+                tracker not in ``log_with``.
+            ImportError: a tracker's package is missing (with the pip command).
+        """
+        from surge.tracking import start_tracker
+
+        if not isinstance(project_name, str) or not project_name:
+            raise ValueError(f"init_trackers(project_name={project_name!r}) needs a non-empty name.")
+        init_kwargs = dict(init_kwargs or {})
+        names = {t if isinstance(t, str) else t.name for t in self._log_with}
+        unknown = sorted(set(init_kwargs) - names)
+        if unknown:
+            raise ValueError(f"init_kwargs for {unknown}, which log_with does not use (it uses {sorted(names)}).")
+        if not self.is_main_process:
+            return
+        if self._trackers_missing:
+            print(f"surge: log_with='all' uses {', '.join(t if isinstance(t, str) else t.name for t in self._log_with)}; "
+                  f"not installed: {', '.join(self._trackers_missing)}.", file=sys.stderr)
+        started = []
+        try:
+            for entry in self._log_with:
+                if isinstance(entry, str):
+                    entry = start_tracker(entry, project_name, self.logging_dir, dict(init_kwargs.get(entry, {})))
+                if config is not None:
+                    entry.store_init_configuration(config)
+                started.append(entry)
+        except BaseException:
+            for tracker in started:
+                tracker.finish()
+            raise
+        self.trackers = started
+
+    def log(self, values: dict[str, Any], step: int | None = None, log_kwargs: dict[str, dict[str, Any]] | None = None
+            ) -> None:
+        """Send ``values`` (names to numbers, tensors or strings) to every tracker at
+        ``step``; ``log_kwargs={"tensorboard": {...}}`` adds arguments for one tracker.
+        Does nothing on other processes than the main one."""
+        if not self.trackers:
+            return
+        for tracker in self.trackers:
+            tracker.log(values, step=step, **(log_kwargs or {}).get(tracker.name, {}))
+
+    def get_tracker(self, name: str, unwrap: bool = False) -> Any:
+        """The started tracker called ``name`` (``unwrap=True``: its underlying object,
+        e.g. the ``SummaryWriter`` or the wandb run). On other processes than the main
+        one, a blank tracker whose methods do nothing.
+
+        Raises:
+            ValueError: no started tracker has that name.
+        """
+        from surge.tracking import GeneralTracker
+
+        if not self.is_main_process:
+            return GeneralTracker(_blank=True)
+        for tracker in self.trackers:
+            if tracker.name == name:
+                return tracker.tracker if unwrap else tracker
+        raise ValueError(f"no tracker named {name!r} was started (started: {[t.name for t in self.trackers]}); pass "
+                         "it in log_with and call init_trackers first.")
+
+    def end_training(self) -> None:
+        """Finish the run: wait for a checkpoint still being written in the background,
+        then flush and close every tracker."""
+        try:
+            self.wait_for_checkpoint()
+        finally:
+            trackers, self.trackers = self.trackers, []
+            for tracker in trackers:
+                tracker.finish()
 
     # -- collectives ----------------------------------------------------------------------
 
