@@ -28,7 +28,12 @@ def _rank() -> tuple[int, int]:
         pass
     from surge.config.environment import current_launch_environment
 
-    env = current_launch_environment()
+    try:
+        env = current_launch_environment()
+    except ValueError:  # an inconsistent launcher environment: logging must still work
+        rank = os.environ.get("RANK", "0")
+        return (int(rank) if rank.isdigit() else 0), 2
+
     return env.rank, env.world_size
 
 

@@ -16,6 +16,7 @@ from surge.device import send_to_device
 from surge.ops import broadcast, broadcast_object_list, gather, gather_object, pad_across_processes, reduce
 from surge.state import DistributedType
 from surge.strategies.base import unwrap_module as extract_model_from_parallel
+from surge.utils.progress import ProgressBar, tqdm
 from surge.utils.random import set_seed
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "DistributedType",
     "InitProcessGroupKwargs",
     "KwargsHandler",
+    "ProgressBar",
     "ProjectConfiguration",
     "broadcast",
     "broadcast_object_list",
@@ -37,4 +39,5 @@ __all__ = [
     "reduce",
     "send_to_device",
     "set_seed",
+    "tqdm",
 ]
