@@ -16,6 +16,7 @@ from surge.device import send_to_device
 from surge.ops import broadcast, broadcast_object_list, gather, gather_object, pad_across_processes, reduce
 from surge.state import DistributedType
 from surge.strategies.base import unwrap_module as extract_model_from_parallel
+from surge.utils.batch_size import find_executable_batch_size, release_memory, should_reduce_batch_size
 from surge.utils.progress import ProgressBar, tqdm
 from surge.utils.random import set_seed
 
@@ -33,11 +34,14 @@ __all__ = [
     "broadcast",
     "broadcast_object_list",
     "extract_model_from_parallel",
+    "find_executable_batch_size",
     "gather",
     "gather_object",
     "pad_across_processes",
     "reduce",
+    "release_memory",
     "send_to_device",
     "set_seed",
+    "should_reduce_batch_size",
     "tqdm",
 ]

@@ -11,7 +11,8 @@ so ``from surge.utils import tqdm`` replaces ``accelerate.utils.tqdm``::
 
 When the output is not a terminal (a log file, CI, the piped output of ``surge launch``)
 a live bar would be noise, so a plain line is printed each time another 5% is done (or
-every ``line_every`` updates when the total is unknown), and once at the end.
+every ``line_every`` updates when the total is unknown), at most one per
+``min_interval`` seconds, and once at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class ProgressBar:
 
     def __init__(self, iterable: Iterable[Any] | None = None, desc: str | None = None, total: int | None = None, *,
                  initial: int = 0, disable: bool = False, main_process_only: bool = True, line_every: int = 100,
-                 file: Any = None, **_tqdm_options: Any) -> None:
+                 min_interval: float = 1.0, file: Any = None, **_tqdm_options: Any) -> None:
         from surge.logging import _rank
 
         if total is None and iterable is not None:
@@ -42,6 +43,8 @@ class ProgressBar:
         self.n = initial
         self.postfix = ""
         self.line_every = line_every
+        self.min_interval = min_interval
+        self._last_line = float("-inf")
         self._file = file if file is not None else sys.stdout
         rank, _ = _rank()
         self.disable = disable or (main_process_only and rank != 0)
@@ -92,7 +95,7 @@ class ProgressBar:
             return
         if self._progress is not None:
             self._progress.update(self._task, completed=self.n, post=self.postfix)
-        elif self.n >= self._next_line:
+        elif self.n >= self._next_line and time.monotonic() - self._last_line >= self.min_interval:
             self._print_line()
             self._next_line = self._line_mark(self.n)
 
@@ -116,6 +119,7 @@ class ProgressBar:
                                            self.postfix) if part)
         print(text, file=self._file, flush=True)
         self._printed_at = self.n
+        self._last_line = time.monotonic()
 
     def close(self) -> None:
         if self.disable:
