@@ -9,6 +9,7 @@ files (``tensorboard --logdir runs/tracking/logs``), ``wandb/``, ``mlflow.db``.
 """
 
 import argparse
+import logging
 import json
 import os
 
@@ -30,6 +31,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--smoke", action="store_true", help="a few seconds (CI)")
     args = p.parse_args()
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
 
     accelerator = Accelerator(log_with=args.log_with, project_dir=args.project_dir)
     config = {"lr": 0.05, "batch_size": 16, "epochs": 1 if args.smoke else args.epochs}

@@ -1,0 +1,85 @@
+"""The main job and the by-feature examples, run for real in smoke mode under
+`surge launch` (2 CPU processes) or python."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from e2e_util import ROOT, clean_env
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def run(*argv, processes=2, cwd=None, env=None):
+    command = (["surge", "launch", "--num_processes", str(processes)] if processes else [sys.executable])
+    result = subprocess.run([*command, *map(str, argv)], cwd=cwd or ROOT, env={**clean_env(), **(env or {})},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_main_job_trains_logs_checkpoints_and_resumes(tmp_path):
+    gpt = os.path.join(EXAMPLES, "gpt.py")
+    out = run(gpt, "--smoke", "--project_dir", tmp_path)
+    done = re.search(r"done: step 30, first loss ([\d.]+), last train loss ([\d.]+), val loss ([\d.]+)", out)
+    assert done, out
+    first, _, val = map(float, done.groups())
+    assert first > 4.0 and val < first - 1.2  # from ~4.6 (uniform over 96 characters) to well below
+    assert "--- sample ---\ndef " in out
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]  # steps 15 and 30
+    records = [json.loads(line) for line in open(tmp_path / "logs" / "gpt" / "metrics.jsonl")]
+    assert records[0]["step"] == 1 and "train/loss" in records[0] and any("val/loss" in r for r in records)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "logs" / "gpt"))
+    assert re.search(r"train: 30/30 \[", out)  # the progress lines, from the main process only
+    assert out.count("train: 30/30") == 1
+    resumed = run(gpt, "--smoke", "--project_dir", tmp_path, "--resume", "--max_steps", 40)
+    assert re.search(r"resumed from \S*checkpoint_1 at step 30", resumed), resumed
+    assert "done: step 40," in resumed
+
+
+def test_gpt_runs_in_one_process(tmp_path):
+    out = run(os.path.join(EXAMPLES, "gpt.py"), "--smoke", "--max_steps", 6, "--project_dir", tmp_path,
+              "--sample_chars", 0, processes=0)
+    assert "done: step 6," in out
+
+
+def test_gradient_accumulation_example():
+    out = run(os.path.join(EXAMPLES, "by_feature", "gradient_accumulation.py"), "--smoke")
+    assert "effective batch 64 = 8 per process x 4 micro-steps x 2 processes" in out
+    assert "epoch 1:" in out and "16 optimizer steps so far" in out  # 512 / 2 / 8 / 4 = 8 per epoch
+
+
+def test_checkpointing_example_resumes_exactly(tmp_path):
+    script = os.path.join(EXAMPLES, "by_feature", "checkpointing.py")
+    full = re.search(r"parameters (\w+)", run(script, "--smoke", "--project_dir", tmp_path / "full")).group(1)
+    stopped = run(script, "--smoke", "--project_dir", tmp_path / "cut", "--stop_at", 30, "--async_save")
+    assert "stopped at step 30" in stopped
+    resumed = run(script, "--smoke", "--project_dir", tmp_path / "cut", "--resume")
+    assert "resumed at step 30, epoch 1, skipping 14 batches" in resumed
+    assert re.search(r"parameters (\w+)", resumed).group(1) == full
+
+
+def test_tracking_example(tmp_path):
+    out = run(os.path.join(EXAMPLES, "by_feature", "tracking.py"), "--smoke", "--project_dir", tmp_path,
+              "--log_with", "jsonl", "tensorboard")
+    assert "16 records in" in out  # 512 samples / 2 processes / 16 per batch, logged by the main process
+    assert any(n.startswith("events.out") for n in os.listdir(tmp_path / "logs" / "tracking"))
+
+
+@pytest.mark.parametrize("flags", [["--zero_stage", "3"], ["--zero_stage", "2", "--offload_optimizer"],
+                                   ["--fsdp", "FULL_SHARD", "--activation_checkpointing"]])
+def test_sharding_example(tmp_path, flags):
+    out = run(os.path.join(EXAMPLES, "by_feature", "sharding.py"), "--smoke", *flags, cwd=tmp_path)
+    assert "on 2 processes: loss" in out and "model states on process 0" in out
+    assert os.path.exists(tmp_path / "runs" / "sharding" / "model" / "model.safetensors")
+
+
+def test_find_executable_batch_size_example():
+    out = run(os.path.join(EXAMPLES, "by_feature", "find_executable_batch_size.py"), "--smoke", processes=0)
+    assert [int(n) for n in re.findall(r"trying batch size (\d+)", out)] == [512, 256, 128, 64]
+    assert "batch size 64 fits" in out
