@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="surge-tests-cache-")
 os.environ.pop("SURGE_CONFIG_FILE", None)
 # Set by PyTorch itself on first use (torch.compile's caches), not by the code under test.
-_TORCH_OWN = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"}
+_TORCH_OWN = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR",
+              "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,7 @@ _LAZY = {
     "GradScalerKwargs": "surge.config.kwargs",
     "DeepSpeedPlugin": "surge.config.plugins",
     "FullyShardedDataParallelPlugin": "surge.config.plugins",
+    "TorchDynamoPlugin": "surge.config.plugins",
     "initialize": "surge.engine",
     "Engine": "surge.engine",
     "add_config_arguments": "surge.engine",
@@ -43,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
         GradScalerKwargs,
         InitProcessGroupKwargs,
     )
-    from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+    from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
     from surge.config.project import ProjectConfiguration
     from surge.engine import Engine, add_config_arguments, initialize
     from surge.state import DistributedType, PartialState, Topology

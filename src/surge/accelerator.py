@@ -38,7 +38,7 @@ from surge.config.accelerator import AcceleratorConfig
 from surge.config.file import resolve_accelerator_args
 from surge.config.deepspeed import resolve_batch_sizes
 from surge.config.kwargs import GradScalerKwargs
-from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, plugins_from_config
+from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
 from surge.config._validate import check_bool
 from surge.data.loader import PreparedDataLoader, shard_dataloader
@@ -88,6 +88,30 @@ class _Accumulate:
             self.contexts.pop().__exit__(*exc)
 
 
+def _dynamo_plugin(backend: Any, plugin: TorchDynamoPlugin | None) -> TorchDynamoPlugin | None:
+    """The compile settings asked for, checked against the backends torch has.
+
+    Raises:
+        TypeError: ``plugin`` is not a TorchDynamoPlugin, or ``backend`` not a string.
+        ValueError: an unknown backend (the known ones are listed).
+    """
+    if plugin is not None and not isinstance(plugin, TorchDynamoPlugin):
+        raise TypeError(f"dynamo_plugin={plugin!r} must be a TorchDynamoPlugin.")
+    if plugin is None:
+        if backend is None or (isinstance(backend, str) and backend.strip().lower() in ("no", "none", "")):
+            return None
+        if not isinstance(backend, str):
+            raise TypeError(f"dynamo_backend={backend!r} must be a backend name such as 'inductor', or 'no'.")
+        plugin = TorchDynamoPlugin(backend=backend)
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if plugin.backend not in known:
+        raise ValueError(f"dynamo_backend={plugin.backend!r} is not a torch.compile backend; use one of {known} "
+                         "(or 'no' for eager).")
+    return plugin
+
+
 class Accelerator(ProcessQueries):
     """Runs one training script on any topology: CPU, one GPU, many GPUs, many machines.
 
@@ -115,6 +139,10 @@ class Accelerator(ProcessQueries):
         deepspeed_plugin: ZeRO sharding: a ``DeepSpeedPlugin`` or a dict such as
             ``{"zero_stage": 3}``; runs on FSDP2 (no DeepSpeed needed).
         fsdp_plugin: A ``FullyShardedDataParallelPlugin`` (FULL_SHARD / SHARD_GRAD_OP / NO_SHARD).
+        dynamo_backend: ``torch.compile`` the prepared models with this backend
+            ("inductor", "aot_eager", ...; "no" or None: eager, unless the config file
+            says otherwise). Compiled in place after wrapping (each block under FSDP).
+        dynamo_plugin: A ``TorchDynamoPlugin`` (backend, mode, fullgraph, dynamic).
         log_with: Experiment trackers: "jsonl", "tensorboard", "wandb", "mlflow", "all"
             (every installed one), a list of names and ``GeneralTracker`` objects, or None.
             They start at :meth:`init_trackers`, on the main process only.
@@ -144,6 +172,8 @@ class Accelerator(ProcessQueries):
         deepspeed_plugin: DeepSpeedPlugin | dict[str, Any] | None = None,
         fsdp_plugin: FullyShardedDataParallelPlugin | None = None,
         log_with: Any = None,
+        dynamo_backend: str | None = None,
+        dynamo_plugin: TorchDynamoPlugin | None = None,
     ) -> None:
         # 1. Validate everything; no side effects until this succeeded.
         from surge.tracking import resolve_log_with
@@ -165,8 +195,10 @@ class Accelerator(ProcessQueries):
                 raise ValueError(f"mixed_precision={mixed_precision!r} contradicts the DeepSpeed config, which asks "
                                  f"for {ds.mixed_precision!r}; set it in one place (or \"auto\" in the config).")
         resolved, conflicts, sharding = resolve_accelerator_args(
-            {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu}
+            {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu,
+             "dynamo_backend": dynamo_backend}
         )
+        self.dynamo_plugin = _dynamo_plugin(resolved.pop("dynamo_backend"), dynamo_plugin)
         if sharding and deepspeed_plugin is None and fsdp_plugin is None:
             # The config file / launcher asks for sharding and the script passed no plugin.
             deepspeed_plugin, fsdp_plugin = plugins_from_config(sharding)
@@ -339,7 +371,9 @@ class Accelerator(ProcessQueries):
             raise TypeError(f"prepare_model expects a torch.nn.Module; got {type(model).__name__}.")
         place = self.config.device_placement if device_placement is None else device_placement
         prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
-        self._models.append(prepared)
+        self._models.append(prepared)  # checkpoints see the module without compile's wrapper
+        if self.dynamo_plugin is not None:
+            prepared = self.strategy.compile(prepared, self.dynamo_plugin.compile_kwargs())
         return prepared
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer, device_placement: bool | None = None) -> AcceleratedOptimizer:

@@ -175,3 +175,41 @@ def plugins_from_config(values: dict[str, Any]) -> tuple[DeepSpeedPlugin | None,
             offload_param_device=values.get("offload_param_device", "none"),
         ), None
     return None, None
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class TorchDynamoPlugin:
+    """``torch.compile`` settings for the prepared models (Accelerate's names).
+
+    ``Accelerator(dynamo_backend="inductor")`` is the short form; this plugin adds
+    ``mode``, ``fullgraph`` and ``dynamic``. The backend is checked against
+    ``torch._dynamo.list_backends()`` when the Accelerator is built.
+    """
+
+    backend: str = "inductor"
+    """A torch.compile backend: inductor (default), eager, aot_eager, cudagraphs, ..."""
+    mode: str | None = None
+    """None/default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs."""
+    fullgraph: bool = False
+    """Fail instead of splitting the graph where dynamo cannot trace."""
+    dynamic: bool | None = None
+    """Shapes: None lets dynamo decide, True assumes dynamic, False specialises."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backend, str) or not self.backend.strip():
+            raise TypeError(f"TorchDynamoPlugin.backend={self.backend!r} must be a backend name such as 'inductor'.")
+        self.backend = self.backend.strip().lower()
+        if self.mode is not None:
+            self.mode = check_choice("TorchDynamoPlugin.mode", self.mode, COMPILE_MODES)
+        check_bool("TorchDynamoPlugin.fullgraph", self.fullgraph)
+        if self.dynamic is not None:
+            check_bool("TorchDynamoPlugin.dynamic", self.dynamic)
+
+    def compile_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"backend": self.backend, "fullgraph": self.fullgraph, "dynamic": self.dynamic}
+        if self.mode is not None:
+            kwargs["mode"] = self.mode
+        return kwargs

@@ -83,6 +83,12 @@ class Strategy:
         self.precision.wrap_forward(model)
         return model
 
+    def compile(self, model: nn.Module, options: dict[str, Any]) -> nn.Module:
+        """``torch.compile`` the prepared ``model``, wrapper included (DDP: dynamo splits
+        the graph at gradient buckets so communication still overlaps backward). The
+        result forwards attribute access to the module; ``unwrap_model`` strips it."""
+        return torch.compile(model, **options)
+
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """The optimizer to step for the user's ``optimizer``: itself, rebound to sharded
         parameters, a sharded replacement (ZeRO-1), or (``offload_optimizer``) one that

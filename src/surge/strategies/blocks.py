@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -77,3 +78,18 @@ def checkpoint_block(block: nn.Module) -> None:
     """Recompute ``block``'s activations in backward (idempotent)."""
     if not isinstance(block.__dict__.get("forward"), CheckpointedForward):
         block.forward = CheckpointedForward(block.forward)
+
+
+def compile_forward(module: nn.Module, options: dict[str, Any]) -> None:
+    """Replace ``module.forward`` by a ``torch.compile``d call of it, in place.
+
+    Dynamo does not start tracing inside torch.nn's own files (``Module.compile`` on
+    ``_call_impl`` is skipped), so compilation starts at a small function of ours that
+    calls the forward; the module's hooks stay outside the compiled code.
+    """
+    forward = module.forward
+
+    def compiled_region(*args: Any, **kwargs: Any) -> Any:
+        return forward(*args, **kwargs)
+
+    module.forward = torch.compile(compiled_region, **options)

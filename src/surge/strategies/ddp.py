@@ -47,6 +47,7 @@ class DDP(Strategy):
         return wrapped
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        model = getattr(model, "_orig_mod", model)  # a compiled DDP model
         if isinstance(model, DistributedDataParallel):
             return model.no_sync()
         return contextlib.nullcontext()

@@ -88,6 +88,16 @@ class FSDP(Strategy):
         self._param_map.update({old: new[name] for old, name in names.items() if name in new})
         return model
 
+    def compile(self, model: nn.Module, options: dict[str, Any]) -> nn.Module:
+        """Compile each sharded block's forward (FSDP2's gather/free hooks run around it,
+        outside the compiled code); with no blocks, the root's. Modules and parameter
+        names stay as they are, so checkpoints and exports do not change."""
+        from surge.strategies.blocks import compile_forward, outermost
+
+        for block in outermost(self.blocks(model)) or [model]:
+            compile_forward(block, options)
+        return model
+
     def _mesh_shape(self) -> tuple[int, ...]:
         """(world,) or, for HYBRID_SHARD, (machines, processes per machine): parameters
         are sharded over the processes of a machine and replicated across machines."""

@@ -10,7 +10,7 @@ from surge.config.kwargs import (
     InitProcessGroupKwargs,
     KwargsHandler,
 )
-from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
 from surge.device import send_to_device
 from surge.ops import broadcast, broadcast_object_list, gather, gather_object, pad_across_processes, reduce
@@ -28,6 +28,7 @@ __all__ = [
     "DistributedDataParallelKwargs",
     "DistributedType",
     "InitProcessGroupKwargs",
+    "TorchDynamoPlugin",
     "KwargsHandler",
     "ProgressBar",
     "ProjectConfiguration",
