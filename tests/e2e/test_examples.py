@@ -83,3 +83,10 @@ def test_find_executable_batch_size_example():
     out = run(os.path.join(EXAMPLES, "by_feature", "find_executable_batch_size.py"), "--smoke", processes=0)
     assert [int(n) for n in re.findall(r"trying batch size (\d+)", out)] == [512, 256, 128, 64]
     assert "batch size 64 fits" in out
+
+
+def test_gpu_throughput_benchmark_runs_tiny_on_cpu():
+    out = run(os.path.join(ROOT, "benchmarks", "gpu_throughput.py"), "--size", "tiny", "--steps", 2, "--rounds", 1,
+              "--warmup", 1, processes=0)
+    assert re.search(r"\| PyTorch eager \| [\d,]+ \| 1.000x \| n/a \|", out), out
+    assert re.search(r"\| surge eager \| [\d,]+ \| [\d.]+x \| n/a \|", out), out

@@ -21,7 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Itera
 
 from surge.accumulation import GradientState
 from surge.data.sampler import Repeated, ShardedBatchSampler, ShardedIterableDataset
-from surge._tree import tree_leaves
+from surge._tree import tree_leaves, tree_map
 from surge.device import send_to_device
 
 # DataLoader arguments carried over from the user's loader unchanged.
@@ -153,11 +153,15 @@ class PreparedDataLoader(DataLoader):
             current = next(it, _END)
             samples = real_samples = 0
             move = self.device is not None and not self._already_there(current)
+            # On CUDA the next batch is copied on a side stream while this one computes.
+            prefetch = _DevicePrefetch(self.device) if move and self.device.type == "cuda" else None
+            staged = prefetch.start(current) if prefetch is not None and current is not _END else None
             # One batch of look-ahead tells us which batch is the last without an extra
             # blocking step after it (the next batch is already being loaded anyway).
             while current is not _END:
                 upcoming = next(it, _END)
                 last = upcoming is _END
+                staged_next = prefetch.start(upcoming) if prefetch is not None and not last else None
                 real = total = None
                 if isinstance(current, CountedBatch):
                     current, real, total = current
@@ -170,8 +174,11 @@ class PreparedDataLoader(DataLoader):
                 gs.batch_real_count, gs.batch_size = real, total
                 gs.end_of_dataloader = last
                 self._batches_seen += 1
-                yield send_to_device(current, self.device, self._non_blocking) if move else current
-                current = upcoming
+                if prefetch is not None:
+                    yield prefetch.ready(staged)
+                else:
+                    yield send_to_device(current, self.device, self._non_blocking) if move else current
+                current, staged = upcoming, staged_next
             gs.epoch_samples, gs.epoch_padding = samples, samples - real_samples
             self._epoch_done = True
         finally:
@@ -208,6 +215,38 @@ _END = object()
 
 def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
+
+
+class _DevicePrefetch:
+    """Copies batches to a CUDA device on a side stream, one batch ahead, so the copy of
+    batch i+1 overlaps the computation on batch i. CPU tensors are pinned first (a
+    non-blocking copy from pageable memory would make the host wait); the consumer's
+    stream waits for the copy before using a batch, and the batch's memory is marked
+    as used by that stream so the caching allocator does not reuse it early."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def start(self, item: Any) -> Any:
+        """Begin copying ``item`` (a batch, or a CountedBatch around one)."""
+        batch = item.batch if isinstance(item, CountedBatch) else item
+        with torch.cuda.stream(self.stream):
+            pinned = tree_map(_pinned, batch, _is_tensor)
+            return send_to_device(pinned, self.device, non_blocking=True)
+
+    def ready(self, batch: Any) -> Any:
+        """``batch`` (from :meth:`start`), safe to use on the current stream."""
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)
+        for tensor in tree_leaves(batch, _is_tensor):
+            if tensor.device.type == "cuda":
+                tensor.record_stream(current)
+        return batch
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    return t.pin_memory() if t.device.type == "cpu" and not t.is_pinned() else t
 
 
 class CountedBatch(NamedTuple):

@@ -1,0 +1,125 @@
+"""2-process DDP step time: surge's prepared loop vs hand-written PyTorch DDP.
+
+    surge launch --num_processes 2 benchmarks/ddp_step.py [--rounds 7] [--steps 200]
+
+Both loops live in the same processes and share the process group: a DDP-wrapped copy
+of the model with a DistributedSampler DataLoader, stepped by hand, and the same model
+prepared by surge. They run in lockstep (step i of each back to back, rotating which goes
+first) so the machine's drift hits both alike; each round reports the per-step medians,
+and the table the median over rounds of the per-round ratio (as in step_overhead.py).
+Every step all-reduces the gradients, so the ratio shows whatever surge adds around
+DDP's own communication.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from surge import Accelerator
+
+
+def make(width: int, steps: int, batch: int, world: int):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.GELU(),
+                          nn.Linear(width, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    n = steps * batch * world
+    data = TensorDataset(torch.randn(n, width), torch.randn(n, 1))
+    return model, opt, data
+
+
+def plain(width: int, steps: int, batch: int) -> Iterator[None]:
+    world = dist.get_world_size()
+    model, opt, data = make(width, steps, batch, world)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    loader = DataLoader(data, batch_size=batch, sampler=DistributedSampler(data, shuffle=False))
+    for x, y in loader:
+        loss = nn.functional.mse_loss(ddp(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        yield
+
+
+def surge_loop(accelerator: Accelerator, width: int, steps: int, batch: int) -> Iterator[None]:
+    model, opt, data = make(width, steps, batch, accelerator.num_processes)
+    model, opt, loader = accelerator.prepare(model, opt, DataLoader(data, batch_size=batch))
+    for x, y in loader:
+        loss = nn.functional.mse_loss(model(x), y)
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad()
+        yield
+
+
+def one_round(variants: dict[str, Callable[[], Iterator[None]]], steps: int, shift: int) -> dict[str, float]:
+    loops = {name: make_loop() for name, make_loop in variants.items()}
+    names = list(loops)
+    per_step: dict[str, list[int]] = {n: [] for n in names}
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(steps):
+            k = (i + shift) % len(names)
+            for name in names[k:] + names[:k]:
+                dist.barrier()  # both processes start the step together, as in a real job
+                start = time.perf_counter_ns()
+                next(loops[name])
+                per_step[name].append(time.perf_counter_ns() - start)
+    finally:
+        gc.enable()
+    return {n: statistics.median(v) / 1e3 for n, v in per_step.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--width", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    accelerator = Accelerator()
+    if accelerator.num_processes < 2:
+        raise SystemExit("run it with several processes: surge launch --num_processes 2 benchmarks/ddp_step.py")
+    variants = {
+        "hand-written DDP": lambda: plain(args.width, args.steps, args.batch),
+        "surge": lambda: surge_loop(accelerator, args.width, args.steps, args.batch),
+    }
+    one_round(variants, 20, 0)  # warm-up
+    rounds = [one_round(variants, args.steps, r) for r in range(args.rounds)]
+    # The slower process decides the step: report the larger of the two processes' figures.
+    slowest = []
+    for r in rounds:
+        everyone = _all(r)
+        slowest.append({k: max(g[k] for g in everyone) for k in r})
+    if accelerator.is_main_process:
+        params = sum(p.numel() for p in make(args.width, 1, 1, 1)[0].parameters())
+        print(f"machine: {platform.machine()}, torch {torch.__version__}, {accelerator.num_processes} gloo processes x "
+              f"1 thread; {params / 1e6:.2f}M parameters, batch {args.batch} per process; {args.rounds} rounds x "
+              f"{args.steps} lockstep steps\n")
+        print("| loop | median per step (us) | vs hand-written DDP (median of per-round ratios) |")
+        print("| --- | --- | --- |")
+        for name in variants:
+            ratio = statistics.median(r[name] / r["hand-written DDP"] for r in slowest)
+            print(f"| {name} | {statistics.median(r[name] for r in slowest):.1f} | {ratio:.3f}x |")
+
+
+def _all(result: dict[str, float]) -> list[dict[str, float]]:
+    gathered: list[dict[str, float] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, result)
+    return [g for g in gathered if g is not None]
+
+
+if __name__ == "__main__":
+    main()
