@@ -107,3 +107,12 @@ def test_sharding_in_the_config_becomes_a_plugin(tmp_path):
                    "print(p.zero_stage, p.offload_optimizer_device)",
                    SURGE_CONFIG_FILE=write(tmp_path, "zero_stage: 2\noffload_optimizer_device: cpu\n"))
     assert offload.returncode == 0 and offload.stdout.strip() == "2 cpu", offload.stderr
+
+
+def test_dynamo_backend_in_the_config_compiles(tmp_path):
+    ok = _run("from surge import Accelerator; print(Accelerator().dynamo_plugin.backend)",
+              SURGE_CONFIG_FILE=write(tmp_path, "dynamo_backend: aot_eager\n"))
+    assert ok.returncode == 0 and ok.stdout.strip() == "aot_eager", ok.stderr
+    off = _run("from surge import Accelerator; print(Accelerator().dynamo_plugin)",
+               SURGE_CONFIG_FILE=write(tmp_path, "dynamo_backend: no\n"))  # YAML's false
+    assert off.returncode == 0 and off.stdout.strip() == "None", off.stderr

@@ -224,10 +224,11 @@ def read_values(path: str) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping of keys to values, not a {type(data).__name__}")
-    # YAML 1.1 reads `mixed_precision: no` as false and `gpu_ids: 0` as a number; take
+    # YAML 1.1 reads `mixed_precision: no` (and `dynamo_backend: no`) as false and `gpu_ids: 0` as a number; take
     # them as the user meant them.
-    if data.get("mixed_precision") is False:
-        data["mixed_precision"] = "no"
+    for key in ("mixed_precision", "dynamo_backend"):
+        if data.get(key) is False:
+            data[key] = "no"
     if isinstance(data.get("gpu_ids"), int) and not isinstance(data.get("gpu_ids"), bool):
         data["gpu_ids"] = str(data["gpu_ids"])
     bad_keys = [k for k in data if not isinstance(k, str)]
