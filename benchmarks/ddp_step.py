@@ -1,4 +1,5 @@
-"""2-process DDP step time: surge's prepared loop vs hand-written PyTorch DDP.
+"""2-process DDP step time: surge's prepared loop vs hand-written PyTorch DDP (and HF
+Accelerate when it is installed).
 
     surge launch --num_processes 2 benchmarks/ddp_step.py [--rounds 7] [--steps 200]
 
@@ -62,6 +63,20 @@ def surge_loop(accelerator: Accelerator, width: int, steps: int, batch: int) -> 
         yield
 
 
+def accelerate_loop(width: int, steps: int, batch: int) -> Iterator[None]:
+    from accelerate import Accelerator as HFAccelerator  # type: ignore[import-not-found]
+
+    accelerator = HFAccelerator(cpu=True)
+    model, opt, data = make(width, steps, batch, accelerator.num_processes)
+    model, opt, loader = accelerator.prepare(model, opt, DataLoader(data, batch_size=batch))
+    for x, y in loader:
+        loss = nn.functional.mse_loss(model(x), y)
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad()
+        yield
+
+
 def one_round(variants: dict[str, Callable[[], Iterator[None]]], steps: int, shift: int) -> dict[str, float]:
     loops = {name: make_loop() for name, make_loop in variants.items()}
     names = list(loops)
@@ -96,6 +111,12 @@ def main() -> None:
         "hand-written DDP": lambda: plain(args.width, args.steps, args.batch),
         "surge": lambda: surge_loop(accelerator, args.width, args.steps, args.batch),
     }
+    try:
+        import accelerate  # type: ignore[import-not-found]  # noqa: F401
+
+        variants["HF Accelerate"] = lambda: accelerate_loop(args.width, args.steps, args.batch)
+    except ImportError:
+        pass
     one_round(variants, 20, 0)  # warm-up
     rounds = [one_round(variants, args.steps, r) for r in range(args.rounds)]
     # The slower process decides the step: report the larger of the two processes' figures.
