@@ -41,6 +41,8 @@ from surge.config.kwargs import GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
 from surge.config._validate import check_bool
+from surge.guard import NonFiniteGuard
+from surge.guard import check_mode as check_nonfinite_mode
 from surge.data.loader import PreparedDataLoader, shard_dataloader
 from surge.data.loader import SkipFirstBatches
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
@@ -143,6 +145,9 @@ class Accelerator(ProcessQueries):
             ("inductor", "aot_eager", ...; "no" or None: eager, unless the config file
             says otherwise). Compiled in place after wrapping (each block under FSDP).
         dynamo_plugin: A ``TorchDynamoPlugin`` (backend, mode, fullgraph, dynamic).
+        nonfinite: At each optimizer step, what a NaN/inf loss or gradient does:
+            "ignore" (default), "skip" the step (counted and logged) or "raise" with the
+            step number (see guard.py; fp16 keeps its loss scaler instead).
         log_with: Experiment trackers: "jsonl", "tensorboard", "wandb", "mlflow", "all"
             (every installed one), a list of names and ``GeneralTracker`` objects, or None.
             They start at :meth:`init_trackers`, on the main process only.
@@ -174,6 +179,7 @@ class Accelerator(ProcessQueries):
         log_with: Any = None,
         dynamo_backend: str | None = None,
         dynamo_plugin: TorchDynamoPlugin | None = None,
+        nonfinite: str | None = None,
     ) -> None:
         # 1. Validate everything; no side effects until this succeeded.
         from surge.tracking import resolve_log_with
@@ -196,8 +202,9 @@ class Accelerator(ProcessQueries):
                                  f"for {ds.mixed_precision!r}; set it in one place (or \"auto\" in the config).")
         resolved, conflicts, sharding = resolve_accelerator_args(
             {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu,
-             "dynamo_backend": dynamo_backend}
+             "dynamo_backend": dynamo_backend, "nonfinite": nonfinite}
         )
+        nonfinite_mode = check_nonfinite_mode(resolved.pop("nonfinite"))
         self.dynamo_plugin = _dynamo_plugin(resolved.pop("dynamo_backend"), dynamo_plugin)
         if sharding and deepspeed_plugin is None and fsdp_plugin is None:
             # The config file / launcher asks for sharding and the script passed no plugin.
@@ -261,6 +268,8 @@ class Accelerator(ProcessQueries):
         self._custom_objects: list[Any] = []
         self._checkpoint_calls = 0  # save/load_state calls: names the collective's rendezvous
         self._pending_save: Any = None  # a save_state(async_save=True) still being written
+        self._guard = (NonFiniteGuard(nonfinite_mode, topology.is_distributed)
+                       if nonfinite_mode != "ignore" and self.config.mixed_precision != "fp16" else None)
         self.trackers: list[Any] = []  # started by init_trackers, on the main process
         self._checkpoint_group: Any = None  # the gloo group background sharded saves use
         if self.project_configuration.automatic_checkpoint_naming:
@@ -314,6 +323,11 @@ class Accelerator(ProcessQueries):
     def sync_gradients(self) -> bool:
         """True on a micro-step where gradients are synchronised and the optimizer steps."""
         return self.gradient_state.sync_gradients
+
+    @property
+    def nonfinite_steps_skipped(self) -> int:
+        """Optimizer steps skipped by ``nonfinite="skip"`` so far."""
+        return self._guard.skipped if self._guard is not None else 0
 
     @property
     def optimizer_step_was_skipped(self) -> bool:
@@ -386,7 +400,7 @@ class Accelerator(ProcessQueries):
         inner = self.strategy.prepare_optimizer(optimizer)
         wrapped = AcceleratedOptimizer(
             inner, self.gradient_state, self.precision, device=self.device if place else None,
-            max_grad_norm=self._max_grad_norm, clip=self.strategy.clip_grad_norm_,
+            max_grad_norm=self._max_grad_norm, clip=self.strategy.clip_grad_norm_, guard=self._guard,
         )
         wrapped.original = optimizer  # schedulers built on the user's optimizer find it by this
         self._optimizers.append(wrapped)
@@ -478,6 +492,8 @@ class Accelerator(ProcessQueries):
         fp16 scales the loss before backward (see precision/fp16.py).
         """
         gs = self.gradient_state
+        if self._guard is not None:
+            self._guard.observe_loss(loss)
         if num_items_in_batch is not None:
             # Gradients are averaged over processes by the strategy; undo that mean so
             # the result is sum(all items) / num_items_in_batch.

@@ -75,6 +75,7 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         device: torch.device | None = None,
         max_grad_norm: float | None = None,
         clip: Any = None,
+        guard: Any = None,
     ) -> None:
         # Deliberately no super().__init__: the wrapped optimizer owns the parameters,
         # groups and state; this object only forwards to it.
@@ -86,6 +87,7 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         self._max_grad_norm = max_grad_norm  # DeepSpeed's gradient_clipping, applied at each step
         self._clip = clip if clip is not None else torch.nn.utils.clip_grad_norm_
         self._step_was_skipped = False
+        self._guard = guard  # the non-finite guard (guard.py), when on
         self.last_grad_norm: torch.Tensor | None = None  # before clipping, when max_grad_norm clips
         if device is not None and optimizer.state:
             optimizer.load_state_dict(send_to_device(optimizer.state_dict(), device))
@@ -105,6 +107,8 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         """Clear gradients, but only at an accumulation boundary: inside a cycle the
         gradients of earlier micro-steps must survive."""
         if self.gradient_state.sync_gradients:
+            if self._guard is not None:
+                self._guard.reset()
             if set_to_none is None:
                 self.optimizer.zero_grad()
             else:
@@ -113,6 +117,9 @@ class AcceleratedOptimizer(ForwardingOptimizer):
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         """Step the wrapped optimizer at an accumulation boundary; a no-op otherwise."""
         if not self.gradient_state.sync_gradients:
+            return None
+        if self._guard is not None and not self._guard.allows_step(self.optimizer):
+            self._step_was_skipped = True  # parameters and optimizer state untouched
             return None
         if self._max_grad_norm is not None:
             self.precision.unscale(self.optimizer)
@@ -134,7 +141,8 @@ class AcceleratedOptimizer(ForwardingOptimizer):
 
     @property
     def step_was_skipped(self) -> bool:
-        """True when the last boundary step was skipped (fp16 overflow)."""
+        """True when the last boundary step was skipped (fp16 overflow, or the
+        non-finite guard)."""
         return self._step_was_skipped
 
     # -- plumbing ------------------------------------------------------------------------

@@ -80,6 +80,10 @@ class SurgeConfig:
         default=None, metadata=_help("FSDP sharding instead of ZeRO: FULL_SHARD, SHARD_GRAD_OP, NO_SHARD or HYBRID_SHARD.", choices=FSDP_SHARDING)
     )
     fsdp_cpu_offload: bool = field(default=False, metadata=_help("FSDP: keep parameters on the CPU."))
+    nonfinite: str = field(
+        default="ignore", metadata=_help("At each optimizer step, on a NaN/inf loss or gradient: ignore, skip (the step) "
+                                         "or raise.", choices=("ignore", "skip", "raise"))
+    )
     dynamo_backend: str = field(
         default="no", metadata=_help("torch.compile the prepared models with this backend: no, inductor, eager, "
                                      "aot_eager, ...")
@@ -110,7 +114,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(SurgeConfig)}
 # Settings an Accelerator reads (the rest only concern starting processes).
 ACCELERATOR_KEYS = ("use_cpu", "mixed_precision", "gradient_accumulation_steps", "zero_stage", "offload_optimizer_device",
                     "offload_param_device", "deepspeed_config_file", "fsdp_sharding_strategy", "fsdp_cpu_offload",
-                    "dynamo_backend")
+                    "dynamo_backend", "nonfinite")
 
 
 def _join(errors: list[str]) -> str:
@@ -288,7 +292,8 @@ def active_values() -> tuple[dict[str, Any], str | None]:
 
 # Accelerator argument <- config file key
 _ACCELERATOR_ARGS = {"cpu": "use_cpu", "mixed_precision": "mixed_precision",
-                     "gradient_accumulation_steps": "gradient_accumulation_steps", "dynamo_backend": "dynamo_backend"}
+                     "gradient_accumulation_steps": "gradient_accumulation_steps", "dynamo_backend": "dynamo_backend",
+                     "nonfinite": "nonfinite"}
 SHARDING_KEYS = ("zero_stage", "offload_optimizer_device", "offload_param_device", "deepspeed_config_file",
                   "fsdp_sharding_strategy", "fsdp_cpu_offload")
 
