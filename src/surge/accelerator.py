@@ -20,9 +20,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -40,9 +39,10 @@ from surge.config.deepspeed import resolve_batch_sizes
 from surge.config.kwargs import GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
-from surge.config._validate import check_bool
+from surge.checkpoint.state import CheckpointingMixin
 from surge.guard import NonFiniteGuard
 from surge.guard import check_mode as check_nonfinite_mode
+from surge.tracking.accelerator import TrackingMixin
 from surge.data.loader import PreparedDataLoader, shard_dataloader
 from surge.data.loader import SkipFirstBatches
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
@@ -114,7 +114,7 @@ def _dynamo_plugin(backend: Any, plugin: TorchDynamoPlugin | None) -> TorchDynam
     return plugin
 
 
-class Accelerator(ProcessQueries):
+class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
     """Runs one training script on any topology: CPU, one GPU, many GPUs, many machines.
 
     Args:
@@ -642,161 +642,6 @@ class Accelerator(ProcessQueries):
         else:
             atomic_write(f, lambda tmp: torch.save(obj, tmp))
 
-    # -- checkpoints --------------------------------------------------------------------
-
-    def register_for_checkpointing(self, *objects: Any) -> None:
-        """Include ``objects`` (anything with ``state_dict`` / ``load_state_dict``) in
-        :meth:`save_state` / :meth:`load_state`, in this order. Their state dicts should
-        hold tensors and plain values: checkpoints load with ``weights_only=True``."""
-        for obj in objects:
-            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
-                raise TypeError(f"register_for_checkpointing: {type(obj).__name__} has no state_dict() / "
-                                "load_state_dict(); wrap it in an object that has both.")
-        self._custom_objects.extend(objects)
-
-    def save_state(self, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
-                   *, async_save: bool = False, **kwargs: Any) -> str:
-        """Save everything prepared (models, optimizers, schedulers, the loss scaler, the
-        loaders' progress), the registered objects, step counters and every process's
-        RNG state to ``output_dir`` (see [Note: checkpoint layout]); returns the directory.
-
-        With ``ProjectConfiguration(automatic_checkpoint_naming=True)`` and no
-        ``output_dir`` it writes ``project_dir/checkpoints/checkpoint_<n>`` and, with
-        ``total_limit``, removes the oldest once the new one is complete.
-
-        Unsharded strategies (one process, DDP) write from the main process without any
-        collective, so ``if accelerator.is_main_process: accelerator.save_state()``
-        works (other processes' RNG states are then not saved). Sharded ones (ZeRO,
-        FSDP) need every process: called on some only, it fails rather than hangs.
-        FSDP with ``state_dict_type="FULL_STATE_DICT"`` gathers the weights and writes
-        the full layout; ZeRO and ``SHARDED_STATE_DICT`` write shards (DCP).
-
-        ``async_save=True`` copies the state to CPU memory and writes it in the
-        background while training goes on (sharded tensors through DCP's
-        ``async_save``). The next ``save_state``/``load_state``, :meth:`end_training`
-        and :meth:`wait_for_checkpoint` wait for it; the checkpoint appears (and
-        ``total_limit`` prunes) only once it is complete. It costs one extra copy of the
-        state in host memory while the write runs.
-        """
-        from surge.checkpoint.naming import checkpoints_root, number_of, prune
-        from surge.checkpoint.training import save_training_state
-        from surge.utils.random import rng_state
-
-        if not safe_serialization:
-            warnings.warn("save_state(safe_serialization=False) is ignored: weights are always written with "
-                          "safetensors.", stacklevel=2)
-        if kwargs:
-            raise TypeError(f"save_state got unexpected arguments {sorted(kwargs)}.")
-        check_bool("save_state async_save", async_save)
-        self.wait_for_checkpoint()
-        pc = self.project_configuration
-        automatic = output_dir is None
-        if automatic:
-            if not pc.automatic_checkpoint_naming:
-                raise ValueError("save_state() needs output_dir, or ProjectConfiguration(project_dir=..., "
-                                 "automatic_checkpoint_naming=True) to name checkpoints itself.")
-            output_dir = os.path.join(checkpoints_root(pc.project_dir), f"checkpoint_{pc.iteration}")
-        self._checkpoint_calls += 1
-        number = number_of(os.fspath(output_dir))
-        extra = {
-            "loaders": [dl.state_dict() for dl in self._dataloaders],
-            "custom": [obj.state_dict() for obj in self._custom_objects],
-            "gradient_step": self.gradient_state.step,
-            "iteration": (number + 1) if number is not None else pc.iteration,
-        }
-        sharded = self.strategy.sharded_checkpoint
-        gather = sharded and self.fsdp_plugin is not None and self.fsdp_plugin.state_dict_type == "FULL_STATE_DICT"
-        limit = pc.total_limit if automatic else None
-        root = checkpoints_root(pc.project_dir)
-        result = save_training_state(
-            output_dir, topology=self.topology, strategy_name=self.strategy.name,
-            sharded=sharded and not gather, gather=gather, models=self._models, optimizers=self._optimizers,
-            schedulers=self._schedulers, precision_state=self.precision.state_dict(), extra=extra,
-            rank_state={"rng": rng_state()}, save_index=self._checkpoint_calls, background=async_save,
-            group=self._background_group() if async_save and sharded and not gather else None,
-            on_complete=(lambda: prune(root, limit)) if limit is not None else None,
-        )
-        if automatic:
-            pc.iteration += 1
-        if async_save:
-            self._pending_save = result
-            return result.directory
-        return result
-
-    def _background_group(self) -> Any:
-        """A gloo process group of its own for background checkpoint writes, so their
-        collectives never interleave with the training's (made once, by every process)."""
-        if self._checkpoint_group is None and self.topology.is_distributed:
-            import torch.distributed as dist
-
-            self._checkpoint_group = dist.new_group(backend="gloo")
-        return self._checkpoint_group
-
-    def wait_for_checkpoint(self) -> str | None:
-        """Block until a ``save_state(async_save=True)`` still being written is complete
-        and return its directory (None when there is none).
-
-        Raises:
-            RuntimeError: the background save failed; the previous checkpoint is intact.
-        """
-        pending, self._pending_save = self._pending_save, None
-        return pending.wait() if pending is not None else None
-
-    def load_state(self, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
-        """Restore what :meth:`save_state` wrote into the prepared objects (same kinds and
-        order), the registered objects, the loaders' progress, step counters and this
-        process's RNG state. ``input_dir=None`` loads the newest complete checkpoint
-        under ``project_dir/checkpoints``; automatic numbering continues after it.
-
-        Works across world sizes and strategies (e.g. DDP <-> ZeRO-3). Every process must
-        call it. To continue a partly done epoch, iterate
-        ``accelerator.skip_first_batches(loader, loader.resume_batches)`` once.
-
-        Raises:
-            ValueError: no checkpoint, or an incomplete, corrupted or mismatching one
-                (the file or count is named).
-        """
-        from surge.checkpoint.naming import checkpoints_root, newest_complete, number_of
-        from surge.checkpoint.training import check_all_arrived, load_training_state
-        from surge.utils.random import set_rng_state
-
-        if kwargs:
-            raise TypeError(f"load_state got unexpected arguments {sorted(kwargs)}.")
-        self.wait_for_checkpoint()
-        pc = self.project_configuration
-        if input_dir is None:
-            root = checkpoints_root(pc.project_dir)
-            input_dir = newest_complete(root)
-            if input_dir is None:
-                raise ValueError(f"load_state() found no complete checkpoint under {root!r}; pass input_dir.")
-        input_dir = os.fspath(input_dir)
-        self._checkpoint_calls += 1
-        if self.strategy.sharded_checkpoint:
-            check_all_arrived(self.topology, f"surge/load/{os.path.abspath(input_dir)}/{self._checkpoint_calls}")
-        extra, rank_state = load_training_state(
-            input_dir, topology=self.topology, models=self._models, optimizers=self._optimizers,
-            schedulers=self._schedulers, load_precision_state=self.precision.load_state_dict,
-        )
-        for kind, mine, saved in (("dataloaders", self._dataloaders, extra["loaders"]),
-                                  ("objects registered for checkpointing", self._custom_objects, extra["custom"])):
-            if len(mine) != len(saved):
-                raise ValueError(f"checkpoint {input_dir!r} holds {len(saved)} {kind} but {len(mine)} are prepared "
-                                 "here; prepare/register the same ones as the run that saved it.")
-        for loader, state in zip(self._dataloaders, extra["loaders"]):
-            loader.load_state_dict(state)
-        for obj, state in zip(self._custom_objects, extra["custom"]):
-            obj.load_state_dict(state)
-        self.gradient_state.step = int(extra["gradient_step"])
-        if "rng" in rank_state:
-            set_rng_state(rank_state["rng"])
-        elif self.num_processes > 1:
-            warnings.warn(f"checkpoint {input_dir!r} has no RNG state for process {self.process_index} (it was "
-                          "saved by the main process alone); its random streams continue unrestored.", stacklevel=2)
-        number = number_of(input_dir)
-        if pc.automatic_checkpoint_naming and number is not None:
-            pc.iteration = max(pc.iteration, number + 1)
-        return input_dir
-
     def free_memory(self, *objects: Any) -> tuple[Any, ...]:
         """Forget every prepared object (so they can be garbage-collected); returns
         ``objects`` replaced by None, for ``a, b = accelerator.free_memory(a, b)``."""
@@ -808,85 +653,6 @@ class Accelerator(ProcessQueries):
         return tuple(None for _ in objects)
 
     clear = free_memory
-
-    # -- tracking ------------------------------------------------------------------------
-
-    def init_trackers(self, project_name: str, config: dict[str, Any] | None = None,
-                      init_kwargs: dict[str, dict[str, Any]] | None = None) -> None:
-        """Start the trackers named by ``log_with`` (main process only): each gets
-        ``project_name`` as its run/project name and ``config`` as the run's
-        hyperparameters; ``init_kwargs={"wandb": {...}}`` goes to that tracker's start.
-
-        Raises:
-            ValueError: a file-writing tracker without a logging dir, or init_kwargs for a
-                tracker not in ``log_with``.
-            ImportError: a tracker's package is missing (with the pip command).
-        """
-        from surge.tracking import start_tracker
-
-        if not isinstance(project_name, str) or not project_name:
-            raise ValueError(f"init_trackers(project_name={project_name!r}) needs a non-empty name.")
-        init_kwargs = dict(init_kwargs or {})
-        names = {t if isinstance(t, str) else t.name for t in self._log_with}
-        unknown = sorted(set(init_kwargs) - names)
-        if unknown:
-            raise ValueError(f"init_kwargs for {unknown}, which log_with does not use (it uses {sorted(names)}).")
-        if not self.is_main_process:
-            return
-        if self._trackers_missing:
-            print(f"surge: log_with='all' uses {', '.join(t if isinstance(t, str) else t.name for t in self._log_with)}; "
-                  f"not installed: {', '.join(self._trackers_missing)}.", file=sys.stderr)
-        started = []
-        try:
-            for entry in self._log_with:
-                if isinstance(entry, str):
-                    entry = start_tracker(entry, project_name, self.logging_dir, dict(init_kwargs.get(entry, {})))
-                if config is not None:
-                    entry.store_init_configuration(config)
-                started.append(entry)
-        except BaseException:
-            for tracker in started:
-                tracker.finish()
-            raise
-        self.trackers = started
-
-    def log(self, values: dict[str, Any], step: int | None = None, log_kwargs: dict[str, dict[str, Any]] | None = None
-            ) -> None:
-        """Send ``values`` (names to numbers, tensors or strings) to every tracker at
-        ``step``; ``log_kwargs={"tensorboard": {...}}`` adds arguments for one tracker.
-        Does nothing on other processes than the main one."""
-        if not self.trackers:
-            return
-        for tracker in self.trackers:
-            tracker.log(values, step=step, **(log_kwargs or {}).get(tracker.name, {}))
-
-    def get_tracker(self, name: str, unwrap: bool = False) -> Any:
-        """The started tracker called ``name`` (``unwrap=True``: its underlying object,
-        e.g. the ``SummaryWriter`` or the wandb run). On other processes than the main
-        one, a blank tracker whose methods do nothing.
-
-        Raises:
-            ValueError: no started tracker has that name.
-        """
-        from surge.tracking import GeneralTracker
-
-        if not self.is_main_process:
-            return GeneralTracker(_blank=True)
-        for tracker in self.trackers:
-            if tracker.name == name:
-                return tracker.tracker if unwrap else tracker
-        raise ValueError(f"no tracker named {name!r} was started (started: {[t.name for t in self.trackers]}); pass "
-                         "it in log_with and call init_trackers first.")
-
-    def end_training(self) -> None:
-        """Finish the run: wait for a checkpoint still being written in the background,
-        then flush and close every tracker."""
-        try:
-            self.wait_for_checkpoint()
-        finally:
-            trackers, self.trackers = self.trackers, []
-            for tracker in trackers:
-                tracker.finish()
 
     # -- collectives ----------------------------------------------------------------------
 

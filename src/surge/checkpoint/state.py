@@ -1,0 +1,172 @@
+"""The Accelerator's checkpoint methods: ``save_state``, ``load_state``,
+``register_for_checkpointing``, ``wait_for_checkpoint`` (mixed into
+:class:`surge.Accelerator`; the files themselves are checkpoint/training.py's)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from surge.config._validate import check_bool
+
+
+class CheckpointingMixin:
+    """Needs the Accelerator's prepared objects, strategy, topology, precision,
+    gradient state and project configuration."""
+
+    _checkpoint_group: Any
+    _pending_save: Any
+
+    def register_for_checkpointing(self, *objects: Any) -> None:
+        """Include ``objects`` (anything with ``state_dict`` / ``load_state_dict``) in
+        :meth:`save_state` / :meth:`load_state`, in this order. Their state dicts should
+        hold tensors and plain values: checkpoints load with ``weights_only=True``."""
+        for obj in objects:
+            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+                raise TypeError(f"register_for_checkpointing: {type(obj).__name__} has no state_dict() / "
+                                "load_state_dict(); wrap it in an object that has both.")
+        self._custom_objects.extend(objects)
+
+    def save_state(self, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
+                   *, async_save: bool = False, **kwargs: Any) -> str:
+        """Save everything prepared (models, optimizers, schedulers, the loss scaler, the
+        loaders' progress), the registered objects, step counters and every process's
+        RNG state to ``output_dir`` (see [Note: checkpoint layout]); returns the directory.
+
+        With ``ProjectConfiguration(automatic_checkpoint_naming=True)`` and no
+        ``output_dir`` it writes ``project_dir/checkpoints/checkpoint_<n>`` and, with
+        ``total_limit``, removes the oldest once the new one is complete.
+
+        Unsharded strategies (one process, DDP) write from the main process without any
+        collective, so ``if accelerator.is_main_process: accelerator.save_state()``
+        works (other processes' RNG states are then not saved). Sharded ones (ZeRO,
+        FSDP) need every process: called on some only, it fails rather than hangs.
+        FSDP with ``state_dict_type="FULL_STATE_DICT"`` gathers the weights and writes
+        the full layout; ZeRO and ``SHARDED_STATE_DICT`` write shards (DCP).
+
+        ``async_save=True`` copies the state to CPU memory and writes it in the
+        background while training goes on (sharded tensors through DCP's
+        ``async_save``). The next ``save_state``/``load_state``, :meth:`end_training`
+        and :meth:`wait_for_checkpoint` wait for it; the checkpoint appears (and
+        ``total_limit`` prunes) only once it is complete. It costs one extra copy of the
+        state in host memory while the write runs.
+        """
+        from surge.checkpoint.naming import checkpoints_root, number_of, prune
+        from surge.checkpoint.training import save_training_state
+        from surge.utils.random import rng_state
+
+        if not safe_serialization:
+            warnings.warn("save_state(safe_serialization=False) is ignored: weights are always written with "
+                          "safetensors.", stacklevel=2)
+        if kwargs:
+            raise TypeError(f"save_state got unexpected arguments {sorted(kwargs)}.")
+        check_bool("save_state async_save", async_save)
+        self.wait_for_checkpoint()
+        pc = self.project_configuration
+        automatic = output_dir is None
+        if automatic:
+            if not pc.automatic_checkpoint_naming:
+                raise ValueError("save_state() needs output_dir, or ProjectConfiguration(project_dir=..., "
+                                 "automatic_checkpoint_naming=True) to name checkpoints itself.")
+            output_dir = os.path.join(checkpoints_root(pc.project_dir), f"checkpoint_{pc.iteration}")
+        self._checkpoint_calls += 1
+        number = number_of(os.fspath(output_dir))
+        extra = {
+            "loaders": [dl.state_dict() for dl in self._dataloaders],
+            "custom": [obj.state_dict() for obj in self._custom_objects],
+            "gradient_step": self.gradient_state.step,
+            "iteration": (number + 1) if number is not None else pc.iteration,
+        }
+        sharded = self.strategy.sharded_checkpoint
+        gather = sharded and self.fsdp_plugin is not None and self.fsdp_plugin.state_dict_type == "FULL_STATE_DICT"
+        limit = pc.total_limit if automatic else None
+        root = checkpoints_root(pc.project_dir)
+        result = save_training_state(
+            output_dir, topology=self.topology, strategy_name=self.strategy.name,
+            sharded=sharded and not gather, gather=gather, models=self._models, optimizers=self._optimizers,
+            schedulers=self._schedulers, precision_state=self.precision.state_dict(), extra=extra,
+            rank_state={"rng": rng_state()}, save_index=self._checkpoint_calls, background=async_save,
+            group=self._background_group() if async_save and sharded and not gather else None,
+            on_complete=(lambda: prune(root, limit)) if limit is not None else None,
+        )
+        if automatic:
+            pc.iteration += 1
+        if async_save:
+            self._pending_save = result
+            return result.directory
+        return result
+
+    def _background_group(self) -> Any:
+        """A gloo process group of its own for background checkpoint writes, so their
+        collectives never interleave with the training's (made once, by every process)."""
+        if self._checkpoint_group is None and self.topology.is_distributed:
+            import torch.distributed as dist
+
+            self._checkpoint_group = dist.new_group(backend="gloo")
+        return self._checkpoint_group
+
+    def wait_for_checkpoint(self) -> str | None:
+        """Block until a ``save_state(async_save=True)`` still being written is complete
+        and return its directory (None when there is none).
+
+        Raises:
+            RuntimeError: the background save failed; the previous checkpoint is intact.
+        """
+        pending, self._pending_save = self._pending_save, None
+        return pending.wait() if pending is not None else None
+
+    def load_state(self, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
+        """Restore what :meth:`save_state` wrote into the prepared objects (same kinds and
+        order), the registered objects, the loaders' progress, step counters and this
+        process's RNG state. ``input_dir=None`` loads the newest complete checkpoint
+        under ``project_dir/checkpoints``; automatic numbering continues after it.
+
+        Works across world sizes and strategies (e.g. DDP <-> ZeRO-3). Every process must
+        call it. To continue a partly done epoch, iterate
+        ``accelerator.skip_first_batches(loader, loader.resume_batches)`` once.
+
+        Raises:
+            ValueError: no checkpoint, or an incomplete, corrupted or mismatching one
+                (the file or count is named).
+        """
+        from surge.checkpoint.naming import checkpoints_root, newest_complete, number_of
+        from surge.checkpoint.training import check_all_arrived, load_training_state
+        from surge.utils.random import set_rng_state
+
+        if kwargs:
+            raise TypeError(f"load_state got unexpected arguments {sorted(kwargs)}.")
+        self.wait_for_checkpoint()
+        pc = self.project_configuration
+        if input_dir is None:
+            root = checkpoints_root(pc.project_dir)
+            input_dir = newest_complete(root)
+            if input_dir is None:
+                raise ValueError(f"load_state() found no complete checkpoint under {root!r}; pass input_dir.")
+        input_dir = os.fspath(input_dir)
+        self._checkpoint_calls += 1
+        if self.strategy.sharded_checkpoint:
+            check_all_arrived(self.topology, f"surge/load/{os.path.abspath(input_dir)}/{self._checkpoint_calls}")
+        extra, rank_state = load_training_state(
+            input_dir, topology=self.topology, models=self._models, optimizers=self._optimizers,
+            schedulers=self._schedulers, load_precision_state=self.precision.load_state_dict,
+        )
+        for kind, mine, saved in (("dataloaders", self._dataloaders, extra["loaders"]),
+                                  ("objects registered for checkpointing", self._custom_objects, extra["custom"])):
+            if len(mine) != len(saved):
+                raise ValueError(f"checkpoint {input_dir!r} holds {len(saved)} {kind} but {len(mine)} are prepared "
+                                 "here; prepare/register the same ones as the run that saved it.")
+        for loader, state in zip(self._dataloaders, extra["loaders"]):
+            loader.load_state_dict(state)
+        for obj, state in zip(self._custom_objects, extra["custom"]):
+            obj.load_state_dict(state)
+        self.gradient_state.step = int(extra["gradient_step"])
+        if "rng" in rank_state:
+            set_rng_state(rank_state["rng"])
+        elif self.num_processes > 1:
+            warnings.warn(f"checkpoint {input_dir!r} has no RNG state for process {self.process_index} (it was "
+                          "saved by the main process alone); its random streams continue unrestored.", stacklevel=2)
+        number = number_of(input_dir)
+        if pc.automatic_checkpoint_naming and number is not None:
+            pc.iteration = max(pc.iteration, number + 1)
+        return input_dir
