@@ -15,17 +15,16 @@ DDP's own communication.
 from __future__ import annotations
 
 import argparse
-import gc
 import platform
 import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from lockstep import one_round
 from surge import Accelerator
 
 
@@ -77,25 +76,6 @@ def accelerate_loop(width: int, steps: int, batch: int) -> Iterator[None]:
         yield
 
 
-def one_round(variants: dict[str, Callable[[], Iterator[None]]], steps: int, shift: int) -> dict[str, float]:
-    loops = {name: make_loop() for name, make_loop in variants.items()}
-    names = list(loops)
-    per_step: dict[str, list[int]] = {n: [] for n in names}
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(steps):
-            k = (i + shift) % len(names)
-            for name in names[k:] + names[:k]:
-                dist.barrier()  # both processes start the step together, as in a real job
-                start = time.perf_counter_ns()
-                next(loops[name])
-                per_step[name].append(time.perf_counter_ns() - start)
-    finally:
-        gc.enable()
-    return {n: statistics.median(v) / 1e3 for n, v in per_step.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
@@ -117,8 +97,9 @@ def main() -> None:
         variants["HF Accelerate"] = lambda: accelerate_loop(args.width, args.steps, args.batch)
     except ImportError:
         pass
-    one_round(variants, 20, 0)  # warm-up
-    rounds = [one_round(variants, args.steps, r) for r in range(args.rounds)]
+    one_round(variants, 20, 0, before_step=dist.barrier)  # warm-up
+    # The barrier: both processes start each step together, as in a real job.
+    rounds = [one_round(variants, args.steps, r, before_step=dist.barrier) for r in range(args.rounds)]
     # The slower process decides the step: report the larger of the two processes' figures.
     slowest = []
     for r in rounds:

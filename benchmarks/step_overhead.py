@@ -16,15 +16,15 @@ rounds whose medians are reported. HF Accelerate joins when it is installed.
 from __future__ import annotations
 
 import argparse
-import gc
 import platform
 import statistics
-import time
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from lockstep import one_round
 
 
 def make(steps: int, batch: int):
@@ -74,24 +74,6 @@ def accelerate_loop(steps, batch):
     return stepper(model, opt, sched, loader, acc.backward)
 
 
-def one_round(variants: dict[str, Callable], steps: int, batch: int, shift: int) -> dict[str, float]:
-    loops = {name: make_loop(steps, batch) for name, make_loop in variants.items()}
-    names = list(loops)
-    per_step: dict[str, list[int]] = {n: [] for n in names}
-    gc.collect()
-    gc.disable()  # a collection landing in one variant's step is noise
-    try:
-        for i in range(steps):
-            k = (i + shift) % len(names)
-            for name in names[k:] + names[:k]:  # rotate who goes first
-                start = time.perf_counter_ns()
-                next(loops[name])
-                per_step[name].append(time.perf_counter_ns() - start)
-    finally:
-        gc.enable()
-    return {n: statistics.median(v) / 1e3 for n, v in per_step.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
@@ -110,8 +92,12 @@ def main() -> None:
         variants["HF Accelerate"] = accelerate_loop
     except ImportError:
         pass
-    one_round(variants, 50, args.batch, 0)  # warm-up
-    rounds = [one_round(variants, args.steps, args.batch, r) for r in range(args.rounds)]
+
+    def bind(steps: int) -> dict[str, Callable[[], Iterator[None]]]:
+        return {name: (lambda make=make: make(steps, args.batch)) for name, make in variants.items()}
+
+    one_round(bind(50), 50, 0)  # warm-up
+    rounds = [one_round(bind(args.steps), args.steps, r) for r in range(args.rounds)]
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread, torch {torch.__version__}; "
           f"{args.rounds} rounds x {args.steps} lockstep steps, batch {args.batch}\n")
     print("| loop | median per step (us) | vs plain (median of per-round ratios) |")
