@@ -234,14 +234,11 @@ def main(argv: list[str] | None = None) -> float:
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
 
-    skip = 0
     if args.resume:
-        try:
-            path = accelerator.load_state()
-        except ValueError:
-            logger.info("no checkpoint in %s yet: starting fresh", args.project_dir)
-        else:
-            skip = train_loader.resume_batches
+        # Continues from the newest complete checkpoint (loader position included), or
+        # starts fresh when there is none: the same line survives `--max_restarts`.
+        path = accelerator.load_state(missing_ok=True)
+        if path:
             logger.info("resumed from %s at step %d", path, progress.step)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     accelerator.init_trackers("gpt", config={**vars(args), "parameters": n_params,
@@ -265,9 +262,7 @@ def main(argv: list[str] | None = None) -> float:
     started, last = time.perf_counter(), None
     bar = tqdm(total=args.max_steps, initial=progress.step, desc="train")
     while progress.step < args.max_steps:
-        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        skip = 0
-        for x, y in batches:
+        for x, y in train_loader:  # after load_state it continues its epoch where it was
             with accelerator.accumulate(model):
                 _, loss = model(x, y)
                 accelerator.backward(loss)

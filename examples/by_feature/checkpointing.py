@@ -3,11 +3,13 @@ stopped (same batches, same random numbers, same parameters as an uninterrupted 
 
     surge launch --num_processes 2 examples/by_feature/checkpointing.py --stop_at 30
     surge launch --num_processes 2 examples/by_feature/checkpointing.py --resume
+    surge launch --num_processes 2 --max_restarts 3 examples/by_feature/checkpointing.py --resume
 
 ``ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=2)`` names the
 checkpoints ``checkpoint_<n>`` under ``--project_dir/checkpoints`` and keeps the newest
-two; ``load_state()`` loads the newest complete one, and the loader's
-``resume_batches`` says how much of the current epoch was already done.
+two; ``load_state(missing_ok=True)`` loads the newest complete one (or does nothing on a
+first run) and puts the loader back where it was in its epoch. With ``--max_restarts``,
+``surge launch`` restarts the workers when one dies and this line resumes them.
 """
 
 import argparse
@@ -58,15 +60,12 @@ def main() -> None:
 
     counter = StepCounter()
     accelerator.register_for_checkpointing(counter)
-    skip = 0
     if args.resume:
-        accelerator.load_state()  # the newest complete checkpoint
-        skip = loader.resume_batches
-        accelerator.print(f"resumed at step {counter.step}, epoch {loader.epoch}, skipping {skip} batches")
+        accelerator.load_state(missing_ok=True)  # the newest complete checkpoint, if any
+        accelerator.print(f"resumed at step {counter.step}, epoch {loader.epoch}, {loader.resume_batches} batches "
+                          "of it already done")
     for _ in range(loader.epoch, args.epochs):
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        skip = 0
-        for inputs, targets in batches:
+        for inputs, targets in loader:  # a loaded loader skips the batches already done
             loss = nn.functional.mse_loss(model(inputs), targets)
             accelerator.backward(loss)
             optimizer.step()

@@ -78,13 +78,14 @@ def _file_checksum(directory):
 
 @pytest.mark.parametrize("layout", ["zero3", "fsdp_full"])
 def test_async_saves_resume_exactly(tmp_path, layout):
-    """Checkpoints written in the background every 4 micro-steps while training goes on
+    """Checkpoints written in the background every 2 optimizer steps while training goes on
     (ZeRO-3 through DCP's async_save; FSDP FULL_STATE_DICT gathered to full files): the
     newest one resumes bit-identically to an uninterrupted run."""
     flags = ["--zero", 3] if layout == "zero3" else ["--fsdp", "FULL_STATE_DICT"]
     full = checksum(launch(2, "--project", tmp_path / "full", *flags))
-    launch(2, "--project", tmp_path / "cut", *flags, "--stop_after", 13, "--save_every", 4, "--async_save")
-    assert _names(tmp_path / "cut") == ["checkpoint_2", "checkpoint_3"]  # saves at 4, 8, 12, 13; total_limit=2
+    launch(2, "--project", tmp_path / "cut", *flags, "--stop_after", 13, "--save_every", 2, "--async_save")
+    # saves after micro-steps 4, 8, 11 (optimizer steps 2, 4, 6) and at 13; total_limit=2
+    assert _names(tmp_path / "cut") == ["checkpoint_2", "checkpoint_3"]
     files = os.listdir(tmp_path / "cut" / "checkpoints" / "checkpoint_3")
     assert ("model_optimizer" in files) == (layout == "zero3") and ("model_0.safetensors" in files) != (
         layout == "zero3")

@@ -108,6 +108,63 @@ def test_exact_resume_mid_epoch_with_shuffling_and_dropout(tmp_path):
     assert all(torch.equal(v, params(full[1])[k]) for k, v in params(resumed[1]).items())
 
 
+def test_resume_one_liner_is_a_no_op_without_a_checkpoint_and_continues_the_loader(tmp_path):
+    """``load_state(missing_ok=True)`` + a plain loop: a first run starts fresh, a second
+    continues mid-epoch (the loader skips the batches already seen by itself) and ends
+    bit-identical to an uninterrupted run."""
+    def run(acc, model, opt, loader, sched, counter, stop_after=None):
+        for _ in range(loader.epoch, 3):
+            for x, y in loader:
+                acc.backward(nn.functional.mse_loss(model(x), y))
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                counter.seen += 1
+                if counter.seen == stop_after:
+                    acc.save_state()
+                    return
+
+    full = setup()
+    run(*full)
+    first = setup(tmp_path)
+    assert first[0].load_state(missing_ok=True) is None
+    assert first[3].epoch == 0 and first[3].resume_batches == 0
+    run(*first, stop_after=14)
+    second = setup(tmp_path)
+    assert second[0].load_state(missing_ok=True).endswith("checkpoint_0")
+    assert second[3].epoch == 1 and second[3].resume_batches == 4
+    run(*second)
+    assert second[5].seen == full[5].seen == 30
+    assert all(torch.equal(v, params(full[1])[k]) for k, v in params(second[1]).items())
+    with pytest.raises(TypeError, match="missing_ok"):
+        second[0].load_state(missing_ok="yes")
+
+
+def test_no_checkpoint_without_missing_ok_names_the_fix(tmp_path):
+    acc = setup(tmp_path)[0]
+    with pytest.raises(ValueError, match="no complete checkpoint under .*missing_ok=True"):
+        acc.load_state()
+
+
+def test_the_accumulation_cycle_position_is_saved_and_a_mid_cycle_save_warns(tmp_path):
+    acc = Accelerator(gradient_accumulation_steps=3)
+    model = acc.prepare(nn.Linear(2, 1))
+    for _ in range(4):  # cycle 1 closes at 3; the 4th micro-step opens cycle 2
+        with acc.accumulate(model):
+            pass
+    with pytest.warns(UserWarning, match="micro-step 1 of an accumulation cycle of 3"):
+        path = acc.save_state(tmp_path / "mid")
+    again = Accelerator(gradient_accumulation_steps=3)
+    again.prepare(nn.Linear(2, 1))
+    again.load_state(path)
+    assert (again.gradient_state.step, again.gradient_state.cycle_step) == (4, 1)
+    syncs = []
+    for _ in range(2):
+        with again.accumulate():
+            syncs.append(again.sync_gradients)
+    assert syncs == [False, True]  # the resumed cycle closes where the original one would
+
+
 def test_async_save_writes_the_state_of_the_moment_while_training_goes_on(tmp_path, monkeypatch):
     acc, model, opt, loader, sched, counter = setup(tmp_path)
     train(acc, model, opt, loader, sched, counter, epochs=1)

@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any
 
 from surge.config._validate import check_bool
+
+_log = logging.getLogger("surge")
 
 
 class CheckpointingMixin:
@@ -71,11 +74,17 @@ class CheckpointingMixin:
                                  "automatic_checkpoint_naming=True) to name checkpoints itself.")
             output_dir = os.path.join(checkpoints_root(pc.project_dir), f"checkpoint_{pc.iteration}")
         self._checkpoint_calls += 1
+        gs = self.gradient_state
+        if gs.cycle_step and self.topology.is_main_process:
+            warnings.warn(f"save_state at micro-step {gs.cycle_step} of an accumulation cycle of {gs.num_steps}: the "
+                          "gradients accumulated so far are not saved, so a run resumed from it differs. Save when "
+                          "accelerator.sync_gradients is True (right after the optimizer step).", stacklevel=2)
         number = number_of(os.fspath(output_dir))
         extra = {
             "loaders": [dl.state_dict() for dl in self._dataloaders],
             "custom": [obj.state_dict() for obj in self._custom_objects],
             "gradient_step": self.gradient_state.step,
+            "cycle_step": self.gradient_state.cycle_step,
             "iteration": (number + 1) if number is not None else pc.iteration,
         }
         sharded = self.strategy.sharded_checkpoint
@@ -116,19 +125,28 @@ class CheckpointingMixin:
         pending, self._pending_save = self._pending_save, None
         return pending.wait() if pending is not None else None
 
-    def load_state(self, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
+    def load_state(self, input_dir: str | os.PathLike[str] | None = None, *, missing_ok: bool = False,
+                   **kwargs: Any) -> str | None:
         """Restore what :meth:`save_state` wrote into the prepared objects (same kinds and
         order), the registered objects, the loaders' progress, step counters and this
-        process's RNG state. ``input_dir=None`` loads the newest complete checkpoint
-        under ``project_dir/checkpoints``; automatic numbering continues after it.
+        process's RNG state; returns the directory loaded. ``input_dir=None`` loads the
+        newest complete checkpoint under ``project_dir/checkpoints``; automatic
+        numbering continues after it.
+
+        Each prepared loader continues where it was: its next iteration runs the saved
+        epoch (same shuffle) without the batches already handed out, or the next epoch
+        if the saved one had finished (``loader.epoch`` is the epoch that runs next).
+
+        ``missing_ok=True`` makes it the resume one-liner of a restartable script: with
+        no complete checkpoint yet it does nothing and returns None, so the same line
+        starts a fresh run and resumes a restarted one (``surge launch --max_restarts``).
 
         Works across world sizes and strategies (e.g. DDP <-> ZeRO-3). Every process must
-        call it. To continue a partly done epoch, iterate
-        ``accelerator.skip_first_batches(loader, loader.resume_batches)`` once.
+        call it.
 
         Raises:
-            ValueError: no checkpoint, or an incomplete, corrupted or mismatching one
-                (the file or count is named).
+            ValueError: no checkpoint (without ``missing_ok``), or an incomplete,
+                corrupted or mismatching one (the file or count is named).
         """
         from surge.checkpoint.naming import checkpoints_root, newest_complete, number_of
         from surge.checkpoint.training import check_all_arrived, load_training_state
@@ -136,13 +154,19 @@ class CheckpointingMixin:
 
         if kwargs:
             raise TypeError(f"load_state got unexpected arguments {sorted(kwargs)}.")
+        check_bool("load_state missing_ok", missing_ok)
         self.wait_for_checkpoint()
         pc = self.project_configuration
         if input_dir is None:
             root = checkpoints_root(pc.project_dir)
             input_dir = newest_complete(root)
             if input_dir is None:
-                raise ValueError(f"load_state() found no complete checkpoint under {root!r}; pass input_dir.")
+                if missing_ok:
+                    if self.topology.is_main_process:
+                        _log.info("load_state: no complete checkpoint under %s yet; starting from the beginning", root)
+                    return None
+                raise ValueError(f"load_state() found no complete checkpoint under {root!r}; pass input_dir, or "
+                                 "missing_ok=True to start from the beginning when there is none.")
         input_dir = os.fspath(input_dir)
         self._checkpoint_calls += 1
         if self.strategy.sharded_checkpoint:
@@ -161,6 +185,7 @@ class CheckpointingMixin:
         for obj, state in zip(self._custom_objects, extra["custom"]):
             obj.load_state_dict(state)
         self.gradient_state.step = int(extra["gradient_step"])
+        self.gradient_state.cycle_step = int(extra.get("cycle_step", 0))  # older checkpoints lack it
         if "rng" in rank_state:
             set_rng_state(rank_state["rng"])
         elif self.num_processes > 1:
@@ -169,4 +194,6 @@ class CheckpointingMixin:
         number = number_of(input_dir)
         if pc.automatic_checkpoint_naming and number is not None:
             pc.iteration = max(pc.iteration, number + 1)
+        if self.topology.is_main_process:
+            _log.info("load_state: resumed from %s", input_dir)
         return input_dir

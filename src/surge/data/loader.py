@@ -100,19 +100,20 @@ class PreparedDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``: the next iteration runs the saved epoch again (same
-        shuffle) if it was in progress, else the following one. Skip the batches already
-        seen with ``skip_first_batches(loader, loader.resume_batches)``."""
+        shuffle) without the ``resume_batches`` batches already handed out if it was in
+        progress, else the following epoch from its start."""
         self.seed = int(state["seed"])
         epoch, finished = int(state["epoch"]), bool(state["finished"])
         self._epoch = max(0, epoch + 1 if finished else epoch)
         self._progress_epoch = epoch
         self._batches_seen = 0 if finished else int(state["batches_seen"])
         self._epoch_done = finished
+        self._skip_next = self.resume_batches
 
     @property
     def resume_batches(self) -> int:
         """Batches of the next epoch already consumed before a checkpoint was loaded
-        (0 when the last epoch had finished): the number to give skip_first_batches."""
+        (0 when the last epoch had finished); the next iteration skips them."""
         return 0 if self._epoch_done or self._progress_epoch != self._epoch else self._batches_seen
 
     def _begin_epoch(self) -> None:

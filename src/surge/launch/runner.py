@@ -142,14 +142,17 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from surge.testing.harness import free_port
+    from surge.launch.rendezvous import BACKEND, register
 
     per_machine = config.processes_per_machine
     if config.num_machines == 1:
-        # A single-machine job meets on loopback only: nothing listens on the network.
-        addr, port = "127.0.0.1", config.main_process_port or free_port()
+        # A single-machine job meets on loopback only: nothing listens on the network
+        # (port 0: the rendezvous binds a free port itself, no race with other jobs).
+        addr, port = "127.0.0.1", config.main_process_port or 0
+        _loopback_transport(env)
     else:
         addr, port = config.main_process_ip, config.main_process_port or 29500
+    register()
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // per_machine))
     launch_config = LaunchConfig(
@@ -157,7 +160,7 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
         max_nodes=config.num_machines,
         nproc_per_node=per_machine,
         run_id=f"surge-{uuid.uuid4().hex[:8]}" if config.num_machines == 1 else "surge",
-        rdzv_backend="static",
+        rdzv_backend=BACKEND,  # launch/rendezvous.py: bound to one address, a fresh store per restart
         rdzv_endpoint=f"{addr}:{port}",
         rdzv_configs={"rank": config.machine_rank, "timeout": 900},
         max_restarts=config.max_restarts,
@@ -167,6 +170,12 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
     # The agent's own log lines (process starts, SIGTERMs, its failure table) repeat
     # what the failing worker already printed; surge prints one summary instead.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    restarts = _RestartNotice(config.num_processes)
+    agent_log = logging.getLogger("torch.distributed.elastic.agent.server.api")
+    agent_log.addHandler(restarts)
+    agent_level, agent_propagate = agent_log.level, agent_log.propagate
+    agent_log.setLevel(logging.INFO)
+    agent_log.propagate = False
     saved_env = dict(os.environ)
     os.environ.clear()
     os.environ.update(env)  # the agent passes its own environment to the workers
@@ -204,5 +213,44 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
               file=sys.stderr)
         return 128 + int(exc.sigval)
     finally:
+        agent_log.removeHandler(restarts)
+        agent_log.setLevel(agent_level)
+        agent_log.propagate = agent_propagate
         os.environ.clear()
         os.environ.update(saved_env)
+
+
+def _loopback_transport(env: dict[str, str]) -> None:
+    """Point gloo's and NCCL's own sockets at the loopback interface (unless the user
+    chose one), so a single-machine job's peers listen on loopback only, as its
+    rendezvous does."""
+    import psutil
+
+    loopback = next((name for name, addrs in psutil.net_if_addrs().items()
+                     if any(a.address == "127.0.0.1" for a in addrs)), None)
+    if loopback is not None:
+        env.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        env.setdefault("NCCL_SOCKET_IFNAME", loopback)
+
+
+class _RestartNotice(logging.Handler):
+    """Turns the agent's "will restart worker group" record into one surge line (the
+    agent's other records stay silent; the failed worker printed its own output)."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(logging.INFO)
+        self.workers = workers
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "will restart worker group" not in str(record.msg) or "attempts left" not in str(record.msg):
+            return
+        self.count += 1
+        try:
+            left, total = int(record.args[2]), int(record.args[3])  # role, state, left, max
+            which = f"restart {total - left + 1} of {total}"
+        except (TypeError, ValueError, IndexError):
+            which = f"restart {self.count}"
+        print(f"surge launch: a worker failed (its output is above); restarting all {self.workers} workers "
+              f"({which}); a script that calls accelerator.load_state(missing_ok=True) resumes from its newest "
+              "checkpoint", file=sys.stderr, flush=True)

@@ -1,8 +1,10 @@
 """Trains a small model with shuffling and dropout; can stop mid-run with a checkpoint,
-resume from it, or only load it. Prints a checksum of the full parameters."""
+resume from it, only load it, or have rank 1 killed once mid-run. Prints a checksum of the full parameters."""
 
 import argparse
 import hashlib
+import os
+import signal
 
 import torch
 from torch import nn
@@ -18,8 +20,9 @@ parser.add_argument("--stop_after", type=int, default=0, help="save and exit aft
 parser.add_argument("--resume", action="store_true")
 parser.add_argument("--load_only", action="store_true")
 parser.add_argument("--epochs", type=int, default=3)
-parser.add_argument("--save_every", type=int, default=0, help="also save every this many micro-steps")
+parser.add_argument("--save_every", type=int, default=0, help="also save every this many optimizer steps")
 parser.add_argument("--async_save", action="store_true", help="write checkpoints in the background")
+parser.add_argument("--kill_at", type=int, default=0, help="rank 1 SIGKILLs itself at this micro-step, once")
 parser.add_argument("--fsdp", choices=["FULL_STATE_DICT", "SHARDED_STATE_DICT"], help="FSDP FULL_SHARD with this "
                     "checkpoint layout instead of --zero")
 args = parser.parse_args()
@@ -27,13 +30,13 @@ args = parser.parse_args()
 
 class Counter:
     def __init__(self):
-        self.seen = 0
+        self.seen = self.updates = 0
 
     def state_dict(self):
-        return {"seen": self.seen}
+        return {"seen": self.seen, "updates": self.updates}
 
     def load_state_dict(self, state):
-        self.seen = state["seen"]
+        self.seen, self.updates = state["seen"], state["updates"]
 
 
 plugin = {"zero_stage": args.zero} if args.zero else None
@@ -67,15 +70,12 @@ sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.7)
 model, opt, loader, sched = acc.prepare(model, opt, DataLoader(data, batch_size=4, shuffle=True), sched)
 counter = Counter()
 acc.register_for_checkpointing(counter)
-start, skip = 0, 0
 if args.resume or args.load_only:
-    acc.load_state()
-    start, skip = loader.epoch, loader.resume_batches
+    # The resume one-liner: the newest complete checkpoint, or nothing on a first run.
+    acc.load_state(missing_ok=args.resume)
 if not args.load_only:
-    for epoch in range(start, args.epochs):
-        batches = acc.skip_first_batches(loader, skip) if skip else loader
-        skip = 0
-        for x, y in batches:
+    for epoch in range(loader.epoch, args.epochs):  # a loaded loader continues its epoch
+        for x, y in loader:
             with acc.accumulate(model):
                 loss = nn.functional.mse_loss(model(x), y)
                 acc.backward(loss)
@@ -83,11 +83,18 @@ if not args.load_only:
                 sched.step()
                 opt.zero_grad()
             counter.seen += 1
+            counter.updates += acc.sync_gradients
+            if args.kill_at and acc.gradient_state.step == args.kill_at and acc.process_index == 1:
+                os.makedirs(args.project, exist_ok=True)
+                marker = os.path.join(args.project, "killed-once")
+                if not os.path.exists(marker):
+                    open(marker, "w").close()
+                    os.kill(os.getpid(), signal.SIGKILL)  # a dead worker, no goodbye
             if args.stop_after and acc.gradient_state.step == args.stop_after:
                 acc.save_state(async_save=args.async_save)
                 acc.end_training()  # waits for a background save
                 raise SystemExit(0)
-            if args.save_every and acc.gradient_state.step % args.save_every == 0:
+            if args.save_every and acc.sync_gradients and counter.updates % args.save_every == 0:
                 acc.save_state(async_save=args.async_save)  # training goes on while it is written
 acc.end_training()
 state = acc.get_state_dict(model)
@@ -96,4 +103,4 @@ if acc.is_main_process:
     for name in sorted(state):
         digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
     print(f"checksum={digest.hexdigest()} seen={counter.seen} lr={sched.get_last_lr()[0]:.6f} "
-          f"iteration={acc.project_configuration.iteration}")
+          f"iteration={acc.project_configuration.iteration} restarts={os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}")
