@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from surge import hang
 from surge.config.environment import LaunchEnvironment, current_launch_environment
 from surge.config.kwargs import BACKENDS, as_timeout
 from surge.device import choose_device
@@ -204,11 +205,10 @@ def ensure_process_group(topology: Topology, *, timeout: timedelta | None, init_
                 f"{timeout} asked for now cannot change it. Set it on the first Accelerator/PartialState.",
                 stacklevel=3,
             )
+        hang.install(rank, world, _GROUP_TIMEOUT[0] if _GROUP_TIMEOUT else timeout)
         return
     if timeout is None:
-        from surge.config.accelerator import DEFAULT_TIMEOUT
-
-        timeout = DEFAULT_TIMEOUT
+        timeout = configured_timeout()
     if topology.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(topology.device))
     if init_method is None:
@@ -222,6 +222,7 @@ def ensure_process_group(topology: Topology, *, timeout: timedelta | None, init_
     kwargs: dict[str, Any] = {}
     if topology.backend == "nccl":
         kwargs["device_id"] = torch.device(topology.device)  # eager NCCL init, bound to our GPU
+        hang.nccl_environment()
     dist.init_process_group(
         backend=topology.backend,
         init_method=init_method,
@@ -234,6 +235,22 @@ def ensure_process_group(topology: Topology, *, timeout: timedelta | None, init_
         atexit.register(_destroy_at_exit)
     _OWNED_GROUP = True
     _GROUP_TIMEOUT[:] = [timeout]
+    hang.install(topology.rank, topology.world_size, timeout)  # hang.py: [Note: how a hang is diagnosed]
+
+
+def group_timeout() -> timedelta | None:
+    """The collective timeout of the group surge started (None: not started by surge)."""
+    return _GROUP_TIMEOUT[0] if _GROUP_TIMEOUT else None
+
+
+def configured_timeout() -> timedelta:
+    """The collective timeout of the active config (``collective_timeout``), else
+    ``DEFAULT_TIMEOUT`` (10 minutes)."""
+    from surge.config.accelerator import DEFAULT_TIMEOUT
+    from surge.config.file import active_values
+
+    seconds = active_values()[0].get("collective_timeout")
+    return timedelta(seconds=seconds) if seconds is not None else DEFAULT_TIMEOUT
 
 
 def destroy_process_group() -> None:
@@ -244,6 +261,7 @@ def destroy_process_group() -> None:
     global _OWNED_GROUP
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
+        hang.uninstall()
         dist.destroy_process_group()
     _OWNED_GROUP = False
     _GROUP_TIMEOUT.clear()

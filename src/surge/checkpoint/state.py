@@ -112,7 +112,10 @@ class CheckpointingMixin:
         if self._checkpoint_group is None and self.topology.is_distributed:
             import torch.distributed as dist
 
-            self._checkpoint_group = dist.new_group(backend="gloo")
+            from surge.state import group_timeout
+
+            # new_group's own default is 30 minutes: the job's collective timeout applies here too
+            self._checkpoint_group = dist.new_group(backend="gloo", timeout=group_timeout())
         return self._checkpoint_group
 
     def wait_for_checkpoint(self) -> str | None:

@@ -88,6 +88,11 @@ class SurgeConfig:
         default="no", metadata=_help("torch.compile the prepared models with this backend: no, inductor, eager, "
                                      "aot_eager, ...")
     )
+    collective_timeout: float = field(
+        default=600.0, metadata=_help("Seconds a collective may wait for the other ranks before every rank stops with "
+                                      "a report of who waited where and who never arrived.", positive=True,
+                                      maximum=7 * 24 * 3600)
+    )
     max_restarts: int = field(
         default=0, metadata=_help("Restart all workers up to this many times when one fails.", minimum=0, maximum=1000)
     )
@@ -114,7 +119,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(SurgeConfig)}
 # Settings an Accelerator reads (the rest only concern starting processes).
 ACCELERATOR_KEYS = ("use_cpu", "mixed_precision", "gradient_accumulation_steps", "zero_stage", "offload_optimizer_device",
                     "offload_param_device", "deepspeed_config_file", "fsdp_sharding_strategy", "fsdp_cpu_offload",
-                    "dynamo_backend", "nonfinite")
+                    "dynamo_backend", "nonfinite", "collective_timeout")
 
 
 def _join(errors: list[str]) -> str:
@@ -131,7 +136,7 @@ def _type_ok(name: str, value: Any) -> str | None:
         return None if default is None else f"{name} must not be empty"
     if isinstance(default, bool) or name in ("use_cpu", "fsdp_cpu_offload"):
         return None if isinstance(value, bool) else f"{name}={value!r} must be true or false"
-    if name == "monitor_interval":
+    if name in ("monitor_interval", "collective_timeout"):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return None if ok else f"{name}={value!r} must be a number of seconds"
     if isinstance(default, int) or name == "main_process_port":

@@ -29,6 +29,15 @@ def main() -> None:
         if exc.code not in (None, 0):
             get_error_handler().record_exception(exc)
         raise
+    except Exception as exc:
+        # A collective that timed out becomes a diagnosis naming who waited and who never
+        # arrived (surge/hang.py), and that is what the launcher reports.
+        from surge.hang import explain
+
+        diagnosed = explain(exc)
+        if diagnosed is not None:
+            raise diagnosed from None  # the report above has the original error and every stack
+        raise
 
 
 def _run() -> None:

@@ -1,0 +1,300 @@
+"""Hang diagnosis: when a collective times out, say which ranks waited in which
+collective, which rank never arrived, and where every rank's Python code was.
+
+[Note: how a hang is diagnosed]
+Every collective of the default group runs with the job's timeout
+(``collective_timeout`` in the config, ``InitProcessGroupKwargs(timeout=)``; 10 minutes
+by default), so a rank waiting for a peer that never comes gets an error instead of
+waiting forever. On its own that error only says "timed out waiting for recv". surge
+turns it into a diagnosis, with nothing added to the collectives themselves:
+
+- When surge starts the process group it opens a second connection to the job's store
+  for a daemon thread that checks a request key once a second (one tiny request; a
+  thread blocked in ``store.wait`` could not be interrupted when the job ends).
+- The rank whose collective timed out (on gloo the error reaches Python in the calling
+  thread) writes a record to the store: the collective (the innermost
+  ``torch.distributed`` function of the traceback, or DDP's gradient all-reduce), the
+  group's collective count, its own stack. Then it sets the request key.
+- Every other rank's thread sees it and answers with its record: how many collectives
+  it issued and its main thread's stack (``sys._current_frames``; a rank stuck in C
+  code releases the GIL, so its stack can still be read).
+- The waiting rank compares the counts: a rank that issued fewer collectives than the
+  one being waited in never arrived. The lowest waiting rank prints one report with
+  every rank's stack; each waiting rank raises :class:`CollectiveTimeout` naming the
+  collective and the missing ranks, which ``surge launch`` prints as the cause.
+- A rank that never arrived stops too: the launcher's agent terminates it once a
+  waiting rank has failed; without one (an MPI/Slurm launch that does not), its thread
+  ends the process after a grace period. Nobody waits forever.
+
+On NCCL the watchdog thread, not the caller, sees the timeout and aborts the process;
+surge enables torch's desync report (names the rank that did not join) and flight
+recorder dump for it (``TORCH_NCCL_DESYNC_DEBUG``, ``TORCH_NCCL_TRACE_BUFFER_SIZE``,
+``TORCH_NCCL_DUMP_ON_TIMEOUT``, unless set) and ``faulthandler``, which prints every
+thread's Python stack when the process is aborted or crashes.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+_PREFIX = "surge/hang/"
+_REQUEST = _PREFIX + "request"
+_NCCL_DEFAULTS = {"TORCH_NCCL_DESYNC_DEBUG": "1", "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+                  "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
+_TIMEOUT_WORDS = ("timed out", "timeout")
+_ANY = "a collective"
+_POLL_S = 1.0
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective did not complete within the job's timeout; the message names the
+    collective, the ranks that waited in it and the ranks that never arrived."""
+
+
+class _State:
+    def __init__(self, rank: int, world_size: int, timeout: timedelta | None) -> None:
+        self.rank, self.world_size, self.timeout = rank, world_size, timeout
+        self.diagnosing = False  # this rank's main thread is reporting its own timeout
+        self.main = threading.main_thread()
+
+
+_state: _State | None = None
+
+
+def nccl_environment() -> None:
+    """Before an NCCL group starts: torch's desync report and flight recorder dump on a
+    timeout, unless the user chose otherwise."""
+    for name, value in _NCCL_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def install(rank: int, world_size: int, timeout: timedelta | None) -> None:
+    """Arm the diagnosis for the default group that just started (once per process)."""
+    global _state
+    if not faulthandler.is_enabled():
+        faulthandler.enable()  # fatal signals (NCCL's abort, a crash) print every thread's stack
+    if _state is not None:
+        _state.rank, _state.world_size, _state.timeout = rank, world_size, timeout
+        return
+    import torch.distributed as dist
+
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        listener = store.clone()  # its own connection: blocking on it never blocks training's store use
+    except (AttributeError, RuntimeError, ValueError):
+        return  # a store without clone(): the plain timeout error stays
+    _state = _State(rank, world_size, timeout)
+    threading.Thread(target=_answer, args=(listener,), name="surge-hang-diagnosis", daemon=True).start()
+    previous = sys.excepthook
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        explain(exc)  # prints the report; the traceback follows as usual
+        previous(kind, exc, tb)
+
+    sys.excepthook = excepthook
+
+
+def uninstall() -> None:
+    """Forget the group (it is being destroyed); the thread ends with its connection."""
+    global _state
+    _state = None
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A timeout raised by torch.distributed: a collective's (its traceback passes
+    through torch.distributed or DDP's backward) or the store's."""
+    if not isinstance(exc, RuntimeError) or isinstance(exc, CollectiveTimeout):
+        return False
+    if not any(w in str(exc).lower() for w in _TIMEOUT_WORDS):
+        return False
+    import torch.distributed as dist
+
+    return isinstance(exc, dist.DistError) or _collective_of(exc.__traceback__) != _ANY
+
+
+def explain(exc: BaseException) -> CollectiveTimeout | None:
+    """If ``exc`` is a collective timeout of the default group: gather every rank's
+    state, print the report and return the error to raise instead (None otherwise)."""
+    state = _state
+    if state is None or state.diagnosing or not is_timeout(exc):
+        return None
+    state.diagnosing = True
+    try:
+        return _diagnose(state, exc)
+    except Exception as failure:  # the store itself is gone: keep the original error
+        print(f"surge: rank {state.rank}: could not gather the other ranks' state ({failure})", file=sys.stderr)
+        return None
+
+
+def _diagnose(state: _State, exc: BaseException) -> CollectiveTimeout:
+    collective = _collective_of(exc.__traceback__)
+    if collective == _ANY and type(exc).__name__ == "DistStoreError":
+        collective = "a wait on the job's store"
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = {"rank": state.rank, "issued": _issued(), "collective": collective, "where": _where(frames),
+            "stack": _format(frames), "waiting": True, "error": str(exc).strip().splitlines()[0][:300]}
+    import torch.distributed as dist
+
+    store = dist.distributed_c10d._get_default_store()
+    store.set(f"{_PREFIX}rank_{state.rank}", json.dumps(mine))
+    store.add(_REQUEST, 1)
+    keys = [f"{_PREFIX}rank_{r}" for r in range(state.world_size)]
+    wait = state.timeout.total_seconds() if state.timeout is not None else 15.0
+    deadline = time.monotonic() + min(15.0, max(3.0, wait))
+    records: dict[int, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        for r in range(state.world_size):
+            if r not in records and store.check([keys[r]]):
+                records[r] = json.loads(store.get(keys[r]))
+        if len(records) == state.world_size:
+            break
+        time.sleep(0.1)
+    summary, report = _report(mine, records, state)
+    first_waiting = min(r for r, rec in records.items() if rec["waiting"])
+    if state.rank == first_waiting:
+        print(report, file=sys.stderr, flush=True)
+    else:
+        print(f"surge: rank {state.rank}: {summary} (rank {first_waiting} printed the report)", file=sys.stderr,
+              flush=True)
+    return CollectiveTimeout(summary)
+
+
+def _report(mine: dict[str, Any], records: dict[int, dict[str, Any]], state: _State) -> tuple[str, str]:
+    target = mine["issued"]  # the collective being waited in is this group's collective number `target`
+    waiting = sorted(r for r, rec in records.items() if rec["waiting"] and rec["issued"] == target)
+    behind = sorted(r for r, rec in records.items() if r not in waiting and rec["issued"] < target)
+    elsewhere = sorted(r for r in records if r not in waiting and r not in behind)
+    silent = sorted(set(range(state.world_size)) - set(records))
+    what = f"{mine['collective']} at {mine['where']} (collective #{target} of the default group)"
+    parts = [f"waiting: {_ranks(waiting)}"]
+    if behind:
+        parts.insert(0, f"{_ranks(behind)} never arrived ({_ranks(behind[:1])} is at {records[behind[0]]['where']})")
+    if silent:
+        parts.append(f"{_ranks(silent)} did not answer (exited, or stuck in native code)")
+    if elsewhere:
+        parts.append(f"{_ranks(elsewhere)} ahead of it (issued more collectives)")
+    after = f" after {state.timeout}" if state.timeout is not None else ""
+    summary = f"{what} timed out{after} on rank {mine['rank']}: " + "; ".join(parts)
+    lines = [f"surge: collective timeout: {summary}", f"(torch.distributed said: {mine['error']})"]
+    for r in sorted(records):
+        rec = records[r]
+        status = (f"waiting in {rec['collective']}" if rec["waiting"] and rec["issued"] == target
+                  else f"never arrived; issued {_count(rec['issued'])}" if r in behind
+                  else f"issued {_count(rec['issued'])}")
+        lines.append(f"--- rank {r}: {status}; Python stack (most recent call last):")
+        lines.append(rec["stack"].rstrip())
+    lines.append("--- end of the collective timeout report")
+    return summary, "\n".join(lines)
+
+
+def _count(issued: int) -> str:
+    return f"{issued} collective{'' if issued == 1 else 's'}"
+
+
+def _ranks(ranks: list[int]) -> str:
+    if not ranks:
+        return "no rank"
+    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+
+
+def _answer(listener: Any) -> None:
+    """The daemon thread: look for a diagnosis request once a second (one small store
+    request; a blocking wait could not be interrupted when the job ends), answer it,
+    then make sure this process does not outlive the job."""
+    while True:
+        time.sleep(_POLL_S)
+        if _state is None or sys.is_finalizing():
+            return
+        try:
+            if listener.check([_REQUEST]):
+                break
+        except Exception:
+            return  # the store is gone: the job is over
+    state = _state
+    if state is None or state.diagnosing:
+        return
+    frame = sys._current_frames().get(state.main.ident)
+    frames = traceback.extract_stack(frame) if frame is not None else []
+    waiting_in = _collective_in([f.filename for f in frames], [f.name for f in frames])
+    record = {"rank": state.rank, "issued": _issued(), "collective": waiting_in or "", "where": _where(frames),
+              "stack": _format(frames), "waiting": waiting_in is not None}
+    try:
+        listener.set(f"{_PREFIX}rank_{state.rank}", json.dumps(record))
+    except Exception:
+        return
+    grace = _grace(state.timeout)
+    time.sleep(grace)
+    if _state is not None and not _state.diagnosing:
+        print(f"surge: rank {state.rank} stops: another rank reported a collective timeout (see its report) and "
+              f"nothing stopped this process within {grace:.0f} s", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _grace(timeout: timedelta | None) -> float:
+    """How long a rank that never arrived waits to be stopped by its launcher before it
+    stops itself: the timeout, from 10 s to 60 s."""
+    return min(60.0, max(10.0, timeout.total_seconds() if timeout is not None else 60.0))
+
+
+def _issued() -> int:
+    import torch.distributed as dist
+
+    try:
+        return int(dist.distributed_c10d._get_default_group()._get_sequence_number_for_group())
+    except (AttributeError, RuntimeError, ValueError):
+        return -1
+
+
+_TORCH_DIST = os.sep + os.path.join("torch", "distributed") + os.sep
+_AUTOGRAD = os.sep + os.path.join("torch", "autograd") + os.sep
+_WRAPPERS = {"wrapper", "_fn", "inner"}
+
+
+def _collective_in(filenames: list[str], names: list[str]) -> str | None:
+    """The collective a stack is in: the innermost torch.distributed function (outside
+    decorator wrappers), "the gradient all-reduce of backward()" inside autograd, or None."""
+    for filename, name in zip(reversed(filenames), reversed(names)):
+        if _TORCH_DIST in filename and name not in _WRAPPERS and not name.startswith("_"):
+            return name
+    if any(_AUTOGRAD in f for f in filenames):
+        return "the gradient all-reduce of backward()"
+    return None
+
+
+def _format(frames: list[traceback.FrameSummary], limit: int = 16) -> str:
+    """A stack from the user's first frame on (the launcher's frames before it say
+    nothing), at most ``limit`` innermost frames."""
+    start = next((i for i, f in enumerate(frames) if _is_user(f)), 0)
+    return "".join(traceback.format_list(frames[start:][-limit:]))
+
+
+def _collective_of(tb: TracebackType | None) -> str:
+    frames = traceback.extract_tb(tb)
+    return _collective_in([f.filename for f in frames], [f.name for f in frames]) or _ANY
+
+
+_LIBRARY_DIRS = tuple(os.path.normpath(p) + os.sep for p in {
+    *(sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")), os.path.dirname(os.path.abspath(__file__))})
+
+
+def _is_user(f: traceback.FrameSummary) -> bool:
+    return not f.filename.startswith("<") and not os.path.abspath(f.filename).startswith(_LIBRARY_DIRS)
+
+
+def _where(frames: list[traceback.FrameSummary]) -> str:
+    """The innermost frame of the user's own code, as ``file:line in function``."""
+    for f in reversed(frames):
+        if _is_user(f):
+            return f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}"
+    return f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else "?"
+
