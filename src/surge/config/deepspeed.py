@@ -8,6 +8,7 @@ honour are collected for one warning; keys it does not know are an error that na
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,10 @@ def load_json(config: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]
     except json.JSONDecodeError as exc:
         raise ValueError(f"DeepSpeed config {path!r} is not valid JSON (line {exc.lineno}, column {exc.colno}): "
                          f"{exc.msg}.") from None
+    except IsADirectoryError:
+        raise ValueError(f"DeepSpeed config {path!r} is a directory; give the path of a JSON file.") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, absurd
+        raise ValueError(f"DeepSpeed config {path!r} cannot be read: {' '.join(str(exc).split())[:200]}.") from None
     if not isinstance(data, dict):
         raise ValueError(f"DeepSpeed config {path!r} must hold a JSON object, not a {type(data).__name__}.")
     return data
@@ -163,18 +168,21 @@ def resolve_batch_sizes(train: int | None, micro: int | None, accumulation: int 
                      "prepared DataLoader to fill it in).")
 
 
-def _number(section: str, name: str, value: Any, minimum: float, integer: bool = False) -> Any:
+def _number(section: str, name: str, value: Any, minimum: float, integer: bool = False,
+            maximum: float = math.inf) -> Any:
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, kinds) or not minimum <= value <= maximum \
+            or not math.isfinite(value):
         kind = "an integer" if integer else "a number"
-        raise ValueError(f"DeepSpeed config {section}.{name}={value!r} must be {kind} >= {minimum}.")
+        limit = f"from {minimum} to {maximum}" if maximum != math.inf else f">= {minimum}"
+        raise ValueError(f"DeepSpeed config {section}.{name}={value!r} must be {kind} {limit}.")
     return value
 
 
 def _loss_scale(fp16: dict[str, Any]) -> LossScaleSettings:
     """The loss-scaling settings of an ``fp16`` section, with DeepSpeed's defaults."""
     static = _number("fp16", "loss_scale", fp16.get("loss_scale", 0), 0)
-    power = _number("fp16", "initial_scale_power", fp16.get("initial_scale_power", 16), 0, integer=True)
+    power = _number("fp16", "initial_scale_power", fp16.get("initial_scale_power", 16), 0, integer=True, maximum=64)
     return LossScaleSettings(
         initial_scale=float(static) if static else 2.0**power,
         window=_number("fp16", "loss_scale_window", fp16.get("loss_scale_window", 1000), 1, integer=True),
@@ -225,7 +233,7 @@ def parse_deepspeed_config(config: dict[str, Any] | str | os.PathLike[str]) -> D
         elif subkeys is not None and key in data and not isinstance(data[key], dict):
             raise ValueError(f"DeepSpeed config {key}={data[key]!r} must be an object.")
     if unknown:
-        raise ValueError(f"DeepSpeed config has unknown key(s) {', '.join(map(repr, sorted(unknown)))}; surge "
+        raise ValueError(f"DeepSpeed config has unknown key(s) {', '.join(map(repr, sorted(unknown, key=str)))}; surge "
                          f"understands {', '.join(sorted(_KNOWN))} (and their documented sub-keys).")
     s = DeepSpeedSettings()
     s.unhonoured = sorted(k for k in _UNHONOURED if _asks_for(data, k))
@@ -235,7 +243,11 @@ def parse_deepspeed_config(config: dict[str, Any] | str | os.PathLike[str]) -> D
         raise ValueError(f"DeepSpeed config zero_optimization.stage={stage!r} must be 0, 1, 2 or 3.")
     s.zero_stage = stage
     for part in ("offload_optimizer", "offload_param"):
-        device = (zero.get(part) or {}).get("device", "none")
+        section = zero.get(part) or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"DeepSpeed config zero_optimization.{part}={section!r} must be an object such as "
+                             '{"device": "cpu"}.')
+        device = section.get("device", "none")
         if device not in ("none", "cpu", "nvme"):
             raise ValueError(f"DeepSpeed config zero_optimization.{part}.device={device!r} must be none, cpu or nvme.")
         if device == "nvme":
@@ -258,7 +270,7 @@ def parse_deepspeed_config(config: dict[str, Any] | str | os.PathLike[str]) -> D
         s.loss_scale = _loss_scale(fp16)  # used if the run picks fp16
     clip = data.get("gradient_clipping")
     if clip not in (None, AUTO, 0, 0.0):
-        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0:
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 <= clip < math.inf:
             raise ValueError(f"DeepSpeed config gradient_clipping={clip!r} must be a non-negative number.")
         s.gradient_clipping = float(clip)
     s.gradient_accumulation_steps = _int_or_auto("gradient_accumulation_steps", data.get("gradient_accumulation_steps"))

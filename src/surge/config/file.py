@@ -226,9 +226,12 @@ def read_values(path: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
-        raise ConfigError(f"config file {path!r} is not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or getattr(exc, "reason", None) or exc).split())
+        raise ConfigError(f"config file {path!r} is not valid YAML{line}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path!r} cannot be read: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # a number past Python's int-conversion limit, absurd nesting
+        raise ConfigError(f"config file {path!r} cannot be read: {' '.join(str(exc).split())[:200]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
