@@ -66,9 +66,12 @@ class _State:
         self.rank, self.world_size, self.timeout = rank, world_size, timeout
         self.diagnosing = False  # this rank's main thread is reporting its own timeout
         self.main = threading.main_thread()
+        self.store_id = 0  # which default store the thread listens to
+        self.thread: threading.Thread = threading.Thread()
 
 
 _state: _State | None = None
+_hooked = False  # sys.excepthook chains to explain() (installed once per process)
 
 
 def nccl_environment() -> None:
@@ -79,29 +82,37 @@ def nccl_environment() -> None:
 
 
 def install(rank: int, world_size: int, timeout: timedelta | None) -> None:
-    """Arm the diagnosis for the default group that just started (once per process)."""
-    global _state
+    """Arm the diagnosis for the default group that is running (again for each new group)."""
+    global _state, _hooked
     if not faulthandler.is_enabled():
         faulthandler.enable()  # fatal signals (NCCL's abort, a crash) print every thread's stack
-    if _state is not None:
-        _state.rank, _state.world_size, _state.timeout = rank, world_size, timeout
-        return
     import torch.distributed as dist
 
     try:
         store = dist.distributed_c10d._get_default_store()
-        listener = store.clone()  # its own connection: blocking on it never blocks training's store use
+    except (AttributeError, RuntimeError, ValueError):
+        return
+    if _state is not None and _state.store_id == id(store) and _state.thread.is_alive():
+        _state.rank, _state.world_size, _state.timeout = rank, world_size, timeout
+        return
+    try:
+        listener = store.clone()  # its own connection: the thread never contends with training's store use
     except (AttributeError, RuntimeError, ValueError):
         return  # a store without clone(): the plain timeout error stays
-    _state = _State(rank, world_size, timeout)
-    threading.Thread(target=_answer, args=(listener,), name="surge-hang-diagnosis", daemon=True).start()
-    previous = sys.excepthook
+    state = _State(rank, world_size, timeout)
+    state.store_id = id(store)
+    state.thread = threading.Thread(target=_answer, args=(listener, state), name="surge-hang-diagnosis", daemon=True)
+    _state = state
+    state.thread.start()
+    if not _hooked:
+        _hooked = True
+        previous = sys.excepthook
 
-    def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-        explain(exc)  # prints the report; the traceback follows as usual
-        previous(kind, exc, tb)
+        def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+            explain(exc)  # prints the report; the traceback follows as usual
+            previous(kind, exc, tb)
 
-    sys.excepthook = excepthook
+        sys.excepthook = excepthook
 
 
 def uninstall() -> None:
@@ -207,21 +218,20 @@ def _ranks(ranks: list[int]) -> str:
     return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
 
 
-def _answer(listener: Any) -> None:
+def _answer(listener: Any, state: _State) -> None:
     """The daemon thread: look for a diagnosis request once a second (one small store
     request; a blocking wait could not be interrupted when the job ends), answer it,
     then make sure this process does not outlive the job."""
     while True:
         time.sleep(_POLL_S)
-        if _state is None or sys.is_finalizing():
-            return
+        if _state is not state or sys.is_finalizing():
+            return  # the group was destroyed or replaced
         try:
             if listener.check([_REQUEST]):
                 break
         except Exception:
             return  # the store is gone: the job is over
-    state = _state
-    if state is None or state.diagnosing:
+    if state.diagnosing:
         return
     frame = sys._current_frames().get(state.main.ident)
     frames = traceback.extract_stack(frame) if frame is not None else []
@@ -234,7 +244,7 @@ def _answer(listener: Any) -> None:
         return
     grace = _grace(state.timeout)
     time.sleep(grace)
-    if _state is not None and not _state.diagnosing:
+    if _state is state and not state.diagnosing:
         print(f"surge: rank {state.rank} stops: another rank reported a collective timeout (see its report) and "
               f"nothing stopped this process within {grace:.0f} s", file=sys.stderr, flush=True)
         os._exit(1)

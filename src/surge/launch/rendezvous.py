@@ -103,10 +103,16 @@ class SurgeRendezvous(_handler_base()):  # type: ignore[misc]
         from torch.distributed import PrefixStore, TCPStore
         from torch.distributed.elastic.rendezvous.api import RendezvousInfo, RendezvousStoreInfo
 
+        from torch.distributed.elastic.rendezvous import RendezvousError
+
         if self._store is None:
             if self.rank == 0:
-                self._store = serve_store(self.address, self.port, world_size=self.world_size, timeout=self.timeout,
-                                          wait_for_workers=True)
+                try:
+                    self._store = serve_store(self.address, self.port, world_size=self.world_size,
+                                              timeout=self.timeout, wait_for_workers=True)
+                except OSError as exc:  # the port is taken, or the address is not this machine's
+                    raise RendezvousError(f"cannot listen on {self.address}:{self.port}: {exc.strerror or exc}") \
+                        from None
                 self.port = self._store.port
             else:
                 self._store = TCPStore(self.address, self.port, self.world_size, False, timeout=self.timeout)
