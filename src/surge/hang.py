@@ -9,8 +9,8 @@ waiting forever. On its own that error only says "timed out waiting for recv". s
 turns it into a diagnosis, with nothing added to the collectives themselves:
 
 - When surge starts the process group it opens a second connection to the job's store
-  for a daemon thread that checks a request key once a second (one tiny request; a
-  thread blocked in ``store.wait`` could not be interrupted when the job ends).
+  for a daemon thread that checks a request key four times a second (one ~30 us request;
+  a thread blocked in ``store.wait`` could not be interrupted when the job ends).
 - The rank whose collective timed out (on gloo the error reaches Python in the calling
   thread) writes a record to the store: the collective (the innermost
   ``torch.distributed`` function of the traceback, or DDP's gradient all-reduce), the
@@ -18,9 +18,9 @@ turns it into a diagnosis, with nothing added to the collectives themselves:
 - Every other rank's thread sees it and answers with its record: how many collectives
   it issued and its main thread's stack (``sys._current_frames``; a rank stuck in C
   code releases the GIL, so its stack can still be read).
-- The waiting rank compares the counts: a rank that issued fewer collectives than the
-  one being waited in never arrived. The lowest waiting rank prints one report with
-  every rank's stack; each waiting rank raises :class:`CollectiveTimeout` naming the
+- A rank whose main thread is in no collective never arrived (the collective counts are
+  shown, not compared: point-to-point ops and other groups advance them on some ranks
+  only). The lowest timed-out rank prints one report with every rank's stack; each waiting rank raises :class:`CollectiveTimeout` naming the
   collective and the missing ranks, which ``surge launch`` prints as the cause.
 - A rank that never arrived stops too: the launcher's agent terminates it once a
   waiting rank has failed; without one (an MPI/Slurm launch that does not), its thread
@@ -53,7 +53,10 @@ _NCCL_DEFAULTS = {"TORCH_NCCL_DESYNC_DEBUG": "1", "TORCH_NCCL_TRACE_BUFFER_SIZE"
                   "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
 _TIMEOUT_WORDS = ("timed out", "timeout")
 _ANY = "a collective"
-_POLL_S = 1.0
+_DONE = _PREFIX + "done"
+_POLL_S = 0.25  # the threads' look at the request key (one ~30 us store request)
+_GATHER_S = 15.0  # the longest the diagnosing rank waits for the others' answers
+_PEER_LOST = ("closed by peer", "reset by peer", "connection refused", "broken pipe")
 
 
 class CollectiveTimeout(RuntimeError):
@@ -66,6 +69,7 @@ class _State:
         self.rank, self.world_size, self.timeout = rank, world_size, timeout
         self.diagnosing = False  # this rank's main thread is reporting its own timeout
         self.main = threading.main_thread()
+        self.lock = threading.Lock()  # orders the thread's answer and the main thread's own record
         self.store_id = 0  # which default store the thread listens to
         self.thread: threading.Thread = threading.Thread()
 
@@ -109,7 +113,8 @@ def install(rank: int, world_size: int, timeout: timedelta | None) -> None:
         previous = sys.excepthook
 
         def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-            explain(exc)  # prints the report; the traceback follows as usual
+            if explain(exc) is None:  # prints the report; the traceback follows as usual
+                await_report(exc)
             previous(kind, exc, tb)
 
         sys.excepthook = excepthook
@@ -139,7 +144,10 @@ def explain(exc: BaseException) -> CollectiveTimeout | None:
     state = _state
     if state is None or state.diagnosing or not is_timeout(exc):
         return None
-    state.diagnosing = True
+    with state.lock:  # the thread either answered already or will not answer for this rank
+        state.diagnosing = True
+    print(f"surge: rank {state.rank}: a collective timed out; asking every rank where it is", file=sys.stderr,
+          flush=True)
     try:
         return _diagnose(state, exc)
     except Exception as failure:  # the store itself is gone: keep the original error
@@ -153,15 +161,16 @@ def _diagnose(state: _State, exc: BaseException) -> CollectiveTimeout:
         collective = "a wait on the job's store"
     frames = traceback.extract_tb(exc.__traceback__)
     mine = {"rank": state.rank, "issued": _issued(), "collective": collective, "where": _where(frames),
-            "stack": _format(frames), "waiting": True, "error": str(exc).strip().splitlines()[0][:300]}
+            "stack": _format(frames), "waiting": True, "reporter": True,
+            "error": str(exc).strip().splitlines()[0][:300]}
     import torch.distributed as dist
 
     store = dist.distributed_c10d._get_default_store()
     store.set(f"{_PREFIX}rank_{state.rank}", json.dumps(mine))
     store.add(_REQUEST, 1)
     keys = [f"{_PREFIX}rank_{r}" for r in range(state.world_size)]
-    wait = state.timeout.total_seconds() if state.timeout is not None else 15.0
-    deadline = time.monotonic() + min(15.0, max(3.0, wait))
+    wait = state.timeout.total_seconds() if state.timeout is not None else _GATHER_S
+    deadline = time.monotonic() + min(_GATHER_S, max(3.0, wait))
     records: dict[int, dict[str, Any]] = {}
     while time.monotonic() < deadline:
         for r in range(state.world_size):
@@ -170,39 +179,66 @@ def _diagnose(state: _State, exc: BaseException) -> CollectiveTimeout:
         if len(records) == state.world_size:
             break
         time.sleep(0.1)
+    records[state.rank] = mine  # this rank's own view, whatever its thread wrote
     summary, report = _report(mine, records, state)
-    first_waiting = min(r for r, rec in records.items() if rec["waiting"])
-    if state.rank == first_waiting:
+    printer = min(r for r, rec in records.items() if rec.get("reporter"))
+    if state.rank == printer:
         print(report, file=sys.stderr, flush=True)
+        store.set(_DONE, "1")
     else:
-        print(f"surge: rank {state.rank}: {summary} (rank {first_waiting} printed the report)", file=sys.stderr,
+        print(f"surge: rank {state.rank}: {summary} (rank {printer} printed the report)", file=sys.stderr,
               flush=True)
     return CollectiveTimeout(summary)
 
 
+def await_report(exc: BaseException) -> None:
+    """A rank failing because a peer vanished (the diagnosing rank's timeout closes its
+    links) waits, bounded, for the report to be printed before it exits: its exit would
+    make the launcher stop the reporting rank midway."""
+    state = _state
+    if state is None or state.diagnosing or not isinstance(exc, RuntimeError):
+        return
+    if not any(p in str(exc).lower() for p in _PEER_LOST):
+        return
+    try:
+        import torch.distributed as dist
+
+        store = dist.distributed_c10d._get_default_store()
+        if not store.check([_REQUEST]):
+            return
+        deadline = time.monotonic() + _GATHER_S + 5
+        while time.monotonic() < deadline and not store.check([_DONE]):
+            time.sleep(0.1)
+    except Exception:
+        return
+
+
 def _report(mine: dict[str, Any], records: dict[int, dict[str, Any]], state: _State) -> tuple[str, str]:
-    target = mine["issued"]  # the collective being waited in is this group's collective number `target`
-    waiting = sorted(r for r, rec in records.items() if rec["waiting"] and rec["issued"] == target)
-    behind = sorted(r for r, rec in records.items() if r not in waiting and rec["issued"] < target)
-    elsewhere = sorted(r for r in records if r not in waiting and r not in behind)
+    """Who waited (in a collective) and who never arrived (not in any collective).
+
+    Collective counts are shown, not used to classify: point-to-point ops and other
+    groups advance them on some ranks only."""
+    waiting = sorted(r for r, rec in records.items() if rec["waiting"] and rec["collective"] == mine["collective"])
+    missing = sorted(r for r, rec in records.items() if not rec["waiting"])
+    other = sorted(r for r in records if r not in waiting and r not in missing)
     silent = sorted(set(range(state.world_size)) - set(records))
-    what = f"{mine['collective']} at {mine['where']} (collective #{target} of the default group)"
+    what = f"{mine['collective']} at {mine['where']} (collective #{mine['issued']} of the default group)"
     parts = [f"waiting: {_ranks(waiting)}"]
-    if behind:
-        parts.insert(0, f"{_ranks(behind)} never arrived ({_ranks(behind[:1])} is at {records[behind[0]]['where']})")
+    if other:
+        first = records[other[0]]
+        parts.insert(0, f"{_ranks(other)} in another collective ({_ranks(other[:1])} in {first['collective']} at "
+                        f"{first['where']})")
+    if missing:
+        parts.insert(0, f"{_ranks(missing)} never arrived ({_ranks(missing[:1])} is at {records[missing[0]]['where']})")
     if silent:
         parts.append(f"{_ranks(silent)} did not answer (exited, or stuck in native code)")
-    if elsewhere:
-        parts.append(f"{_ranks(elsewhere)} ahead of it (issued more collectives)")
     after = f" after {state.timeout}" if state.timeout is not None else ""
     summary = f"{what} timed out{after} on rank {mine['rank']}: " + "; ".join(parts)
     lines = [f"surge: collective timeout: {summary}", f"(torch.distributed said: {mine['error']})"]
     for r in sorted(records):
         rec = records[r]
-        status = (f"waiting in {rec['collective']}" if rec["waiting"] and rec["issued"] == target
-                  else f"never arrived; issued {_count(rec['issued'])}" if r in behind
-                  else f"issued {_count(rec['issued'])}")
-        lines.append(f"--- rank {r}: {status}; Python stack (most recent call last):")
+        status = f"waiting in {rec['collective']}" if rec["waiting"] else "never arrived (in no collective)"
+        lines.append(f"--- rank {r}: {status}; issued {_count(rec['issued'])}; Python stack (most recent call last):")
         lines.append(rec["stack"].rstrip())
     lines.append("--- end of the collective timeout report")
     return summary, "\n".join(lines)
@@ -219,8 +255,8 @@ def _ranks(ranks: list[int]) -> str:
 
 
 def _answer(listener: Any, state: _State) -> None:
-    """The daemon thread: look for a diagnosis request once a second (one small store
-    request; a blocking wait could not be interrupted when the job ends), answer it,
+    """The daemon thread: look for a diagnosis request four times a second (one small
+    store request; a blocking wait could not be interrupted when the job ends), answer it,
     then make sure this process does not outlive the job."""
     while True:
         time.sleep(_POLL_S)
@@ -231,17 +267,18 @@ def _answer(listener: Any, state: _State) -> None:
                 break
         except Exception:
             return  # the store is gone: the job is over
-    if state.diagnosing:
-        return
-    frame = sys._current_frames().get(state.main.ident)
-    frames = traceback.extract_stack(frame) if frame is not None else []
-    waiting_in = _collective_in([f.filename for f in frames], [f.name for f in frames])
-    record = {"rank": state.rank, "issued": _issued(), "collective": waiting_in or "", "where": _where(frames),
-              "stack": _format(frames), "waiting": waiting_in is not None}
-    try:
-        listener.set(f"{_PREFIX}rank_{state.rank}", json.dumps(record))
-    except Exception:
-        return
+    with state.lock:
+        if state.diagnosing:
+            return
+        frame = sys._current_frames().get(state.main.ident)
+        frames = traceback.extract_stack(frame) if frame is not None else []
+        waiting_in = _collective_in([f.filename for f in frames], [f.name for f in frames])
+        record = {"rank": state.rank, "issued": _issued(), "collective": waiting_in or "", "where": _where(frames),
+                  "stack": _format(frames), "waiting": waiting_in is not None}
+        try:
+            listener.set(f"{_PREFIX}rank_{state.rank}", json.dumps(record))
+        except Exception:
+            return
     grace = _grace(state.timeout)
     time.sleep(grace)
     if _state is state and not state.diagnosing:
@@ -252,8 +289,8 @@ def _answer(listener: Any, state: _State) -> None:
 
 def _grace(timeout: timedelta | None) -> float:
     """How long a rank that never arrived waits to be stopped by its launcher before it
-    stops itself: the timeout, from 10 s to 60 s."""
-    return min(60.0, max(10.0, timeout.total_seconds() if timeout is not None else 60.0))
+    stops itself: the timeout, from 20 s (past the report's gathering) to 60 s."""
+    return min(60.0, max(_GATHER_S + 5, timeout.total_seconds() if timeout is not None else 60.0))
 
 
 def _issued() -> int:

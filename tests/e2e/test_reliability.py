@@ -47,6 +47,25 @@ def test_a_killed_worker_is_restarted_and_resumes_exactly(tmp_path, zero):
     assert resumed == full
 
 
+def test_two_machines_restart_together_and_resume_exactly(tmp_path):
+    """Two machines (one process each, on localhost): machine 1's worker is SIGKILLed;
+    both agents enter the next rendezvous round together and the run ends bit-identical
+    to an uninterrupted one."""
+    common = [PROBE, "--save_every", 2, "--resume"]
+    *full, _ = checksum(launch("--num_processes", 2, *common, "--project", tmp_path / "full"))
+    port = str(free_port())
+    machines = [subprocess.Popen(["surge", "launch", "--num_machines", "2", "--num_processes", "2",
+                                  "--main_process_ip", "127.0.0.1", "--main_process_port", port, "--machine_rank",
+                                  str(rank), "--max_restarts", "1", *map(str, common), "--project",
+                                  str(tmp_path / "killed"), "--kill_at", "16"], cwd=ROOT, env=clean_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [m.communicate(timeout=180) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outs
+    assert "restarting all 2 workers (restart 1 of 1)" in outs[1][1]
+    match = re.search(r"checksum=(\w+) seen=(\d+) lr=([\d.]+)", outs[0][0])
+    assert match and list(match.groups()) == full, outs[0]
+
+
 def test_without_restarts_a_killed_worker_fails_the_job(tmp_path):
     result = launch("--num_processes", 2, PROBE, "--project", tmp_path, "--save_every", 2, "--resume",
                     "--kill_at", 16)

@@ -32,11 +32,12 @@ def main() -> None:
     except Exception as exc:
         # A collective that timed out becomes a diagnosis naming who waited and who never
         # arrived (surge/hang.py), and that is what the launcher reports.
-        from surge.hang import explain
+        from surge.hang import await_report, explain
 
         diagnosed = explain(exc)
         if diagnosed is not None:
             raise diagnosed from None  # the report above has the original error and every stack
+        await_report(exc)  # a peer's diagnosis closed our links: let it finish before we exit
         raise
 
 

@@ -14,6 +14,8 @@ loopback for a single-machine job, ``main_process_ip`` for a multi-machine one (
 socket is bound by surge and handed to the TCPStore). Every round (the first start and
 each restart) gets a prefix of its own in the agents' store and a fresh store, on a free
 port of the same address, for its workers; machine 0 publishes that port to the others.
+Machines enter each round together: one whose workers failed waits in the next round,
+and the agents of the others see it through ``num_nodes_waiting`` and restart theirs.
 It is registered under the name "surge" with torch's rendezvous registry, so the elastic
 agent drives it like any other.
 """
@@ -45,6 +47,28 @@ def _listen(address: str, port: int) -> tuple[int, int]:
         sock.close()
         raise
     return sock.detach(), bound  # the store's server owns the descriptor from now on
+
+
+def _check_reachable(address: str, machines: int) -> None:
+    """A multi-machine job's machine 0 must not listen on a loopback address its host
+    name happens to resolve to (Debian's /etc/hosts maps it to 127.0.1.1).
+
+    Raises:
+        OSError: ``address`` is a host name that resolves to loopback here.
+    """
+    import ipaddress
+
+    if machines == 1:
+        return
+    try:
+        ipaddress.ip_address(address)
+        return  # an address given literally is taken as meant
+    except ValueError:
+        pass
+    resolved = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)[0][4][0]
+    if ipaddress.ip_address(resolved).is_loopback:
+        raise OSError(f"main_process_ip {address!r} resolves to {resolved} on machine 0, a loopback address the "
+                      "other machines cannot reach; give machine 0's IP address")
 
 
 def serve_store(address: str, port: int, *, world_size: int | None, timeout: datetime.timedelta,
@@ -100,24 +124,38 @@ class SurgeRendezvous(_handler_base()):  # type: ignore[misc]
         return True  # workers connect to the store in bootstrap_store_info as clients
 
     def next_rendezvous(self) -> Any:
+        from torch.distributed import DistError
+        from torch.distributed.elastic.rendezvous import RendezvousError
+
+        try:
+            return self._next_round()
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            raise RendezvousError(f"cannot listen on {self.address}:{self.port}: {exc.strerror or exc}") from None
+        except DistError as exc:  # machines that never joined, machine 0 unreachable
+            detail = " ".join(str(exc).split())[:200]
+            raise RendezvousError(f"the {self.world_size} machines did not all meet within "
+                                  f"{self.timeout.total_seconds():.0f} s ({detail})") from None
+
+    def _next_round(self) -> Any:
         from torch.distributed import PrefixStore, TCPStore
         from torch.distributed.elastic.rendezvous.api import RendezvousInfo, RendezvousStoreInfo
 
-        from torch.distributed.elastic.rendezvous import RendezvousError
-
         if self._store is None:
             if self.rank == 0:
-                try:
-                    self._store = serve_store(self.address, self.port, world_size=self.world_size,
-                                              timeout=self.timeout, wait_for_workers=True)
-                except OSError as exc:  # the port is taken, or the address is not this machine's
-                    raise RendezvousError(f"cannot listen on {self.address}:{self.port}: {exc.strerror or exc}") \
-                        from None
+                _check_reachable(self.address, self.world_size)
+                self._store = serve_store(self.address, self.port, world_size=self.world_size, timeout=self.timeout,
+                                          wait_for_workers=True)
                 self.port = self._store.port
             else:
                 self._store = TCPStore(self.address, self.port, self.world_size, False, timeout=self.timeout)
-        store = PrefixStore(f"{self.run_id}/round_{self._round}", self._store)
+        round_ = self._round
         self._round += 1
+        store = PrefixStore(f"{self.run_id}/round_{round_}", self._store)
+        # Every machine enters the round before any goes on: a machine whose own workers
+        # are healthy learns of the round through num_nodes_waiting() and restarts too.
+        if self._store.add(self._arrivals(round_), 1) == self.world_size:
+            store.set("complete", "1")
+        store.wait(["complete"])
         if self.rank == 0:
             self._worker_store = None  # the previous round's workers are gone
             self._worker_store = serve_store(self.address, 0, world_size=None, timeout=self.timeout)
@@ -127,6 +165,9 @@ class SurgeRendezvous(_handler_base()):  # type: ignore[misc]
             worker_port = int(store.get("worker_store_port"))
         return RendezvousInfo(store, self.rank, self.world_size, RendezvousStoreInfo(self.address, worker_port))
 
+    def _arrivals(self, round_: int) -> str:
+        return f"{self.run_id}/round_{round_}/arrived"
+
     def is_closed(self) -> bool:
         return False
 
@@ -134,7 +175,14 @@ class SurgeRendezvous(_handler_base()):  # type: ignore[misc]
         pass
 
     def num_nodes_waiting(self) -> int:
-        return 0
+        """Machines already waiting in the next round (their workers failed): the agent
+        of a healthy machine then restarts its workers as well."""
+        if self._store is None or self.world_size == 1:
+            return 0
+        try:
+            return int(self._store.add(self._arrivals(self._round), 0))
+        except Exception:  # machine 0's store is gone: the job is ending
+            return 0
 
     def get_run_id(self) -> str:
         return self.run_id
