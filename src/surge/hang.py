@@ -56,7 +56,9 @@ _ANY = "a collective"
 _DONE = _PREFIX + "done"
 _POLL_S = 0.25  # the threads' look at the request key (one ~30 us store request)
 _GATHER_S = 15.0  # the longest the diagnosing rank waits for the others' answers
-_PEER_LOST = ("closed by peer", "reset by peer", "connection refused", "broken pipe")
+# What an error says when a peer vanished mid-collective (a consequence, not a cause);
+# the launcher ranks such failures last too.
+PEER_LOST = ("closed by peer", "reset by peer", "remote worker", "connection refused", "broken pipe")
 
 
 class CollectiveTimeout(RuntimeError):
@@ -198,7 +200,7 @@ def await_report(exc: BaseException) -> None:
     state = _state
     if state is None or state.diagnosing or not isinstance(exc, RuntimeError):
         return
-    if not any(p in str(exc).lower() for p in _PEER_LOST):
+    if not any(p in str(exc).lower() for p in PEER_LOST):
         return
     try:
         import torch.distributed as dist

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from surge.commands.launch import resolve_config
 from surge.commands.main import CLIError, build_parser
-from surge.config.file import FIELDS, ConfigError, SurgeConfig, read_values
+from surge.config.file import FIELDS, SurgeConfig, read_values
 from surge.config.plugins import DeepSpeedPlugin, plugins_from_config
 
 # SURGE_HYPOTHESIS_EXAMPLES=5000 searches harder (CI keeps the default, a few seconds in all).

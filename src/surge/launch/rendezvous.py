@@ -26,6 +26,8 @@ import datetime
 import socket
 from typing import Any
 
+from torch.distributed.elastic.rendezvous import RendezvousHandler  # imported by the launcher only
+
 BACKEND = "surge"
 
 
@@ -99,13 +101,7 @@ def register() -> None:
         pass
 
 
-def _handler_base() -> type:
-    from torch.distributed.elastic.rendezvous import RendezvousHandler
-
-    return RendezvousHandler
-
-
-class SurgeRendezvous(_handler_base()):  # type: ignore[misc]
+class SurgeRendezvous(RendezvousHandler):
     """See [Note: surge's rendezvous]. ``rank``/``world_size`` count machines."""
 
     def __init__(self, address: str, port: int, *, rank: int, world_size: int, run_id: str, timeout: int) -> None:

@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 from surge.config.file import ENV_VAR, HANDOFF_NAME, ConfigError, SurgeConfig, write_config
+from surge.hang import PEER_LOST
 
 
 def _check_target(target: str, module: bool) -> None:
@@ -97,7 +98,6 @@ def _run_single(argv: list[str], env: dict[str, str]) -> int:
             signal.signal(sig, handler)
 
 
-_PEER_LOST = ("closed by peer", "reset by peer", "remote worker", "connection refused", "broken pipe")
 
 
 def _root_cause(exc: Any) -> tuple[int, Any, str]:
@@ -126,7 +126,7 @@ def _root_cause(exc: Any) -> tuple[int, Any, str]:
         rank, failure = item
         has_file = written(failure) != float("inf")
         terminated = not has_file and failure.exitcode == -signal.SIGTERM
-        consequence = has_file and any(p in message_of(failure).lower() for p in _PEER_LOST)
+        consequence = has_file and any(p in message_of(failure).lower() for p in PEER_LOST)
         return (terminated, consequence, written(failure), failure.timestamp, rank)
 
     rank, failure = min(exc.failures.items(), key=key)
