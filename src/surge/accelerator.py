@@ -18,7 +18,6 @@ later ones reuse after checking it matches.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import warnings
 from collections.abc import Iterable
@@ -33,21 +32,19 @@ from surge._tree import tree_leaves, tree_map
 from surge.accumulation import GradientState
 from surge.checkpoint.atomic import atomic_write
 from surge.checkpoint.export import save_weights
-from surge.config.accelerator import AcceleratorConfig
-from surge.config.file import resolve_accelerator_args
-from surge.config.deepspeed import resolve_batch_sizes
-from surge.config.kwargs import GradScalerKwargs
-from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
+from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
+from surge.config.resolve import BatchSizes, fill_batch_sizes, resolve_plan
 from surge.checkpoint.state import CheckpointingMixin
 from surge.guard import NonFiniteGuard
-from surge.guard import check_mode as check_nonfinite_mode
 from surge.tracking.accelerator import TrackingMixin
 from surge.data.loader import PreparedDataLoader, shard_dataloader
 from surge.data.loader import SkipFirstBatches
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
 from surge.precision import select_precision
-from surge.state import DistributedType, ProcessQueries, Topology, ensure_process_group
+from surge.process_group import ensure_process_group
+from surge.state import ProcessQueries
+from surge.topology import DistributedType
 from surge.strategies.registry import select_strategy
 
 _LR_SCHEDULER_TYPES: tuple[type, ...] = (torch.optim.lr_scheduler.LRScheduler,)
@@ -88,30 +85,6 @@ class _Accumulate:
     def __exit__(self, *exc: Any) -> None:
         while self.contexts:
             self.contexts.pop().__exit__(*exc)
-
-
-def _dynamo_plugin(backend: Any, plugin: TorchDynamoPlugin | None) -> TorchDynamoPlugin | None:
-    """The compile settings asked for, checked against the backends torch has.
-
-    Raises:
-        TypeError: ``plugin`` is not a TorchDynamoPlugin, or ``backend`` not a string.
-        ValueError: an unknown backend (the known ones are listed).
-    """
-    if plugin is not None and not isinstance(plugin, TorchDynamoPlugin):
-        raise TypeError(f"dynamo_plugin={plugin!r} must be a TorchDynamoPlugin.")
-    if plugin is None:
-        if backend is None or (isinstance(backend, str) and backend.strip().lower() in ("no", "none", "")):
-            return None
-        if not isinstance(backend, str):
-            raise TypeError(f"dynamo_backend={backend!r} must be a backend name such as 'inductor', or 'no'.")
-        plugin = TorchDynamoPlugin(backend=backend)
-    import torch._dynamo
-
-    known = torch._dynamo.list_backends(exclude_tags=())
-    if plugin.backend not in known:
-        raise ValueError(f"dynamo_backend={plugin.backend!r} is not a torch.compile backend; use one of {known} "
-                         "(or 'no' for eager).")
-    return plugin
 
 
 class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
@@ -181,86 +154,30 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         dynamo_plugin: TorchDynamoPlugin | None = None,
         nonfinite: str | None = None,
     ) -> None:
-        # 1. Validate everything; no side effects until this succeeded.
-        from surge.tracking import resolve_log_with
-
-        self._log_with, self._trackers_missing = resolve_log_with(log_with)
-        if isinstance(deepspeed_plugin, dict):
-            deepspeed_plugin = DeepSpeedPlugin.from_dict(deepspeed_plugin)
-        if deepspeed_plugin is not None and not isinstance(deepspeed_plugin, DeepSpeedPlugin):
-            raise TypeError(f"deepspeed_plugin={deepspeed_plugin!r} must be a DeepSpeedPlugin or a dict.")
-        if fsdp_plugin is not None and not isinstance(fsdp_plugin, FullyShardedDataParallelPlugin):
-            raise TypeError(f"fsdp_plugin={fsdp_plugin!r} must be a FullyShardedDataParallelPlugin.")
-        if gradient_accumulation_steps is None and deepspeed_plugin is not None:
-            gradient_accumulation_steps = deepspeed_plugin.gradient_accumulation_steps
-        ds = getattr(deepspeed_plugin, "ds_settings", None)
-        if ds is not None and ds.mixed_precision is not None:
-            if mixed_precision is None:
-                mixed_precision = ds.mixed_precision
-            elif mixed_precision != ds.mixed_precision:
-                raise ValueError(f"mixed_precision={mixed_precision!r} contradicts the DeepSpeed config, which asks "
-                                 f"for {ds.mixed_precision!r}; set it in one place (or \"auto\" in the config).")
-        resolved, conflicts, sharding = resolve_accelerator_args(
-            {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu,
-             "dynamo_backend": dynamo_backend, "nonfinite": nonfinite}
+        # 1. Settle every input into one plan; no side effects until this succeeded.
+        plan, self.project_configuration = resolve_plan(
+            device_placement=device_placement, split_batches=split_batches, mixed_precision=mixed_precision,
+            gradient_accumulation_steps=gradient_accumulation_steps, cpu=cpu, project_dir=project_dir,
+            project_config=project_config, even_batches=even_batches,
+            step_scheduler_with_optimizer=step_scheduler_with_optimizer, kwargs_handlers=kwargs_handlers,
+            deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin, log_with=log_with,
+            dynamo_backend=dynamo_backend, dynamo_plugin=dynamo_plugin, nonfinite=nonfinite,
         )
-        nonfinite_mode = check_nonfinite_mode(resolved.pop("nonfinite"))
-        self.dynamo_plugin = _dynamo_plugin(resolved.pop("dynamo_backend"), dynamo_plugin)
-        if sharding and deepspeed_plugin is None and fsdp_plugin is None:
-            # The config file / launcher asks for sharding and the script passed no plugin.
-            deepspeed_plugin, fsdp_plugin = plugins_from_config(sharding)
-        self.config = AcceleratorConfig.from_handlers(
-            kwargs_handlers,
-            **resolved,
-            device_placement=device_placement,
-            split_batches=split_batches,
-            even_batches=even_batches,
-            step_scheduler_with_optimizer=step_scheduler_with_optimizer,
-        )
-        if ds is not None and ds.loss_scale is not None and self.config.mixed_precision == "fp16" \
-                and not any(isinstance(h, GradScalerKwargs) for h in kwargs_handlers or []):
-            # The config's fp16 section: DeepSpeed's loss-scaling rule (precision/fp16.py).
-            self.config = dataclasses.replace(self.config, scaler=ds.loss_scale)
-        if project_config is not None and not isinstance(project_config, ProjectConfiguration):
-            raise TypeError(f"project_config={project_config!r} must be a ProjectConfiguration.")
-        self.project_configuration = project_config if project_config is not None else ProjectConfiguration()
-        if project_dir is not None:
-            if not isinstance(project_dir, (str, os.PathLike)):
-                raise TypeError(f"project_dir={project_dir!r} must be a path (str or os.PathLike).")
-            self.project_configuration.set_directories(project_dir)
-        topology = Topology.detect(cpu=self.config.cpu, backend=self.config.backend)
         # Pure too: fp8 on a machine that cannot run it fails here, before any side effect.
-        self.precision = select_precision(
-            self.config.mixed_precision, torch.device(topology.device), self.config.autocast, self.config.scaler
-        )
-        # 2. Side effects: the process group (shared, reused when running).
-        ensure_process_group(topology, timeout=self.config.timeout, init_method=self.config.init_method)
-        self.topology = topology
-        if conflicts and topology.is_main_process:
-            for conflict in conflicts:
-                warnings.warn(conflict, stacklevel=2)
-        if ds is not None and topology.is_main_process:
-            sections = [k for k in ("optimizer", "scheduler") if getattr(ds, k)]
-            if ds.unhonoured or sections:
-                warnings.warn(
-                    "the DeepSpeed config sets keys surge accepts but does not apply: "
-                    + ", ".join(ds.unhonoured + sections)
-                    + (" (the optimizer and scheduler sections are for surge.initialize; with an Accelerator, pass "
-                       "your own to prepare)" if sections else "")
-                    + ".",
-                    stacklevel=2,
-                )
-        self.strategy = select_strategy(topology, self.config, self.precision, deepspeed_plugin, fsdp_plugin)
-        self.deepspeed_plugin = deepspeed_plugin
-        self.fsdp_plugin = fsdp_plugin
-        self._max_grad_norm = deepspeed_plugin.gradient_clipping if deepspeed_plugin is not None else None
-        steps = self.config.gradient_accumulation_steps
-        if ds is not None and (ds.train_batch_size is not None and ds.train_micro_batch_size_per_gpu is not None):
-            # DeepSpeed's arithmetic with the numbers the config gives (errors show all three).
-            _, _, derived = resolve_batch_sizes(ds.train_batch_size, ds.train_micro_batch_size_per_gpu,
-                                                ds.gradient_accumulation_steps, topology.world_size)
-            steps = steps if ds.gradient_accumulation_steps is not None or gradient_accumulation_steps else derived
-        self.gradient_state = GradientState(steps)
+        precision = select_precision(plan.config.mixed_precision, torch.device(plan.topology.device),
+                                     plan.config.autocast, plan.config.scaler)
+        # 2. Act on it: the process group (shared, reused when running), then the strategy.
+        ensure_process_group(plan.topology, timeout=plan.timeout, asked=plan.config.timeout is not None,
+                             init_method=plan.config.init_method)
+        self.plan = plan
+        self.config = plan.config
+        self.topology = plan.topology
+        self.precision = precision
+        if plan.topology.is_main_process:
+            for note in plan.warnings:
+                warnings.warn(note, stacklevel=2)
+        self.strategy = select_strategy(plan.topology, plan.config, precision, plan.strategy)
+        self.gradient_state = GradientState(plan.config.gradient_accumulation_steps)
         self._models: list[nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
         self._schedulers: list[AcceleratedScheduler] = []
@@ -268,8 +185,10 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         self._custom_objects: list[Any] = []
         self._checkpoint_calls = 0  # save/load_state calls: names the collective's rendezvous
         self._pending_save: Any = None  # a save_state(async_save=True) still being written
-        self._guard = (NonFiniteGuard(nonfinite_mode, topology.is_distributed)
-                       if nonfinite_mode != "ignore" and self.config.mixed_precision != "fp16" else None)
+        self._guard = (NonFiniteGuard(plan.nonfinite, plan.topology.is_distributed)
+                       if plan.nonfinite != "ignore" and not precision.has_loss_scaler else None)
+        self.deepspeed_batch_sizes: BatchSizes | None = None
+        """A DeepSpeed config's batch sizes, completed from the first prepared DataLoader."""
         self.trackers: list[Any] = []  # started by init_trackers, on the main process
         self._checkpoint_group: Any = None  # the gloo group background sharded saves use
         if self.project_configuration.automatic_checkpoint_naming:
@@ -278,6 +197,21 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
 
             root = checkpoints_root(self.project_configuration.project_dir)
             self.project_configuration.iteration = max(self.project_configuration.iteration, next_number(root))
+
+    @property
+    def deepspeed_plugin(self) -> DeepSpeedPlugin | None:
+        """The DeepSpeed plugin this Accelerator runs with (given, or built from the config file)."""
+        return self.plan.deepspeed_plugin
+
+    @property
+    def fsdp_plugin(self) -> FullyShardedDataParallelPlugin | None:
+        """The FSDP plugin this Accelerator runs with (given, or built from the config file)."""
+        return self.plan.fsdp_plugin
+
+    @property
+    def dynamo_plugin(self) -> TorchDynamoPlugin | None:
+        """The ``torch.compile`` settings (None: eager)."""
+        return self.plan.dynamo
 
     # -- settings and topology ------------------------------------------------------------
 
@@ -386,8 +320,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         place = self.config.device_placement if device_placement is None else device_placement
         prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
         self._models.append(prepared)  # checkpoints see the module without compile's wrapper
-        if self.dynamo_plugin is not None:
-            prepared = self.strategy.compile(prepared, self.dynamo_plugin.compile_kwargs())
+        if self.plan.dynamo is not None:
+            prepared = self.strategy.compile(prepared, self.plan.dynamo.compile_kwargs())
         return prepared
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer, device_placement: bool | None = None) -> AcceleratedOptimizer:
@@ -400,7 +334,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         inner = self.strategy.prepare_optimizer(optimizer)
         wrapped = AcceleratedOptimizer(
             inner, self.gradient_state, self.precision, device=self.device if place else None,
-            max_grad_norm=self._max_grad_norm, clip=self.strategy.clip_grad_norm_, guard=self._guard,
+            max_grad_norm=self.plan.max_grad_norm, clip=self.strategy.clip_grad_norm_, guard=self._guard,
         )
         wrapped.original = optimizer  # schedulers built on the user's optimizer find it by this
         self._optimizers.append(wrapped)
@@ -453,19 +387,15 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
 
     def _fill_deepspeed_batch_sizes(self, loader: DataLoader) -> None:
         """A DeepSpeed config's "auto" batch sizes come from the first prepared loader;
-        given ones are checked against it (DeepSpeed's arithmetic, all numbers shown)."""
-        ds = getattr(self.deepspeed_plugin, "ds_settings", None)
-        if ds is None or loader.batch_size is None or getattr(ds, "batch_sizes_filled", False):
+        given ones are checked against it (see :func:`surge.config.resolve.fill_batch_sizes`)."""
+        ds = self.plan.deepspeed
+        if ds is None or loader.batch_size is None or self.deepspeed_batch_sizes is not None:
             return
-        micro = loader.batch_size // self.num_processes if self.config.split_batches else loader.batch_size
-        configured = ds.train_micro_batch_size_per_gpu
-        if configured is not None and configured != micro:
-            warnings.warn(f"the DeepSpeed config says train_micro_batch_size_per_gpu={configured} but the DataLoader "
-                          f"gives each process batches of {micro}; the DataLoader's batches are used.", stacklevel=3)
-        ds.train_batch_size, ds.train_micro_batch_size_per_gpu, _ = resolve_batch_sizes(
-            ds.train_batch_size if configured in (None, micro) else None, micro, self.gradient_accumulation_steps,
-            self.num_processes)
-        ds.batch_sizes_filled = True
+        self.deepspeed_batch_sizes, note = fill_batch_sizes(
+            ds, loader.batch_size, split_batches=self.config.split_batches,
+            gradient_accumulation_steps=self.gradient_accumulation_steps, world_size=self.num_processes)
+        if note is not None:
+            warnings.warn(note, stacklevel=3)
 
     def _shared_seed(self, loader: DataLoader) -> int:
         """The shuffle seed every rank uses (see [Note: the loader owns its randomness])."""
@@ -575,7 +505,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
     @property
     def scaler(self) -> Any:
         """fp16's ``torch.amp.GradScaler``; None for other precisions."""
-        return getattr(self.precision, "scaler", None)
+        return getattr(self.precision, "scaler", None) if self.precision.has_loss_scaler else None
 
     def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> SkipFirstBatches:
         """Iterate ``dataloader``'s current epoch without its first ``num_batches`` batches

@@ -142,7 +142,10 @@ def test_auto_batch_sizes_are_filled_from_the_dataloader():
                                            "gradient_accumulation_steps": 2})
     acc = Accelerator(deepspeed_plugin=plugin)
     acc.prepare(DataLoader(data, batch_size=4))
-    assert (plugin.ds_settings.train_micro_batch_size_per_gpu, plugin.ds_settings.train_batch_size) == (4, 8)
+    sizes = acc.deepspeed_batch_sizes
+    assert (sizes.train_micro_batch_size_per_gpu, sizes.train_batch_size) == (4, 8)
+    # a new value: the user's plugin keeps its "auto"s
+    assert (plugin.ds_settings.train_micro_batch_size_per_gpu, plugin.ds_settings.train_batch_size) == (None, None)
     bad = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config={
         "train_micro_batch_size_per_gpu": "auto", "train_batch_size": 12, "gradient_accumulation_steps": 2}))
     with pytest.raises(ValueError, match=r"train_batch_size=12 but .*=4 x gradient_accumulation_steps=2 x 1"):

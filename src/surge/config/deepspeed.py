@@ -87,8 +87,6 @@ class DeepSpeedSettings:
     """"no", "fp16", "bf16", or None when the config says "auto" (the run decides)."""
     loss_scale: LossScaleSettings | None = None
     drop_last: bool = False
-    batch_sizes_filled: bool = False
-    """True once "auto" batch sizes were filled from a prepared DataLoader."""
     gradient_clipping: float | None = None
     gradient_accumulation_steps: int | None = None
     train_micro_batch_size_per_gpu: int | None = None

@@ -53,6 +53,14 @@ class Precision:
 
     name = "no"
     autocast_dtype: torch.dtype | None = None
+    """The dtype of the autocast region; None: no autocast."""
+    sharded_param_dtype: torch.dtype | None = None
+    """The dtype FSDP2 gathers parameters in and computes with (its MixedPrecisionPolicy;
+    gradients are then reduced in fp32). None: parameters stay fp32 and the precision's
+    own autocast forward runs instead."""
+    export_dtype: torch.dtype | None = None
+    """The 16-bit type of the run, for exports that ask for it (DeepSpeed's
+    ``save_16bit_model``); None: the weights' own type."""
 
     def __init__(self, device: torch.device, autocast_kwargs: AutocastKwargs | None = None) -> None:
         self.device = device
@@ -97,6 +105,16 @@ class Precision:
         """Step ``optimizer``. Returns (stepped, what ``optimizer.step`` returned);
         stepped is False when the step was skipped (fp16 overflow)."""
         return True, optimizer.step(closure) if closure is not None else optimizer.step()
+
+    @property
+    def has_loss_scaler(self) -> bool:
+        """True when backward scales the loss and the step can be skipped on overflow."""
+        return False
+
+    @property
+    def loss_scale(self) -> float:
+        """The current loss scale (1.0 without loss scaling)."""
+        return 1.0
 
     # -- checkpoints ----------------------------------------------------------------------
 

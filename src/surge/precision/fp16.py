@@ -88,6 +88,7 @@ class DeepSpeedLossScaler(torch.amp.GradScaler):
 class FP16(Precision):
     name = "fp16"
     autocast_dtype = torch.float16
+    export_dtype = torch.float16
 
     def __init__(
         self,
@@ -114,6 +115,14 @@ class FP16(Precision):
             growth_interval=opts.growth_interval,
             enabled=opts.enabled,
         )
+
+    @property
+    def has_loss_scaler(self) -> bool:
+        return True
+
+    @property
+    def loss_scale(self) -> float:
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
 
     def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         if id(optimizer) not in self._optimizers:

@@ -52,6 +52,10 @@ def _fp8_eligible(module: nn.Module, _fqn: str) -> bool:
 
 class FP8(BF16):
     name = "fp8"
+    # fp8 keeps fp32 parameters under FSDP (torchao casts inside its linear layers) and
+    # exports the weights as trained.
+    sharded_param_dtype = None
+    export_dtype = None
 
     def __init__(self, device: torch.device, *args: Any, **kwargs: Any) -> None:
         check_fp8_supported(device)

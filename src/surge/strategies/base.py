@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from surge.config.accelerator import AcceleratorConfig
+from surge.config.resolve import StrategySpec
 from surge.precision.base import Precision, remove_autocast_forward
-from surge.state import DistributedType, Topology
+from surge.topology import DistributedType, Topology
 
 
 def unwrap_module(model: nn.Module) -> nn.Module:
@@ -38,19 +39,31 @@ class Strategy:
     distributed_type = DistributedType.NO
     sharded_checkpoint = False
     """True when no single process holds the whole training state, so checkpoints are
-    collectives written shard by shard (see [Note: checkpoint layout])."""
+    collectives (see [Note: checkpoint layout])."""
 
-    def __init__(self, topology: Topology, config: AcceleratorConfig, precision: Precision, *,
-                 offload_optimizer: bool = False, activation_checkpointing: bool = False,
-                 layer_classes: list[str] | None = None, min_num_params: int | None = None) -> None:
+    @property
+    def checkpoint_layout(self) -> str:
+        """How this strategy's training state is written (see [Note: checkpoint layout]):
+        "full" (the main process holds everything and writes it alone), "gathered"
+        (sharded state gathered to the main process, which writes the full layout: FSDP's
+        FULL_STATE_DICT) or "sharded" (every process writes its shards through DCP)."""
+        if not self.sharded_checkpoint:
+            return "full"
+        return "gathered" if self.spec.full_state_dict else "sharded"
+
+    def __init__(self, topology: Topology, config: AcceleratorConfig, precision: Precision,
+                 spec: StrategySpec | None = None) -> None:
+        spec = spec if spec is not None else StrategySpec()
         self.topology = topology
         self.config = config
         self.precision = precision
+        self.spec = spec
         self.device = torch.device(topology.device)
-        self.offload_optimizer = offload_optimizer
-        self.activation_checkpointing = activation_checkpointing
-        self.layer_classes = layer_classes  # block classes; None finds them, [] means none
-        self.min_num_params = min_num_params  # SIZE_BASED_WRAP when set
+        self.offload_optimizer = spec.offload_optimizer
+        self.activation_checkpointing = spec.activation_checkpointing
+        # block classes; None finds them, [] means none
+        self.layer_classes = list(spec.layer_classes) if spec.layer_classes is not None else None
+        self.min_num_params = spec.min_num_params  # SIZE_BASED_WRAP when set
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         """The model's blocks: sharded one by one (FSDP) and checkpointed one by one."""

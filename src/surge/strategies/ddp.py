@@ -9,7 +9,8 @@ from typing import Any
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from surge.state import DistributedType, register_exit_cleanup
+from surge.process_group import register_exit_cleanup
+from surge.topology import DistributedType
 from surge.strategies.base import Strategy
 
 _WRAPPED: weakref.WeakSet[DistributedDataParallel] = weakref.WeakSet()
@@ -17,7 +18,7 @@ _WRAPPED: weakref.WeakSet[DistributedDataParallel] = weakref.WeakSet()
 
 def _release_reducers() -> None:
     """Drop the reducers of DDP modules still alive at exit (see [Note: tear down while
-    Python is alive] in state.py). The modules are not used after the script ended."""
+    Python is alive] in process_group.py). The modules are not used after the script ended."""
     for module in list(_WRAPPED):
         if hasattr(module, "reducer"):
             del module.reducer

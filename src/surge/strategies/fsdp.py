@@ -20,9 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from surge.state import DistributedType
+from surge.config.accelerator import AcceleratorConfig
+from surge.config.resolve import StrategySpec
+from surge.precision.base import Precision
 from surge.strategies.base import Strategy
 from surge.strategies.blocks import find_blocks, find_blocks_by_size
+from surge.topology import DistributedType, Topology
 
 __all__ = ["FSDP", "find_blocks", "find_blocks_by_size"]
 
@@ -33,18 +36,15 @@ class FSDP(Strategy):
     name = "fsdp"
     sharded_checkpoint = True
 
-    def __init__(self, topology: Any, config: Any, precision: Any, *, reshard_after_forward: bool,
-                 layer_classes: list[str] | None = None, distributed_type: DistributedType = DistributedType.FSDP,
-                 offload_params: bool = False, activation_checkpointing: bool = False,
-                 offload_optimizer: bool = False, min_num_params: int | None = None, hybrid: bool = False) -> None:
+    def __init__(self, topology: Topology, config: AcceleratorConfig, precision: Precision,
+                 spec: StrategySpec | None = None) -> None:
+        super().__init__(topology, config, precision, spec)
         # With offload_params the shards already live (and step) on the CPU.
-        super().__init__(topology, config, precision, offload_optimizer=offload_optimizer and not offload_params,
-                         activation_checkpointing=activation_checkpointing, layer_classes=layer_classes,
-                         min_num_params=min_num_params)
-        self.reshard_after_forward = reshard_after_forward
-        self.offload_params = offload_params
-        self.hybrid = hybrid  # HYBRID_SHARD: shard within a machine, replicate across machines
-        self._distributed_type = distributed_type
+        self.offload_optimizer = self.spec.offload_optimizer and not self.spec.offload_params
+        self.reshard_after_forward = self.spec.shard_degree >= 3  # ZeRO-3 frees gathered parameters after use
+        self.offload_params = self.spec.offload_params
+        self.hybrid = self.spec.hybrid  # HYBRID_SHARD: shard within a machine, replicate across machines
+        self._distributed_type = DistributedType.DEEPSPEED if self.spec.family == "deepspeed" else DistributedType.FSDP
         self._param_map: dict[int, nn.Parameter] = {}
 
     @property
@@ -54,7 +54,7 @@ class FSDP(Strategy):
     def _mp_policy(self) -> Any:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
-        dtype = self.precision.autocast_dtype if self.precision.name == "bf16" else None
+        dtype = self.precision.sharded_param_dtype
         # Compute in bf16 from gathered bf16 parameters, reduce gradients in fp32. fp16
         # keeps fp32 parameters and autocast instead: its loss scaler unscales fp32
         # gradients (and finds overflow across all shards: the DTensor op reduces it).
@@ -69,7 +69,7 @@ class FSDP(Strategy):
         names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
         if device_placement:
             model.to(self.device)
-        if self.precision.name != "bf16":
+        if self.precision.sharded_param_dtype is None:
             self.precision.wrap_forward(model)  # fp16 (and fp8) autocast; a no-op for fp32
         mesh = init_device_mesh(self.device.type, self._mesh_shape(), mesh_dim_names=self._mesh_names())
         kwargs = {"mesh": mesh, "reshard_after_forward": self.reshard_after_forward, "mp_policy": self._mp_policy()}

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from surge.state import DistributedType
+from surge.topology import DistributedType
 from surge.strategies.ddp import DDP
 
 

@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from surge.config.resolve import Plan
 
 
 class TrackingMixin:
-    """Needs ``_log_with`` / ``_trackers_missing`` (from ``resolve_log_with``),
-    ``logging_dir``, ``is_main_process`` and ``wait_for_checkpoint``."""
+    """Needs ``plan`` (its ``log_with`` / ``trackers_missing``), ``logging_dir``,
+    ``is_main_process`` and ``wait_for_checkpoint``."""
 
     trackers: list[Any]
-    _log_with: list[Any]
-    _trackers_missing: list[str]
+    plan: Plan
 
     def init_trackers(self, project_name: str, config: dict[str, Any] | None = None,
                       init_kwargs: dict[str, dict[str, Any]] | None = None) -> None:
@@ -31,18 +33,18 @@ class TrackingMixin:
         if not isinstance(project_name, str) or not project_name:
             raise ValueError(f"init_trackers(project_name={project_name!r}) needs a non-empty name.")
         init_kwargs = dict(init_kwargs or {})
-        names = {t if isinstance(t, str) else t.name for t in self._log_with}
+        names = {t if isinstance(t, str) else t.name for t in self.plan.log_with}
         unknown = sorted(set(init_kwargs) - names)
         if unknown:
             raise ValueError(f"init_kwargs for {unknown}, which log_with does not use (it uses {sorted(names)}).")
         if not self.is_main_process:
             return
-        if self._trackers_missing:
-            print(f"surge: log_with='all' uses {', '.join(t if isinstance(t, str) else t.name for t in self._log_with)}; "
-                  f"not installed: {', '.join(self._trackers_missing)}.", file=sys.stderr)
+        if self.plan.trackers_missing:
+            print(f"surge: log_with='all' uses {', '.join(t if isinstance(t, str) else t.name for t in self.plan.log_with)}; "
+                  f"not installed: {', '.join(self.plan.trackers_missing)}.", file=sys.stderr)
         started = []
         try:
-            for entry in self._log_with:
+            for entry in self.plan.log_with:
                 if isinstance(entry, str):
                     entry = start_tracker(entry, project_name, self.logging_dir, dict(init_kwargs.get(entry, {})))
                 if config is not None:

@@ -1,0 +1,339 @@
+"""Settle, then act: every input of an Accelerator becomes one frozen :class:`Plan`.
+
+Constructor arguments, the config file (or what ``surge launch`` handed over), the
+plugins and the launch environment are combined here, before the first side effect.
+The Accelerator's constructor then only acts on the plan (starts the process group,
+builds the strategy); layers below read the plan, never the raw inputs. Everything
+that can be wrong with the inputs fails here, so a constructor that raises leaves
+nothing behind (see [Note: several Accelerators] in accelerator.py).
+
+Order of precedence, for every setting: an explicit argument, then the DeepSpeed
+config (for what it sets), then the config file / launcher, then the default.
+Conflicts between an argument and the config file warn (the argument wins);
+contradictions between an argument and a DeepSpeed config raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from surge.config.accelerator import DEFAULT_TIMEOUT, AcceleratorConfig
+from surge.config.deepspeed import DeepSpeedSettings, resolve_batch_sizes
+from surge.config.file import active_values, resolve_accelerator_args
+from surge.config.kwargs import GradScalerKwargs
+from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
+from surge.config.project import ProjectConfiguration
+
+if TYPE_CHECKING:
+    from surge.topology import Topology
+    from surge.tracking.base import GeneralTracker
+
+Family = Literal["none", "deepspeed", "fsdp"]
+
+
+def resolve_timeout(explicit: timedelta | None) -> timedelta:
+    """The collective timeout: ``explicit`` (``InitProcessGroupKwargs(timeout=)`` /
+    ``PartialState(timeout=)``), else the active config's ``collective_timeout``, else
+    ``DEFAULT_TIMEOUT`` (10 minutes). Read once, when a plan is settled."""
+    if explicit is not None:
+        return explicit
+    seconds = active_values()[0].get("collective_timeout")
+    return timedelta(seconds=seconds) if seconds is not None else DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    """The device-mesh dimensions of a job (Accelerate's ``ParallelismConfig`` names).
+
+    Today surge composes data parallelism only: ``dp_replicate`` machines x ``dp_shard``
+    processes for HYBRID_SHARD, else one dimension. ``tp`` and ``cp`` are the room the
+    N-D strategies will use; they are 1 until then.
+    """
+
+    dp_replicate: int = 1
+    """Replicas of the (sharded) model: data-parallel groups that do not shard together."""
+    dp_shard: int = 1
+    """Processes that shard the model's parameters/gradients/optimizer state among them."""
+    tp: int = 1
+    """Tensor-parallel degree."""
+    cp: int = 1
+    """Context (sequence) parallel degree."""
+
+    @property
+    def size(self) -> int:
+        return self.dp_replicate * self.dp_shard * self.tp * self.cp
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """What the user asked of the strategy, whatever plugin or config file said it.
+
+    ``strategies.registry.select_strategy`` turns it, with the topology, into a strategy;
+    nothing below reads a plugin.
+    """
+
+    family: Family = "none"
+    """Who asked: no plugin, a DeepSpeed plugin/config, or an FSDP plugin (reported as
+    ``accelerator.distributed_type``)."""
+    shard_degree: int = 0
+    """ZeRO's stages: 0 replicate (DDP); 1 shard optimizer state; 2 + gradients; 3 + parameters."""
+    offload_params: bool = False
+    """Keep parameter shards (and so their step) on the CPU."""
+    offload_optimizer: bool = False
+    """fp32 master weights and optimizer state on the CPU, stepped there."""
+    hybrid: bool = False
+    """HYBRID_SHARD: shard within a machine, replicate across machines."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward."""
+    layer_classes: tuple[str, ...] | None = None
+    """Block class names to shard one by one; None finds them; () shards only the root."""
+    min_num_params: int | None = None
+    """Size-based block discovery: submodules with at least this many parameters."""
+    full_state_dict: bool = False
+    """Sharded models write the full checkpoint layout (FSDP FULL_STATE_DICT), gathered to
+    the main process."""
+    mesh: MeshSpec = field(default_factory=MeshSpec)
+    """The device-mesh dimensions (see :class:`MeshSpec`)."""
+
+
+def strategy_spec(deepspeed_plugin: DeepSpeedPlugin | None, fsdp_plugin: FullyShardedDataParallelPlugin | None,
+                  num_nodes: int = 1, world_size: int = 1) -> StrategySpec:
+    """The strategy the plugins ask for (pure).
+
+    Raises:
+        ValueError: both plugins.
+    """
+    if deepspeed_plugin is not None and fsdp_plugin is not None:
+        raise ValueError("pass either deepspeed_plugin or fsdp_plugin, not both.")
+    if deepspeed_plugin is not None:
+        offload_optimizer = deepspeed_plugin.offload_optimizer_device == "cpu"
+        stage = deepspeed_plugin.zero_stage
+        if stage == 1 and offload_optimizer:
+            # ZeRO-1 with its optimizer offloaded runs as ZeRO-2 (as in DeepSpeed, one
+            # optimizer serves both stages): once the state is on the CPU, sharding the
+            # gradients too only saves more device memory.
+            stage = 2
+        return StrategySpec(family="deepspeed", shard_degree=stage,
+                            offload_params=deepspeed_plugin.offload_param_device == "cpu",
+                            offload_optimizer=offload_optimizer,
+                            activation_checkpointing=deepspeed_plugin.activation_checkpointing,
+                            mesh=MeshSpec(dp_shard=world_size))
+    if fsdp_plugin is not None:
+        kind = fsdp_plugin.sharding_strategy
+        layer_classes: tuple[str, ...] | None = None
+        if fsdp_plugin.auto_wrap_policy == "NO_WRAP":
+            layer_classes = ()
+        elif fsdp_plugin.transformer_layer_cls_to_wrap is not None:
+            layer_classes = tuple(fsdp_plugin.transformer_layer_cls_to_wrap)
+        hybrid = kind == "HYBRID_SHARD"
+        mesh = MeshSpec(dp_replicate=num_nodes, dp_shard=world_size // max(num_nodes, 1)) if hybrid \
+            else MeshSpec(dp_shard=world_size)
+        return StrategySpec(
+            family="fsdp", shard_degree={"FULL_SHARD": 3, "SHARD_GRAD_OP": 2, "HYBRID_SHARD": 3, "NO_SHARD": 0}[kind],
+            offload_params=fsdp_plugin.cpu_offload, hybrid=hybrid,
+            activation_checkpointing=fsdp_plugin.activation_checkpointing, layer_classes=layer_classes,
+            min_num_params=fsdp_plugin.min_num_params if fsdp_plugin.auto_wrap_policy == "SIZE_BASED_WRAP" else None,
+            full_state_dict=fsdp_plugin.state_dict_type == "FULL_STATE_DICT", mesh=mesh)
+    return StrategySpec(mesh=MeshSpec(dp_shard=world_size))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything an Accelerator runs with, settled before any side effect."""
+
+    config: AcceleratorConfig
+    """Precision, accumulation, loss-scaler and autocast settings, DDP options, backend,
+    the explicitly asked collective timeout, loader behaviour."""
+    topology: Topology
+    """Where this process sits (read, not yet acted on: no process group)."""
+    timeout: timedelta
+    """The collective timeout a process group this plan starts gets (see :func:`resolve_timeout`)."""
+    strategy: StrategySpec
+    """What the strategy must do."""
+    max_grad_norm: float | None = None
+    """Clip the gradient norm at every optimizer step (a DeepSpeed config's ``gradient_clipping``)."""
+    nonfinite: str = "ignore"
+    """The non-finite guard's mode: "ignore", "skip" or "raise"."""
+    dynamo: TorchDynamoPlugin | None = None
+    """``torch.compile`` settings; None: eager."""
+    log_with: tuple[str | GeneralTracker, ...] = ()
+    """The trackers to start at ``init_trackers``."""
+    trackers_missing: tuple[str, ...] = ()
+    """Trackers "all" left out because their package is missing."""
+    deepspeed: DeepSpeedSettings | None = None
+    """The DeepSpeed config the plugin carried, read-only (batch sizes, sections)."""
+    deepspeed_plugin: DeepSpeedPlugin | None = None
+    fsdp_plugin: FullyShardedDataParallelPlugin | None = None
+    """The plugins as given (or built from the config file), for the user to read back."""
+    warnings: tuple[str, ...] = ()
+    """What the main process reports once the plan is acted on."""
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """DeepSpeed's batch arithmetic for a run: ``train = micro x accumulation x processes``."""
+
+    train_batch_size: int
+    train_micro_batch_size_per_gpu: int
+    gradient_accumulation_steps: int
+
+
+def _dynamo_plugin(backend: Any, plugin: TorchDynamoPlugin | None) -> TorchDynamoPlugin | None:
+    """The compile settings asked for, checked against the backends torch has.
+
+    Raises:
+        TypeError: ``plugin`` is not a TorchDynamoPlugin, or ``backend`` not a string.
+        ValueError: an unknown backend (the known ones are listed).
+    """
+    if plugin is not None and not isinstance(plugin, TorchDynamoPlugin):
+        raise TypeError(f"dynamo_plugin={plugin!r} must be a TorchDynamoPlugin.")
+    if plugin is None:
+        if backend is None or (isinstance(backend, str) and backend.strip().lower() in ("no", "none", "")):
+            return None
+        if not isinstance(backend, str):
+            raise TypeError(f"dynamo_backend={backend!r} must be a backend name such as 'inductor', or 'no'.")
+        plugin = TorchDynamoPlugin(backend=backend)
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if plugin.backend not in known:
+        raise ValueError(f"dynamo_backend={plugin.backend!r} is not a torch.compile backend; use one of {known} "
+                         "(or 'no' for eager).")
+    return plugin
+
+
+def _deepspeed_warning(ds: DeepSpeedSettings) -> str | None:
+    sections = [k for k in ("optimizer", "scheduler") if getattr(ds, k)]
+    if not (ds.unhonoured or sections):
+        return None
+    return ("the DeepSpeed config sets keys surge accepts but does not apply: " + ", ".join(ds.unhonoured + sections)
+            + (" (the optimizer and scheduler sections are for surge.initialize; with an Accelerator, pass your own "
+               "to prepare)" if sections else "") + ".")
+
+
+def resolve_plan(
+    *,
+    device_placement: bool,
+    split_batches: bool,
+    mixed_precision: str | None,
+    gradient_accumulation_steps: int | None,
+    cpu: bool | None,
+    project_dir: str | os.PathLike[str] | None,
+    project_config: ProjectConfiguration | None,
+    even_batches: bool,
+    step_scheduler_with_optimizer: bool,
+    kwargs_handlers: list[Any] | None,
+    deepspeed_plugin: DeepSpeedPlugin | dict[str, Any] | None,
+    fsdp_plugin: FullyShardedDataParallelPlugin | None,
+    log_with: Any,
+    dynamo_backend: str | None,
+    dynamo_plugin: TorchDynamoPlugin | None,
+    nonfinite: str | None,
+) -> tuple[Plan, ProjectConfiguration]:
+    """The Accelerator's arguments, settled (see the module docstring). Pure: reads the
+    environment and the config file, starts nothing.
+
+    Returns:
+        The plan, and the project configuration (a mutable value the Accelerator owns:
+        it counts automatic checkpoint numbers).
+
+    Raises:
+        TypeError / ValueError: any bad argument, plugin, config-file value or
+            combination, named with the fix.
+    """
+    from surge.guard import check_mode
+    from surge.topology import Topology
+    from surge.tracking import resolve_log_with
+
+    chosen_trackers, trackers_missing = resolve_log_with(log_with)
+    if isinstance(deepspeed_plugin, dict):
+        deepspeed_plugin = DeepSpeedPlugin.from_dict(deepspeed_plugin)
+    if deepspeed_plugin is not None and not isinstance(deepspeed_plugin, DeepSpeedPlugin):
+        raise TypeError(f"deepspeed_plugin={deepspeed_plugin!r} must be a DeepSpeedPlugin or a dict.")
+    if fsdp_plugin is not None and not isinstance(fsdp_plugin, FullyShardedDataParallelPlugin):
+        raise TypeError(f"fsdp_plugin={fsdp_plugin!r} must be a FullyShardedDataParallelPlugin.")
+    if gradient_accumulation_steps is None and deepspeed_plugin is not None:
+        gradient_accumulation_steps = deepspeed_plugin.gradient_accumulation_steps
+    asked_steps = gradient_accumulation_steps  # by the script or the plugin: wins over derived ones
+    ds = deepspeed_plugin.ds_settings if deepspeed_plugin is not None else None
+    if ds is not None and ds.mixed_precision is not None:
+        if mixed_precision is None:
+            mixed_precision = ds.mixed_precision
+        elif mixed_precision != ds.mixed_precision:
+            raise ValueError(f"mixed_precision={mixed_precision!r} contradicts the DeepSpeed config, which asks "
+                             f"for {ds.mixed_precision!r}; set it in one place (or \"auto\" in the config).")
+    resolved, conflicts, sharding = resolve_accelerator_args(
+        {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu,
+         "dynamo_backend": dynamo_backend, "nonfinite": nonfinite}
+    )
+    nonfinite_mode = check_mode(resolved.pop("nonfinite"))
+    dynamo = _dynamo_plugin(resolved.pop("dynamo_backend"), dynamo_plugin)
+    if sharding and deepspeed_plugin is None and fsdp_plugin is None:
+        # The config file / launcher asks for sharding and the script passed no plugin.
+        deepspeed_plugin, fsdp_plugin = plugins_from_config(sharding)
+    config = AcceleratorConfig.from_handlers(
+        kwargs_handlers,
+        **resolved,
+        device_placement=device_placement,
+        split_batches=split_batches,
+        even_batches=even_batches,
+        step_scheduler_with_optimizer=step_scheduler_with_optimizer,
+    )
+    if ds is not None and ds.loss_scale is not None \
+            and not any(isinstance(h, GradScalerKwargs) for h in kwargs_handlers or []):
+        # The config's fp16 section: DeepSpeed's loss-scaling rule (precision/fp16.py);
+        # only a precision with a loss scaler reads it.
+        config = dataclasses.replace(config, scaler=ds.loss_scale)
+    if project_config is not None and not isinstance(project_config, ProjectConfiguration):
+        raise TypeError(f"project_config={project_config!r} must be a ProjectConfiguration.")
+    project = project_config if project_config is not None else ProjectConfiguration()
+    if project_dir is not None:
+        if not isinstance(project_dir, (str, os.PathLike)):
+            raise TypeError(f"project_dir={project_dir!r} must be a path (str or os.PathLike).")
+        project.set_directories(project_dir)
+    topology = Topology.detect(cpu=config.cpu, backend=config.backend)
+    if ds is not None and ds.train_batch_size is not None and ds.train_micro_batch_size_per_gpu is not None:
+        # DeepSpeed's arithmetic with the numbers the config gives (errors show all three).
+        _, _, derived = resolve_batch_sizes(ds.train_batch_size, ds.train_micro_batch_size_per_gpu,
+                                            ds.gradient_accumulation_steps, topology.world_size)
+        if ds.gradient_accumulation_steps is None and not asked_steps:
+            config = dataclasses.replace(config, gradient_accumulation_steps=derived)
+    notes = list(conflicts)
+    if ds is not None:
+        note = _deepspeed_warning(ds)
+        if note is not None:
+            notes.append(note)
+    plan = Plan(
+        config=config, topology=topology, timeout=resolve_timeout(config.timeout),
+        strategy=strategy_spec(deepspeed_plugin, fsdp_plugin, topology.num_nodes, topology.world_size),
+        max_grad_norm=deepspeed_plugin.gradient_clipping if deepspeed_plugin is not None else None,
+        nonfinite=nonfinite_mode, dynamo=dynamo, log_with=tuple(chosen_trackers),
+        trackers_missing=tuple(trackers_missing), deepspeed=ds, deepspeed_plugin=deepspeed_plugin,
+        fsdp_plugin=fsdp_plugin, warnings=tuple(notes),
+    )
+    return plan, project
+
+
+def fill_batch_sizes(ds: DeepSpeedSettings, loader_batch_size: int, *, split_batches: bool,
+                     gradient_accumulation_steps: int, world_size: int) -> tuple[BatchSizes, str | None]:
+    """A DeepSpeed config's batch sizes completed from a prepared DataLoader: "auto"
+    values are filled, given ones checked (DeepSpeed's arithmetic, all numbers shown).
+    Returns a new value (the config is not changed) and a warning when the config's
+    micro-batch size differs from the loader's.
+
+    Raises:
+        ValueError: the numbers disagree.
+    """
+    micro = loader_batch_size // world_size if split_batches else loader_batch_size
+    configured = ds.train_micro_batch_size_per_gpu
+    note = None
+    if configured is not None and configured != micro:
+        note = (f"the DeepSpeed config says train_micro_batch_size_per_gpu={configured} but the DataLoader gives "
+                f"each process batches of {micro}; the DataLoader's batches are used.")
+    train, micro, steps = resolve_batch_sizes(ds.train_batch_size if configured in (None, micro) else None, micro,
+                                              gradient_accumulation_steps, world_size)
+    return BatchSizes(train, micro, steps), note
