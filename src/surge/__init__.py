@@ -19,8 +19,8 @@ from surge._version import __version__
 _LAZY = {
     "Accelerator": "surge.accelerator",
     "PartialState": "surge.state",
-    "Topology": "surge.state",
-    "DistributedType": "surge.state",
+    "Topology": "surge.topology",
+    "DistributedType": "surge.topology",
     "ProjectConfiguration": "surge.config.project",
     "DistributedDataParallelKwargs": "surge.config.kwargs",
     "InitProcessGroupKwargs": "surge.config.kwargs",
@@ -29,9 +29,9 @@ _LAZY = {
     "DeepSpeedPlugin": "surge.config.plugins",
     "FullyShardedDataParallelPlugin": "surge.config.plugins",
     "TorchDynamoPlugin": "surge.config.plugins",
-    "initialize": "surge.engine",
-    "Engine": "surge.engine",
-    "add_config_arguments": "surge.engine",
+    "initialize": "surge.deepspeed.engine",
+    "Engine": "surge.deepspeed.engine",
+    "add_config_arguments": "surge.deepspeed.engine",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -46,8 +46,9 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
     from surge.config.project import ProjectConfiguration
-    from surge.engine import Engine, add_config_arguments, initialize
-    from surge.state import DistributedType, PartialState, Topology
+    from surge.deepspeed.engine import Engine, add_config_arguments, initialize
+    from surge.state import PartialState
+    from surge.topology import DistributedType, Topology
 
 
 def __getattr__(name: str) -> Any:

@@ -30,14 +30,12 @@ from torch.utils.data import DataLoader
 from surge import ops
 from surge._tree import tree_leaves, tree_map
 from surge.accumulation import GradientState
-from surge.checkpoint.atomic import atomic_write
-from surge.checkpoint.export import save_weights
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
 from surge.config.resolve import BatchSizes, fill_batch_sizes, resolve_plan
-from surge.checkpoint.state import CheckpointingMixin
+from surge.checkpoint.methods import CheckpointingMixin
 from surge.guard import NonFiniteGuard
-from surge.tracking.accelerator import TrackingMixin
+from surge.tracking.methods import TrackingMixin
 from surge.data.loader import PreparedDataLoader, shard_dataloader
 from surge.data.loader import SkipFirstBatches
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
@@ -421,6 +419,12 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
 
         fp16 scales the loss before backward (see precision/fp16.py).
         """
+        self._backward(loss, average=True, num_items_in_batch=num_items_in_batch, **kwargs)
+
+    def _backward(self, loss: torch.Tensor, *, average: bool, num_items_in_batch: Any = None, **kwargs: Any) -> None:
+        """:meth:`backward`'s work; ``average=False`` leaves the loss undivided by the
+        accumulation steps (DeepSpeed's ``engine.backward(scale_wrt_gas=False)``). The
+        non-finite guard sees the loss either way."""
         gs = self.gradient_state
         if self._guard is not None:
             self._guard.observe_loss(loss)
@@ -428,7 +432,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
             # Gradients are averaged over processes by the strategy; undo that mean so
             # the result is sum(all items) / num_items_in_batch.
             loss = loss * (self.num_processes / num_items_in_batch)
-        elif gs.num_steps > 1:
+        elif average and gs.num_steps > 1:
             if gs.closes_short_cycle and not gs.rescaled:
                 self._rescale_gradients(gs.num_steps / gs.cycle_length)
                 gs.rescaled = True
@@ -528,49 +532,6 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         if not unwrap:
             return model.state_dict()
         return self.strategy.model_state_dict(model)
-
-    def save_model(
-        self,
-        model: nn.Module,
-        save_directory: str | os.PathLike[str],
-        max_shard_size: int | str = "10GB",
-        safe_serialization: bool = True,
-    ) -> None:
-        """Export the model's weights to ``save_directory`` from the main process.
-
-        Writes ``model.safetensors`` or, beyond ``max_shard_size``, numbered shards and
-        ``model.safetensors.index.json`` (transformers' layout; ``from_pretrained``
-        loads it, and ``config.json`` is written for transformers models). Writes are
-        atomic (see checkpoint/atomic.py). Other processes return at once.
-        """
-        state_dict = self.get_state_dict(model)
-        if self.is_main_process:
-            inner = self.unwrap_model(model)
-            generation_config = getattr(inner, "generation_config", None)
-            if generation_config is not None and not (hasattr(inner, "can_generate") and inner.can_generate()):
-                generation_config = None
-            save_weights(
-                state_dict,
-                save_directory,
-                max_shard_size=max_shard_size,
-                safe_serialization=safe_serialization,
-                config=getattr(inner, "config", None),
-                generation_config=generation_config,
-            )
-
-    def save(self, obj: Any, f: str | os.PathLike[str], safe_serialization: bool = False) -> None:
-        """Save ``obj`` to ``f`` on the main process only, atomically.
-
-        ``safe_serialization=True`` writes a dict of tensors with safetensors.
-        """
-        if not self.is_main_process:
-            return
-        if safe_serialization:
-            from safetensors.torch import save_file
-
-            atomic_write(f, lambda tmp: save_file(obj, tmp, metadata={"format": "pt"}))
-        else:
-            atomic_write(f, lambda tmp: torch.save(obj, tmp))
 
     def free_memory(self, *objects: Any) -> tuple[Any, ...]:
         """Forget every prepared object (so they can be garbage-collected); returns

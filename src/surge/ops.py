@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 
 from surge._tree import tree_leaves, tree_map
-from surge.state import process_group_active
+from surge.process_group import process_group_active
 
 
 def _is_tensor(x: Any) -> bool:

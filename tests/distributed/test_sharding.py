@@ -150,7 +150,9 @@ def check_hybrid_shard_parity():
     data = make_dataset(64)
     ref = reference_run(data, 16, "no", model_fn=BlockModel)
     acc = Accelerator(**PLUGINS["fsdp_hybrid"]())
-    acc.strategy.topology = dataclasses.replace(acc.topology, local_world_size=1, num_nodes=2)
+    from surge.config.resolve import MeshSpec
+
+    acc.strategy.spec = dataclasses.replace(acc.strategy.spec, mesh=MeshSpec(dp_replicate=2, dp_shard=1))
     got = surge_run(acc, data, 8, model_fn=BlockModel)
     assert max_difference(ref, got) <= TOLERANCE["no"]
     model = next(m for m in acc._models if isinstance(m, FSDPModule))

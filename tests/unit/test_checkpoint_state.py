@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import surge.checkpoint.training as training
+from surge.checkpoint.sharded import single_process_is_fine
 from surge import Accelerator, ProjectConfiguration
 from surge.checkpoint.merge import merge_weights
 from surge.utils import set_seed
@@ -169,13 +170,13 @@ def test_async_save_writes_the_state_of_the_moment_while_training_goes_on(tmp_pa
     acc, model, opt, loader, sched, counter = setup(tmp_path)
     train(acc, model, opt, loader, sched, counter, epochs=1)
     release = threading.Event()
-    real = training._replace_directory
+    real = training.replace_directory
 
     def held(staging, directory):
         assert release.wait(30)
         real(staging, directory)
 
-    monkeypatch.setattr(training, "_replace_directory", held)
+    monkeypatch.setattr(training, "replace_directory", held)
     want = params(model)
     path = acc.save_state(async_save=True)
     assert path.endswith("checkpoint_0") and not os.path.exists(path)  # not there until complete
@@ -208,7 +209,7 @@ def test_a_failed_async_save_is_reported_and_leaves_the_previous_checkpoint(tmp_
     def broken(staging, directory):
         raise OSError("disk full")
 
-    monkeypatch.setattr(training, "_replace_directory", broken)
+    monkeypatch.setattr(training, "replace_directory", broken)
     acc.save_state(async_save=True)
     with pytest.raises(RuntimeError, match=r"background save of checkpoint .*checkpoint_1.* failed: OSError: disk full"):
         acc.wait_for_checkpoint()
@@ -257,7 +258,7 @@ def test_merge_weights_reads_dcp_offline(tmp_path):
     import torch.distributed.checkpoint as dcp
 
     state = {"model": {"a.weight": torch.randn(4, 3), "b.bias": torch.arange(5)}, "step": 3}
-    with training._single_process_is_fine():
+    with single_process_is_fine():
         dcp.save(state, checkpoint_id=str(tmp_path / "dcp"))
     merge_weights(tmp_path / "dcp", tmp_path / "out")
     merged = load_file(tmp_path / "out" / "model.safetensors")

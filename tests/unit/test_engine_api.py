@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import surge
-from surge.schedulers import WarmupCosineLR, WarmupDecayLR, WarmupLR
+from surge.deepspeed.schedulers import WarmupCosineLR, WarmupDecayLR, WarmupLR
 from surge.testing.parity import BlockModel, LR, MOMENTUM, make_dataset, max_difference, reference_run
 
 BASE = {"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "SGD", "params": {"lr": LR, "momentum": MOMENTUM}}}

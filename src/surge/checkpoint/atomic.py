@@ -19,6 +19,36 @@ from collections.abc import Callable, Iterator
 TMP_PREFIX = ".surge-tmp-"
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux's
+    /proc); elsewhere set and restored at once."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(*paths: str) -> None:
+    """Set each file to the mode a plain ``open(path, "w")`` would give it under the
+    user's umask. Writers such as safetensors create private (0600) files; a file
+    renamed into place must look like every other file of the checkpoint."""
+    mode = 0o666 & ~_umask()
+    for path in paths:
+        os.chmod(path, mode)
+
+
+def give_default_modes(directory: str) -> None:
+    """:func:`give_default_mode` for every file under ``directory``."""
+    mode = 0o666 & ~_umask()
+    for root, _, files in os.walk(directory):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
+
+
 def _fsync_dir(path: str) -> None:
     # Makes the rename itself durable. Directories cannot be opened on some platforms.
     with contextlib.suppress(OSError):
@@ -49,6 +79,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
     try:
         write(tmp)
+        give_default_mode(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -79,6 +110,7 @@ def staging_dir(parent: str | os.PathLike[str]) -> Iterator[str]:
 def publish_directory(staging: str, destination: str) -> None:
     """Flush every file in ``staging`` and rename the directory to ``destination``
     (which must not exist): the whole set appears at once."""
+    give_default_modes(staging)
     for name in os.listdir(staging):
         path = os.path.join(staging, name)
         if os.path.isfile(path):
@@ -90,6 +122,7 @@ def publish_directory(staging: str, destination: str) -> None:
 def publish_files(staging: str, destination: str, names: list[str]) -> None:
     """Flush ``names`` in ``staging`` and rename them into ``destination`` in the order
     given (put the file that makes the set visible, such as an index, last)."""
+    give_default_mode(*(os.path.join(staging, name) for name in names))
     for name in names:
         _fsync_file(os.path.join(staging, name))
     for name in names:
@@ -119,3 +152,28 @@ def delete_in_background(path: str) -> None:
     """Delete the directory ``path`` in a (non-daemon) thread."""
     threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
                      name="surge-remove-old-checkpoint").start()
+
+
+def replace_directory(staging: str, directory: str) -> None:
+    """Rename ``staging`` to ``directory``, its files given the user's default mode; an
+    old ``directory`` is set aside first and removed (in the background) only after the
+    new one is in place."""
+    give_default_modes(staging)
+    old = None
+    if os.path.exists(directory):
+        old = hidden_name(directory)
+        os.rename(directory, old)
+    os.rename(staging, directory)
+    _fsync_dir(os.path.dirname(directory))
+    if old is not None:
+        delete_in_background(old)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write a small text file (e.g. ``latest``)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from surge.checkpoint.training import MANIFEST, TENSORS, _load_safetensors, _single_process_is_fine, read_manifest
+from surge.checkpoint.full import load_safetensors
+from surge.checkpoint.sharded import TENSORS, single_process_is_fine
+from surge.checkpoint.training import MANIFEST, read_manifest
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DCP_METADATA = ".metadata"
@@ -69,7 +71,7 @@ def read_dcp_tensors(directory: str, prefix: str = "") -> dict[str, torch.Tensor
     if not wanted:
         raise ValueError(f"checkpoint {directory!r} holds no tensors under {prefix.rstrip('.')!r}.")
     try:
-        with _single_process_is_fine():
+        with single_process_is_fine():
             dcp.load(wanted, storage_reader=reader, no_dist=True)
     except Exception as exc:  # DCP wraps reader errors in its own exception types
         detail = [line for line in str(exc).strip().splitlines() if line.strip()]
@@ -94,7 +96,7 @@ def model_weights(checkpoint: str | os.PathLike[str], model_index: int = 0) -> d
                          f"model(s) (indices 0..{max(count - 1, 0)}).")
     if manifest["sharded"]:
         return read_dcp_tensors(os.path.join(directory, TENSORS), prefix=f"model_{model_index}.")
-    return _load_safetensors(os.path.join(directory, f"model_{model_index}.safetensors"))
+    return load_safetensors(os.path.join(directory, f"model_{model_index}.safetensors"))
 
 
 def merge_weights(

@@ -2,7 +2,10 @@
 state (RNG) and caller state, saved and loaded together.
 
 [Note: checkpoint layout]
-A checkpoint is a directory. Two layouts, chosen by the strategy:
+A checkpoint is a directory. Two layouts, chosen by the strategy
+(``Strategy.checkpoint_writer()``): full.py's ``FullWriter`` and sharded.py's
+``ShardedWriter``; this module does what both share (staging, arrival, per-process
+files, the manifest, background writing) and reads either back.
 
 Full (one process, DDP: every process holds everything). Written by the main process
 alone, with no collective, so ``if accelerator.is_main_process: save_state()`` works:
@@ -51,84 +54,22 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from surge.checkpoint.atomic import TMP_PREFIX, _fsync_dir, atomic_write, delete_in_background, hidden_name
+from surge.checkpoint.atomic import TMP_PREFIX, atomic_write, replace_directory
+from surge.checkpoint.full import FullWriter, load_models
+from surge.checkpoint.keys import by_index, consolidates, inner_optimizer, named_positions, owner_index
+from surge.checkpoint.sharded import TENSORS, ShardedWriter, load_tensors
+from surge.process_group import barrier
 
 MANIFEST = "surge_checkpoint.json"
-TENSORS = "model_optimizer"
 STATE = "state.pt"
 FORMAT = 1
 ARRIVAL_TIMEOUT_S = 60.0
 """How long a sharded save waits for every process to arrive before failing."""
-
-
-def _consolidates(optimizer: Any) -> bool:
-    """True for optimizers that gather their sharded state themselves (ZeRO-1)."""
-    return hasattr(optimizer, "consolidate_state_dict")
-
-
-def _inner(optimizer: Any) -> Any:
-    return getattr(optimizer, "optimizer", optimizer)
-
-
-def _owner(models: list[nn.Module], optimizer: torch.optim.Optimizer) -> int:
-    """Which model holds the optimizer's parameters."""
-    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for i, model in enumerate(models):
-        if any(id(p) in params for p in model.parameters()):
-            return i
-    raise ValueError("an optimizer to checkpoint holds parameters of no prepared model; prepare the model with it.")
-
-
-@contextlib.contextmanager
-def _single_process_is_fine() -> Iterator[None]:
-    """DCP warns when there is no process group; one process is a normal case here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
-
-
-def _named_positions(model: nn.Module, optimizer: Any) -> list[str]:
-    """The parameter name of each position in the optimizer's param groups."""
-    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-    prefix = "module."
-    out = []
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            name = names.get(id(p))
-            if name is None:
-                raise ValueError("an optimizer parameter is not a parameter of its model; cannot name its state.")
-            out.append(name[len(prefix):] if name.startswith(prefix) else name)
-    return out
-
-
-def _by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """An index-keyed optimizer state dict (ZeRO-1's consolidated one) keyed by name."""
-    groups = []
-    for group in state["param_groups"]:
-        groups.append({**group, "params": [names[i] for i in group["params"]]})
-    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
-
-
-def _by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    index = {n: i for i, n in enumerate(names)}
-    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
-    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
-
-
-def _wait_for_everyone(topology: Any) -> None:
-    if topology.is_distributed:
-        import torch.distributed as dist
-
-        if topology.backend == "nccl":
-            dist.barrier(device_ids=[torch.device(topology.device).index or 0])
-        else:
-            dist.barrier()
 
 
 def check_all_arrived(topology: Any, key: str, timeout: float | None = None) -> None:
@@ -212,25 +153,12 @@ def _snapshot(tree: Any) -> Any:
     return tree
 
 
-def _dedup_storage(state: dict[str, torch.Tensor], copy: bool) -> dict[str, torch.Tensor]:
-    """CPU, contiguous tensors for safetensors; shared storage (tied weights) is written
-    under each of its names as separate copies. ``copy`` makes every tensor a copy."""
-    seen: set[tuple[int, int]] = set()
-    out = {}
-    for name, tensor in state.items():
-        cpu = tensor.detach().cpu()
-        key = (cpu.untyped_storage().data_ptr(), cpu.storage_offset())
-        out[name] = cpu.clone(memory_format=torch.contiguous_format) if copy or key in seen else cpu.contiguous()
-        seen.add(key)
-    return out
-
-
 def save_training_state(
     directory: str | os.PathLike[str],
     *,
+    writer: FullWriter | ShardedWriter,
     topology: Any,
     strategy_name: str,
-    sharded: bool,
     models: list[nn.Module],
     optimizers: list[Any],
     schedulers: list[Any],
@@ -238,21 +166,19 @@ def save_training_state(
     extra: dict[str, Any] | None = None,
     rank_state: dict[str, Any] | None = None,
     save_index: int = 0,
-    gather: bool = False,
     background: bool = False,
     group: Any = None,
     on_complete: Any = None,
 ) -> str | PendingSave:
-    """Write a checkpoint to ``directory`` in the layout of [Note: checkpoint layout].
+    """Write a checkpoint to ``directory`` in ``writer``'s layout (see [Note: checkpoint
+    layout]).
 
-    ``sharded=True``: every process must call it (checked: it fails, never hangs, when
-    some do not). ``gather=True`` (sharded models saved in the full layout, FSDP's
-    FULL_STATE_DICT): every process must call it too; the full state is gathered to the
-    main process, which writes it. Otherwise the main process writes everything and
-    other processes, if they call it too, add their ``rank_state`` once it is in place
-    (``save_index`` tells them which save that is). An existing checkpoint at
-    ``directory`` is replaced only after the new one is complete; ``on_complete`` then
-    runs on the main process.
+    A collective writer (sharded, or full with gathering): every process must call it
+    (checked: it fails, never hangs, when some do not). Otherwise the main process
+    writes everything and other processes, if they call it too, add their
+    ``rank_state`` once it is in place (``save_index`` tells them which save that is).
+    An existing checkpoint at ``directory`` is replaced only after the new one is
+    complete; ``on_complete`` then runs on the main process.
 
     ``background=True`` copies the state to CPU memory, starts the writing in a thread
     (sharded tensors through DCP's ``async_save`` on ``group``, a gloo process group
@@ -261,7 +187,7 @@ def save_training_state(
     """
     directory = os.path.abspath(os.fspath(directory))
     main = topology.is_main_process
-    collective = sharded or gather
+    collective = writer.collective
     if not (collective or main):
         if background:
             return PendingSave(directory, lambda: _add_rank_state_when_ready(directory, topology, rank_state,
@@ -278,93 +204,42 @@ def save_training_state(
         # directory: nobody writes into it before it exists.
         check_all_arrived(topology, f"surge/save/{directory}/{save_index}")
     torch.save(rank_state or {}, os.path.join(staging, f"rank_{topology.rank}.pt"))
-    files: list[str] = []
-    writes: list[tuple[str, Any, Any]] = []  # (file, saver, value): the main process's files
-    optimizers = [_inner(o) for o in optimizers]
-    copy = _snapshot if background else (lambda tree: tree)
-    dcp_future = None
-    if sharded:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-        tensors: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
-        for i, opt in enumerate(optimizers):
-            if not _consolidates(opt):
-                tensors[f"optimizer_{i}"] = get_optimizer_state_dict(models[_owner(models, opt)], opt)
-        for i, opt in enumerate(optimizers):
-            if _consolidates(opt):
-                full = opt.state_dict()  # collective; the whole state on the main process
-                if main:
-                    names = _named_positions(models[_owner(models, opt)], opt)
-                    writes.append((f"optimizer_{i}.pt", torch.save, copy(_by_name(full, names))))
-        # Each process wrote its own file before entering DCP's save, whose last step on
-        # the main process gathers every process's result: once it returns (or its
-        # background future completes) there, all files are written.
-        checkpoint_id = os.path.join(staging, TENSORS)
-        with _single_process_is_fine():
-            if background:
-                # DCP stages (copies) the tensors to CPU memory before returning.
-                dcp_future = dcp.async_save(tensors, checkpoint_id=checkpoint_id, process_group=group)
-            else:
-                dcp.save(tensors, checkpoint_id=checkpoint_id)
-        files.append(TENSORS)
-    else:
-        from safetensors.torch import save_file
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
-
-        # Gathering is a collective that leaves the whole state on the main process (in
-        # CPU memory); without it the main process holds everything already.
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True) if gather else None
-
-        def save_model(state: dict[str, torch.Tensor], path: str) -> None:
-            save_file(state, path, metadata={"format": "pt"})
-
-        for i, model in enumerate(models):
-            state = get_model_state_dict(model, options=options)
-            if main:
-                writes.append((f"model_{i}.safetensors", save_model, _dedup_storage(state, copy=background)))
-        for i, opt in enumerate(optimizers):
-            state = get_optimizer_state_dict(models[_owner(models, opt)], opt, options=options)
-            if main:
-                writes.append((f"optimizer_{i}.pt", torch.save, copy(state)))
-        if gather:
-            _wait_for_everyone(topology)  # every process's own file is written
+    optimizers = [inner_optimizer(o) for o in optimizers]
+    writes, files, future = writer.write_tensors(
+        staging, topology=topology, models=models, optimizers=optimizers,
+        copy=_snapshot if background else (lambda tree: tree), background=background, group=group)
     if not main:
         if not background:
-            _wait_for_everyone(topology)  # the checkpoint is in place before anyone reads it
+            barrier(topology)  # the checkpoint is in place before anyone reads it
             return directory
 
         def wait_until_in_place() -> None:
-            if dcp_future is not None:
-                dcp_future.result()
+            if future is not None:
+                future.result()
             _wait_for_manifest(directory, save_index, topology)
 
         return PendingSave(directory, wait_until_in_place)
     from surge import __version__
 
     files += [name for name, _, _ in writes]
-    writes.append((STATE, torch.save, copy({"schedulers": [s.state_dict() for s in schedulers],
-                                            "precision": precision_state, "extra": extra or {}})))
+    state = {"schedulers": [s.state_dict() for s in schedulers], "precision": precision_state, "extra": extra or {}}
+    writes.append((STATE, torch.save, _snapshot(state) if background else state))
     files.append(STATE)
     manifest = {"format": FORMAT, "surge_version": __version__, "world_size": topology.world_size,
-                "strategy": strategy_name, "sharded": sharded, "models": len(models),
+                "strategy": strategy_name, "sharded": writer.sharded, "models": len(models),
                 "optimizers": len(optimizers), "schedulers": len(schedulers), "save_index": save_index,
                 "files": files}
 
     def finish() -> None:
         for name, saver, value in writes:
             saver(value, os.path.join(staging, name))
-        if dcp_future is not None:
-            dcp_future.result()  # on the main process: every process's shards are written
+        if future is not None:
+            future.result()  # on the main process: every process's shards are written
         with open(os.path.join(staging, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-        _replace_directory(staging, directory)
+        replace_directory(staging, directory)
         if on_complete is not None:
             on_complete()
 
@@ -372,7 +247,7 @@ def save_training_state(
         return PendingSave(directory, finish)
     finish()  # a synchronous DCP save has returned on the main process once every shard is written
     if collective:
-        _wait_for_everyone(topology)  # the checkpoint is in place before anyone reads it
+        barrier(topology)  # the checkpoint is in place before anyone reads it
     return directory
 
 
@@ -399,19 +274,6 @@ def _add_rank_state_when_ready(directory: str, topology: Any, rank_state: dict[s
                       "not in it (a resume will not restore this process's random streams).", stacklevel=3)
         return
     atomic_write(os.path.join(directory, f"rank_{topology.rank}.pt"), lambda tmp: torch.save(rank_state or {}, tmp))
-
-
-def _replace_directory(staging: str, directory: str) -> None:
-    """Rename ``staging`` to ``directory``; an old ``directory`` is set aside first and
-    removed (in the background) only after the new one is in place."""
-    old = None
-    if os.path.exists(directory):
-        old = hidden_name(directory)
-        os.rename(directory, old)
-    os.rename(staging, directory)
-    _fsync_dir(os.path.dirname(directory))
-    if old is not None:
-        delete_in_background(old)
 
 
 def is_complete(directory: str | os.PathLike[str]) -> bool:
@@ -451,18 +313,6 @@ def load_file(path: str) -> Any:
                          f"{detail[0] if detail else 'no detail'}).") from None
 
 
-def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file as load_safetensors
-
-    try:
-        return load_safetensors(path)
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint file {path!r} is missing.") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"checkpoint file {path!r} is corrupted or truncated ({exc}).") from None
-
-
 def load_training_state(
     directory: str | os.PathLike[str],
     *,
@@ -488,11 +338,7 @@ def load_training_state(
         ValueError: an incomplete or corrupted checkpoint, or one holding a different
             number of models/optimizers/schedulers (the file or count is named).
     """
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     directory = os.fspath(directory)
     manifest = read_manifest(directory)
@@ -501,21 +347,18 @@ def load_training_state(
         if (manifest.get(key) != count) if not partial or key == "models" else (manifest.get(key, 0) < count):
             raise ValueError(f"checkpoint {directory!r} holds {manifest.get(key)} {key} but {count} were prepared; "
                              "prepare the same objects as the run that saved it.")
-    optimizers = [_inner(o) for o in optimizers]
-    full = StateDictOptions(full_state_dict=True, strict=strict)
+    optimizers = [inner_optimizer(o) for o in optimizers]
     if manifest["sharded"]:
-        _load_sharded_tensors(directory, models, optimizers, strict)
+        load_tensors(directory, models, optimizers, strict)
     else:
-        for i, model in enumerate(models):
-            state = _load_safetensors(os.path.join(directory, f"model_{i}.safetensors"))
-            set_model_state_dict(model, state, options=full)
+        load_models(directory, models, strict)
     for i, opt in enumerate(optimizers):
         path = os.path.join(directory, f"optimizer_{i}.pt")
         if os.path.exists(path) or not manifest["sharded"]:
-            model = models[_owner(models, opt)]
+            model = models[owner_index(models, opt)]
             state = load_file(path)
-            if _consolidates(opt):
-                opt.load_state_dict(_by_index(state, _named_positions(model, opt)))
+            if consolidates(opt):
+                opt.load_state_dict(by_index(state, named_positions(model, opt)))
             else:
                 # A full state is split into shards only for a sharded model (and only
                 # when there are tensors to split: a stateless SGD has none).
@@ -531,41 +374,3 @@ def load_training_state(
     return rest["extra"], rank_state
 
 
-def _load_sharded_tensors(directory: str, models: list[nn.Module], optimizers: list[Any], strict: bool) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    state: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
-    for i, opt in enumerate(optimizers):
-        if not _consolidates(opt) and not os.path.exists(os.path.join(directory, f"optimizer_{i}.pt")):
-            state[f"optimizer_{i}"] = get_optimizer_state_dict(models[_owner(models, opt)], opt)
-    try:
-        with _single_process_is_fine():
-            dcp.load(state, checkpoint_id=os.path.join(directory, TENSORS),
-                     planner=DefaultLoadPlanner(allow_partial_load=not strict))
-    except Exception as exc:  # DCP wraps reader errors (per rank) in its own exception types
-        detail = [line for line in str(exc).strip().splitlines() if line.strip()]
-        raise ValueError(f"checkpoint {os.path.join(directory, TENSORS)!r} could not be read: "
-                         f"{detail[-1] if detail else type(exc).__name__}.") from None
-    for i, model in enumerate(models):
-        set_model_state_dict(model, state[f"model_{i}"], options=StateDictOptions(strict=strict))
-    for i, opt in enumerate(optimizers):
-        if f"optimizer_{i}" in state:
-            set_optimizer_state_dict(models[_owner(models, opt)], opt, state[f"optimizer_{i}"])
-
-
-def write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Atomically write a small text file (e.g. ``latest``)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, write)

@@ -152,3 +152,21 @@ class GradScalerKwargs(KwargsHandler):
             raise ValueError(f"GradScalerKwargs.backoff_factor={self.backoff_factor!r} must be between 0 and 1.")
         check_int("GradScalerKwargs.growth_interval", self.growth_interval, minimum=1)
         check_bool("GradScalerKwargs.enabled", self.enabled)
+
+
+@dataclass(frozen=True)
+class LossScaleSettings:
+    """DeepSpeed's fp16 loss scaling (the ``fp16`` section), see precision/fp16.py."""
+
+    initial_scale: float = 2.0**16
+    """``2 ** initial_scale_power``, or the fixed ``loss_scale``."""
+    window: int = 1000
+    """``loss_scale_window``: overflow-free steps before the scale doubles."""
+    hysteresis: int = 2
+    """Overflows tolerated before the scale halves (the delayed shift)."""
+    consecutive_hysteresis: bool = False
+    """Refill the hysteresis after every overflow-free step, not only when the scale grows."""
+    min_scale: float = 1.0
+    """``min_loss_scale``: the scale never halves below this."""
+    static: bool = False
+    """``loss_scale`` > 0: the scale never changes (overflowing steps are still skipped)."""

@@ -49,7 +49,7 @@ class DeepSpeedPlugin:
     def __post_init__(self) -> None:
         self.ds_settings = None
         if self.hf_ds_config is not None:
-            from surge.config.deepspeed import parse_deepspeed_config
+            from surge.deepspeed.config import parse_deepspeed_config
 
             ds = parse_deepspeed_config(self.hf_ds_config)
             self.ds_settings = ds

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from surge.config.accelerator import DEFAULT_TIMEOUT, AcceleratorConfig
-from surge.config.deepspeed import DeepSpeedSettings, resolve_batch_sizes
+from surge.config.accelerator_config import DEFAULT_TIMEOUT, AcceleratorConfig
+from surge.deepspeed.config import DeepSpeedSettings, resolve_batch_sizes
 from surge.config.file import active_values, resolve_accelerator_args
 from surge.config.kwargs import GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
@@ -130,7 +130,11 @@ def strategy_spec(deepspeed_plugin: DeepSpeedPlugin | None, fsdp_plugin: FullySh
         elif fsdp_plugin.transformer_layer_cls_to_wrap is not None:
             layer_classes = tuple(fsdp_plugin.transformer_layer_cls_to_wrap)
         hybrid = kind == "HYBRID_SHARD"
-        mesh = MeshSpec(dp_replicate=num_nodes, dp_shard=world_size // max(num_nodes, 1)) if hybrid \
+        if hybrid and world_size % num_nodes:
+            raise ValueError(f"HYBRID_SHARD needs the same number of processes on every machine; {world_size} "
+                             f"processes on {num_nodes} machines. Use FULL_SHARD, or launch equal processes per "
+                             "machine.")
+        mesh = MeshSpec(dp_replicate=num_nodes, dp_shard=world_size // num_nodes) if hybrid \
             else MeshSpec(dp_shard=world_size)
         return StrategySpec(
             family="fsdp", shard_degree={"FULL_SHARD": 3, "SHARD_GRAD_OP": 2, "HYBRID_SHARD": 3, "NO_SHARD": 0}[kind],

@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from surge.config.deepspeed import LossScaleSettings
-from surge.config.kwargs import AutocastKwargs, GradScalerKwargs
+from surge.config.kwargs import LossScaleSettings, AutocastKwargs, GradScalerKwargs
 from surge.precision.base import Precision
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surge.config.accelerator import AcceleratorConfig
+from surge.config.accelerator_config import AcceleratorConfig
 from surge.config.resolve import StrategySpec
 from surge.precision.base import Precision, remove_autocast_forward
 from surge.topology import DistributedType, Topology
@@ -41,15 +41,17 @@ class Strategy:
     """True when no single process holds the whole training state, so checkpoints are
     collectives (see [Note: checkpoint layout])."""
 
-    @property
-    def checkpoint_layout(self) -> str:
-        """How this strategy's training state is written (see [Note: checkpoint layout]):
-        "full" (the main process holds everything and writes it alone), "gathered"
-        (sharded state gathered to the main process, which writes the full layout: FSDP's
-        FULL_STATE_DICT) or "sharded" (every process writes its shards through DCP)."""
+    def checkpoint_writer(self) -> Any:
+        """The writer of this strategy's checkpoint layout (see [Note: checkpoint layout]):
+        the full layout written by the main process alone when it holds everything; for
+        sharded state, the full layout gathered to the main process (FSDP's
+        FULL_STATE_DICT) or every process writing its shards through DCP."""
+        from surge.checkpoint.full import FullWriter
+        from surge.checkpoint.sharded import ShardedWriter
+
         if not self.sharded_checkpoint:
-            return "full"
-        return "gathered" if self.spec.full_state_dict else "sharded"
+            return FullWriter()
+        return FullWriter(gather=True) if self.spec.full_state_dict else ShardedWriter()
 
     def __init__(self, topology: Topology, config: AcceleratorConfig, precision: Precision,
                  spec: StrategySpec | None = None) -> None:

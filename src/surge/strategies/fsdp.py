@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surge.config.accelerator import AcceleratorConfig
+from surge.config.accelerator_config import AcceleratorConfig
 from surge.config.resolve import StrategySpec
 from surge.precision.base import Precision
 from surge.strategies.base import Strategy
@@ -99,15 +99,10 @@ class FSDP(Strategy):
         return model
 
     def _mesh_shape(self) -> tuple[int, ...]:
-        """(world,) or, for HYBRID_SHARD, (machines, processes per machine): parameters
-        are sharded over the processes of a machine and replicated across machines."""
-        world, machines = self.topology.world_size, self.topology.num_nodes
-        if not self.hybrid:
-            return (world,)
-        if world % machines:
-            raise ValueError(f"HYBRID_SHARD needs the same number of processes on every machine; {world} processes "
-                             f"on {machines} machines. Use FULL_SHARD, or launch equal processes per machine.")
-        return (machines, world // machines)
+        """(processes,) or, for HYBRID_SHARD, the plan's (replicas, shard size): parameters
+        are sharded within each replica group (a machine) and replicated across them."""
+        mesh = self.spec.mesh
+        return (mesh.dp_replicate, mesh.dp_shard) if self.hybrid else (self.topology.world_size,)
 
     def _mesh_names(self) -> tuple[str, ...]:
         return ("replicate", "shard") if self.hybrid else ("shard",)

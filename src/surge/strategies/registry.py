@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from surge.config.accelerator import AcceleratorConfig
+from surge.config.accelerator_config import AcceleratorConfig
 from surge.config.resolve import StrategySpec
 from surge.precision.base import Precision
 from surge.strategies.base import Strategy

@@ -37,7 +37,7 @@ class JSONLTracker(GeneralTracker):
         return self._file
 
     def store_init_configuration(self, values: dict[str, Any]) -> None:
-        from surge.checkpoint.training import write_text
+        from surge.checkpoint.atomic import write_text
 
         write_text(os.path.join(self.directory, "config.json"), json.dumps(plain(values), indent=2) + "\n")
 

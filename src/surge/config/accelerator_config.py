@@ -7,8 +7,8 @@ from datetime import timedelta
 from typing import Literal, get_args
 
 from surge.config._validate import check_bool, check_choice, check_int
-from surge.config.deepspeed import LossScaleSettings
 from surge.config.kwargs import (
+    LossScaleSettings,
     AutocastKwargs,
     DistributedDataParallelKwargs,
     GradScalerKwargs,

@@ -1,5 +1,8 @@
 """Reading DeepSpeed JSON configs (a dict or a path), with DeepSpeed's meanings.
 
+No torch here: the Accelerate-style ``DeepSpeedPlugin(hf_ds_config=...)`` and the
+config file read DeepSpeed JSON through this module, and ``surge --help`` stays fast.
+
 This module covers what an ``Accelerator`` needs: batch-size arithmetic, ZeRO stage and
 offload, precision, gradient clipping, accumulation. Keys that surge knows but cannot
 honour are collected for one warning; keys it does not know are an error that names them.
@@ -12,6 +15,8 @@ import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from surge.config.kwargs import LossScaleSettings
 
 AUTO = "auto"
 
@@ -56,24 +61,6 @@ _UNHONOURED = {
     "activation_checkpointing.partition_activations", "activation_checkpointing.cpu_checkpointing",
     "activation_checkpointing.contiguous_memory_optimization",
 }
-
-
-@dataclass(frozen=True)
-class LossScaleSettings:
-    """DeepSpeed's fp16 loss scaling (the ``fp16`` section), see precision/fp16.py."""
-
-    initial_scale: float = 2.0**16
-    """``2 ** initial_scale_power``, or the fixed ``loss_scale``."""
-    window: int = 1000
-    """``loss_scale_window``: overflow-free steps before the scale doubles."""
-    hysteresis: int = 2
-    """Overflows tolerated before the scale halves (the delayed shift)."""
-    consecutive_hysteresis: bool = False
-    """Refill the hysteresis after every overflow-free step, not only when the scale grows."""
-    min_scale: float = 1.0
-    """``min_loss_scale``: the scale never halves below this."""
-    static: bool = False
-    """``loss_scale`` > 0: the scale never changes (overflowing steps are still skipped)."""
 
 
 @dataclass

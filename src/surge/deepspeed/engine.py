@@ -13,6 +13,8 @@ synchronised; on the cycle's last micro-step (every ``gradient_accumulation_step
 and on a prepared loader's last batch) they are, and the following ``step()`` clips
 (``gradient_clipping``), steps the optimizer, advances the scheduler (unless fp16
 skipped the step) and zeroes the gradients. ``step()`` anywhere else only counts.
+``backward`` is the Accelerator's (its non-finite guard included); ``scale_wrt_gas=False``
+only leaves the loss undivided by the accumulation steps.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surge.config.deepspeed import load_json, parse_deepspeed_config, resolve_batch_sizes
+from surge.deepspeed.config import load_json, parse_deepspeed_config, resolve_batch_sizes
 
 _CLIENT_STATE = "client_state"
 
@@ -101,9 +103,9 @@ def initialize(
     """
     from surge.accelerator import Accelerator
     from surge.config.plugins import DeepSpeedPlugin
-    from surge.optimizers import build_optimizer, optimizer_class
-    from surge.schedulers import build_scheduler, scheduler_class
-    from surge.state import Topology
+    from surge.deepspeed.optimizers import build_optimizer, optimizer_class
+    from surge.deepspeed.schedulers import build_scheduler, scheduler_class
+    from surge.topology import Topology
 
     if mpu is not None or mesh_param is not None:
         raise ValueError("surge.initialize(mpu=... / mesh_param=...): model parallelism through DeepSpeed's mpu or "
@@ -195,7 +197,6 @@ class Engine(nn.Module):
         self.micro_steps = 0
         self.skipped_steps = 0
         self._backward_this_micro_step = False
-        self._saves = 0
 
     # -- DeepSpeed's accessors --------------------------------------------------------------
 
@@ -228,10 +229,10 @@ class Engine(nn.Module):
         return self._zero_stage
 
     def fp16_enabled(self) -> bool:
-        return self.accelerator.mixed_precision == "fp16"
+        return self.accelerator.precision.export_dtype is torch.float16
 
     def bf16_enabled(self) -> bool:
-        return self.accelerator.mixed_precision == "bf16"
+        return self.accelerator.precision.export_dtype is torch.bfloat16
 
     def get_lr(self) -> list[float]:
         return [group["lr"] for group in self._need_optimizer("get_lr").param_groups]
@@ -247,8 +248,7 @@ class Engine(nn.Module):
 
     @property
     def loss_scale(self) -> float:
-        scaler = getattr(self.accelerator.precision, "scaler", None)
-        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        return self.accelerator.precision.loss_scale
 
     cur_scale = loss_scale
 
@@ -281,10 +281,7 @@ class Engine(nn.Module):
             raise RuntimeError("engine.backward was called twice in one micro-step; call engine.step() after each "
                                "backward (it only steps the optimizer at accumulation boundaries).")
         with self.accelerator.accumulate(self._wrapped):
-            if scale_wrt_gas:
-                self.accelerator.backward(loss, retain_graph=retain_graph)
-            else:
-                self.accelerator.strategy.backward(loss, retain_graph=retain_graph)
+            self.accelerator._backward(loss, average=scale_wrt_gas, retain_graph=retain_graph)
         self._backward_this_micro_step = True
         return loss
 
@@ -318,7 +315,7 @@ class Engine(nn.Module):
         to ``save_dir/tag`` (tag default ``global_step<N>``) and, with ``save_latest``,
         name it in ``save_dir/latest``. Every process must call it; the checkpoint
         appears only once complete (see checkpoint/training.py)."""
-        from surge.checkpoint.training import save_training_state, write_text
+        from surge.checkpoint.atomic import write_text
         from surge.ops import broadcast_object_list
 
         tag = _check_tag(f"global_step{self.global_steps}" if tag is None else tag)
@@ -329,14 +326,10 @@ class Engine(nn.Module):
                                  "process must pass the same tag.")
         save_dir = os.fspath(save_dir)
         extra = {_CLIENT_STATE: dict(client_state or {}), "engine": self._counters()}
-        self._saves += 1
-        save_training_state(os.path.join(save_dir, tag), topology=self.accelerator.topology,
-                            strategy_name=self.accelerator.strategy.name,
-                            sharded=self.accelerator.strategy.sharded_checkpoint, save_index=self._saves,
-                            models=[self._wrapped],
-                            optimizers=[self.optimizer] if self.optimizer is not None else [],
-                            schedulers=[self.lr_scheduler] if self.lr_scheduler is not None else [],
-                            precision_state=self.accelerator.precision.state_dict(), extra=extra)
+        self.accelerator._write_checkpoint(
+            os.path.join(save_dir, tag), models=[self._wrapped],
+            optimizers=[self.optimizer] if self.optimizer is not None else [],
+            schedulers=[self.lr_scheduler] if self.lr_scheduler is not None else [], extra=extra)
         if save_latest and self.accelerator.is_main_process:
             write_text(os.path.join(save_dir, "latest"), tag)
         self.accelerator.wait_for_everyone()
@@ -353,8 +346,6 @@ class Engine(nn.Module):
             ``(checkpoint_path, client_state)``, or ``(None, None)`` (with a warning)
             when ``tag`` is None and there is no ``latest`` file.
         """
-        from surge.checkpoint.training import load_training_state
-
         load_dir = os.fspath(load_dir)
         if tag is None:
             latest = os.path.join(load_dir, "latest")
@@ -367,10 +358,9 @@ class Engine(nn.Module):
         path = os.path.join(load_dir, _check_tag(tag))
         with_optimizer = load_optimizer_states and not load_module_only and self.optimizer is not None
         with_scheduler = load_lr_scheduler_states and not load_module_only and self.lr_scheduler is not None
-        extra, _ = load_training_state(
-            path, topology=self.accelerator.topology, models=[self._wrapped], optimizers=[self.optimizer] if with_optimizer else [],
-            schedulers=[self.lr_scheduler] if with_scheduler else [],
-            load_precision_state=None if load_module_only else self.accelerator.precision.load_state_dict,
+        extra, _ = self.accelerator._read_checkpoint(
+            path, models=[self._wrapped], optimizers=[self.optimizer] if with_optimizer else [],
+            schedulers=[self.lr_scheduler] if with_scheduler else [], load_precision=not load_module_only,
             strict=load_module_strict, partial=not (with_optimizer and with_scheduler),
         )
         if not load_module_only:
@@ -396,7 +386,7 @@ class Engine(nn.Module):
             frozen = {name for name, p in self.module.named_parameters() if not p.requires_grad}
             state = {k: v for k, v in state.items() if k not in frozen}
         if self.accelerator.is_main_process:
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision)
+            dtype = self.accelerator.precision.export_dtype
             state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
                      for k, v in state.items()}
             path = os.path.join(os.fspath(save_dir), save_filename)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from surge.config.deepspeed import reject_auto
+from surge.deepspeed.config import reject_auto
 
 WARMUP_TYPES = ("log", "linear")
 

@@ -1,6 +1,6 @@
-"""The Accelerator's checkpoint methods: ``save_state``, ``load_state``,
-``register_for_checkpointing``, ``wait_for_checkpoint`` (mixed into
-:class:`surge.Accelerator`; the files themselves are checkpoint/training.py's)."""
+"""The Accelerator's saving methods: ``save_model``, ``save``, ``save_state``,
+``load_state``, ``register_for_checkpointing``, ``wait_for_checkpoint`` (mixed into
+:class:`surge.Accelerator`; the files themselves are export.py's and training.py's)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import os
 import warnings
 from typing import Any
 
+import torch
+from torch import nn
+
+from surge.checkpoint.atomic import atomic_write
 from surge.config._validate import check_bool
 
 _log = logging.getLogger("surge")
@@ -20,6 +24,51 @@ class CheckpointingMixin:
 
     _checkpoint_group: Any
     _pending_save: Any
+
+    def save_model(
+        self,
+        model: nn.Module,
+        save_directory: str | os.PathLike[str],
+        max_shard_size: int | str = "10GB",
+        safe_serialization: bool = True,
+    ) -> None:
+        """Export the model's weights to ``save_directory`` from the main process.
+
+        Writes ``model.safetensors`` or, beyond ``max_shard_size``, numbered shards and
+        ``model.safetensors.index.json`` (transformers' layout; ``from_pretrained``
+        loads it, and ``config.json`` is written for transformers models). Writes are
+        atomic (see checkpoint/atomic.py). Other processes return at once.
+        """
+        from surge.checkpoint.export import save_weights
+
+        state_dict = self.get_state_dict(model)
+        if self.is_main_process:
+            inner = self.unwrap_model(model)
+            generation_config = getattr(inner, "generation_config", None)
+            if generation_config is not None and not (hasattr(inner, "can_generate") and inner.can_generate()):
+                generation_config = None
+            save_weights(
+                state_dict,
+                save_directory,
+                max_shard_size=max_shard_size,
+                safe_serialization=safe_serialization,
+                config=getattr(inner, "config", None),
+                generation_config=generation_config,
+            )
+
+    def save(self, obj: Any, f: str | os.PathLike[str], safe_serialization: bool = False) -> None:
+        """Save ``obj`` to ``f`` on the main process only, atomically.
+
+        ``safe_serialization=True`` writes a dict of tensors with safetensors.
+        """
+        if not self.is_main_process:
+            return
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            atomic_write(f, lambda tmp: save_file(obj, tmp, metadata={"format": "pt"}))
+        else:
+            atomic_write(f, lambda tmp: torch.save(obj, tmp))
 
     def register_for_checkpointing(self, *objects: Any) -> None:
         """Include ``objects`` (anything with ``state_dict`` / ``load_state_dict``) in
@@ -56,7 +105,6 @@ class CheckpointingMixin:
         state in host memory while the write runs.
         """
         from surge.checkpoint.naming import checkpoints_root, number_of, prune
-        from surge.checkpoint.training import save_training_state
         from surge.utils.random import rng_state
 
         if not safe_serialization:
@@ -73,7 +121,6 @@ class CheckpointingMixin:
                 raise ValueError("save_state() needs output_dir, or ProjectConfiguration(project_dir=..., "
                                  "automatic_checkpoint_naming=True) to name checkpoints itself.")
             output_dir = os.path.join(checkpoints_root(pc.project_dir), f"checkpoint_{pc.iteration}")
-        self._checkpoint_calls += 1
         gs = self.gradient_state
         if gs.cycle_step and self.topology.is_main_process:
             warnings.warn(f"save_state at micro-step {gs.cycle_step} of an accumulation cycle of {gs.num_steps}: the "
@@ -87,16 +134,11 @@ class CheckpointingMixin:
             "cycle_step": self.gradient_state.cycle_step,
             "iteration": (number + 1) if number is not None else pc.iteration,
         }
-        sharded = self.strategy.sharded_checkpoint
-        gather = sharded and self.fsdp_plugin is not None and self.fsdp_plugin.state_dict_type == "FULL_STATE_DICT"
         limit = pc.total_limit if automatic else None
         root = checkpoints_root(pc.project_dir)
-        result = save_training_state(
-            output_dir, topology=self.topology, strategy_name=self.strategy.name,
-            sharded=sharded and not gather, gather=gather, models=self._models, optimizers=self._optimizers,
-            schedulers=self._schedulers, precision_state=self.precision.state_dict(), extra=extra,
-            rank_state={"rng": rng_state()}, save_index=self._checkpoint_calls, background=async_save,
-            group=self._background_group() if async_save and sharded and not gather else None,
+        result = self._write_checkpoint(
+            output_dir, models=self._models, optimizers=self._optimizers, schedulers=self._schedulers, extra=extra,
+            rank_state={"rng": rng_state()}, background=async_save,
             on_complete=(lambda: prune(root, limit)) if limit is not None else None,
         )
         if automatic:
@@ -106,13 +148,47 @@ class CheckpointingMixin:
             return result.directory
         return result
 
+    def _write_checkpoint(self, directory: str | os.PathLike[str], *, models: list[Any], optimizers: list[Any],
+                          schedulers: list[Any], extra: dict[str, Any], rank_state: dict[str, Any] | None = None,
+                          background: bool = False, on_complete: Any = None) -> Any:
+        """The one checkpoint write of ``save_state`` and the DeepSpeed engine's
+        ``save_checkpoint``: the strategy chooses the layout, the precision adds its state.
+        Returns the directory, or a ``PendingSave`` with ``background``."""
+        from surge.checkpoint.training import save_training_state
+
+        self._checkpoint_calls += 1
+        writer = self.strategy.checkpoint_writer()
+        return save_training_state(
+            directory, writer=writer, topology=self.topology, strategy_name=self.strategy.name, models=models,
+            optimizers=optimizers, schedulers=schedulers, precision_state=self.precision.state_dict(), extra=extra,
+            rank_state=rank_state, save_index=self._checkpoint_calls, background=background,
+            group=self._background_group() if background and writer.sharded else None, on_complete=on_complete,
+        )
+
+    def _read_checkpoint(self, directory: str, *, models: list[Any], optimizers: list[Any], schedulers: list[Any],
+                         load_precision: bool = True, strict: bool = True, partial: bool = False
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The one checkpoint read of ``load_state`` and the engine's ``load_checkpoint``:
+        under a sharded strategy every process must arrive (checked, never a hang).
+        Returns the caller's saved state and this process's own."""
+        from surge.checkpoint.training import check_all_arrived, load_training_state
+
+        self._checkpoint_calls += 1
+        if self.strategy.sharded_checkpoint:
+            check_all_arrived(self.topology, f"surge/load/{os.path.abspath(directory)}/{self._checkpoint_calls}")
+        return load_training_state(
+            directory, topology=self.topology, models=models, optimizers=optimizers, schedulers=schedulers,
+            load_precision_state=self.precision.load_state_dict if load_precision else None, strict=strict,
+            partial=partial,
+        )
+
     def _background_group(self) -> Any:
         """A gloo process group of its own for background checkpoint writes, so their
         collectives never interleave with the training's (made once, by every process)."""
         if self._checkpoint_group is None and self.topology.is_distributed:
             import torch.distributed as dist
 
-            from surge.state import group_timeout
+            from surge.process_group import group_timeout
 
             # new_group's own default is 30 minutes: the job's collective timeout applies here too
             self._checkpoint_group = dist.new_group(backend="gloo", timeout=group_timeout())
@@ -152,7 +228,6 @@ class CheckpointingMixin:
                 corrupted or mismatching one (the file or count is named).
         """
         from surge.checkpoint.naming import checkpoints_root, newest_complete, number_of
-        from surge.checkpoint.training import check_all_arrived, load_training_state
         from surge.utils.random import set_rng_state
 
         if kwargs:
@@ -171,13 +246,8 @@ class CheckpointingMixin:
                 raise ValueError(f"load_state() found no complete checkpoint under {root!r}; pass input_dir, or "
                                  "missing_ok=True to start from the beginning when there is none.")
         input_dir = os.fspath(input_dir)
-        self._checkpoint_calls += 1
-        if self.strategy.sharded_checkpoint:
-            check_all_arrived(self.topology, f"surge/load/{os.path.abspath(input_dir)}/{self._checkpoint_calls}")
-        extra, rank_state = load_training_state(
-            input_dir, topology=self.topology, models=self._models, optimizers=self._optimizers,
-            schedulers=self._schedulers, load_precision_state=self.precision.load_state_dict,
-        )
+        extra, rank_state = self._read_checkpoint(input_dir, models=self._models, optimizers=self._optimizers,
+                                                  schedulers=self._schedulers)
         for kind, mine, saved in (("dataloaders", self._dataloaders, extra["loaders"]),
                                   ("objects registered for checkpointing", self._custom_objects, extra["custom"])):
             if len(mine) != len(saved):

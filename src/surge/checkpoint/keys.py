@@ -1,0 +1,63 @@
+"""Optimizer state keyed by parameter name, so it loads into any strategy.
+
+A torch optimizer keys its state by position in its param groups; positions change
+when a strategy replaces the parameters (FSDP2's DTensors) or the optimizer (ZeRO-1).
+Names (``model.named_parameters()``) do not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def consolidates(optimizer: Any) -> bool:
+    """True for optimizers that gather their sharded state themselves (ZeRO-1)."""
+    return hasattr(optimizer, "consolidate_state_dict")
+
+
+def inner_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside a prepared (wrapped) one."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def owner_index(models: list[nn.Module], optimizer: torch.optim.Optimizer) -> int:
+    """Which model holds the optimizer's parameters.
+
+    Raises:
+        ValueError: none does.
+    """
+    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for i, model in enumerate(models):
+        if any(id(p) in params for p in model.parameters()):
+            return i
+    raise ValueError("an optimizer to checkpoint holds parameters of no prepared model; prepare the model with it.")
+
+
+def named_positions(model: nn.Module, optimizer: Any) -> list[str]:
+    """The parameter name of each position in the optimizer's param groups."""
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    prefix = "module."
+    out = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = names.get(id(p))
+            if name is None:
+                raise ValueError("an optimizer parameter is not a parameter of its model; cannot name its state.")
+            out.append(name[len(prefix):] if name.startswith(prefix) else name)
+    return out
+
+
+def by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """An index-keyed optimizer state dict (ZeRO-1's consolidated one) keyed by name."""
+    groups = [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]]
+    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
+
+
+def by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """:func:`by_name`'s inverse."""
+    index = {n: i for i, n in enumerate(names)}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}

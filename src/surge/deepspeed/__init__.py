@@ -1,0 +1,46 @@
+"""DeepSpeed's API on surge: an adapter that translates into the public core.
+
+``surge.initialize`` / :class:`Engine` (engine.py) run a script written for
+``deepspeed.initialize`` on an :class:`~surge.Accelerator`; config.py reads DeepSpeed
+JSON configs (no torch); optimizers.py and schedulers.py build the config's
+``optimizer`` and ``scheduler`` sections as torch objects. Nothing here reaches into a
+strategy: the engine calls the Accelerator's public methods and its checkpoint call.
+
+Names load on first use (PEP 562), like ``surge`` itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "initialize": "surge.deepspeed.engine",
+    "Engine": "surge.deepspeed.engine",
+    "add_config_arguments": "surge.deepspeed.engine",
+    "parse_deepspeed_config": "surge.deepspeed.config",
+    "DeepSpeedSettings": "surge.deepspeed.config",
+    "WarmupLR": "surge.deepspeed.schedulers",
+    "WarmupDecayLR": "surge.deepspeed.schedulers",
+    "WarmupCosineLR": "surge.deepspeed.schedulers",
+}
+
+__all__ = list(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from surge.deepspeed.config import DeepSpeedSettings, parse_deepspeed_config
+    from surge.deepspeed.engine import Engine, add_config_arguments, initialize
+    from surge.deepspeed.schedulers import WarmupCosineLR, WarmupDecayLR, WarmupLR
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'surge.deepspeed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
