@@ -49,8 +49,6 @@ from typing import Any
 
 _PREFIX = "surge/hang/"
 _REQUEST = _PREFIX + "request"
-_NCCL_DEFAULTS = {"TORCH_NCCL_DESYNC_DEBUG": "1", "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
-                  "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
 _TIMEOUT_WORDS = ("timed out", "timeout")
 _ANY = "a collective"
 _DONE = _PREFIX + "done"
@@ -83,8 +81,9 @@ _hooked = False  # sys.excepthook chains to explain() (installed once per proces
 def nccl_environment() -> None:
     """Before an NCCL group starts: torch's desync report and flight recorder dump on a
     timeout, unless the user chose otherwise."""
-    for name, value in _NCCL_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    from surge.config.environment import set_nccl_debug_defaults
+
+    set_nccl_debug_defaults()
 
 
 def install(rank: int, world_size: int, timeout: timedelta | None) -> None:

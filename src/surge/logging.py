@@ -14,7 +14,6 @@ before any process group exists (the rank comes from the launcher's environment)
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 
@@ -26,13 +25,12 @@ def _rank() -> tuple[int, int]:
             return dist.get_rank(), dist.get_world_size()
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-    from surge.config.environment import current_launch_environment
+    from surge.config.environment import current_launch_environment, rank_variable
 
     try:
         env = current_launch_environment()
     except ValueError:  # an inconsistent launcher environment: logging must still work
-        rank = os.environ.get("RANK", "0")
-        return (int(rank) if rank.isdigit() else 0), 2
+        return rank_variable(), 2
 
     return env.rank, env.world_size
 
@@ -94,8 +92,10 @@ def get_logger(name: str, log_level: str | int | None = None) -> MultiProcessAda
     Raises:
         ValueError: an unknown level name.
     """
+    from surge.config.environment import log_level_variable
+
     logger = logging.getLogger(name)
-    level = log_level if log_level is not None else os.environ.get("SURGE_LOG_LEVEL")
+    level = log_level if log_level is not None else log_level_variable()
     if level is not None:
         if isinstance(level, str):
             resolved = logging.getLevelName(level.upper())

@@ -30,8 +30,10 @@ class MLflowTracker(GeneralTracker):
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ImportError(f"log_with='mlflow' needs the mlflow package: {INSTALL}") from None
+        from surge.config.environment import mlflow_tracking_uri
+
         uri, artifacts = None, None  # None: MlflowClient reads MLFLOW_TRACKING_URI
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        if mlflow_tracking_uri() is None:
             if logging_dir is None:
                 raise ValueError("log_with='mlflow' needs MLFLOW_TRACKING_URI or a logging dir (project_dir=...) for "
                                  "its local store.")
