@@ -20,8 +20,9 @@ turns it into a diagnosis, with nothing added to the collectives themselves:
   code releases the GIL, so its stack can still be read).
 - A rank whose main thread is in no collective never arrived (the collective counts are
   shown, not compared: point-to-point ops and other groups advance them on some ranks
-  only). The lowest timed-out rank prints one report with every rank's stack; each waiting rank raises :class:`CollectiveTimeout` naming the
-  collective and the missing ranks, which ``surge launch`` prints as the cause.
+  only). The lowest timed-out rank prints one report with every rank's stack; each
+  waiting rank raises :class:`CollectiveTimeout` naming the collective and the missing
+  ranks, which ``surge launch`` prints as the cause.
 - A rank that never arrived stops too: the launcher's agent terminates it once a
   waiting rank has failed; without one (an MPI/Slurm launch that does not), its thread
   ends the process after a grace period. Nobody waits forever.
@@ -311,7 +312,7 @@ _WRAPPERS = {"wrapper", "_fn", "inner"}
 def _collective_in(filenames: list[str], names: list[str]) -> str | None:
     """The collective a stack is in: the innermost torch.distributed function (outside
     decorator wrappers), "the gradient all-reduce of backward()" inside autograd, or None."""
-    for filename, name in zip(reversed(filenames), reversed(names)):
+    for filename, name in zip(reversed(filenames), reversed(names), strict=True):
         if _TORCH_DIST in filename and name not in _WRAPPERS and not name.startswith("_"):
             return name
     if any(_AUTOGRAD in f for f in filenames):

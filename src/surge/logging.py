@@ -53,13 +53,14 @@ class MultiProcessAdapter(logging.LoggerAdapter):
             return
         prefix = f"[rank {rank}] " if world > 1 else ""
         if not in_order or world == 1:
-            self.logger.log(level, prefix + str(msg), *args, **kwargs)
+            # The prefix joins the caller's format string; logging still applies the args.
+            self.logger.log(level, prefix + str(msg), *args, **kwargs)  # noqa: G003
             return
         import torch.distributed as dist
 
         for turn in range(world):
             if turn == rank:
-                self.logger.log(level, prefix + str(msg), *args, **kwargs)
+                self.logger.log(level, prefix + str(msg), *args, **kwargs)  # noqa: G003 (as above)
             dist.barrier()
 
     # LoggerAdapter's shortcuts (info, warning, ...) all end in self.log; these make sure

@@ -45,7 +45,9 @@ STRATEGIES = (
 )
 
 
-def model_state_bytes(num_params: float, strategy: Strategy, world_size: int, precision: str = "bf16") -> tuple[float, float]:
+def model_state_bytes(
+    num_params: float, strategy: Strategy, world_size: int, precision: str = "bf16"
+) -> tuple[float, float]:
     """(accelerator bytes, CPU bytes) of model states on each process.
 
     Raises:

@@ -66,7 +66,11 @@ def collect() -> dict[str, Any]:
         "mps_available": bool(mps is not None and mps.is_available()),
         "cpu_count": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
-        "backends": {"nccl": dist.is_nccl_available(), "gloo": dist.is_gloo_available(), "mpi": dist.is_mpi_available()},
+        "backends": {
+            "nccl": dist.is_nccl_available(),
+            "gloo": dist.is_gloo_available(),
+            "mpi": dist.is_mpi_available(),
+        },
         "packages": {name: _version(name) for name in OPTIONAL},
         "config_file": config_path if os.path.exists(config_path) else None,
         "config": config,

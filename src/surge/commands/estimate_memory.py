@@ -56,9 +56,9 @@ def _count(model: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from surge.memory import STRATEGIES, model_state_bytes
-
     import math
+
+    from surge.memory import STRATEGIES, model_state_bytes
 
     if args.params is not None and not (args.params > 0 and math.isfinite(args.params)):
         raise ValueError(f"--params {args.params} must be a positive number of parameters, e.g. 7e9.")

@@ -142,13 +142,11 @@ def _from_rank_vars(env: Mapping[str, str]) -> LaunchEnvironment:
     else:
         local_world, known = world, False
     if known:
-        _check_ranks(("RANK", "WORLD_SIZE", "LOCAL_RANK", local_name or "LOCAL_WORLD_SIZE"), rank, world, local_rank, local_world)
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", local_name or "LOCAL_WORLD_SIZE")
+        _check_ranks(names, rank, world, local_rank, local_world)
     else:
         _check_ranks(("RANK", "WORLD_SIZE", "LOCAL_RANK", "WORLD_SIZE"), rank, world, local_rank, world)
-    if nodes_name:
-        num_nodes = _int(env, nodes_name, minimum=1)
-    else:
-        num_nodes = -(-world // local_world)
+    num_nodes = _int(env, nodes_name, minimum=1) if nodes_name else -(-world // local_world)
     node_rank = _int(env, "GROUP_RANK") if _first(env, "GROUP_RANK") else rank // local_world
     if node_rank >= num_nodes:
         raise ValueError(

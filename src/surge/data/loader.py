@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
+from surge._tree import tree_leaves, tree_map
 from surge.accumulation import GradientState
 from surge.data.sampler import Repeated, ShardedBatchSampler, ShardedIterableDataset
-from surge._tree import tree_leaves, tree_map
 from surge.device import send_to_device
 
 # DataLoader arguments carried over from the user's loader unchanged.

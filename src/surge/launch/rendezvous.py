@@ -22,6 +22,7 @@ agent drives it like any other.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import socket
 from typing import Any
@@ -95,10 +96,8 @@ def register() -> None:
     """Make ``rdzv_backend="surge"`` known to torch's elastic launcher (idempotent)."""
     from torch.distributed.elastic.rendezvous import rendezvous_handler_registry as registry
 
-    try:
+    with contextlib.suppress(ValueError):  # already registered (a second launch in this process)
         registry.register(BACKEND, _create)
-    except ValueError:  # already registered (a second launch in this process)
-        pass
 
 
 class SurgeRendezvous(RendezvousHandler):

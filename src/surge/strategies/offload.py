@@ -94,13 +94,13 @@ class OffloadedOptimizer(ForwardingOptimizer):
     def _groups_on_masters(self) -> Iterator[list[list[torch.Tensor]]]:
         groups = self.optimizer.param_groups
         device_params = [group["params"] for group in groups]
-        for group, masters in zip(groups, self._masters):
+        for group, masters in zip(groups, self._masters, strict=True):
             group["params"] = masters
         try:
             yield device_params
         finally:
             # load_state_dict replaces the group dicts: restore by position.
-            for group, params in zip(self.optimizer.param_groups, device_params):
+            for group, params in zip(self.optimizer.param_groups, device_params, strict=True):
                 group["params"] = params
 
     def _device_params(self) -> list[torch.Tensor]:
@@ -143,8 +143,8 @@ class OffloadedOptimizer(ForwardingOptimizer):
                              "step() without a closure.")
         device_params = [group["params"] for group in self.optimizer.param_groups]
         asynchronous = False
-        for params, masters, versions in zip(device_params, self._masters, self._versions):
-            for p, master, version in zip(params, masters, versions):
+        for params, masters, versions in zip(device_params, self._masters, self._versions, strict=True):
+            for p, master, version in zip(params, masters, versions, strict=True):
                 if _version(p) != version:  # written from outside since our last step
                     master.copy_(_local(p.detach()))
                 if p.grad is None:
@@ -159,8 +159,8 @@ class OffloadedOptimizer(ForwardingOptimizer):
             torch.cuda.current_stream().synchronize()  # the CPU reads the gradients next
         with self._groups_on_masters():
             result = self.optimizer.step()
-        for params, masters in zip(device_params, self._masters):
-            for p, master in zip(params, masters):
+        for params, masters in zip(device_params, self._masters, strict=True):
+            for p, master in zip(params, masters, strict=True):
                 if master.grad is not None:
                     _local(p).copy_(master, non_blocking=self._pin)
         self._versions = self._current_versions()

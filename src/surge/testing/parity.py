@@ -68,7 +68,10 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def reference_run(
-    dataset: TensorDataset, global_batch: int, mixed_precision: str = "no", model_fn: Callable[[], nn.Module] = make_model
+    dataset: TensorDataset,
+    global_batch: int,
+    mixed_precision: str = "no",
+    model_fn: Callable[[], nn.Module] = make_model,
 ) -> list[torch.Tensor]:
     """Train one process, plain PyTorch, one optimizer step per global batch."""
     model = model_fn()
@@ -144,7 +147,7 @@ def scheduled_run(
 
 
 def max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+    return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
 # Tolerances, justified. fp32 runs differ only by summation order: measured <= 1.2e-7.

@@ -72,8 +72,8 @@ class MLflowTracker(GeneralTracker):
 
         now = int(time.time() * 1000)
         metrics, tags = [], []
-        for name, value in values.items():
-            value = scalar(value)
+        for name, raw in values.items():
+            value = scalar(raw)
             if isinstance(value, (int, float)):  # bools too
                 metrics.append(Metric(name, float(value), now, step or 0))
             else:
