@@ -102,7 +102,9 @@ def install(rank: int, world_size: int, timeout: timedelta | None) -> None:
         _state.rank, _state.world_size, _state.timeout = rank, world_size, timeout
         return
     try:
-        listener = store.clone()  # its own connection: the thread never contends with training's store use
+        # Its own connection: the thread never contends with training's store use. (Store.clone
+        # exists, but torch's stubs omit it.)
+        listener = store.clone()  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError, ValueError):
         return  # a store without clone(): the plain timeout error stays
     state = _State(rank, world_size, timeout)
@@ -272,7 +274,8 @@ def _answer(listener: Any, state: _State) -> None:
     with state.lock:
         if state.diagnosing:
             return
-        frame = sys._current_frames().get(state.main.ident)
+        ident = state.main.ident  # None only for a thread that never started
+        frame = sys._current_frames().get(ident) if ident is not None else None
         frames = traceback.extract_stack(frame) if frame is not None else []
         waiting_in = _collective_in([f.filename for f in frames], [f.name for f in frames])
         record = {"rank": state.rank, "issued": _issued(), "collective": waiting_in or "", "where": _where(frames),
@@ -299,7 +302,9 @@ def _issued() -> int:
     import torch.distributed as dist
 
     try:
-        return int(dist.distributed_c10d._get_default_group()._get_sequence_number_for_group())
+        group = dist.distributed_c10d._get_default_group()
+        # A ProcessGroup method that torch's stubs omit (they list only its _set_ twin).
+        return int(group._get_sequence_number_for_group())  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError, ValueError):
         return -1
 

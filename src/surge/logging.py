@@ -14,7 +14,12 @@ before any process group exists (the rank comes from the launcher's environment)
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    _Adapter: TypeAlias = logging.LoggerAdapter[logging.Logger]
+else:  # LoggerAdapter is subscriptable from Python 3.11 only
+    _Adapter = logging.LoggerAdapter
 
 
 def _rank() -> tuple[int, int]:
@@ -35,15 +40,17 @@ def _rank() -> tuple[int, int]:
     return env.rank, env.world_size
 
 
-class MultiProcessAdapter(logging.LoggerAdapter):
+class MultiProcessAdapter(_Adapter):
     """A ``LoggerAdapter`` whose calls take ``main_process_only=True`` and ``in_order=False``.
 
     ``in_order=True`` (with ``main_process_only=False``) logs from every process one
     after the other, rank 0 first, with a barrier between: every process must call it.
     """
 
-    def log(self, level: int, msg: Any, *args: Any, main_process_only: bool = True, in_order: bool = False,
-            **kwargs: Any) -> None:
+    # The base class's **kwargs accept any keyword of any type; these two are bools, which
+    # mypy counts as a narrower signature.
+    def log(self, level: int, msg: Any, *args: Any, main_process_only: bool = True,  # type: ignore[override]
+            in_order: bool = False, **kwargs: Any) -> None:
         if not self.isEnabledFor(level):
             return
         rank, world = _rank()

@@ -68,7 +68,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     @property
     def batch_size(self) -> int | None:
-        size = getattr(self.batch_sampler, "batch_size", None)
+        size: int | None = getattr(self.batch_sampler, "batch_size", None)
         if size is None or not self.split_batches:
             return size
         return size // self.num_shards
@@ -156,7 +156,7 @@ class Repeated:
         self.item = item
 
 
-class ShardedIterableDataset(IterableDataset):
+class ShardedIterableDataset(IterableDataset[Any]):
     """An iterable dataset cut into ``num_shards`` interleaved shares.
 
     Items are grouped in chunks of ``batch_size``; chunk ``c`` belongs to shard ``c %

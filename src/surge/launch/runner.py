@@ -147,6 +147,7 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
     from surge.launch.rendezvous import BACKEND, register
 
     per_machine = config.processes_per_machine
+    addr: str | None  # set for several machines (the config checks it)
     if config.num_machines == 1:
         # A single-machine job meets on loopback only: nothing listens on the network
         # (port 0: the rendezvous binds a free port itself, no race with other jobs).
@@ -248,8 +249,9 @@ class _RestartNotice(logging.Handler):
         if "will restart worker group" not in str(record.msg) or "attempts left" not in str(record.msg):
             return
         self.count += 1
+        args = record.args if isinstance(record.args, tuple) else ()
         try:
-            left, total = int(record.args[2]), int(record.args[3])  # role, state, left, max
+            left, total = int(str(args[2])), int(str(args[3]))  # role, state, left, max
             which = f"restart {total - left + 1} of {total}"
         except (TypeError, ValueError, IndexError):
             which = f"restart {self.count}"

@@ -106,7 +106,7 @@ class OffloadedOptimizer(ForwardingOptimizer):
     def _device_params(self) -> list[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """The optimizer's state dict. The state of a sharded (DTensor) parameter is
         given as DTensors laid out like the parameter, so ``torch.distributed.checkpoint``
         saves each shard once and can reshard it on load."""
@@ -128,7 +128,7 @@ class OffloadedOptimizer(ForwardingOptimizer):
         return DTensor.from_local(value, param.device_mesh, param.placements, run_check=False,
                                   shape=param.shape, stride=param.stride())
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         state_dict["state"] = {k: {n: _local(v) if isinstance(v, torch.Tensor) else v for n, v in entry.items()}
                                for k, entry in state_dict["state"].items()}
@@ -136,7 +136,7 @@ class OffloadedOptimizer(ForwardingOptimizer):
             self.optimizer.load_state_dict(state_dict)  # casts the state to the masters (CPU, fp32)
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         if closure is not None:
             raise ValueError("optimizer.step(closure) is not supported with offload_optimizer: the closure's "
                              "gradients would land on the device after the copy to the CPU. Call backward, then "

@@ -60,7 +60,8 @@ class BlockModel(nn.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h)
-        return self.out(h)
+        out: torch.Tensor = self.out(h)
+        return out
 
 
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -83,10 +84,11 @@ def reference_run(
         with ctx:
             out = model(x)
         loss = nn.functional.mse_loss(out.float(), y)
-        (loss * scale).backward()
+        (loss * scale).backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         if scale != 1.0:
             for p in model.parameters():
-                p.grad.div_(scale)
+                if p.grad is not None:
+                    p.grad.div_(scale)
         opt.step()
         opt.zero_grad()
     return [p.detach().clone() for p in model.parameters()]
