@@ -127,8 +127,8 @@ def compare(args, name, plugin, plain_factory, root) -> list[str]:
     def next_paths() -> None:
         barrier()
         if acc.is_main_process:
-            for name in os.listdir(root):
-                path = os.path.join(root, name)
+            for entry in os.listdir(root):
+                path = os.path.join(root, entry)
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
@@ -151,10 +151,10 @@ def compare(args, name, plugin, plain_factory, root) -> list[str]:
             rounds[k].append(statistics.median(times[k]))
     med = {k: statistics.median(v) for k, v in rounds.items()}
     next_paths()
-    rows = [f"| {name} | save | {med['plain save'] * 1e3:.0f} | {med['surge save_state'] * 1e3:.0f} | "
-            f"{med['surge save_state'] / med['plain save']:.2f}x | {size / 1e6:.0f} MB |",
-            f"| {name} | load | {med['plain load'] * 1e3:.0f} | {med['surge load_state'] * 1e3:.0f} | "
-            f"{med['surge load_state'] / med['plain load']:.2f}x | |"]
+    rows = [(f"| {name} | save | {med['plain save'] * 1e3:.0f} | {med['surge save_state'] * 1e3:.0f} | "
+             f"{med['surge save_state'] / med['plain save']:.2f}x | {size / 1e6:.0f} MB |"),
+            (f"| {name} | load | {med['plain load'] * 1e3:.0f} | {med['surge load_state'] * 1e3:.0f} | "
+             f"{med['surge load_state'] / med['plain load']:.2f}x | |")]
     return rows, stall(args, acc, model, opt, name, root)
 
 

@@ -107,7 +107,9 @@ def batches(s: Setup, device: torch.device, n: int) -> list[tuple[torch.Tensor, 
     return out
 
 
-def hand_written(s: Setup, device: torch.device, compile_: bool, fp8: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def hand_written(
+    s: Setup, device: torch.device, compile_: bool, fp8: bool
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
     torch.manual_seed(0)
     model = GPT(s).to(device)
     if fp8:
@@ -128,7 +130,9 @@ def hand_written(s: Setup, device: torch.device, compile_: bool, fp8: bool) -> C
     return step
 
 
-def with_surge(s: Setup, device: torch.device, compile_: bool, fp8: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def with_surge(
+    s: Setup, device: torch.device, compile_: bool, fp8: bool
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
     from surge import Accelerator
 
     accelerator = Accelerator(mixed_precision="fp8" if fp8 else "bf16", cpu=device.type == "cpu",

@@ -24,7 +24,8 @@ CASES = {
 
 def self_time_of(statement: str) -> float:
     """Microseconds `python -X importtime` attributes to surge's own modules."""
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", statement], capture_output=True, text=True).stderr
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", statement], capture_output=True, text=True,
+                         check=True).stderr
     total = 0
     for line in out.splitlines():
         parts = [p.strip() for p in line.removeprefix("import time:").split("|")]
@@ -46,7 +47,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["python -c pass"])
     torch_t = statistics.median(times["import torch"]) - base
-    print(f"| command | median wall (s) | minus bare python (s) |")
+    print("| command | median wall (s) | minus bare python (s) |")
     print("| --- | --- | --- |")
     for name, ts in times.items():
         print(f"| `{name}` | {statistics.median(ts):.3f} | {statistics.median(ts) - base:.3f} |")

@@ -55,8 +55,9 @@ def main() -> None:
         for name, _, index in rows:
             r = results[name]
             formula, _ = model_state_bytes(params, STRATEGIES[index], n, "fp32")
-            print(f"| {name} | {r['params'] / 1e6:.2f} MB | {r['grads'] / 1e6:.2f} MB | {r['optimizer'] / 1e6:.2f} MB | "
-                  f"{r['total'] / 1e6:.2f} MB | {r['total'] / base:.2f}x | {formula / 1e6:.2f} MB |")
+            print(f"| {name} | {r['params'] / 1e6:.2f} MB | {r['grads'] / 1e6:.2f} MB | "
+                  f"{r['optimizer'] / 1e6:.2f} MB | {r['total'] / 1e6:.2f} MB | {r['total'] / base:.2f}x | "
+                  f"{formula / 1e6:.2f} MB |")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from surge.utils import set_seed
 class Block(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.ff = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.ff = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.ff(x)
@@ -88,8 +90,9 @@ def main() -> None:
     memory = measured_model_state_bytes(accelerator.unwrap_model(model), optimizer)
     accelerator.print(f"{accelerator.strategy.name} on {accelerator.num_processes} processes: loss {first:.4f} -> "
                       f"{loss.item():.4f}")
-    accelerator.print(f"model states on process 0: {memory['total'] / 1e6:.2f} MB (params {memory['params'] / 1e6:.2f}, "
-                      f"grads {memory['grads'] / 1e6:.2f}, optimizer {memory['optimizer'] / 1e6:.2f})")
+    accelerator.print(f"model states on process 0: {memory['total'] / 1e6:.2f} MB "
+                      f"(params {memory['params'] / 1e6:.2f}, grads {memory['grads'] / 1e6:.2f}, "
+                      f"optimizer {memory['optimizer'] / 1e6:.2f})")
     accelerator.save_model(model, "runs/sharding/model")  # full safetensors, gathered from the shards
 
 

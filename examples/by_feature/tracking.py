@@ -9,8 +9,8 @@ files (``tensorboard --logdir runs/tracking/logs``), ``wandb/``, ``mlflow.db``.
 """
 
 import argparse
-import logging
 import json
+import logging
 import os
 
 import torch
@@ -57,7 +57,8 @@ def main() -> None:
     accelerator.end_training()  # flushes and closes every tracker
     jsonl = os.path.join(args.project_dir, "logs", "tracking", "metrics.jsonl")
     if accelerator.is_main_process and os.path.exists(jsonl):
-        records = [json.loads(line) for line in open(jsonl)]
+        with open(jsonl) as f:
+            records = [json.loads(line) for line in f]
         print(f"{len(records)} records in {jsonl}; last: {records[-1]}")
 
 

@@ -30,8 +30,9 @@ def tree_map(fn: Callable[[Any], Any], data: Any, is_leaf: Callable[[Any], bool]
             return tuple(mapped) if isinstance(data, tuple) else list(mapped)
     if isinstance(data, Mapping):
         mapped_dict = {k: tree_map(fn, v, is_leaf) for k, v in data.items()}
+        factory: Any = type(data)  # a dict subclass, or a Mapping whose constructor may take a dict
         try:
-            return type(data)(mapped_dict)
+            return factory(mapped_dict)
         except TypeError:  # a Mapping subclass with another constructor
             return mapped_dict
     return data

@@ -21,17 +21,17 @@ class GradientState:
     """
 
     __slots__ = (
-        "num_steps",
-        "step",
-        "cycle_step",
-        "cycle_length",
-        "sync_gradients",
-        "end_of_dataloader",
         "batch_real_count",
         "batch_size",
-        "epoch_samples",
+        "cycle_length",
+        "cycle_step",
+        "end_of_dataloader",
         "epoch_padding",
+        "epoch_samples",
+        "num_steps",
         "rescaled",
+        "step",
+        "sync_gradients",
     )
 
     def __init__(self, num_steps: int = 1) -> None:

@@ -81,11 +81,10 @@ def send_to_device(
     def move(t: torch.Tensor) -> torch.Tensor:
         return t.to(device, non_blocking=non_blocking)
 
-    if skip:
-        if isinstance(data, dict):
-            return type(data)(
-                {k: (v if k in skip else send_to_device(v, device, non_blocking, skip)) for k, v in data.items()}
-            )
+    if skip and isinstance(data, dict):
+        return type(data)(
+            {k: (v if k in skip else send_to_device(v, device, non_blocking, skip)) for k, v in data.items()}
+        )
     if isinstance(data, torch.Tensor):
         return move(data)
     out = tree_map(move, data, _movable)

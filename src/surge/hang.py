@@ -20,8 +20,9 @@ turns it into a diagnosis, with nothing added to the collectives themselves:
   code releases the GIL, so its stack can still be read).
 - A rank whose main thread is in no collective never arrived (the collective counts are
   shown, not compared: point-to-point ops and other groups advance them on some ranks
-  only). The lowest timed-out rank prints one report with every rank's stack; each waiting rank raises :class:`CollectiveTimeout` naming the
-  collective and the missing ranks, which ``surge launch`` prints as the cause.
+  only). The lowest timed-out rank prints one report with every rank's stack; each
+  waiting rank raises :class:`CollectiveTimeout` naming the collective and the missing
+  ranks, which ``surge launch`` prints as the cause.
 - A rank that never arrived stops too: the launcher's agent terminates it once a
   waiting rank has failed; without one (an MPI/Slurm launch that does not), its thread
   ends the process after a grace period. Nobody waits forever.
@@ -49,8 +50,6 @@ from typing import Any
 
 _PREFIX = "surge/hang/"
 _REQUEST = _PREFIX + "request"
-_NCCL_DEFAULTS = {"TORCH_NCCL_DESYNC_DEBUG": "1", "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
-                  "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
 _TIMEOUT_WORDS = ("timed out", "timeout")
 _ANY = "a collective"
 _DONE = _PREFIX + "done"
@@ -83,8 +82,9 @@ _hooked = False  # sys.excepthook chains to explain() (installed once per proces
 def nccl_environment() -> None:
     """Before an NCCL group starts: torch's desync report and flight recorder dump on a
     timeout, unless the user chose otherwise."""
-    for name, value in _NCCL_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    from surge.config.environment import set_nccl_debug_defaults
+
+    set_nccl_debug_defaults()
 
 
 def install(rank: int, world_size: int, timeout: timedelta | None) -> None:
@@ -102,7 +102,9 @@ def install(rank: int, world_size: int, timeout: timedelta | None) -> None:
         _state.rank, _state.world_size, _state.timeout = rank, world_size, timeout
         return
     try:
-        listener = store.clone()  # its own connection: the thread never contends with training's store use
+        # Its own connection: the thread never contends with training's store use. (Store.clone
+        # exists, but torch's stubs omit it.)
+        listener = store.clone()  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError, ValueError):
         return  # a store without clone(): the plain timeout error stays
     state = _State(rank, world_size, timeout)
@@ -272,7 +274,8 @@ def _answer(listener: Any, state: _State) -> None:
     with state.lock:
         if state.diagnosing:
             return
-        frame = sys._current_frames().get(state.main.ident)
+        ident = state.main.ident  # None only for a thread that never started
+        frame = sys._current_frames().get(ident) if ident is not None else None
         frames = traceback.extract_stack(frame) if frame is not None else []
         waiting_in = _collective_in([f.filename for f in frames], [f.name for f in frames])
         record = {"rank": state.rank, "issued": _issued(), "collective": waiting_in or "", "where": _where(frames),
@@ -299,7 +302,9 @@ def _issued() -> int:
     import torch.distributed as dist
 
     try:
-        return int(dist.distributed_c10d._get_default_group()._get_sequence_number_for_group())
+        group = dist.distributed_c10d._get_default_group()
+        # A ProcessGroup method that torch's stubs omit (they list only its _set_ twin).
+        return int(group._get_sequence_number_for_group())  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError, ValueError):
         return -1
 
@@ -312,7 +317,7 @@ _WRAPPERS = {"wrapper", "_fn", "inner"}
 def _collective_in(filenames: list[str], names: list[str]) -> str | None:
     """The collective a stack is in: the innermost torch.distributed function (outside
     decorator wrappers), "the gradient all-reduce of backward()" inside autograd, or None."""
-    for filename, name in zip(reversed(filenames), reversed(names)):
+    for filename, name in zip(reversed(filenames), reversed(names), strict=True):
         if _TORCH_DIST in filename and name not in _WRAPPERS and not name.startswith("_"):
             return name
     if any(_AUTOGRAD in f for f in filenames):

@@ -14,8 +14,12 @@ before any process group exists (the rank comes from the launcher's environment)
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    _Adapter: TypeAlias = logging.LoggerAdapter[logging.Logger]
+else:  # LoggerAdapter is subscriptable from Python 3.11 only
+    _Adapter = logging.LoggerAdapter
 
 
 def _rank() -> tuple[int, int]:
@@ -26,26 +30,27 @@ def _rank() -> tuple[int, int]:
             return dist.get_rank(), dist.get_world_size()
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-    from surge.config.environment import current_launch_environment
+    from surge.config.environment import current_launch_environment, rank_variable
 
     try:
         env = current_launch_environment()
     except ValueError:  # an inconsistent launcher environment: logging must still work
-        rank = os.environ.get("RANK", "0")
-        return (int(rank) if rank.isdigit() else 0), 2
+        return rank_variable(), 2
 
     return env.rank, env.world_size
 
 
-class MultiProcessAdapter(logging.LoggerAdapter):
+class MultiProcessAdapter(_Adapter):
     """A ``LoggerAdapter`` whose calls take ``main_process_only=True`` and ``in_order=False``.
 
     ``in_order=True`` (with ``main_process_only=False``) logs from every process one
     after the other, rank 0 first, with a barrier between: every process must call it.
     """
 
-    def log(self, level: int, msg: Any, *args: Any, main_process_only: bool = True, in_order: bool = False,
-            **kwargs: Any) -> None:
+    # The base class's **kwargs accept any keyword of any type; these two are bools, which
+    # mypy counts as a narrower signature.
+    def log(self, level: int, msg: Any, *args: Any, main_process_only: bool = True,  # type: ignore[override]
+            in_order: bool = False, **kwargs: Any) -> None:
         if not self.isEnabledFor(level):
             return
         rank, world = _rank()
@@ -55,13 +60,14 @@ class MultiProcessAdapter(logging.LoggerAdapter):
             return
         prefix = f"[rank {rank}] " if world > 1 else ""
         if not in_order or world == 1:
-            self.logger.log(level, prefix + str(msg), *args, **kwargs)
+            # The prefix joins the caller's format string; logging still applies the args.
+            self.logger.log(level, prefix + str(msg), *args, **kwargs)  # noqa: G003
             return
         import torch.distributed as dist
 
         for turn in range(world):
             if turn == rank:
-                self.logger.log(level, prefix + str(msg), *args, **kwargs)
+                self.logger.log(level, prefix + str(msg), *args, **kwargs)  # noqa: G003 (as above)
             dist.barrier()
 
     # LoggerAdapter's shortcuts (info, warning, ...) all end in self.log; these make sure
@@ -94,8 +100,10 @@ def get_logger(name: str, log_level: str | int | None = None) -> MultiProcessAda
     Raises:
         ValueError: an unknown level name.
     """
+    from surge.config.environment import log_level_variable
+
     logger = logging.getLogger(name)
-    level = log_level if log_level is not None else os.environ.get("SURGE_LOG_LEVEL")
+    level = log_level if log_level is not None else log_level_variable()
     if level is not None:
         if isinstance(level, str):
             resolved = logging.getLevelName(level.upper())

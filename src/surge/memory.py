@@ -20,6 +20,10 @@ and the communication buckets come on top and are not counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported when measuring only (estimate-memory's arithmetic needs none)
+    import torch
 
 # bytes per parameter: (parameters, gradients, optimizer state)
 _BYTES = {"fp32": (4, 4, 8), "bf16": (2, 2, 12), "fp16": (2, 2, 12)}
@@ -45,7 +49,9 @@ STRATEGIES = (
 )
 
 
-def model_state_bytes(num_params: float, strategy: Strategy, world_size: int, precision: str = "bf16") -> tuple[float, float]:
+def model_state_bytes(
+    num_params: float, strategy: Strategy, world_size: int, precision: str = "bf16"
+) -> tuple[float, float]:
     """(accelerator bytes, CPU bytes) of model states on each process.
 
     Raises:
@@ -81,26 +87,26 @@ def count_parameters(model: object) -> int:
     return total
 
 
-def measured_model_state_bytes(model: object, optimizer: object) -> dict[str, int]:
+def measured_model_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """Bytes this process holds for parameters, gradients and optimizer state, counting
     only the local shard of sharded tensors (DTensor) and each storage once."""
     import torch
 
     seen: set[int] = set()
 
-    def local_bytes(t: object) -> int:
-        if not isinstance(t, torch.Tensor):
+    def local_bytes(value: object) -> int:
+        if not isinstance(value, torch.Tensor):
             return 0
-        t = getattr(t, "_local_tensor", t)  # the shard this rank holds
+        t: torch.Tensor = getattr(value, "_local_tensor", value)  # the shard this rank holds
         key = t.untyped_storage().data_ptr()
         if key in seen or t.numel() == 0:
             return 0
         seen.add(key)
         return t.untyped_storage().nbytes()
 
-    params = sum(local_bytes(p) for p in model.parameters())  # type: ignore[attr-defined]
-    grads = sum(local_bytes(p.grad) for p in model.parameters() if p.grad is not None)  # type: ignore[attr-defined]
-    inner = getattr(optimizer, "optimizer", optimizer)
+    params = sum(local_bytes(p) for p in model.parameters())
+    grads = sum(local_bytes(p.grad) for p in model.parameters() if p.grad is not None)
+    inner: Any = getattr(optimizer, "optimizer", optimizer)
     inner = getattr(inner, "optim", inner)  # ZeroRedundancyOptimizer keeps its shard's optimizer here
     state = sum(local_bytes(v) for s in inner.state.values() for v in s.values())
     return {"params": params, "grads": grads, "optimizer": state, "total": params + grads + state}

@@ -28,7 +28,7 @@ class ForwardingOptimizer(torch.optim.Optimizer):
     optimizer: torch.optim.Optimizer
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
     @param_groups.setter
@@ -36,7 +36,7 @@ class ForwardingOptimizer(torch.optim.Optimizer):
         self.optimizer.param_groups = value
 
     @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:
         return self.optimizer.defaults
 
     @defaults.setter
@@ -44,7 +44,7 @@ class ForwardingOptimizer(torch.optim.Optimizer):
         self.optimizer.defaults = value
 
     @property
-    def state(self) -> Any:  # type: ignore[override]
+    def state(self) -> Any:
         return self.optimizer.state
 
     @state.setter
@@ -97,10 +97,10 @@ class AcceleratedOptimizer(ForwardingOptimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.optimizer.add_param_group(param_group)
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state_dict)
 
     def zero_grad(self, set_to_none: bool | None = None) -> None:
@@ -114,7 +114,7 @@ class AcceleratedOptimizer(ForwardingOptimizer):
             else:
                 self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         """Step the wrapped optimizer at an accumulation boundary; a no-op otherwise."""
         if not self.gradient_state.sync_gradients:
             return None
@@ -180,7 +180,7 @@ class AcceleratedScheduler:
 
     def __init__(
         self,
-        scheduler: Any,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
         optimizers: list[AcceleratedOptimizer],
         gradient_state: GradientState,
         step_with_optimizer: bool = True,
@@ -207,7 +207,7 @@ class AcceleratedScheduler:
             return
         self.scheduler.step(*args, **kwargs)
 
-    def get_last_lr(self) -> list[float]:
+    def get_last_lr(self) -> list[float | torch.Tensor]:
         return self.scheduler.get_last_lr()
 
     def state_dict(self) -> dict[str, Any]:
@@ -216,11 +216,8 @@ class AcceleratedScheduler:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state_dict)
 
-    def get_lr(self) -> Any:
+    def get_lr(self) -> list[float | torch.Tensor]:
         return self.scheduler.get_lr()
-
-    def print_lr(self, *args: Any, **kwargs: Any) -> Any:
-        return self.scheduler.print_lr(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name == "scheduler":

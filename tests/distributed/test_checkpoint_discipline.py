@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import surge.checkpoint.training as training
 from surge import Accelerator, ProjectConfiguration
+from surge.checkpoint import training
 from surge.ops import broadcast_object_list
 from surge.testing import distributed_test
 from surge.testing.parity import BlockModel

@@ -79,7 +79,9 @@ def check_no_sync_inside_a_cycle():
 def check_scheduler_rule():
     for steps in (1, 4):
         acc = Accelerator(gradient_accumulation_steps=steps)
-        _, last_epoch, last_lr, total = scheduled_run(acc, 128, lambda length, epochs: length * epochs // steps)
+        _, last_epoch, last_lr, total = scheduled_run(
+            acc, 128, lambda length, epochs, steps=steps: length * epochs // steps
+        )
         assert last_epoch == total, (steps, last_epoch, total)
         assert last_lr == 0.0
 
@@ -129,7 +131,7 @@ def check_item_weighted_mean_across_processes():
             xb, yb = x[offset : offset + size], y[offset : offset + size]
             offset += size
             acc.backward(nn.functional.mse_loss(model(xb), yb, reduction="sum"), num_items_in_batch=n_items)
-    for a, b in zip(big.parameters(), acc.unwrap_model(model).parameters()):
+    for a, b in zip(big.parameters(), acc.unwrap_model(model).parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
 
@@ -147,7 +149,7 @@ def check_fp16_overflow_on_one_rank_skips_everywhere():
     opt.zero_grad()
     assert acc.optimizer_step_was_skipped
     assert acc.scaler.get_scale() == FP16_SCALE / 2 and sched.get_last_lr() == [0.1]
-    assert all(torch.equal(a, b) for a, b in zip(before, acc.unwrap_model(model).parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, acc.unwrap_model(model).parameters(), strict=True))
 
 
 def check_skip_first_batches_across_processes():

@@ -69,7 +69,8 @@ def check_ddp_matches_single_process_on_the_global_batch():
         acc.backward(nn.functional.mse_loss(model(x), y))
         opt.step()
         opt.zero_grad()
-    diff = max((a - b).abs().max().item() for a, b in zip(ref.parameters(), acc.unwrap_model(model).parameters()))
+    pairs = zip(ref.parameters(), acc.unwrap_model(model).parameters(), strict=True)
+    diff = max((a - b).abs().max().item() for a, b in pairs)
     assert diff <= 1e-6, diff
     # Both ranks hold the same parameters.
     flat = torch.cat([p.detach().flatten() for p in acc.unwrap_model(model).parameters()])

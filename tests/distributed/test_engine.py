@@ -105,13 +105,14 @@ def check_llama_through_initialize_zero3_offload_fp16():
     model = _llama()
     for layer in model.model.layers:
         layer.mlp.register_forward_pre_hook(lambda *_: calls.append(1))
-    engine, optimizer, loader, scheduler = surge.initialize(model=model, config=LLAMA_CONFIG,
+    engine, _optimizer, loader, _scheduler = surge.initialize(model=model, config=LLAMA_CONFIG,
                                                             training_data=_tokens())
     assert engine.fp16_enabled() and engine.zero_optimization_stage() == 3 and engine.train_batch_size() == 8
     batches = _forever(loader)
     losses = _train_steps(engine, batches, 12)
     layers = len(model.model.layers)
-    assert len(calls) == 2 * layers * len(losses), (len(calls), len(losses))  # each layer ran again in backward (activation checkpointing)
+    # each layer ran again in backward (activation checkpointing)
+    assert len(calls) == 2 * layers * len(losses), (len(calls), len(losses))
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < first - 0.5, losses
     assert engine.get_global_grad_norm() is not None and engine.loss_scale > 1

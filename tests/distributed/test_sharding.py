@@ -9,12 +9,19 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from surge import Accelerator, DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin, GradScalerKwargs
 from surge.ops import broadcast_object_list
 from surge.testing import distributed_test
-from surge.testing.parity import FP16_SCALE, BlockModel, TOLERANCE, make_dataset, max_difference, reference_run, surge_run
+from surge.testing.parity import (
+    FP16_SCALE,
+    TOLERANCE,
+    BlockModel,
+    make_dataset,
+    max_difference,
+    reference_run,
+    surge_run,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -120,13 +127,13 @@ def check_optimizer_offload_keeps_state_on_cpu():
     assert set(map(id, opt.state)) == set(map(id, masters))
     assert all(v.device.type == "cpu" for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
     shards = [p.to_local() for p in model.parameters()]
-    assert all(torch.equal(s, m) for s, m in zip(shards, masters))
+    assert all(torch.equal(s, m) for s, m in zip(shards, masters, strict=True))
     assert opt.param_groups[0]["lr"] == 1e-2 * 0.25  # the schedule reaches the CPU step
     state = opt.state_dict()
     moved = {k: v.clone() for k, v in state["state"][0].items()}
     opt.load_state_dict(state)
     assert all(torch.equal(moved[k], opt.state_dict()["state"][0][k]) for k in moved)
-    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], model.parameters()))
+    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], model.parameters(), strict=True))
 
 
 def check_size_based_wrap_shards_big_modules():

@@ -145,10 +145,10 @@ def test_a_killed_save_leaves_the_previous_checkpoint(tmp_path):
     assert leftovers  # the staging directory, which no loader picks
     check = subprocess.run(
         [sys.executable, "-c",
-         "import sys, torch; from surge import Accelerator, ProjectConfiguration\n"
-         "acc = Accelerator(project_config=ProjectConfiguration(sys.argv[1], automatic_checkpoint_naming=True))\n"
-         "model = torch.nn.Linear(256, 256); opt = torch.optim.Adam(model.parameters())\n"
-         "acc.prepare(model, opt); print(acc.load_state())", str(tmp_path)],
+         ("import sys, torch; from surge import Accelerator, ProjectConfiguration\n"
+          "acc = Accelerator(project_config=ProjectConfiguration(sys.argv[1], automatic_checkpoint_naming=True))\n"
+          "model = torch.nn.Linear(256, 256); opt = torch.optim.Adam(model.parameters())\n"
+          "acc.prepare(model, opt); print(acc.load_state())"), str(tmp_path)],
         env=clean_env(), capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().endswith("checkpoint_0")

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
@@ -78,7 +77,8 @@ def test_two_machines_on_localhost_form_one_job():
 
 
 def test_surge_test_passes_on_two_cpu_processes():
-    result = surge("test", "--num_processes", 2, "--cpu", "--mixed_precision", "bf16", "--gradient_accumulation_steps", 2)
+    result = surge("test", "--num_processes", 2, "--cpu", "--mixed_precision", "bf16",
+                   "--gradient_accumulation_steps", 2)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("PASS") == 3 and "all checks passed" in result.stdout
 
@@ -138,7 +138,11 @@ def test_bad_invocations_fail_with_one_line(argv, message):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("num_procs: 2\n", "unknown key(s) 'num_procs'"), ("a: [\n", "is not valid YAML"), ("zero_stage: 4\n", "zero_stage=4")],
+    [
+        ("num_procs: 2\n", "unknown key(s) 'num_procs'"),
+        ("a: [\n", "is not valid YAML"),
+        ("zero_stage: 4\n", "zero_stage=4"),
+    ],
 )
 def test_bad_config_files_fail_with_one_line(tmp_path, content, message):
     cfg = tmp_path / "c.yaml"
@@ -181,7 +185,8 @@ def test_interactive_config_through_a_terminal(tmp_path):
     got = load_config(str(cfg))
     assert (got.machine_type, got.num_machines, got.machine_rank, got.main_process_ip, got.main_process_port) == (
         "multi_node", 2, 1, "10.0.0.1", 29500)
-    assert (got.num_processes, got.mixed_precision, got.gradient_accumulation_steps, got.zero_stage) == (4, "bf16", 2, 3)
+    got_values = (got.num_processes, got.mixed_precision, got.gradient_accumulation_steps, got.zero_stage)
+    assert got_values == (4, "bf16", 2, 3)
     assert (got.offload_optimizer_device, got.offload_param_device, got.max_restarts) == ("cpu", "none", 1)
 
 
@@ -189,7 +194,8 @@ def test_ctrl_c_stops_every_worker(tmp_path):
     import signal
     import time
 
-    proc = subprocess.Popen(["surge", "launch", "--num_processes", "2", os.path.join(SCRIPTS, "sleeper.py"), str(tmp_path)],
+    proc = subprocess.Popen(["surge", "launch", "--num_processes", "2", os.path.join(SCRIPTS, "sleeper.py"),
+                             str(tmp_path)],
                             cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 60
@@ -278,7 +284,8 @@ def test_deepspeed_style_script_trains_saves_and_resumes(tmp_path):
     first = surge(*args)
     assert first.returncode == 0, first.stderr
     assert re.search(r"steps=8 .* zero_stage=3", first.stdout), first.stdout
-    assert (save / "latest").read_text() == "global_step8" and (save / "global_step8" / "surge_checkpoint.json").exists()
+    assert (save / "latest").read_text() == "global_step8"
+    assert (save / "global_step8" / "surge_checkpoint.json").exists()
     resumed = surge(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "steps=16 " in resumed.stdout and (save / "latest").read_text() == "global_step16"

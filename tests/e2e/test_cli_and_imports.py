@@ -42,8 +42,8 @@ def test_surge_help_does_not_import_torch():
     code = "import sys; from surge.commands.main import main; main(['--help'])"
     result = run([sys.executable, "-c", code + "\n"])
     assert result.returncode == 0 and "usage: surge" in result.stdout
-    probe = run([sys.executable, "-c", "import sys\nfrom surge.commands.main import main\n"
-                 "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"])
+    probe = run([sys.executable, "-c", ("import sys\nfrom surge.commands.main import main\n"
+                 "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")])
     assert probe.stdout.strip().endswith("False")
 
 

@@ -41,7 +41,7 @@ def _start_pair(PYTHON, env_for_rank):
         for rank in range(2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     return [out.strip() for out, _ in outs]
 

@@ -50,9 +50,9 @@ def test_device_placement_list_must_match():
 
 def test_prepare_single_methods_check_types():
     acc = Accelerator()
-    with pytest.raises(TypeError, match="torch.nn.Module; got str"):
+    with pytest.raises(TypeError, match=r"torch.nn.Module; got str"):
         acc.prepare_model("model")
-    with pytest.raises(TypeError, match="torch.optim.Optimizer; got list"):
+    with pytest.raises(TypeError, match=r"torch.optim.Optimizer; got list"):
         acc.prepare_optimizer([])
     with pytest.raises(TypeError, match="DataLoader; got list"):
         acc.prepare_data_loader([1, 2])
@@ -74,7 +74,7 @@ def test_quick_start_matches_plain_pytorch():
         acc.backward(nn.functional.mse_loss(model(x), y))
         opt.step()
         opt.zero_grad()
-    for a, b in zip(ref.parameters(), model.parameters()):
+    for a, b in zip(ref.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import surge.checkpoint.training as training
 from surge.checkpoint.sharded import single_process_is_fine
 from surge import Accelerator, ProjectConfiguration
+from surge.checkpoint import training
 from surge.checkpoint.merge import merge_weights
 from surge.utils import set_seed
 
@@ -143,7 +143,7 @@ def test_resume_one_liner_is_a_no_op_without_a_checkpoint_and_continues_the_load
 
 def test_no_checkpoint_without_missing_ok_names_the_fix(tmp_path):
     acc = setup(tmp_path)[0]
-    with pytest.raises(ValueError, match="no complete checkpoint under .*missing_ok=True"):
+    with pytest.raises(ValueError, match=r"no complete checkpoint under .*missing_ok=True"):
         acc.load_state()
 
 
@@ -211,7 +211,8 @@ def test_a_failed_async_save_is_reported_and_leaves_the_previous_checkpoint(tmp_
 
     monkeypatch.setattr(training, "replace_directory", broken)
     acc.save_state(async_save=True)
-    with pytest.raises(RuntimeError, match=r"background save of checkpoint .*checkpoint_1.* failed: OSError: disk full"):
+    with pytest.raises(RuntimeError,
+                       match=r"background save of checkpoint .*checkpoint_1.* failed: OSError: disk full"):
         acc.wait_for_checkpoint()
     monkeypatch.undo()
     assert setup(tmp_path)[0].load_state() == first
@@ -296,7 +297,7 @@ def test_merge_weights_errors(tmp_path):
 
 
 def test_merge_weights_cli_one_line_errors(tmp_path):
-    acc, model, *_ = setup()
+    acc, _model, *_ = setup()
     path = acc.save_state(tmp_path / "ckpt")
     ok = subprocess.run(["surge", "merge-weights", path, str(tmp_path / "out"), "--dtype",
                          "float16"], capture_output=True, text=True, timeout=120)

@@ -14,7 +14,7 @@ def test_compiled_training_matches_eager(backend, tmp_path):
     reference = reference_run(data, global_batch=8, model_fn=BlockModel)
     acc = Accelerator(dynamo_backend=backend, gradient_accumulation_steps=2)
     got = surge_run(acc, data, per_process_batch=4, model_fn=BlockModel)
-    assert max((a - b).abs().max().item() for a, b in zip(reference, got)) < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(reference, got, strict=True)) < 1e-5
     compiled = acc.prepare_model(BlockModel())
     assert type(compiled).__name__ == "OptimizedModule"
     inner = acc.unwrap_model(compiled)
@@ -41,9 +41,9 @@ def test_dynamo_settings_and_errors():
     plugin = TorchDynamoPlugin(backend="aot_eager", mode="max-autotune-no-cudagraphs", fullgraph=True)
     assert Accelerator(dynamo_plugin=plugin).dynamo_plugin.compile_kwargs() == {
         "backend": "aot_eager", "fullgraph": True, "dynamic": None, "mode": "max-autotune-no-cudagraphs"}
-    with pytest.raises(ValueError, match="dynamo_backend='turbo' is not a torch.compile backend; use one of"):
+    with pytest.raises(ValueError, match=r"dynamo_backend='turbo' is not a torch.compile backend; use one of"):
         Accelerator(dynamo_backend="turbo")
-    with pytest.raises(ValueError, match="TorchDynamoPlugin.mode='fastest' is not supported"):
+    with pytest.raises(ValueError, match=r"TorchDynamoPlugin.mode='fastest' is not supported"):
         TorchDynamoPlugin(mode="fastest")
-    with pytest.raises(TypeError, match="dynamo_plugin=.* must be a TorchDynamoPlugin"):
+    with pytest.raises(TypeError, match=r"dynamo_plugin=.* must be a TorchDynamoPlugin"):
         Accelerator(dynamo_plugin={"backend": "inductor"})

@@ -36,7 +36,7 @@ def test_accumulation_steps_out_of_range(value):
 
 @pytest.mark.parametrize("value", ["4", 2.0, True])
 def test_accumulation_steps_wrong_type(value):
-    with pytest.raises(TypeError, match="gradient_accumulation_steps=.*expected an integer"):
+    with pytest.raises(TypeError, match=r"gradient_accumulation_steps=.*expected an integer"):
         Accelerator(gradient_accumulation_steps=value)
 
 

@@ -56,7 +56,7 @@ def read_text(text: str) -> SurgeConfig | None:
     try:
         values_read = read_values(f.name)
         return SurgeConfig(**values_read)
-    except Exception as exc:  # noqa: BLE001 - the property is about every exception
+    except Exception as exc:  # the property is about every exception
         readable(exc, f.name, "config")
         return None
 
@@ -111,8 +111,8 @@ DS_VALID = {
 def paths(tree, prefix=()):
     if isinstance(tree, dict):
         for key, value in tree.items():
-            yield prefix + (key,)
-            yield from paths(value, prefix + (key,))
+            yield (*prefix, key)
+            yield from paths(value, (*prefix, key))
 
 
 DS_PATHS = list(paths(DS_VALID))
@@ -121,7 +121,7 @@ DS_PATHS = list(paths(DS_VALID))
 def parse_ds(config) -> DeepSpeedPlugin | None:
     try:
         return DeepSpeedPlugin(hf_ds_config=config)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         readable(exc, "DeepSpeed")
         return None
 
@@ -183,7 +183,7 @@ def test_any_launch_flags_are_a_config_or_a_readable_error(flags):
         return
     try:
         config, _ = resolve_config(args)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         readable(exc, *flags, "config")
         return
     plugins_from_config({k: getattr(config, k) for k in ("zero_stage", "offload_param_device")})

@@ -55,9 +55,9 @@ def test_deepspeed_loss_scale_rule():
 
 
 def test_fp16_section_values_are_checked():
-    with pytest.raises(ValueError, match="fp16.hysteresis=0"):
+    with pytest.raises(ValueError, match=r"fp16.hysteresis=0"):
         parse_deepspeed_config({"fp16": {"enabled": True, "hysteresis": 0}})
-    with pytest.raises(ValueError, match="fp16.enabled='yes'"):
+    with pytest.raises(ValueError, match=r"fp16.enabled='yes'"):
         parse_deepspeed_config({"fp16": {"enabled": "yes"}})
     assert parse_deepspeed_config({"fp16": {"enabled": True, "loss_scale": 128}}).loss_scale.static
     assert parse_deepspeed_config({"bf16": {"enabled": "auto"}}).mixed_precision is None
@@ -128,7 +128,8 @@ def test_batch_arithmetic():
     assert resolve_batch_sizes(64, 4, None, 8) == (64, 4, 2)
     assert resolve_batch_sizes(None, 4, 2, 8) == (64, 4, 2)
     assert resolve_batch_sizes(64, None, 2, 8) == (64, 4, 2)
-    with pytest.raises(ValueError, match=r"train_batch_size=60 but .*4 x gradient_accumulation_steps=2 x 8 processes = 64"):
+    with pytest.raises(ValueError,
+                       match=r"train_batch_size=60 but .*4 x gradient_accumulation_steps=2 x 8 processes = 64"):
         resolve_batch_sizes(60, 4, 2, 8)
     with pytest.raises(ValueError, match="not a multiple"):
         resolve_batch_sizes(30, 4, None, 8)

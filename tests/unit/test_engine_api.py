@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 import surge
 from surge.deepspeed.schedulers import WarmupCosineLR, WarmupDecayLR, WarmupLR
-from surge.testing.parity import BlockModel, LR, MOMENTUM, make_dataset, max_difference, reference_run
+from surge.testing.parity import LR, MOMENTUM, BlockModel, make_dataset, max_difference, reference_run
 
 BASE = {"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "SGD", "params": {"lr": LR, "momentum": MOMENTUM}}}
 
@@ -66,7 +66,7 @@ def test_config_from_args_and_add_config_arguments(tmp_path):
     parser = surge.add_config_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--deepspeed", "--deepspeed_config", str(path)])
     assert args.deepspeed is True
-    engine, optimizer, loader, scheduler = surge.initialize(args=args, model=nn.Linear(2, 2))
+    _engine, optimizer, loader, scheduler = surge.initialize(args=args, model=nn.Linear(2, 2))
     assert isinstance(optimizer.optimizer, torch.optim.SGD) and loader is None and scheduler is None
     with pytest.raises(ValueError, match="given twice"):
         surge.initialize(args=args, model=nn.Linear(2, 2), config=BASE)
@@ -97,7 +97,7 @@ def test_scheduler_section_drives_the_lr_and_checkpoint_round_trip(tmp_path):
               "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 20, "warmup_max_lr": 0.01,
                                                                  "warmup_num_steps": 4, "warmup_type": "linear"}}}
     data = make_dataset(32)
-    engine, optimizer, loader, scheduler = surge.initialize(model=BlockModel(), config=config, training_data=data)
+    engine, optimizer, loader, _scheduler = surge.initialize(model=BlockModel(), config=config, training_data=data)
     assert isinstance(optimizer.optimizer, torch.optim.AdamW)  # DeepSpeed's Adam decouples weight decay
     assert engine.get_lr() == [0.0]
     _train(engine, loader)
@@ -158,7 +158,9 @@ def test_deepspeed_schedules():
     decay = _lrs(WarmupDecayLR(o, total_num_steps=8, warmup_max_lr=1.0, warmup_num_steps=4, warmup_type="linear"), o, 9)
     assert decay == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
     o = opt(2.0)
-    cosine = _lrs(WarmupCosineLR(o, total_num_steps=6, warmup_num_steps=2, cos_min_ratio=0.1, warmup_type="linear"), o, 6)
+    cosine = _lrs(
+        WarmupCosineLR(o, total_num_steps=6, warmup_num_steps=2, cos_min_ratio=0.1, warmup_type="linear"), o, 6
+    )
     assert cosine[:2] == pytest.approx([0.0, 1.0]) and cosine[-2:] == pytest.approx([0.2, 0.2])
     assert cosine[2] == pytest.approx(2.0 * (0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2))
     with pytest.raises(ValueError, match="warmup_type='cubic'"):

@@ -31,7 +31,10 @@ def test_single_process_rank_variables_need_no_address():
 @pytest.mark.parametrize(
     "env, words",
     [
-        ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, ["RANK=2", "WORLD_SIZE=2", "0 to 1"]),
+        (
+            {"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
+            ["RANK=2", "WORLD_SIZE=2", "0 to 1"],
+        ),
         ({"RANK": "x", "WORLD_SIZE": "2"}, ["RANK='x'", "not an integer"]),
         ({"RANK": "-1", "WORLD_SIZE": "2"}, ["RANK=-1", ">= 0"]),
         ({"RANK": "0", "WORLD_SIZE": "0"}, ["WORLD_SIZE=0"]),
@@ -39,7 +42,8 @@ def test_single_process_rank_variables_need_no_address():
         ({"WORLD_SIZE": "2"}, ["RANK is not"]),
         ({"RANK": "0", "WORLD_SIZE": "2"}, ["MASTER_ADDR and MASTER_PORT", "not set"]),
         (
-            {"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
+            {"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "h",
+             "MASTER_PORT": "1"},
             ["LOCAL_RANK=2", "LOCAL_WORLD_SIZE=2"],
         ),
         ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "70000"}, ["MASTER_PORT=70000"]),

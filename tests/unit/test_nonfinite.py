@@ -42,14 +42,14 @@ def test_skip_leaves_everything_untouched_and_training_goes_on(caplog):
     with caplog.at_level(logging.WARNING, logger="surge"):
         step(acc, model, opt, sched, poison=True)
     after, after_momentum = snapshot(model, opt)
-    assert all(torch.equal(a, b) for a, b in zip(params, after))
+    assert all(torch.equal(a, b) for a, b in zip(params, after, strict=True))
     assert all(torch.equal(momentum[k], after_momentum[k]) for k in momentum)
     assert sched.get_last_lr() == lr  # the schedule does not advance over a skipped step
     assert acc.optimizer_step_was_skipped and acc.nonfinite_steps_skipped == 1
     assert "non-finite loss and gradient norm (NaN or inf) at optimizer step 2: step skipped" in caplog.text
     step(acc, model, opt, sched)
     assert not acc.optimizer_step_was_skipped
-    assert not all(torch.equal(a, b) for a, b in zip(params, snapshot(model, opt)[0]))
+    assert not all(torch.equal(a, b) for a, b in zip(params, snapshot(model, opt)[0], strict=True))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -59,7 +59,7 @@ def test_a_bad_micro_step_skips_its_whole_accumulation_cycle():
     step(acc, model, opt, sched, poison=True)  # micro-step 1 of 2: no optimizer step yet
     step(acc, model, opt, sched)               # the boundary: the cycle holds a NaN
     assert acc.nonfinite_steps_skipped == 1
-    assert all(torch.equal(a, b) for a, b in zip(params, snapshot(model, opt)[0]))
+    assert all(torch.equal(a, b) for a, b in zip(params, snapshot(model, opt)[0], strict=True))
     step(acc, model, opt, sched)
     step(acc, model, opt, sched)               # a clean cycle steps
     assert acc.nonfinite_steps_skipped == 1 and not acc.optimizer_step_was_skipped
@@ -77,7 +77,7 @@ def test_raise_names_the_step():
     acc, model, opt, sched = setup(nonfinite="raise")
     for _ in range(3):
         step(acc, model, opt, sched)
-    with pytest.raises(FloatingPointError, match="non-finite loss and gradient norm .* at optimizer step 4; stopping"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss and gradient norm .* at optimizer step 4; stopping"):
         step(acc, model, opt, sched, poison=True)
 
 

@@ -12,7 +12,7 @@ from surge.testing.parity import BlockModel
 def test_deepspeed_plugin_validation():
     with pytest.raises(ValueError, match="zero_stage=5"):
         DeepSpeedPlugin(zero_stage=5)
-    with pytest.raises(ValueError, match="offload_param_device='cpu'.*needs zero_stage=3"):
+    with pytest.raises(ValueError, match=r"offload_param_device='cpu'.*needs zero_stage=3"):
         DeepSpeedPlugin(zero_stage=2, offload_param_device="cpu")
     with pytest.raises(ValueError, match="offload_optimizer_device='nvme'"):
         DeepSpeedPlugin(offload_optimizer_device="nvme")
@@ -25,7 +25,7 @@ def test_deepspeed_plugin_from_dicts():
     assert (short.zero_stage, short.offload_optimizer_device, short.gradient_accumulation_steps) == (3, "cpu", 4)
     full = DeepSpeedPlugin.from_dict({"zero_stage": 2, "offload_optimizer_device": "none"})
     assert full.zero_stage == 2
-    with pytest.raises(ValueError, match="unknown key.*'stage'"):
+    with pytest.raises(ValueError, match=r"unknown key.*'stage'"):
         DeepSpeedPlugin.from_dict({"stage": 2})
 
 
@@ -115,5 +115,5 @@ def test_activation_checkpointing_without_sharding():
 
 
 def test_fsdp_plugin_refuses_offload_without_sharding():
-    with pytest.raises(ValueError, match="NO_SHARD.*cpu_offload"):
+    with pytest.raises(ValueError, match=r"NO_SHARD.*cpu_offload"):
         FullyShardedDataParallelPlugin("NO_SHARD", cpu_offload=True)

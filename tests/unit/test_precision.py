@@ -63,7 +63,7 @@ def test_item_weighted_mean_over_uneven_micro_batches():
             start += size
             loss_sum = nn.functional.mse_loss(model(xb), yb, reduction="sum")
             acc.backward(loss_sum, num_items_in_batch=n_items)
-    for a, b in zip(big.parameters(), model.parameters()):
+    for a, b in zip(big.parameters(), model.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
     # The plain mean-per-micro-batch recipe would be wrong here (a check the test can fail):
     naive = nn.Linear(3, 1)
@@ -80,7 +80,9 @@ def test_item_weighted_mean_over_uneven_micro_batches():
 def test_scheduler_ends_at_the_last_optimizer_step(steps, n):
     acc = Accelerator(gradient_accumulation_steps=steps)
     # math.ceil(len / steps) * epochs == len * epochs / steps when divisible
-    optimizer_steps, last_epoch, last_lr, total = scheduled_run(acc, n, lambda length, epochs: math.ceil(length / steps) * epochs)
+    optimizer_steps, last_epoch, last_lr, total = scheduled_run(
+        acc, n, lambda length, epochs: math.ceil(length / steps) * epochs
+    )
     assert optimizer_steps == total and last_epoch == total
     assert last_lr == 0.0
 
@@ -93,18 +95,24 @@ def test_fp16_overflow_skips_the_step_and_the_scheduler():
     model, opt, sched = acc.prepare(model, opt, sched)
     x = torch.randn(8, 4)
     acc.backward(model(x).pow(2).mean())
-    opt.step(); sched.step(); opt.zero_grad()
+    opt.step()
+    sched.step()
+    opt.zero_grad()
     assert not acc.optimizer_step_was_skipped and sched.get_last_lr() == [0.05]
     before = [p.detach().clone() for p in model.parameters()]
     scale = acc.scaler.get_scale()
     acc.backward(model(x).pow(2).mean() * float("inf"))  # injected overflow
-    opt.step(); sched.step(); opt.zero_grad()
+    opt.step()
+    sched.step()
+    opt.zero_grad()
     assert acc.optimizer_step_was_skipped and opt.step_was_skipped
     assert acc.scaler.get_scale() == scale / 2
     assert sched.get_last_lr() == [0.05]  # the scheduler did not advance
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     acc.backward(model(x).pow(2).mean())
-    opt.step(); sched.step(); opt.zero_grad()
+    opt.step()
+    sched.step()
+    opt.zero_grad()
     assert not acc.optimizer_step_was_skipped and sched.get_last_lr() == [0.025]
 
 
@@ -128,7 +136,7 @@ def test_fp16_clip_grad_norm_sees_unscaled_gradients():
 
 def test_clipping_inside_an_accumulation_cycle_is_skipped():
     acc = Accelerator(gradient_accumulation_steps=2)
-    model, opt = acc.prepare(nn.Linear(2, 1), torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1))
+    model, _opt = acc.prepare(nn.Linear(2, 1), torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1))
     with acc.accumulate(model):
         acc.backward(model(torch.ones(1, 2)).sum())
         assert acc.clip_grad_norm_(model.parameters(), 1.0) is None
@@ -171,7 +179,7 @@ def test_fp8_is_refused_on_cpu():
 def test_fp8_checks_capability_and_torchao(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "A100")
-    with pytest.raises(ValueError, match="A100 has 8.0"):
+    with pytest.raises(ValueError, match=r"A100 has 8.0"):
         check_fp8_supported(torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
     monkeypatch.setitem(sys.modules, "torchao", None)
@@ -181,7 +189,7 @@ def test_fp8_checks_capability_and_torchao(monkeypatch):
 
 
 def test_scaler_kwargs_validation():
-    with pytest.raises(ValueError, match="growth_factor=1.0"):
+    with pytest.raises(ValueError, match=r"growth_factor=1.0"):
         GradScalerKwargs(growth_factor=1.0)
     with pytest.raises(ValueError, match="backoff_factor=2"):
         GradScalerKwargs(backoff_factor=2)

@@ -45,7 +45,8 @@ def test_split_batches_needs_divisible_batch_size():
 
 @pytest.mark.parametrize(
     "n, bs, k, drop_last, split, even",
-    [c for c in itertools.product([0, 1, 5, 8, 10, 13], [1, 2, 4], [1, 2, 3], [False, True], [False, True], [False, True])
+    [c for c in itertools.product([0, 1, 5, 8, 10, 13], [1, 2, 4], [1, 2, 3],
+                                  [False, True], [False, True], [False, True])
      if not (c[4] and c[1] % c[2])],
 )
 def test_every_sample_is_seen_once_as_real(n, bs, k, drop_last, split, even):
@@ -53,7 +54,7 @@ def test_every_sample_is_seen_once_as_real(n, bs, k, drop_last, split, even):
     real = []
     for batches, counts in result:
         assert len(counts) == len(batches)
-        for batch, count in zip(batches, counts):
+        for batch, count in zip(batches, counts, strict=True):
             real.extend(batch[:count])
     expected = [i for b in BatchSampler(SequentialSampler(range(n)), bs, drop_last) for i in b]
     assert sorted(real) == expected
@@ -107,4 +108,4 @@ def test_bad_shard_index():
 def test_tensor_batches_round_trip():
     base = BatchSampler(SequentialSampler(range(6)), 3, False)
     assert list(ShardedBatchSampler(base, 1, 0)) == [[0, 1, 2], [3, 4, 5]]
-    assert torch.equal(torch.tensor(list(ShardedBatchSampler(base, 2, 1))[0]), torch.tensor([3, 4, 5]))
+    assert torch.equal(torch.tensor(next(iter(ShardedBatchSampler(base, 2, 1)))), torch.tensor([3, 4, 5]))

@@ -14,13 +14,17 @@ def launch(world=1, rank=0, local_rank=0, local_world=1):
 
 def test_eight_ranks_without_processes():
     t = Topology.from_launch(launch(8, 5, 5, 8), cuda_device_count=8)
-    assert (t.device, t.backend, t.is_main_process, t.distributed_type) == ("cuda:5", "nccl", False, DistributedType.MULTI_GPU)
+    assert (t.device, t.backend, t.is_main_process, t.distributed_type) == (
+        "cuda:5", "nccl", False, DistributedType.MULTI_GPU
+    )
 
 
 def test_cpu_job_uses_gloo():
     # Plain torchrun on a CPU-only machine is one distributed job of two processes.
     t = Topology.from_launch(launch(2, 1, 1, 2))
-    assert (t.device, t.backend, t.distributed_type, t.is_last_process) == ("cpu", "gloo", DistributedType.MULTI_CPU, True)
+    assert (t.device, t.backend, t.distributed_type, t.is_last_process) == (
+        "cpu", "gloo", DistributedType.MULTI_CPU, True
+    )
 
 
 def test_single_process_has_no_backend():

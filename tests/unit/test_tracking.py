@@ -112,7 +112,7 @@ def test_wandb_offline(tmp_path, monkeypatch):
 
 
 def test_all_uses_what_is_installed_and_says_which(tmp_path, monkeypatch, capsys):
-    import surge.tracking as tracking
+    from surge import tracking
 
     monkeypatch.setattr(tracking, "is_available", lambda name: name in ("jsonl", "tensorboard"))
     acc = run(tmp_path, "all")

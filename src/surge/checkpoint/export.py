@@ -69,10 +69,10 @@ def prepare_for_export(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, t
     out: dict[str, torch.Tensor] = {}
     seen: dict[tuple[Any, ...], list[tuple[str, torch.Tensor]]] = {}
     tied: dict[str, str] = {}
-    for name, tensor in state_dict.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"state_dict[{name!r}] is a {type(tensor).__name__}; only tensors can be exported.")
-        tensor = tensor.detach()
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state_dict[{name!r}] is a {type(value).__name__}; only tensors can be exported.")
+        tensor = value.detach()
         key = _storage_key(tensor)
         twin = next(
             (
@@ -152,7 +152,7 @@ def save_weights(
     # other files) the files are renamed in one by one, the index last.
     parent = os.path.dirname(os.path.abspath(save_directory)) if fresh else save_directory
     with staging_dir(parent) as staging:
-        for file, shard in zip(files, shards):
+        for file, shard in zip(files, shards, strict=True):
             path = os.path.join(staging, file)
             if safe_serialization:
                 from safetensors.torch import save_file
@@ -163,7 +163,7 @@ def save_weights(
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                "weight_map": {name: file for file, shard in zip(files, shards) for name in shard},
+                "weight_map": {name: file for file, shard in zip(files, shards, strict=True) for name in shard},
             }
             with open(os.path.join(staging, index_name), "w") as f:
                 json.dump(index, f, indent=2, sort_keys=True)

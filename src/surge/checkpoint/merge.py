@@ -54,10 +54,11 @@ def read_dcp_tensors(directory: str, prefix: str = "") -> dict[str, torch.Tensor
     Raises:
         ValueError: unreadable or corrupted files, or no tensor under ``prefix``.
     """
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict_loader import load
 
-    reader = dcp.FileSystemReader(directory)
+    reader = FileSystemReader(directory)
     try:
         metadata = reader.read_metadata()
     except Exception as exc:  # a missing or truncated .metadata is a pickle/OS error inside DCP
@@ -72,7 +73,7 @@ def read_dcp_tensors(directory: str, prefix: str = "") -> dict[str, torch.Tensor
         raise ValueError(f"checkpoint {directory!r} holds no tensors under {prefix.rstrip('.')!r}.")
     try:
         with single_process_is_fine():
-            dcp.load(wanted, storage_reader=reader, no_dist=True)
+            load(wanted, storage_reader=reader, no_dist=True)
     except Exception as exc:  # DCP wraps reader errors in its own exception types
         detail = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise ValueError(f"checkpoint {directory!r} could not be read: "

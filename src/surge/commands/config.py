@@ -11,7 +11,8 @@ from surge.config.file import MIXED_PRECISION, ConfigError, SurgeConfig, default
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config_file", default=None, help=f"Where to write (default: {default_config_path()}).")
-    parser.add_argument("--default", action="store_true", help="Write a sensible config for this machine without questions.")
+    parser.add_argument("--default", action="store_true",
+                        help="Write a sensible config for this machine without questions.")
     parser.add_argument("--force", action="store_true", help="With --default: replace an existing config file.")
 
 
@@ -74,7 +75,8 @@ def ask(gpus: int, bf16: bool) -> SurgeConfig:
         values["gpu_ids"] = Prompt.ask("Which GPUs (ids like 0,1 or all)", default="all")
     else:
         values["use_cpu"] = True
-    values["mixed_precision"] = Prompt.ask("Mixed precision", choices=list(MIXED_PRECISION), default=base.mixed_precision)
+    values["mixed_precision"] = Prompt.ask("Mixed precision", choices=list(MIXED_PRECISION),
+                                           default=base.mixed_precision)
     values["gradient_accumulation_steps"] = _ask_int(IntPrompt, "Gradient accumulation steps", 1, minimum=1)
     stage = _ask_int(IntPrompt, "ZeRO sharding stage (0 none, 1 optimizer, 2 +gradients, 3 +parameters)", 0,
                      minimum=0, maximum=3)

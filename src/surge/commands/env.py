@@ -43,7 +43,7 @@ def collect() -> dict[str, Any]:
                             "capability": f"{props.major}.{props.minor}"})
     nccl = None
     if cuda and dist.is_nccl_available():
-        v = torch.cuda.nccl.version()
+        v = torch.cuda.nccl.version()  # type: ignore[no-untyped-call]  # unannotated in torch
         nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
     config_path = default_config_path()
     config: Any = None
@@ -60,13 +60,17 @@ def collect() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda_available": cuda,
         "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,  # type: ignore[no-untyped-call]  # as above
         "nccl": nccl,
         "devices": devices,
         "mps_available": bool(mps is not None and mps.is_available()),
         "cpu_count": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
-        "backends": {"nccl": dist.is_nccl_available(), "gloo": dist.is_gloo_available(), "mpi": dist.is_mpi_available()},
+        "backends": {
+            "nccl": dist.is_nccl_available(),
+            "gloo": dist.is_gloo_available(),
+            "mpi": dist.is_mpi_available(),
+        },
         "packages": {name: _version(name) for name in OPTIONAL},
         "config_file": config_path if os.path.exists(config_path) else None,
         "config": config,

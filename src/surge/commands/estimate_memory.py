@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+from typing import TypedDict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def _count(model: str) -> int:
             raise ImportError("reading a transformers config needs transformers: pip install transformers") from None
         config = transformers.AutoConfig.from_pretrained(model)
         with torch.device("meta"):
-            module = transformers.AutoModel.from_config(config)
+            module = transformers.AutoModel.from_config(config)  # type: ignore[no-untyped-call]  # unannotated
         return count_parameters(module)
     if ":" not in model:
         raise ValueError(f"--model {model!r} is neither an existing config path nor 'package.module:factory'.")
@@ -55,10 +56,22 @@ def _count(model: str) -> int:
     return count_parameters(built)
 
 
-def run(args: argparse.Namespace) -> int:
-    from surge.memory import STRATEGIES, model_state_bytes
+class _Cell(TypedDict):
+    num_processes: int
+    gpu_gb: float
+    cpu_gb: float
+    fits: bool | None
 
+
+class _Row(TypedDict):
+    strategy: str
+    per_process: list[_Cell]
+
+
+def run(args: argparse.Namespace) -> int:
     import math
+
+    from surge.memory import STRATEGIES, model_state_bytes
 
     if args.params is not None and not (args.params > 0 and math.isfinite(args.params)):
         raise ValueError(f"--params {args.params} must be a positive number of parameters, e.g. 7e9.")
@@ -67,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if any(n < 1 for n in args.num_processes):
         raise ValueError(f"--num_processes {args.num_processes} must all be >= 1.")
     num = args.params if args.params is not None else _count(args.model)
-    rows = []
+    rows: list[_Row] = []
     for strategy in STRATEGIES:
-        cells = []
+        cells: list[_Cell] = []
         for n in args.num_processes:
             gpu, cpu = model_state_bytes(num, strategy, n, args.precision)
             fits = None if args.gpu_memory is None else gpu / 1e9 <= args.gpu_memory

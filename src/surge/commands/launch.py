@@ -41,8 +41,10 @@ def _float(text: str) -> float:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config key (``--num_processes``, ``--mixed_precision``, ...), plus
     ``--config_file`` and ``--multi_gpu``. Unset flags are None (the file decides)."""
-    parser.add_argument("--config_file", default=None, help=f"Config file to start from (default: {default_config_path()}).")
-    parser.add_argument("--multi_gpu", action="store_true", help="Shorthand for --machine_type multi_gpu (one process per GPU).")
+    parser.add_argument("--config_file", default=None,
+                        help=f"Config file to start from (default: {default_config_path()}).")
+    parser.add_argument("--multi_gpu", action="store_true",
+                        help="Shorthand for --machine_type multi_gpu (one process per GPU).")
     group = parser.add_argument_group("settings (each overrides the same key of the config file)")
     for name, f in FIELDS.items():
         meta = f.metadata

@@ -21,8 +21,8 @@ COMMANDS = {
     "test": ("surge.commands.test", "Run surge's own end-to-end check on the configured topology."),
     "env": ("surge.commands.env", "Report versions, devices, backends and the active config (like ds_report)."),
     "estimate-memory": ("surge.commands.estimate_memory", "Per-process memory of model states for each strategy."),
-    "merge-weights": ("surge.commands.merge_weights", "Turn a (sharded) checkpoint's model into one safetensors "
-                                                       "model, offline."),
+    "merge-weights": ("surge.commands.merge_weights",
+                      "Turn a (sharded) checkpoint's model into one safetensors model, offline."),
 }
 
 

@@ -12,8 +12,8 @@ from surge.config.project import ProjectConfiguration
 __all__ = [
     "AcceleratorConfig",
     "AutocastKwargs",
-    "GradScalerKwargs",
     "DistributedDataParallelKwargs",
+    "GradScalerKwargs",
     "InitProcessGroupKwargs",
     "LaunchEnvironment",
     "ProjectConfiguration",

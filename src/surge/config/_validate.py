@@ -70,7 +70,9 @@ def check_bool(name: str, value: Any) -> bool:
 def check_positive_float(name: str, value: Any, *, fix: str = "") -> float:
     """Return ``value`` as a float if it is a positive real number, else raise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}={value!r} has type {type(value).__name__}; expected a positive number." + (f" {fix}" if fix else ""))
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"{name}={value!r} is out of range; expected a positive, finite number." + (f" {fix}" if fix else ""))
+        raise TypeError(f"{name}={value!r} has type {type(value).__name__}; expected a positive number."
+                        + (f" {fix}" if fix else ""))
+    if not value > 0 or value == float("inf"):  # NaN fails `> 0` too
+        raise ValueError(f"{name}={value!r} is out of range; expected a positive, finite number."
+                         + (f" {fix}" if fix else ""))
     return float(value)

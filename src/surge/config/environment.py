@@ -2,9 +2,13 @@
 
 [Note: one reader of the environment]
 This module and the launcher handoff in ``config/`` are the only places that read
-``os.environ``. Everything else receives a :class:`LaunchEnvironment` (or a
-``Topology`` built from one), so tests can build any job shape, ``world_size=8``
-included, without processes and without touching the real environment.
+``os.environ`` (``launch/`` and ``commands/`` may too, at the process edge). Everything
+else receives a :class:`LaunchEnvironment` (or a ``Topology`` built from one), so tests
+can build any job shape, ``world_size=8`` included, without processes and without
+touching the real environment; the few other variables the library honours
+(``SURGE_LOG_LEVEL``, ``MLFLOW_TRACKING_URI``, torch's NCCL debug settings) are read or
+set by the small functions at the end of this module. Ruff's banned-api rule (TID251 in
+``pyproject.toml``) keeps ``os.environ`` out of every other module.
 
 Launchers understood, first match wins:
 
@@ -138,13 +142,11 @@ def _from_rank_vars(env: Mapping[str, str]) -> LaunchEnvironment:
     else:
         local_world, known = world, False
     if known:
-        _check_ranks(("RANK", "WORLD_SIZE", "LOCAL_RANK", local_name or "LOCAL_WORLD_SIZE"), rank, world, local_rank, local_world)
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", local_name or "LOCAL_WORLD_SIZE")
+        _check_ranks(names, rank, world, local_rank, local_world)
     else:
         _check_ranks(("RANK", "WORLD_SIZE", "LOCAL_RANK", "WORLD_SIZE"), rank, world, local_rank, world)
-    if nodes_name:
-        num_nodes = _int(env, nodes_name, minimum=1)
-    else:
-        num_nodes = -(-world // local_world)
+    num_nodes = _int(env, nodes_name, minimum=1) if nodes_name else -(-world // local_world)
     node_rank = _int(env, "GROUP_RANK") if _first(env, "GROUP_RANK") else rank // local_world
     if node_rank >= num_nodes:
         raise ValueError(
@@ -292,3 +294,34 @@ def current_launch_environment() -> LaunchEnvironment:
     """:func:`parse_launch_environment` applied to this process's environment."""
     return parse_launch_environment(os.environ)
 
+
+
+def rank_variable() -> int:
+    """``RANK`` when it is a whole number, else 0: the rank for callers that must work even
+    when :func:`current_launch_environment` rejects the environment (logging)."""
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
+
+
+def log_level_variable() -> str | None:
+    """``SURGE_LOG_LEVEL``: the level ``surge.logging.get_logger`` uses when none is given."""
+    return os.environ.get("SURGE_LOG_LEVEL")
+
+
+def mlflow_tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` when set and non-empty, else None (the MLflow tracker then keeps a local store)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+NCCL_DEBUG_DEFAULTS = {
+    "TORCH_NCCL_DESYNC_DEBUG": "1",
+    "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+}
+"""torch's desync report and flight recorder dump on a collective timeout (see ``surge.hang``)."""
+
+
+def set_nccl_debug_defaults() -> None:
+    """Set :data:`NCCL_DEBUG_DEFAULTS` in this process's environment, keeping any value the user set."""
+    for name, value in NCCL_DEBUG_DEFAULTS.items():
+        os.environ.setdefault(name, value)

@@ -56,7 +56,8 @@ class DistributedDataParallelKwargs(KwargsHandler):
     def __post_init__(self) -> None:
         check_int("DistributedDataParallelKwargs.dim", self.dim, minimum=0)
         check_int("DistributedDataParallelKwargs.bucket_cap_mb", self.bucket_cap_mb, minimum=1)
-        for name in ("broadcast_buffers", "find_unused_parameters", "check_reduction", "gradient_as_bucket_view", "static_graph"):
+        for name in ("broadcast_buffers", "find_unused_parameters", "check_reduction", "gradient_as_bucket_view",
+                     "static_graph"):
             check_bool(f"DistributedDataParallelKwargs.{name}", getattr(self, name))
 
 

@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
+from surge._tree import tree_leaves, tree_map
 from surge.accumulation import GradientState
 from surge.data.sampler import Repeated, ShardedBatchSampler, ShardedIterableDataset
-from surge._tree import tree_leaves, tree_map
 from surge.device import send_to_device
 
 # DataLoader arguments carried over from the user's loader unchanged.
@@ -39,7 +39,7 @@ _PASSTHROUGH = (
 )
 
 
-class PreparedDataLoader(DataLoader):
+class PreparedDataLoader(DataLoader[Any]):
     """A DataLoader over this process's shard that yields batches on ``device``.
 
     ``len()`` is the number of batches *this process* yields per epoch. It is still a
@@ -134,7 +134,8 @@ class PreparedDataLoader(DataLoader):
         batches (see :class:`SkipFirstBatches`)."""
         return SkipFirstBatches(self, num_batches)
 
-    def __iter__(self) -> Iterator[Any]:
+    # A generator rather than torch's _BaseDataLoaderIter: callers only iterate it.
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         self._begin_epoch()
         skip, self._skip_next = self._skip_next, 0
         self._progress_epoch, self._batches_seen, self._epoch_done = self._epoch - 1, skip, False
@@ -153,9 +154,10 @@ class PreparedDataLoader(DataLoader):
                         return
             current = next(it, _END)
             samples = real_samples = 0
-            move = self.device is not None and not self._already_there(current)
+            device = self.device
+            move = device is not None and not self._already_there(current)
             # On CUDA the next batch is copied on a side stream while this one computes.
-            prefetch = _DevicePrefetch(self.device) if move and self.device.type == "cuda" else None
+            prefetch = _DevicePrefetch(device) if device is not None and move and device.type == "cuda" else None
             staged = prefetch.start(current) if prefetch is not None and current is not _END else None
             # One batch of look-ahead tells us which batch is the last without an extra
             # blocking step after it (the next batch is already being loaded anyway).
@@ -168,7 +170,7 @@ class PreparedDataLoader(DataLoader):
                     current, real, total = current
                 elif sampler is not None and sampler.real_counts:
                     real, total = sampler.real_counts.popleft()
-                if total is not None:
+                if real is not None and total is not None:  # both known, or neither
                     samples += total
                     real_samples += real
                 self._real_count = real
@@ -177,8 +179,10 @@ class PreparedDataLoader(DataLoader):
                 self._batches_seen += 1
                 if prefetch is not None:
                     yield prefetch.ready(staged)
+                elif move and device is not None:
+                    yield send_to_device(current, device, self._non_blocking)
                 else:
-                    yield send_to_device(current, self.device, self._non_blocking) if move else current
+                    yield current
                 current, staged = upcoming, staged_next
             gs.epoch_samples, gs.epoch_padding = samples, samples - real_samples
             self._epoch_done = True
@@ -227,7 +231,7 @@ class _DevicePrefetch:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.stream = torch.cuda.Stream(device)
+        self.stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]  # Stream() is unannotated in torch
 
     def start(self, item: Any) -> Any:
         """Begin copying ``item`` (a batch, or a CountedBatch around one)."""
@@ -282,7 +286,7 @@ class SkipFirstBatches:
     dataset the skipped batches are never loaded.
     """
 
-    def __init__(self, loader: DataLoader, num_batches: int) -> None:
+    def __init__(self, loader: DataLoader[Any], num_batches: int) -> None:
         if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0:
             raise ValueError(f"num_batches={num_batches!r} must be a non-negative integer.")
         self.loader = loader
@@ -326,7 +330,7 @@ def _own_randomness(batch_sampler: Any) -> tuple[Any, torch.Generator | None]:
 
 
 def shard_dataloader(
-    loader: DataLoader,
+    loader: DataLoader[Any],
     *,
     num_shards: int,
     shard_index: int,
@@ -350,12 +354,12 @@ def shard_dataloader(
         kwargs.pop("persistent_workers", None)
     dataset = loader.dataset
     if isinstance(dataset, IterableDataset):
-        if loader.batch_size is None and num_shards > 1:
-            raise ValueError(
-                "an iterable dataset is prepared with batch_size=None (the dataset makes its own batches); "
-                "surge cannot shard such batches evenly. Let the DataLoader batch (batch_size=N)."
-            )
         if num_shards > 1:
+            if loader.batch_size is None:
+                raise ValueError(
+                    "an iterable dataset is prepared with batch_size=None (the dataset makes its own batches); "
+                    "surge cannot shard such batches evenly. Let the DataLoader batch (batch_size=N)."
+                )
             if even_batches:
                 kwargs["collate_fn"] = _CountingCollate(loader.collate_fn)
             dataset = ShardedIterableDataset(

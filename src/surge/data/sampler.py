@@ -68,7 +68,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     @property
     def batch_size(self) -> int | None:
-        size = getattr(self.batch_sampler, "batch_size", None)
+        size: int | None = getattr(self.batch_sampler, "batch_size", None)
         if size is None or not self.split_batches:
             return size
         return size // self.num_shards
@@ -85,7 +85,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
             last = self._last_batch_size()
             return total - (1 if last is not None and last <= self.shard_index else 0)
         if self.even_batches:
-            return -(-total // self.num_shards)
+            return (total + self.num_shards - 1) // self.num_shards
         return max(0, -(-(total - self.shard_index) // self.num_shards))
 
     def _last_batch_size(self) -> int | None:
@@ -108,8 +108,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
         n, me = self.num_shards, self.shard_index
         first: list[list[int]] = []  # the first round, kept to fill an incomplete last round
         k = -1
-        for k, batch in enumerate(self.batch_sampler):
-            batch = list(batch)
+        for k, indices in enumerate(self.batch_sampler):
+            batch = list(indices)
             if k < n:
                 first.append(batch)
             if k % n == me:
@@ -125,8 +125,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def _iter_split(self) -> Iterator[tuple[list[int], int]]:
         n, me = self.num_shards, self.shard_index
         head: list[int] = []  # the epoch's first samples, to pad a short last batch
-        for batch in self.batch_sampler:
-            batch = list(batch)
+        for indices in self.batch_sampler:
+            batch = list(indices)
             if len(head) < n:
                 head.extend(batch[: n - len(head)])
             per, extra = divmod(len(batch), n)
@@ -156,7 +156,7 @@ class Repeated:
         self.item = item
 
 
-class ShardedIterableDataset(IterableDataset):
+class ShardedIterableDataset(IterableDataset[Any]):
     """An iterable dataset cut into ``num_shards`` interleaved shares.
 
     Items are grouped in chunks of ``batch_size``; chunk ``c`` belongs to shard ``c %

@@ -22,6 +22,7 @@ agent drives it like any other.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import socket
 from typing import Any
@@ -76,7 +77,7 @@ def _check_reachable(address: str, machines: int) -> None:
 def serve_store(address: str, port: int, *, world_size: int | None, timeout: datetime.timedelta,
                 wait_for_workers: bool = False) -> Any:
     """A TCPStore server listening on ``address`` only (torch's own binds every interface)."""
-    from torch.distributed import TCPStore
+    from torch.distributed import TCPStore  # type: ignore[attr-defined]  # public, but torch's __init__ has no __all__
 
     fd, bound = _listen(address, port)
     return TCPStore(address, bound, world_size, True, timeout=timeout, wait_for_workers=wait_for_workers,
@@ -95,10 +96,8 @@ def register() -> None:
     """Make ``rdzv_backend="surge"`` known to torch's elastic launcher (idempotent)."""
     from torch.distributed.elastic.rendezvous import rendezvous_handler_registry as registry
 
-    try:
+    with contextlib.suppress(ValueError):  # already registered (a second launch in this process)
         registry.register(BACKEND, _create)
-    except ValueError:  # already registered (a second launch in this process)
-        pass
 
 
 class SurgeRendezvous(RendezvousHandler):
@@ -133,7 +132,7 @@ class SurgeRendezvous(RendezvousHandler):
                                   f"{self.timeout.total_seconds():.0f} s ({detail})") from None
 
     def _next_round(self) -> Any:
-        from torch.distributed import PrefixStore, TCPStore
+        from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]  # as in serve_store
         from torch.distributed.elastic.rendezvous.api import RendezvousInfo, RendezvousStoreInfo
 
         if self._store is None:

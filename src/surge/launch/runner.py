@@ -29,7 +29,7 @@ def _check_target(target: str, module: bool) -> None:
         # Only the top-level package is looked up: finding a submodule would import (run)
         # the user's package in the launcher. `python -m` searches the current directory
         # first, and so does this check.
-        top = target.split(".")[0]
+        top = target.split(".", maxsplit=1)[0]
         sys.path.insert(0, os.getcwd())
         try:
             found = bool(top) and importlib.util.find_spec(top) is not None
@@ -49,7 +49,9 @@ def _exit_code(code: int | None) -> int:
     return 128 - code if code < 0 else code  # killed by signal N -> 128 + N
 
 
-def launch(config: SurgeConfig, handed: dict[str, Any], target: str, target_args: list[str], *, module: bool = False) -> int:
+def launch(
+    config: SurgeConfig, handed: dict[str, Any], target: str, target_args: list[str], *, module: bool = False
+) -> int:
     """Run ``target`` with ``target_args`` on the topology of ``config``; return the exit code.
 
     Raises:
@@ -138,13 +140,14 @@ def _root_cause(exc: Any) -> tuple[int, Any, str]:
 def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> int:
     from torch.distributed import DistNetworkError
     from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from surge.launch.rendezvous import BACKEND, register
 
     per_machine = config.processes_per_machine
+    addr: str | None  # set for several machines (the config checks it)
     if config.num_machines == 1:
         # A single-machine job meets on loopback only: nothing listens on the network
         # (port 0: the rendezvous binds a free port itself, no race with other jobs).
@@ -246,8 +249,9 @@ class _RestartNotice(logging.Handler):
         if "will restart worker group" not in str(record.msg) or "attempts left" not in str(record.msg):
             return
         self.count += 1
+        args = record.args if isinstance(record.args, tuple) else ()
         try:
-            left, total = int(record.args[2]), int(record.args[3])  # role, state, left, max
+            left, total = int(str(args[2])), int(str(args[3]))  # role, state, left, max
             which = f"restart {total - left + 1} of {total}"
         except (TypeError, ValueError, IndexError):
             which = f"restart {self.count}"

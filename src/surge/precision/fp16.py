@@ -142,7 +142,8 @@ class FP16(Precision):
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
         self._update()
-        self.scaler.scale(loss).backward(**kwargs)
+        # Tensor.backward has no annotations in torch.
+        self.scaler.scale(loss).backward(**kwargs)  # type: ignore[no-untyped-call]
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         # GradScaler refuses a second unscale of the same optimizer before update().

@@ -64,4 +64,5 @@ class FP8(BF16):
     def convert_module(self, model: nn.Module) -> nn.Module:
         from torchao.float8 import convert_to_float8_training
 
-        return convert_to_float8_training(model, module_filter_fn=_fp8_eligible)
+        converted: nn.Module = convert_to_float8_training(model, module_filter_fn=_fp8_eligible)
+        return converted

@@ -94,19 +94,19 @@ class OffloadedOptimizer(ForwardingOptimizer):
     def _groups_on_masters(self) -> Iterator[list[list[torch.Tensor]]]:
         groups = self.optimizer.param_groups
         device_params = [group["params"] for group in groups]
-        for group, masters in zip(groups, self._masters):
+        for group, masters in zip(groups, self._masters, strict=True):
             group["params"] = masters
         try:
             yield device_params
         finally:
             # load_state_dict replaces the group dicts: restore by position.
-            for group, params in zip(self.optimizer.param_groups, device_params):
+            for group, params in zip(self.optimizer.param_groups, device_params, strict=True):
                 group["params"] = params
 
     def _device_params(self) -> list[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """The optimizer's state dict. The state of a sharded (DTensor) parameter is
         given as DTensors laid out like the parameter, so ``torch.distributed.checkpoint``
         saves each shard once and can reshard it on load."""
@@ -128,7 +128,7 @@ class OffloadedOptimizer(ForwardingOptimizer):
         return DTensor.from_local(value, param.device_mesh, param.placements, run_check=False,
                                   shape=param.shape, stride=param.stride())
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         state_dict["state"] = {k: {n: _local(v) if isinstance(v, torch.Tensor) else v for n, v in entry.items()}
                                for k, entry in state_dict["state"].items()}
@@ -136,15 +136,15 @@ class OffloadedOptimizer(ForwardingOptimizer):
             self.optimizer.load_state_dict(state_dict)  # casts the state to the masters (CPU, fp32)
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         if closure is not None:
             raise ValueError("optimizer.step(closure) is not supported with offload_optimizer: the closure's "
                              "gradients would land on the device after the copy to the CPU. Call backward, then "
                              "step() without a closure.")
         device_params = [group["params"] for group in self.optimizer.param_groups]
         asynchronous = False
-        for params, masters, versions in zip(device_params, self._masters, self._versions):
-            for p, master, version in zip(params, masters, versions):
+        for params, masters, versions in zip(device_params, self._masters, self._versions, strict=True):
+            for p, master, version in zip(params, masters, versions, strict=True):
                 if _version(p) != version:  # written from outside since our last step
                     master.copy_(_local(p.detach()))
                 if p.grad is None:
@@ -159,8 +159,8 @@ class OffloadedOptimizer(ForwardingOptimizer):
             torch.cuda.current_stream().synchronize()  # the CPU reads the gradients next
         with self._groups_on_masters():
             result = self.optimizer.step()
-        for params, masters in zip(device_params, self._masters):
-            for p, master in zip(params, masters):
+        for params, masters in zip(device_params, self._masters, strict=True):
+            for p, master in zip(params, masters, strict=True):
                 if master.grad is not None:
                     _local(p).copy_(master, non_blocking=self._pin)
         self._versions = self._current_versions()

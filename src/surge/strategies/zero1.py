@@ -9,15 +9,18 @@ model-state memory drops from 16Ψ to 4Ψ + 12Ψ/N (mixed-precision Adam).
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from surge.topology import DistributedType
 from surge.strategies.ddp import DDP
 
+if TYPE_CHECKING:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
 
-def _sharded_optimizer_class() -> type:
+
+def _sharded_optimizer_class() -> type[ZeroRedundancyOptimizer]:
     # torch.distributed.optim is imported on first use only: `import surge` stays light.
     import torch.distributed as dist
     from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -29,7 +32,7 @@ def _sharded_optimizer_class() -> type:
         back on rank 0, the other ranks get an empty dict.
         """
 
-        def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        def state_dict(self) -> dict[str, Any]:
             self.consolidate_state_dict(to=0)
             return super().state_dict() if dist.get_rank() == 0 else {}
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from surge import Accelerator
+from surge.accelerator import Accelerator
 from surge.ops import gather_object
 from surge.testing.parity import FP16_SCALE, TOLERANCE, make_dataset, max_difference, reference_run, surge_run
 from surge.utils import GradScalerKwargs, broadcast
@@ -53,7 +53,9 @@ def check_mixed_precision(acc: Accelerator) -> str:
     model = acc.prepare(nn.Sequential(nn.Linear(16, 16)))
     seen: list[torch.dtype] = []
     model.register_forward_hook(lambda *_: None)
-    inner = acc.unwrap_model(model)[0]
+    unwrapped = acc.unwrap_model(model)
+    assert isinstance(unwrapped, nn.Sequential), type(unwrapped)
+    inner = unwrapped[0]
     inner.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     out = model(torch.randn(4, 16, device=acc.device))
     assert out.dtype == torch.float32, out.dtype

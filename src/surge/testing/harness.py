@@ -85,7 +85,7 @@ def _child(
     world_size: int,
     port: int,
     checks: Sequence[Check],
-    results: mp.Queue,
+    results: mp.Queue[Outcome],
     env: Mapping[str, str],
     pg_timeout_s: float,
     start_group: bool,
@@ -148,7 +148,7 @@ def run_distributed(
         checks = [checks]
     checks = list(checks)
     ctx = mp.get_context("spawn")
-    results: mp.Queue = ctx.Queue()
+    results: mp.Queue[Outcome] = ctx.Queue()
     port = free_port()
     procs = [
         ctx.Process(

@@ -60,7 +60,8 @@ class BlockModel(nn.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h)
-        return self.out(h)
+        out: torch.Tensor = self.out(h)
+        return out
 
 
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -68,7 +69,10 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def reference_run(
-    dataset: TensorDataset, global_batch: int, mixed_precision: str = "no", model_fn: Callable[[], nn.Module] = make_model
+    dataset: TensorDataset,
+    global_batch: int,
+    mixed_precision: str = "no",
+    model_fn: Callable[[], nn.Module] = make_model,
 ) -> list[torch.Tensor]:
     """Train one process, plain PyTorch, one optimizer step per global batch."""
     model = model_fn()
@@ -80,10 +84,11 @@ def reference_run(
         with ctx:
             out = model(x)
         loss = nn.functional.mse_loss(out.float(), y)
-        (loss * scale).backward()
+        (loss * scale).backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         if scale != 1.0:
             for p in model.parameters():
-                p.grad.div_(scale)
+                if p.grad is not None:
+                    p.grad.div_(scale)
         opt.step()
         opt.zero_grad()
     return [p.detach().clone() for p in model.parameters()]
@@ -144,7 +149,7 @@ def scheduled_run(
 
 
 def max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+    return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
 # Tolerances, justified. fp32 runs differ only by summation order: measured <= 1.2e-7.

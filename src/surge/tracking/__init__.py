@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 from surge.tracking.base import GeneralTracker
@@ -75,11 +76,12 @@ def start_tracker(name: str, run_name: str, logging_dir: str | None, init_kwargs
         ImportError: its package is missing (with the pip command).
     """
     module, cls, _ = TRACKERS[name]
-    tracker_class = getattr(importlib.import_module(module), cls)
+    tracker_class: type[GeneralTracker] = getattr(importlib.import_module(module), cls)
     if tracker_class.requires_logging_directory and logging_dir is None:
         raise ValueError(f"the {name} tracker writes files but no logging dir is set; pass "
                          "Accelerator(project_dir=...) or ProjectConfiguration(logging_dir=...).")
-    return tracker_class(run_name, logging_dir, **init_kwargs)
+    factory: Callable[..., GeneralTracker] = tracker_class  # built-in trackers take (run_name, logging_dir, **kwargs)
+    return factory(run_name, logging_dir, **init_kwargs)
 
 
 __all__ = ["TRACKERS", "GeneralTracker", "is_available", "resolve_log_with", "start_tracker"]

@@ -29,8 +29,8 @@ class JSONLTracker(GeneralTracker):
         self.directory = os.path.join(os.fspath(logging_dir), run_name)
         os.makedirs(self.directory, exist_ok=True)
         self.path = os.path.join(self.directory, "metrics.jsonl")
-        # Appending: a resumed run continues the same file.
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        # Appending: a resumed run continues the same file. Open for the whole run; finish() closes it.
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     @property
     def tracker(self) -> Any:

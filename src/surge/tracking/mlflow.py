@@ -30,8 +30,10 @@ class MLflowTracker(GeneralTracker):
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ImportError(f"log_with='mlflow' needs the mlflow package: {INSTALL}") from None
+        from surge.config.environment import mlflow_tracking_uri
+
         uri, artifacts = None, None  # None: MlflowClient reads MLFLOW_TRACKING_URI
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        if mlflow_tracking_uri() is None:
             if logging_dir is None:
                 raise ValueError("log_with='mlflow' needs MLFLOW_TRACKING_URI or a logging dir (project_dir=...) for "
                                  "its local store.")
@@ -70,8 +72,8 @@ class MLflowTracker(GeneralTracker):
 
         now = int(time.time() * 1000)
         metrics, tags = [], []
-        for name, value in values.items():
-            value = scalar(value)
+        for name, raw in values.items():
+            value = scalar(raw)
             if isinstance(value, (int, float)):  # bools too
                 metrics.append(Metric(name, float(value), now, step or 0))
             else:

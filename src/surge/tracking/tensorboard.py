@@ -39,8 +39,8 @@ class TensorBoardTracker(GeneralTracker):
         self.writer.flush()
 
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
-        for name, value in values.items():
-            value = scalar(value)
+        for name, raw in values.items():
+            value = scalar(raw)
             if isinstance(value, str):
                 self.writer.add_text(name, value, global_step=step, **kwargs)
             elif isinstance(value, dict):

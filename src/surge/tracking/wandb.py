@@ -33,7 +33,7 @@ class WandBTracker(GeneralTracker):
         return self.run
 
     def store_init_configuration(self, values: dict[str, Any]) -> None:
-        self.run.config.update(plain(values), allow_val_change=True)
+        self.run.config.update(plain(values), allow_val_change=True)  # type: ignore[no-untyped-call]  # unannotated
 
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
         self.run.log({k: scalar(v) for k, v in values.items()}, step=step, **kwargs)

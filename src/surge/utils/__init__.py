@@ -21,17 +21,17 @@ from surge.utils.progress import ProgressBar, tqdm
 from surge.utils.random import set_seed
 
 __all__ = [
-    "DeepSpeedPlugin",
-    "FullyShardedDataParallelPlugin",
     "AutocastKwargs",
-    "GradScalerKwargs",
+    "DeepSpeedPlugin",
     "DistributedDataParallelKwargs",
     "DistributedType",
+    "FullyShardedDataParallelPlugin",
+    "GradScalerKwargs",
     "InitProcessGroupKwargs",
-    "TorchDynamoPlugin",
     "KwargsHandler",
     "ProgressBar",
     "ProjectConfiguration",
+    "TorchDynamoPlugin",
     "broadcast",
     "broadcast_object_list",
     "extract_model_from_parallel",

@@ -22,7 +22,7 @@ loader = DataLoader(data, batch_size=8, shuffle=True)
 
 accelerator = Accelerator()                                                  # 1
 model, optimizer, loader = accelerator.prepare(model, optimizer, loader)     # 2
-for epoch in range(2):
+for _epoch in range(2):
     for x, y in loader:
         loss = nn.functional.mse_loss(model(x), y)
         accelerator.backward(loss)                                           # 3

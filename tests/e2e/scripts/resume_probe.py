@@ -74,7 +74,7 @@ if args.resume or args.load_only:
     # The resume one-liner: the newest complete checkpoint, or nothing on a first run.
     acc.load_state(missing_ok=args.resume)
 if not args.load_only:
-    for epoch in range(loader.epoch, args.epochs):  # a loaded loader continues its epoch
+    for _epoch in range(loader.epoch, args.epochs):  # a loaded loader continues its epoch
         for x, y in loader:
             with acc.accumulate(model):
                 loss = nn.functional.mse_loss(model(x), y)
@@ -103,4 +103,5 @@ if acc.is_main_process:
     for name in sorted(state):
         digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
     print(f"checksum={digest.hexdigest()} seen={counter.seen} lr={sched.get_last_lr()[0]:.6f} "
-          f"iteration={acc.project_configuration.iteration} restarts={os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}")
+          f"iteration={acc.project_configuration.iteration} "
+          f"restarts={os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")

@@ -3,7 +3,6 @@ no launcher variables at all. The Accelerator must adopt the running group."""
 
 import sys
 
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
