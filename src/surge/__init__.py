@@ -34,7 +34,24 @@ _LAZY = {
     "add_config_arguments": "surge.deepspeed.engine",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "Accelerator",
+    "AutocastKwargs",
+    "DeepSpeedPlugin",
+    "DistributedDataParallelKwargs",
+    "DistributedType",
+    "Engine",
+    "FullyShardedDataParallelPlugin",
+    "GradScalerKwargs",
+    "InitProcessGroupKwargs",
+    "PartialState",
+    "ProjectConfiguration",
+    "Topology",
+    "TorchDynamoPlugin",
+    "__version__",
+    "add_config_arguments",
+    "initialize",
+]  # every name of _LAZY (tests/unit/test_rules.py checks)
 
 if TYPE_CHECKING:  # pragma: no cover
     from surge.accelerator import Accelerator

@@ -30,20 +30,19 @@ from torch.utils.data import DataLoader
 from surge import ops
 from surge._tree import tree_leaves, tree_map
 from surge.accumulation import GradientState
+from surge.checkpoint.methods import CheckpointingMixin
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
 from surge.config.resolve import BatchSizes, fill_batch_sizes, resolve_plan
-from surge.checkpoint.methods import CheckpointingMixin
+from surge.data.loader import PreparedDataLoader, SkipFirstBatches, shard_dataloader
 from surge.guard import NonFiniteGuard
-from surge.tracking.methods import TrackingMixin
-from surge.data.loader import PreparedDataLoader, shard_dataloader
-from surge.data.loader import SkipFirstBatches
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
 from surge.precision import select_precision
 from surge.process_group import ensure_process_group
 from surge.state import ProcessQueries
-from surge.topology import DistributedType
 from surge.strategies.registry import select_strategy
+from surge.topology import DistributedType
+from surge.tracking.methods import TrackingMixin
 
 _LR_SCHEDULER_TYPES: tuple[type, ...] = (torch.optim.lr_scheduler.LRScheduler,)
 if hasattr(torch.optim.lr_scheduler, "ReduceLROnPlateau"):
@@ -65,7 +64,7 @@ class _Accumulate:
     """The context ``Accelerator.accumulate`` returns. A small class rather than a
     generator-based context manager: it runs on every training step."""
 
-    __slots__ = ("accelerator", "models", "contexts")
+    __slots__ = ("accelerator", "contexts", "models")
 
     def __init__(self, accelerator: Accelerator, models: tuple[nn.Module, ...]) -> None:
         self.accelerator = accelerator
@@ -322,7 +321,9 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
             prepared = self.strategy.compile(prepared, self.plan.dynamo.compile_kwargs())
         return prepared
 
-    def prepare_optimizer(self, optimizer: torch.optim.Optimizer, device_placement: bool | None = None) -> AcceleratedOptimizer:
+    def prepare_optimizer(
+        self, optimizer: torch.optim.Optimizer, device_placement: bool | None = None
+    ) -> AcceleratedOptimizer:
         """Wrap an optimizer so it steps only at accumulation boundaries."""
         if isinstance(optimizer, AcceleratedOptimizer):
             return optimizer

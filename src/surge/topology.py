@@ -141,7 +141,8 @@ class Topology:
             chosen = "nccl" if device.startswith("cuda") else "gloo"
         else:
             if backend not in BACKENDS:
-                raise ValueError(f"backend={backend!r} is not supported; choose one of {', '.join(map(repr, BACKENDS))}.")
+                raise ValueError(f"backend={backend!r} is not supported; choose one of "
+                                 f"{', '.join(map(repr, BACKENDS))}.")
             if backend == "nccl" and not device.startswith("cuda"):
                 raise ValueError(
                     f"backend='nccl' needs CUDA devices but this process runs on {device!r}; use backend='gloo' "

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from surge.checkpoint.sharded import single_process_is_fine
 from surge import Accelerator, ProjectConfiguration
 from surge.checkpoint import training
 from surge.checkpoint.merge import merge_weights
+from surge.checkpoint.sharded import single_process_is_fine
 from surge.utils import set_seed
 
 

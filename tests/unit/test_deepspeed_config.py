@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from surge import Accelerator, DeepSpeedPlugin
-from surge.deepspeed.config import LossScaleSettings, parse_deepspeed_config, resolve_batch_sizes
+from surge.deepspeed.ds_config import LossScaleSettings, parse_deepspeed_config, resolve_batch_sizes
 
 CONFIG = {
     "train_micro_batch_size_per_gpu": "auto",

@@ -18,10 +18,11 @@ from surge.precision import select_precision
 from surge.strategies.registry import select_strategy
 from surge.topology import Topology
 
-DEFAULTS = dict(device_placement=True, split_batches=False, mixed_precision=None, gradient_accumulation_steps=None,
-                cpu=None, project_dir=None, project_config=None, even_batches=True,
-                step_scheduler_with_optimizer=True, kwargs_handlers=None, deepspeed_plugin=None, fsdp_plugin=None,
-                log_with=None, dynamo_backend=None, dynamo_plugin=None, nonfinite=None)
+DEFAULTS = {"device_placement": True, "split_batches": False, "mixed_precision": None,
+            "gradient_accumulation_steps": None, "cpu": None, "project_dir": None, "project_config": None,
+            "even_batches": True, "step_scheduler_with_optimizer": True, "kwargs_handlers": None,
+            "deepspeed_plugin": None, "fsdp_plugin": None, "log_with": None, "dynamo_backend": None,
+            "dynamo_plugin": None, "nonfinite": None}
 
 
 def plan_for(**kwargs):
@@ -58,23 +59,23 @@ def test_bad_inputs_fail_while_settling(monkeypatch):
 
 
 @pytest.mark.parametrize("plugin, want", [
-    (None, dict(family="none", shard_degree=0)),
-    (DeepSpeedPlugin(zero_stage=0), dict(family="deepspeed", shard_degree=0)),
-    (DeepSpeedPlugin(zero_stage=1), dict(family="deepspeed", shard_degree=1)),
+    (None, {"family": "none", "shard_degree": 0}),
+    (DeepSpeedPlugin(zero_stage=0), {"family": "deepspeed", "shard_degree": 0}),
+    (DeepSpeedPlugin(zero_stage=1), {"family": "deepspeed", "shard_degree": 1}),
     (DeepSpeedPlugin(zero_stage=1, offload_optimizer_device="cpu"),  # ZeRO-1 + offload runs as ZeRO-2
-     dict(family="deepspeed", shard_degree=2, offload_optimizer=True)),
-    (DeepSpeedPlugin(zero_stage=2), dict(family="deepspeed", shard_degree=2)),
-    (FullyShardedDataParallelPlugin(sharding_strategy="SHARD_GRAD_OP"), dict(family="fsdp", shard_degree=2,
-                                                                             full_state_dict=True)),
+     {"family": "deepspeed", "shard_degree": 2, "offload_optimizer": True}),
+    (DeepSpeedPlugin(zero_stage=2), {"family": "deepspeed", "shard_degree": 2}),
+    (FullyShardedDataParallelPlugin(sharding_strategy="SHARD_GRAD_OP"), {"family": "fsdp", "shard_degree": 2,
+                                                                             "full_state_dict": True}),
     (FullyShardedDataParallelPlugin(sharding_strategy="HYBRID_SHARD", state_dict_type="SHARDED_STATE_DICT"),
-     dict(family="fsdp", shard_degree=3, hybrid=True, mesh=MeshSpec(dp_replicate=2, dp_shard=2))),
+     {"family": "fsdp", "shard_degree": 3, "hybrid": True, "mesh": MeshSpec(dp_replicate=2, dp_shard=2)}),
     (FullyShardedDataParallelPlugin(auto_wrap_policy="NO_WRAP", cpu_offload=True),
-     dict(family="fsdp", shard_degree=3, layer_classes=(), offload_params=True, full_state_dict=True)),
+     {"family": "fsdp", "shard_degree": 3, "layer_classes": (), "offload_params": True, "full_state_dict": True}),
     (FullyShardedDataParallelPlugin(auto_wrap_policy="SIZE_BASED_WRAP", min_num_params=10),
-     dict(family="fsdp", shard_degree=3, min_num_params=10, full_state_dict=True)),
+     {"family": "fsdp", "shard_degree": 3, "min_num_params": 10, "full_state_dict": True}),
     (FullyShardedDataParallelPlugin(transformer_layer_cls_to_wrap=["Block"], activation_checkpointing=True),
-     dict(family="fsdp", shard_degree=3, layer_classes=("Block",), activation_checkpointing=True,
-          full_state_dict=True)),
+     {"family": "fsdp", "shard_degree": 3, "layer_classes": ("Block",), "activation_checkpointing": True,
+          "full_state_dict": True}),
 ])
 def test_plugins_become_one_strategy_spec(plugin, want):
     ds = plugin if isinstance(plugin, DeepSpeedPlugin) else None

@@ -22,11 +22,10 @@ TMP_PREFIX = ".surge-tmp-"
 def _umask() -> int:
     """The process's umask, read without changing it where the OS allows (Linux's
     /proc); elsewhere set and restored at once."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -253,9 +253,9 @@ class CheckpointingMixin:
             if len(mine) != len(saved):
                 raise ValueError(f"checkpoint {input_dir!r} holds {len(saved)} {kind} but {len(mine)} are prepared "
                                  "here; prepare/register the same ones as the run that saved it.")
-        for loader, state in zip(self._dataloaders, extra["loaders"]):
+        for loader, state in zip(self._dataloaders, extra["loaders"], strict=True):
             loader.load_state_dict(state)
-        for obj, state in zip(self._custom_objects, extra["custom"]):
+        for obj, state in zip(self._custom_objects, extra["custom"], strict=True):
             obj.load_state_dict(state)
         self.gradient_state.step = int(extra["gradient_step"])
         self.gradient_state.cycle_step = int(extra.get("cycle_step", 0))  # older checkpoints lack it

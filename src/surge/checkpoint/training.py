@@ -62,7 +62,7 @@ from torch import nn
 from surge.checkpoint.atomic import TMP_PREFIX, atomic_write, replace_directory
 from surge.checkpoint.full import FullWriter, load_models
 from surge.checkpoint.keys import by_index, consolidates, inner_optimizer, named_positions, owner_index
-from surge.checkpoint.sharded import TENSORS, ShardedWriter, load_tensors
+from surge.checkpoint.sharded import ShardedWriter, load_tensors
 from surge.process_group import barrier
 
 MANIFEST = "surge_checkpoint.json"
@@ -256,10 +256,9 @@ def _wait_for_manifest(directory: str, save_index: int, topology: Any) -> bool:
     deadline = time.monotonic() + ARRIVAL_TIMEOUT_S * 10
     path = os.path.join(directory, MANIFEST)
     while True:
-        with contextlib.suppress(OSError, ValueError):
-            with open(path) as f:
-                if json.load(f).get("save_index") == save_index:
-                    return True
+        with contextlib.suppress(OSError, ValueError), open(path) as f:
+            if json.load(f).get("save_index") == save_index:
+                return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.005)
@@ -365,7 +364,7 @@ def load_training_state(
                 split = bool(state.get("state")) and any(hasattr(p, "device_mesh") for p in model.parameters())
                 set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=split))
     rest = load_file(os.path.join(directory, STATE))
-    for scheduler, sd in zip(schedulers, rest["schedulers"]):
+    for scheduler, sd in zip(schedulers, rest["schedulers"], strict=False):  # partial loads take the first
         scheduler.load_state_dict(sd)
     if load_precision_state is not None:
         load_precision_state(rest["precision"])

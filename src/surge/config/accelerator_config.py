@@ -8,11 +8,11 @@ from typing import Literal, get_args
 
 from surge.config._validate import check_bool, check_choice, check_int
 from surge.config.kwargs import (
-    LossScaleSettings,
     AutocastKwargs,
     DistributedDataParallelKwargs,
     GradScalerKwargs,
     InitProcessGroupKwargs,
+    LossScaleSettings,
     as_timeout,
 )
 
@@ -106,7 +106,8 @@ class AcceleratorConfig:
             if type(handler) in seen:
                 raise ValueError(f"kwargs_handlers has two {type(handler).__name__} objects; pass one.")
             seen[type(handler)] = handler
-        for key, kind in (("ddp", DistributedDataParallelKwargs), ("autocast", AutocastKwargs), ("scaler", GradScalerKwargs)):
+        for key, kind in (("ddp", DistributedDataParallelKwargs), ("autocast", AutocastKwargs),
+                          ("scaler", GradScalerKwargs)):
             if kind in seen:
                 values[key] = seen[kind]
         pg = seen.get(InitProcessGroupKwargs)

@@ -41,7 +41,8 @@ class SurgeConfig:
     the CLI (its flags are derived from these fields)."""
 
     machine_type: MachineType = field(
-        default="cpu", metadata=_help("Where the job runs: cpu, single_gpu, multi_gpu or multi_node.", choices=MACHINE_TYPES)
+        default="cpu",
+        metadata=_help("Where the job runs: cpu, single_gpu, multi_gpu or multi_node.", choices=MACHINE_TYPES),
     )
     num_machines: int = field(default=1, metadata=_help("Number of machines in the job.", minimum=1, maximum=100_000))
     num_processes: int = field(
@@ -54,9 +55,12 @@ class SurgeConfig:
         default=None, metadata=_help("Address of machine 0 (multi-machine jobs); single-machine jobs use 127.0.0.1.")
     )
     main_process_port: int | None = field(
-        default=None, metadata=_help("Rendezvous port on machine 0; a free port is chosen when unset.", minimum=1, maximum=65535)
+        default=None,
+        metadata=_help("Rendezvous port on machine 0; a free port is chosen when unset.", minimum=1, maximum=65535),
     )
-    gpu_ids: str | None = field(default=None, metadata=_help('GPUs to use on this machine: "all" or a list like "0,1".'))
+    gpu_ids: str | None = field(
+        default=None, metadata=_help('GPUs to use on this machine: "all" or a list like "0,1".')
+    )
     use_cpu: bool = field(default=False, metadata=_help("Train on the CPU even when GPUs are present."))
     mixed_precision: str = field(
         default="no", metadata=_help("Number format: no, fp16, bf16 or fp8.", choices=MIXED_PRECISION)
@@ -65,10 +69,13 @@ class SurgeConfig:
         default=1, metadata=_help("Micro-batches per optimizer step.", minimum=1)
     )
     zero_stage: int = field(
-        default=0, metadata=_help("ZeRO sharding stage: 0 (none), 1 (optimizer), 2 (+gradients), 3 (+parameters).", minimum=0, maximum=3)
+        default=0,
+        metadata=_help("ZeRO sharding stage: 0 (none), 1 (optimizer), 2 (+gradients), 3 (+parameters).", minimum=0,
+                       maximum=3),
     )
     offload_optimizer_device: str = field(
-        default="none", metadata=_help("Keep optimizer state on: none or cpu (ZeRO stages 1-3).", choices=("none", "cpu"))
+        default="none",
+        metadata=_help("Keep optimizer state on: none or cpu (ZeRO stages 1-3).", choices=("none", "cpu")),
     )
     offload_param_device: str = field(
         default="none", metadata=_help("Keep parameters on: none or cpu (ZeRO stage 3 only).", choices=("none", "cpu"))
@@ -77,12 +84,15 @@ class SurgeConfig:
         default=None, metadata=_help("A DeepSpeed JSON config to take ZeRO / precision / batch settings from.")
     )
     fsdp_sharding_strategy: str | None = field(
-        default=None, metadata=_help("FSDP sharding instead of ZeRO: FULL_SHARD, SHARD_GRAD_OP, NO_SHARD or HYBRID_SHARD.", choices=FSDP_SHARDING)
+        default=None,
+        metadata=_help("FSDP sharding instead of ZeRO: FULL_SHARD, SHARD_GRAD_OP, NO_SHARD or HYBRID_SHARD.",
+                       choices=FSDP_SHARDING),
     )
     fsdp_cpu_offload: bool = field(default=False, metadata=_help("FSDP: keep parameters on the CPU."))
     nonfinite: str = field(
-        default="ignore", metadata=_help("At each optimizer step, on a NaN/inf loss or gradient: ignore, skip (the step) "
-                                         "or raise.", choices=("ignore", "skip", "raise"))
+        default="ignore",
+        metadata=_help("At each optimizer step, on a NaN/inf loss or gradient: ignore, skip (the step) or raise.",
+                       choices=("ignore", "skip", "raise")),
     )
     dynamo_backend: str = field(
         default="no", metadata=_help("torch.compile the prepared models with this backend: no, inductor, eager, "
@@ -94,7 +104,8 @@ class SurgeConfig:
                                       maximum=7 * 24 * 3600)
     )
     max_restarts: int = field(
-        default=0, metadata=_help("Restart all workers up to this many times when one fails.", minimum=0, maximum=1000)
+        default=0,
+        metadata=_help("Restart all workers up to this many times when one fails.", minimum=0, maximum=1000),
     )
     monitor_interval: float = field(
         default=0.1, metadata=_help("Seconds between checks of the workers' health.", positive=True, maximum=60)
@@ -112,14 +123,15 @@ class SurgeConfig:
     def changed(self) -> dict[str, Any]:
         """The fields that differ from the schema's defaults."""
         default = SurgeConfig()
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(SurgeConfig)}
 # Settings an Accelerator reads (the rest only concern starting processes).
-ACCELERATOR_KEYS = ("use_cpu", "mixed_precision", "gradient_accumulation_steps", "zero_stage", "offload_optimizer_device",
-                    "offload_param_device", "deepspeed_config_file", "fsdp_sharding_strategy", "fsdp_cpu_offload",
-                    "dynamo_backend", "nonfinite", "collective_timeout")
+ACCELERATOR_KEYS = ("use_cpu", "mixed_precision", "gradient_accumulation_steps", "zero_stage",
+                    "offload_optimizer_device", "offload_param_device", "deepspeed_config_file",
+                    "fsdp_sharding_strategy", "fsdp_cpu_offload", "dynamo_backend", "nonfinite", "collective_timeout")
 
 
 def _join(errors: list[str]) -> str:
@@ -169,14 +181,16 @@ def validate_values(values: dict[str, Any]) -> list[str]:
             errors.append(f"{name}={value!r} is out of range; it must be >= {meta['minimum']}"
                           + (f" and <= {meta['maximum']}" if "maximum" in meta else ""))
         elif "maximum" in meta and value > meta["maximum"]:
-            errors.append(f"{name}={value!r} is out of range; it must be from {meta.get('minimum', 0)} to {meta['maximum']}")
+            errors.append(f"{name}={value!r} is out of range; it must be from {meta.get('minimum', 0)} to "
+                          f"{meta['maximum']}")
         if meta.get("positive") and not value > 0:
             errors.append(f"{name}={value!r} must be > 0")
     if errors:
         return errors
     v = {**{n: f.default for n, f in FIELDS.items()}, **values}
     if v["machine_rank"] >= v["num_machines"]:
-        errors.append(f"machine_rank={v['machine_rank']} must be below num_machines={v['num_machines']} (ranks count from 0)")
+        errors.append(f"machine_rank={v['machine_rank']} must be below num_machines={v['num_machines']} "
+                      "(ranks count from 0)")
     if v["num_processes"] % v["num_machines"]:
         errors.append(
             f"num_processes={v['num_processes']} must be a multiple of num_machines={v['num_machines']} "
@@ -190,11 +204,13 @@ def validate_values(values: dict[str, Any]) -> list[str]:
     if v["offload_optimizer_device"] != "none" and v["zero_stage"] == 0:
         errors.append("offload_optimizer_device='cpu' needs zero_stage 1, 2 or 3")
     if v["fsdp_sharding_strategy"] and v["zero_stage"]:
-        errors.append(f"choose either zero_stage={v['zero_stage']} or fsdp_sharding_strategy={v['fsdp_sharding_strategy']!r}, not both")
+        errors.append(f"choose either zero_stage={v['zero_stage']} or "
+                      f"fsdp_sharding_strategy={v['fsdp_sharding_strategy']!r}, not both")
     if v["gpu_ids"] not in (None, "all") and not all(p.strip().isdigit() for p in str(v["gpu_ids"]).split(",")):
         errors.append(f"gpu_ids={v['gpu_ids']!r} must be 'all' or GPU indices like '0,1'")
     if v["mixed_precision"] == "fp8" and v["use_cpu"]:
-        errors.append("mixed_precision='fp8' needs a GPU with compute capability >= 8.9; it cannot run with use_cpu=true")
+        errors.append("mixed_precision='fp8' needs a GPU with compute capability >= 8.9; it cannot run with "
+                      "use_cpu=true")
     return errors
 
 
@@ -220,7 +236,8 @@ def read_values(path: str) -> dict[str, Any]:
         with open(path) as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path!r} does not exist; create one with `surge config` or pass another path") from None
+        raise ConfigError(f"config file {path!r} does not exist; create one with `surge config` or pass another "
+                          "path") from None
     except IsADirectoryError:
         raise ConfigError(f"config file {path!r} is a directory; give the path of a YAML file") from None
     except yaml.YAMLError as exc:

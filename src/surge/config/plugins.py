@@ -49,24 +49,24 @@ class DeepSpeedPlugin:
     def __post_init__(self) -> None:
         self.ds_settings = None
         if self.hf_ds_config is not None:
-            from surge.deepspeed.config import parse_deepspeed_config
+            from surge.deepspeed.ds_config import parse_deepspeed_config
 
             ds = parse_deepspeed_config(self.hf_ds_config)
             self.ds_settings = ds
             self.zero_stage = ds.zero_stage
             self.offload_optimizer_device = ds.offload_optimizer_device
             self.offload_param_device = ds.offload_param_device
-            self.gradient_clipping = ds.gradient_clipping if ds.gradient_clipping is not None else self.gradient_clipping
+            if ds.gradient_clipping is not None:
+                self.gradient_clipping = ds.gradient_clipping
             if ds.gradient_accumulation_steps is not None:
                 self.gradient_accumulation_steps = ds.gradient_accumulation_steps
             self.activation_checkpointing = self.activation_checkpointing or ds.activation_checkpointing
         check_int("DeepSpeedPlugin.zero_stage", self.zero_stage, minimum=0, maximum=3)
         if self.gradient_accumulation_steps is not None:
             check_int("DeepSpeedPlugin.gradient_accumulation_steps", self.gradient_accumulation_steps, minimum=1)
-        if self.gradient_clipping is not None:
-            if isinstance(self.gradient_clipping, bool) or not isinstance(self.gradient_clipping, (int, float)) \
-                    or not self.gradient_clipping > 0:
-                raise ValueError(f"DeepSpeedPlugin.gradient_clipping={self.gradient_clipping!r} must be a positive number.")
+        clip = self.gradient_clipping
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+            raise ValueError(f"DeepSpeedPlugin.gradient_clipping={clip!r} must be a positive number.")
         self.offload_optimizer_device = check_choice(
             "DeepSpeedPlugin.offload_optimizer_device", self.offload_optimizer_device, OFFLOAD_DEVICES)
         self.offload_param_device = check_choice(

@@ -22,11 +22,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from surge.config.accelerator_config import DEFAULT_TIMEOUT, AcceleratorConfig
-from surge.deepspeed.config import DeepSpeedSettings, resolve_batch_sizes
 from surge.config.file import active_values, resolve_accelerator_args
 from surge.config.kwargs import GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
+from surge.deepspeed.ds_config import DeepSpeedSettings, resolve_batch_sizes
 
 if TYPE_CHECKING:
     from surge.topology import Topology

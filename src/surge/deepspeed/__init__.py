@@ -1,7 +1,7 @@
 """DeepSpeed's API on surge: an adapter that translates into the public core.
 
 ``surge.initialize`` / :class:`Engine` (engine.py) run a script written for
-``deepspeed.initialize`` on an :class:`~surge.Accelerator`; config.py reads DeepSpeed
+``deepspeed.initialize`` on an :class:`~surge.Accelerator`; ds_config.py reads DeepSpeed
 JSON configs (no torch); optimizers.py and schedulers.py build the config's
 ``optimizer`` and ``scheduler`` sections as torch objects. Nothing here reaches into a
 strategy: the engine calls the Accelerator's public methods and its checkpoint call.
@@ -18,17 +18,26 @@ _LAZY = {
     "initialize": "surge.deepspeed.engine",
     "Engine": "surge.deepspeed.engine",
     "add_config_arguments": "surge.deepspeed.engine",
-    "parse_deepspeed_config": "surge.deepspeed.config",
-    "DeepSpeedSettings": "surge.deepspeed.config",
+    "parse_deepspeed_config": "surge.deepspeed.ds_config",
+    "DeepSpeedSettings": "surge.deepspeed.ds_config",
     "WarmupLR": "surge.deepspeed.schedulers",
     "WarmupDecayLR": "surge.deepspeed.schedulers",
     "WarmupCosineLR": "surge.deepspeed.schedulers",
 }
 
-__all__ = list(_LAZY)
+__all__ = [
+    "DeepSpeedSettings",
+    "Engine",
+    "WarmupCosineLR",
+    "WarmupDecayLR",
+    "WarmupLR",
+    "add_config_arguments",
+    "initialize",
+    "parse_deepspeed_config",
+]  # every name of _LAZY (tests/unit/test_rules.py checks)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from surge.deepspeed.config import DeepSpeedSettings, parse_deepspeed_config
+    from surge.deepspeed.ds_config import DeepSpeedSettings, parse_deepspeed_config
     from surge.deepspeed.engine import Engine, add_config_arguments, initialize
     from surge.deepspeed.schedulers import WarmupCosineLR, WarmupDecayLR, WarmupLR
 

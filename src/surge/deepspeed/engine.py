@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surge.deepspeed.config import load_json, parse_deepspeed_config, resolve_batch_sizes
+from surge.deepspeed.ds_config import load_json, parse_deepspeed_config, resolve_batch_sizes
 
 _CLIENT_STATE = "client_state"
 
@@ -309,8 +309,9 @@ class Engine(nn.Module):
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def save_checkpoint(self, save_dir: str | os.PathLike[str], tag: Any = None, client_state: dict[str, Any] | None = None,
-                        save_latest: bool = True, exclude_frozen_parameters: bool = False) -> bool:
+    def save_checkpoint(self, save_dir: str | os.PathLike[str], tag: Any = None,
+                        client_state: dict[str, Any] | None = None, save_latest: bool = True,
+                        exclude_frozen_parameters: bool = False) -> bool:
         """Save model, optimizer, scheduler, loss scaler, counters and ``client_state``
         to ``save_dir/tag`` (tag default ``global_step<N>``) and, with ``save_latest``,
         name it in ``save_dir/latest``. Every process must call it; the checkpoint

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from surge.deepspeed.config import reject_auto
+from surge.deepspeed.ds_config import reject_auto
 
 _DEEPSPEED_ONLY = ("lamb", "onebitadam", "zerooneadam", "onebitlamb", "lion", "muadam", "muadamw", "musgd")
 _DEEPSPEED_FLAGS = ("torch_adam", "adam_w_mode", "fused", "bias_correction")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from surge.deepspeed.config import reject_auto
+from surge.deepspeed.ds_config import reject_auto
 
 WARMUP_TYPES = ("log", "linear")
 
@@ -88,7 +88,7 @@ class WarmupLR(_Warmup):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         gamma = self._gamma(self.last_epoch)
-        return [lo + (hi - lo) * gamma for lo, hi in zip(self.min_lrs, self.max_lrs)]
+        return [lo + (hi - lo) * gamma for lo, hi in zip(self.min_lrs, self.max_lrs, strict=True)]
 
 
 class WarmupDecayLR(WarmupLR):

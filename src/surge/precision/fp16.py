@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from surge.config.kwargs import LossScaleSettings, AutocastKwargs, GradScalerKwargs
+from surge.config.kwargs import AutocastKwargs, GradScalerKwargs, LossScaleSettings
 from surge.precision.base import Precision
 
 

@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from surge.process_group import register_exit_cleanup
-from surge.topology import DistributedType
 from surge.strategies.base import Strategy
+from surge.topology import DistributedType
 
 _WRAPPED: weakref.WeakSet[DistributedDataParallel] = weakref.WeakSet()
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from surge.topology import DistributedType
 from surge.strategies.ddp import DDP
+from surge.topology import DistributedType
 
 if TYPE_CHECKING:
     from torch.distributed.optim import ZeroRedundancyOptimizer

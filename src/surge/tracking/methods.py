@@ -40,16 +40,17 @@ class TrackingMixin:
         if not self.is_main_process:
             return
         if self.plan.trackers_missing:
-            print(f"surge: log_with='all' uses {', '.join(t if isinstance(t, str) else t.name for t in self.plan.log_with)}; "
+            used = ", ".join(t if isinstance(t, str) else t.name for t in self.plan.log_with)
+            print(f"surge: log_with='all' uses {used}; "
                   f"not installed: {', '.join(self.plan.trackers_missing)}.", file=sys.stderr)
         started = []
         try:
             for entry in self.plan.log_with:
-                if isinstance(entry, str):
-                    entry = start_tracker(entry, project_name, self.logging_dir, dict(init_kwargs.get(entry, {})))
+                tracker = entry if not isinstance(entry, str) else start_tracker(
+                    entry, project_name, self.logging_dir, dict(init_kwargs.get(entry, {})))
                 if config is not None:
-                    entry.store_init_configuration(config)
-                started.append(entry)
+                    tracker.store_init_configuration(config)
+                started.append(tracker)
         except BaseException:
             for tracker in started:
                 tracker.finish()
