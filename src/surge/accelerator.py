@@ -363,7 +363,9 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         self._schedulers.append(wrapped)
         return wrapped
 
-    def prepare_data_loader(self, data_loader: DataLoader, device_placement: bool | None = None) -> PreparedDataLoader:
+    def prepare_data_loader(
+        self, data_loader: DataLoader[Any], device_placement: bool | None = None
+    ) -> PreparedDataLoader:
         """Shard a DataLoader across processes and move its batches to :attr:`device`."""
         if isinstance(data_loader, PreparedDataLoader):
             return data_loader
@@ -384,7 +386,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         self._dataloaders.append(prepared)
         return prepared
 
-    def _fill_deepspeed_batch_sizes(self, loader: DataLoader) -> None:
+    def _fill_deepspeed_batch_sizes(self, loader: DataLoader[Any]) -> None:
         """A DeepSpeed config's "auto" batch sizes come from the first prepared loader;
         given ones are checked against it (see :func:`surge.config.resolve.fill_batch_sizes`)."""
         ds = self.plan.deepspeed
@@ -396,7 +398,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         if note is not None:
             warnings.warn(note, stacklevel=3)
 
-    def _shared_seed(self, loader: DataLoader) -> int:
+    def _shared_seed(self, loader: DataLoader[Any]) -> int:
         """The shuffle seed every rank uses (see [Note: the loader owns its randomness])."""
         own = loader.generator.initial_seed() if loader.generator is not None else torch.initial_seed()
         return int(ops.broadcast_object_list([int(own) % 2**62])[0])

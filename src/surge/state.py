@@ -186,21 +186,23 @@ def split_for_rank(inputs: Any, num_shards: int, index: int, apply_padding: bool
         lengths = {k: len(v) for k, v in inputs.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"split_between_processes needs dict values of one length; got lengths {lengths}.")
-        return type(inputs)({k: split_for_rank(v, num_shards, index, apply_padding) for k, v in inputs.items()})
+        split = {k: split_for_rank(v, num_shards, index, apply_padding) for k, v in inputs.items()}
+        return type(inputs)(split)  # type: ignore[call-arg]  # a dict subclass built from a dict
     if not isinstance(inputs, (Sequence, torch.Tensor)) or isinstance(inputs, (str, bytes)):
         raise TypeError(
             f"split_between_processes cannot split a {type(inputs).__name__}; pass a list, tuple, tensor or a "
             "dict of those."
         )
-    n = len(inputs)
+    items: Any = inputs  # a sequence or a tensor: sliced, concatenated or repeated alike below
+    n = len(items)
     per, extra = divmod(n, num_shards)
     start = index * per + min(index, extra)
     size = per + (1 if index < extra else 0)
-    share = inputs[start : start + size]
+    share = items[start : start + size]
     missing = (per + (1 if extra else 0)) - size
     if apply_padding and missing and n:
         # Pad with this share's last item (or the input's last item for an empty share).
-        filler = inputs[start + size - 1 : start + size] if size else inputs[n - 1 : n]
+        filler = items[start + size - 1 : start + size] if size else items[n - 1 : n]
         if isinstance(share, torch.Tensor):
             share = torch.cat([share] + [filler] * missing)
         elif isinstance(share, (list, tuple)):

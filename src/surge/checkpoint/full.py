@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from surge.process_group import barrier
 def dedup_storage(state: dict[str, torch.Tensor], copy: bool) -> dict[str, torch.Tensor]:
     """CPU, contiguous tensors for safetensors; shared storage (tied weights) is written
     under each of its names as separate copies. ``copy`` makes every tensor a copy."""
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, Any]] = set()
     out = {}
     for name, tensor in state.items():
         cpu = tensor.detach().cpu()
@@ -85,9 +85,9 @@ class FullWriter:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True) if self.gather else None
         writes: list[Write] = []
         for i, model in enumerate(models):
-            state = get_model_state_dict(model, options=options)
+            weights = cast(dict[str, torch.Tensor], get_model_state_dict(model, options=options))  # plain tensors
             if main:
-                writes.append((f"model_{i}.safetensors", _save_safetensors, dedup_storage(state, copy=background)))
+                writes.append((f"model_{i}.safetensors", _save_safetensors, dedup_storage(weights, copy=background)))
         for i, opt in enumerate(optimizers):
             state = get_optimizer_state_dict(models[owner_index(models, opt)], opt, options=options)
             if main:
@@ -103,4 +103,5 @@ def load_models(directory: str, models: list[nn.Module], strict: bool) -> None:
 
     full = StateDictOptions(full_state_dict=True, strict=strict)
     for i, model in enumerate(models):
-        set_model_state_dict(model, load_safetensors(os.path.join(directory, f"model_{i}.safetensors")), options=full)
+        weights: dict[str, Any] = load_safetensors(os.path.join(directory, f"model_{i}.safetensors"))
+        set_model_state_dict(model, weights, options=full)

@@ -7,23 +7,48 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from surge.checkpoint.atomic import atomic_write
+from surge.checkpoint.training import PendingSave
 from surge.config._validate import check_bool
+from surge.state import ProcessQueries
+
+if TYPE_CHECKING:
+    from surge.accumulation import GradientState
+    from surge.config.project import ProjectConfiguration
+    from surge.data.loader import PreparedDataLoader
+    from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
+    from surge.precision.base import Precision
+    from surge.strategies.base import Strategy
 
 _log = logging.getLogger("surge")
 
 
-class CheckpointingMixin:
+class CheckpointingMixin(ProcessQueries):
     """Needs the Accelerator's prepared objects, strategy, topology, precision,
-    gradient state and project configuration."""
+    gradient state and project configuration (declared here, set by the Accelerator)."""
 
+    strategy: Strategy
+    precision: Precision
+    gradient_state: GradientState
+    project_configuration: ProjectConfiguration
+    _models: list[nn.Module]
+    _optimizers: list[AcceleratedOptimizer]
+    _schedulers: list[AcceleratedScheduler]
+    _dataloaders: list[PreparedDataLoader]
+    _custom_objects: list[Any]
+    _checkpoint_calls: int
     _checkpoint_group: Any
-    _pending_save: Any
+    _pending_save: PendingSave | None
+
+    if TYPE_CHECKING:
+        def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True) -> nn.Module: ...
+        def get_state_dict(self, model: nn.Module, unwrap: bool = True) -> dict[str, torch.Tensor]: ...
 
     def save_model(
         self,
@@ -45,7 +70,8 @@ class CheckpointingMixin:
         if self.is_main_process:
             inner = self.unwrap_model(model)
             generation_config = getattr(inner, "generation_config", None)
-            if generation_config is not None and not (hasattr(inner, "can_generate") and inner.can_generate()):
+            can_generate = getattr(inner, "can_generate", None)
+            if generation_config is not None and not (callable(can_generate) and can_generate()):
                 generation_config = None
             save_weights(
                 state_dict,
@@ -121,6 +147,7 @@ class CheckpointingMixin:
                 raise ValueError("save_state() needs output_dir, or ProjectConfiguration(project_dir=..., "
                                  "automatic_checkpoint_naming=True) to name checkpoints itself.")
             output_dir = os.path.join(checkpoints_root(pc.project_dir), f"checkpoint_{pc.iteration}")
+        assert output_dir is not None
         gs = self.gradient_state
         if gs.cycle_step and self.topology.is_main_process:
             warnings.warn(f"save_state at micro-step {gs.cycle_step} of an accumulation cycle of {gs.num_steps}: the "
@@ -143,14 +170,15 @@ class CheckpointingMixin:
         )
         if automatic:
             pc.iteration += 1
-        if async_save:
+        if isinstance(result, PendingSave):
             self._pending_save = result
             return result.directory
         return result
 
     def _write_checkpoint(self, directory: str | os.PathLike[str], *, models: list[Any], optimizers: list[Any],
                           schedulers: list[Any], extra: dict[str, Any], rank_state: dict[str, Any] | None = None,
-                          background: bool = False, on_complete: Any = None) -> Any:
+                          background: bool = False, on_complete: Callable[[], object] | None = None
+                          ) -> str | PendingSave:
         """The one checkpoint write of ``save_state`` and the DeepSpeed engine's
         ``save_checkpoint``: the strategy chooses the layout, the precision adds its state.
         Returns the directory, or a ``PendingSave`` with ``background``."""

@@ -46,8 +46,8 @@ class ShardedWriter:
         ``group``, after staging the tensors to CPU memory); returns the consolidated
         optimizer files for the main process, the DCP directory's name and the future
         of a background save."""
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict_saver import async_save, save
 
         main = topology.is_main_process
         writes: list[Write] = []
@@ -69,16 +69,15 @@ class ShardedWriter:
         with single_process_is_fine():
             if background:
                 # DCP stages (copies) the tensors to CPU memory before returning.
-                future = dcp.async_save(tensors, checkpoint_id=checkpoint_id, process_group=group)
+                future = async_save(tensors, checkpoint_id=checkpoint_id, process_group=group)
             else:
-                dcp.save(tensors, checkpoint_id=checkpoint_id)
+                save(tensors, checkpoint_id=checkpoint_id)
         return writes, [TENSORS], future
 
 
 def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any], strict: bool) -> None:
     """Load the DCP shards into the models and the optimizers that have no whole
     ``optimizer_<i>.pt`` file, resharding to this run's layout."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -87,6 +86,7 @@ def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any],
         set_model_state_dict,
         set_optimizer_state_dict,
     )
+    from torch.distributed.checkpoint.state_dict_loader import load
 
     state: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
     for i, opt in enumerate(optimizers):
@@ -94,7 +94,7 @@ def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any],
             state[f"optimizer_{i}"] = get_optimizer_state_dict(models[owner_index(models, opt)], opt)
     try:
         with single_process_is_fine():
-            dcp.load(state, checkpoint_id=os.path.join(directory, TENSORS),
+            load(state, checkpoint_id=os.path.join(directory, TENSORS),
                      planner=DefaultLoadPlanner(allow_partial_load=not strict))
     except Exception as exc:  # DCP wraps reader errors (per rank) in its own exception types
         detail = [line for line in str(exc).strip().splitlines() if line.strip()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from surge.config._validate import check_bool, check_choice, check_int
 from surge.config.kwargs import (
@@ -83,7 +83,7 @@ class AcceleratorConfig:
             set_(self, "timeout", as_timeout("timeout", self.timeout))
 
     @classmethod
-    def from_handlers(cls, handlers: list | tuple | None, **values) -> AcceleratorConfig:
+    def from_handlers(cls, handlers: list[Any] | tuple[Any, ...] | None, **values: Any) -> AcceleratorConfig:
         """Build a config from constructor values plus HF-style ``kwargs_handlers``.
 
         Raises:
@@ -94,7 +94,7 @@ class AcceleratorConfig:
             handlers = []
         if not isinstance(handlers, (list, tuple)):
             raise TypeError(f"kwargs_handlers={handlers!r} must be a list of handler objects.")
-        seen: dict[type, object] = {}
+        seen: dict[type, Any] = {}
         known = (DistributedDataParallelKwargs, InitProcessGroupKwargs, AutocastKwargs, GradScalerKwargs)
         for handler in handlers:
             if not isinstance(handler, known):

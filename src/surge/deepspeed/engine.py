@@ -22,10 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from surge.accelerator import Accelerator
 
 from surge.deepspeed.ds_config import load_json, parse_deepspeed_config, resolve_batch_sizes
 
@@ -175,8 +178,11 @@ class Engine(nn.Module):
     """A model prepared for training with DeepSpeed's engine methods (see the module
     docstring and [Note: the engine's micro-step]). Build it with :func:`initialize`."""
 
-    def __init__(self, accelerator: Any, model: nn.Module, optimizer: Any, lr_scheduler: Any, dataloader: Any, *,
-                 train_batch_size: int | None, micro_batch_size: int | None, zero_stage: int,
+    _wrapped: nn.Module
+    accelerator: Accelerator
+
+    def __init__(self, accelerator: Accelerator, model: nn.Module, optimizer: Any, lr_scheduler: Any,
+                 dataloader: Any, *, train_batch_size: int | None, micro_batch_size: int | None, zero_stage: int,
                  config: dict[str, Any]) -> None:
         super().__init__()
         self.module = accelerator.unwrap_model(model)
@@ -402,7 +408,7 @@ class Engine(nn.Module):
 
 
 def _check_tag(tag: Any) -> str:
-    tag = str(tag)
-    if not tag or tag in (".", "..") or "/" in tag or "\\" in tag or tag.startswith("."):
-        raise ValueError(f"checkpoint tag {tag!r} must be a plain directory name (no path separators, not hidden).")
-    return tag
+    name = str(tag)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"checkpoint tag {name!r} must be a plain directory name (no path separators, not hidden).")
+    return name

@@ -132,7 +132,7 @@ class WarmupCosineLR(_Warmup):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         ratio = self._ratio(self.last_epoch)
-        return [base * ratio for base in self.base_lrs]
+        return [float(base) * ratio for base in self.base_lrs]
 
 
 SCHEDULERS = {"WarmupLR": WarmupLR, "WarmupDecayLR": WarmupDecayLR, "WarmupCosineLR": WarmupCosineLR}

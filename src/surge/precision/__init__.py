@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from surge.config.kwargs import AutocastKwargs, GradScalerKwargs
+from surge.config.kwargs import AutocastKwargs, GradScalerKwargs, LossScaleSettings
 from surge.precision.base import AutocastForward, Precision, convert_to_fp32, remove_autocast_forward
 from surge.precision.bf16 import BF16
 from surge.precision.fp16 import FP16
@@ -14,7 +14,7 @@ def select_precision(
     name: str,
     device: torch.device,
     autocast_kwargs: AutocastKwargs | None = None,
-    scaler_kwargs: GradScalerKwargs | None = None,
+    scaler_kwargs: GradScalerKwargs | LossScaleSettings | None = None,
 ) -> Precision:
     """The plugin for ``name`` (validated earlier by AcceleratorConfig)."""
     if name == "fp16":

@@ -93,7 +93,7 @@ class Precision:
     # -- backward and step ----------------------------------------------------------------
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        loss.backward(**kwargs)
+        loss.backward(**kwargs)  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients to their true scale before clipping (no-op without scaling)."""

@@ -11,5 +11,5 @@ from surge.precision.base import Precision
 class BF16(Precision):
     name = "bf16"
     autocast_dtype = torch.bfloat16
-    sharded_param_dtype = torch.bfloat16
-    export_dtype = torch.bfloat16
+    sharded_param_dtype: torch.dtype | None = torch.bfloat16
+    export_dtype: torch.dtype | None = torch.bfloat16

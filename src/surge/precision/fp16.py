@@ -87,7 +87,7 @@ class DeepSpeedLossScaler(torch.amp.GradScaler):
 class FP16(Precision):
     name = "fp16"
     autocast_dtype = torch.float16
-    export_dtype = torch.float16
+    export_dtype: torch.dtype | None = torch.float16
 
     def __init__(
         self,

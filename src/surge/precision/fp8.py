@@ -54,8 +54,8 @@ class FP8(BF16):
     name = "fp8"
     # fp8 keeps fp32 parameters under FSDP (torchao casts inside its linear layers) and
     # exports the weights as trained.
-    sharded_param_dtype = None
-    export_dtype = None
+    sharded_param_dtype: torch.dtype | None = None
+    export_dtype: torch.dtype | None = None
 
     def __init__(self, device: torch.device, *args: Any, **kwargs: Any) -> None:
         check_fp8_supported(device)

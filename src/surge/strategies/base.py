@@ -9,7 +9,7 @@ below; a strategy that cannot do something says so through the method's behaviou
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -102,7 +102,7 @@ class Strategy:
         """``torch.compile`` the prepared ``model``, wrapper included (DDP: dynamo splits
         the graph at gradient buckets so communication still overlaps backward). The
         result forwards attribute access to the module; ``unwrap_model`` strips it."""
-        return torch.compile(model, **options)
+        return cast(nn.Module, torch.compile(model, **options))  # an OptimizedModule for a module
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """The optimizer to step for the user's ``optimizer``: itself, rebound to sharded

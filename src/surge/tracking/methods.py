@@ -6,16 +6,23 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from surge.state import ProcessQueries
+
 if TYPE_CHECKING:
     from surge.config.resolve import Plan
 
 
-class TrackingMixin:
+class TrackingMixin(ProcessQueries):
     """Needs ``plan`` (its ``log_with`` / ``trackers_missing``), ``logging_dir``,
     ``is_main_process`` and ``wait_for_checkpoint``."""
 
     trackers: list[Any]
     plan: Plan
+
+    if TYPE_CHECKING:
+        @property
+        def logging_dir(self) -> str | None: ...
+        def wait_for_checkpoint(self) -> str | None: ...
 
     def init_trackers(self, project_name: str, config: dict[str, Any] | None = None,
                       init_kwargs: dict[str, dict[str, Any]] | None = None) -> None:
