@@ -10,9 +10,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from surge._lazy import lazy_names
 from surge._version import __version__
 
 # public name -> module that defines it
@@ -68,14 +68,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from surge.topology import DistributedType, Topology
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'surge' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names("surge", _LAZY, globals())

@@ -11,8 +11,9 @@ Names load on first use (PEP 562), like ``surge`` itself.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from surge._lazy import lazy_names
 
 _LAZY = {
     "initialize": "surge.deepspeed.engine",
@@ -42,14 +43,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from surge.deepspeed.schedulers import WarmupCosineLR, WarmupDecayLR, WarmupLR
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'surge.deepspeed' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names("surge.deepspeed", _LAZY, globals())
