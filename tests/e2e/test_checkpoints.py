@@ -122,15 +122,15 @@ def test_a_killed_save_leaves_the_previous_checkpoint(tmp_path):
     load_state() picks it, never the half-written one."""
     code = (
         "import sys, time, torch; from surge import Accelerator, ProjectConfiguration\n"
-        "import surge.checkpoint.training as T\n"
+        "import surge.checkpoint.full as T\n"
         "acc = Accelerator(project_config=ProjectConfiguration(sys.argv[1], automatic_checkpoint_naming=True))\n"
         "model = torch.nn.Linear(256, 256); opt = torch.optim.Adam(model.parameters())\n"
         "model, opt = acc.prepare(model, opt)\n"
         "acc.save_state(); print('first', flush=True)\n"
-        "real = T._dedup_storage\n"
+        "real = T.dedup_storage\n"
         "def slow(*a, **k):\n"
         "    print('writing', flush=True); time.sleep(60); return real(*a, **k)\n"
-        "T._dedup_storage = slow\n"
+        "T.dedup_storage = slow\n"
         "acc.save_state()\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=clean_env(), stdout=subprocess.PIPE,
