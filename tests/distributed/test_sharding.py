@@ -151,10 +151,11 @@ def check_hybrid_shard_parity():
     ref = reference_run(data, 16, "no", model_fn=BlockModel)
     acc = Accelerator(**PLUGINS["fsdp_hybrid"]())
     acc.strategy.topology = dataclasses.replace(acc.topology, local_world_size=1, num_nodes=2)
-    got = surge_run(acc, data, 8, model_fn=BlockModel)
+    models = []
+    got = surge_run(acc, data, 8, model_fn=BlockModel, on_prepared=lambda model, opt: models.append(model))
     assert max_difference(ref, got) <= TOLERANCE["no"]
-    model = next(m for m in acc._models if isinstance(m, FSDPModule))
-    param = next(model.parameters())
+    assert isinstance(models[0], FSDPModule)
+    param = next(models[0].parameters())
     assert param.device_mesh.shape == (2, 1) and param.to_local().shape == param.shape  # replicated
 
 

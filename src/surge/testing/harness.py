@@ -1,7 +1,9 @@
 """Run checks on several local processes (gloo on CPU) and report per check and rank.
 
 One spawn runs many checks, because starting a process that imports torch costs
-seconds on a small machine. Each check is a module-level function taking no
+seconds on a small machine. Each spawn gets its own temporary directory (``TMPDIR`` and
+``tempfile.gettempdir()`` in the children), removed when it ends, so checks may use
+``tempfile`` freely without leaving files behind. Each check is a module-level function taking no
 arguments; it runs on every rank, in order, inside one process group, and may create
 its own Accelerators.
 
@@ -18,7 +20,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import socket
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -103,6 +107,7 @@ def _child(
             **env,
         }
     )
+    tempfile.tempdir = None  # read TMPDIR (set above by the parent) again
     import torch
 
     from surge.state import PartialState, destroy_process_group
@@ -150,10 +155,12 @@ def run_distributed(
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
     port = free_port()
+    scratch = tempfile.mkdtemp(prefix="surge-distributed-")
+    child_env = {"TMPDIR": scratch, **(env or {})}
     procs = [
         ctx.Process(
             target=_child,
-            args=(rank, world_size, port, checks, results, dict(env or {}), pg_timeout, start_group),
+            args=(rank, world_size, port, checks, results, child_env, pg_timeout, start_group),
             daemon=False,  # checks may start DataLoader workers; we kill stragglers ourselves
         )
         for rank in range(world_size)
@@ -186,6 +193,7 @@ def run_distributed(
             p.join()
         report.exitcodes[procs.index(p)] = p.exitcode
     results.close()
+    shutil.rmtree(scratch, ignore_errors=True)
     return report
 
 
