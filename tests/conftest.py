@@ -38,6 +38,13 @@ _TORCH_OWN = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DI
               "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
 
 
+def pytest_collection_modifyitems(items):
+    # The selected 2-process checks of all modules run in one spawn (surge.testing).
+    from surge.testing.harness import share_spawns
+
+    share_spawns(items)
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks():
     before = dict(os.environ)
