@@ -5,7 +5,9 @@ variables, no process group left running and no temporary files left behind
 from __future__ import annotations
 
 import atexit
+import getpass
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -18,21 +20,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # at exit: what a test leaves in it is a leak, and a run leaves nothing in /tmp.
 TMP = tempfile.mkdtemp(prefix="surge-tests-")
 atexit.register(shutil.rmtree, TMP, True)
+# torch.compile's caches (compiled kernels, precompiled headers) stay where they would be
+# without TMPDIR below, so they are reused from run to run: the link goes with TMP.
+_INDUCTOR = "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())  # torch's own name
+os.makedirs(os.path.join(tempfile.gettempdir(), _INDUCTOR), exist_ok=True)
+os.symlink(os.path.join(tempfile.gettempdir(), _INDUCTOR), os.path.join(TMP, _INDUCTOR))
 os.environ["TMPDIR"] = tempfile.tempdir = TMP
 # No test may read the config file of the person running the tests: point the cache
 # (where `surge config` writes by default) at an empty directory for the whole session.
-os.environ["XDG_CACHE_HOME"] = os.path.join(TMP, "cache")
+os.environ["XDG_CACHE_HOME"] = os.path.join(TMP, "xdg-cache")
 os.mkdir(os.environ["XDG_CACHE_HOME"])
 os.environ.pop("SURGE_CONFIG_FILE", None)
-# Temporary entries that are not the tests' leaks: the cache above, pytest's tmp_path roots
-# (pytest cleans them), torch.compile's caches, wandb's per-process directories (removed
-# when the process exits) and the log directory torch's elastic agent makes for each
-# multi-process `surge launch` (torch never removes it). All go with TMP at exit.
-_TMP_OWN = ("cache", "pytest-of-", "torchinductor_", "torchelastic_")
+# Temporary entries that are not the tests' leaks: the cache above, pytest's tmp_path
+# roots (pytest cleans them), torch.compile's caches (and torch's "cache" directory),
+# wandb's per-process directories (removed when the process exits) and the log directory
+# torch's elastic agent makes for each multi-process `surge launch` (torch never removes
+# it). All go with TMP at exit.
+_TMP_OWN = ("xdg-cache", "cache", "pytest-of-", "torchinductor_", "torchelastic_")
 
 
 def _is_own(name: str) -> bool:
     return name.startswith(_TMP_OWN) or "wandb" in name
+
+
 # Set by PyTorch itself on first use (torch.compile's caches), not by the code under test.
 _TORCH_OWN = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR",
               "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
