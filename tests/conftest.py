@@ -23,8 +23,11 @@ atexit.register(shutil.rmtree, TMP, True)
 # torch.compile's caches (compiled kernels, precompiled headers) stay where they would be
 # without TMPDIR below, so they are reused from run to run: the link goes with TMP.
 _INDUCTOR = "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())  # torch's own name
-os.makedirs(os.path.join(tempfile.gettempdir(), _INDUCTOR), exist_ok=True)
-os.symlink(os.path.join(tempfile.gettempdir(), _INDUCTOR), os.path.join(TMP, _INDUCTOR))
+try:
+    os.makedirs(os.path.join(tempfile.gettempdir(), _INDUCTOR), exist_ok=True)
+    os.symlink(os.path.join(tempfile.gettempdir(), _INDUCTOR), os.path.join(TMP, _INDUCTOR))
+except OSError:  # no shared cache then: torch makes its own under TMP
+    pass
 os.environ["TMPDIR"] = tempfile.tempdir = TMP
 # No test may read the config file of the person running the tests: point the cache
 # (where `surge config` writes by default) at an empty directory for the whole session.
