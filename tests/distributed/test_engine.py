@@ -28,7 +28,7 @@ def _shared_tmpdir() -> str:
 
 
 def _full_params(engine) -> list[torch.Tensor]:
-    state = engine.accelerator.get_state_dict(engine._wrapped)  # collective; full on rank 0
+    state = engine.accelerator.get_state_dict(engine.module)  # collective; full on rank 0
     state = broadcast_object_list([state if dist.get_rank() == 0 else None])[0]
     return [state[name].clone() for name, _ in engine.module.named_parameters()]
 

@@ -152,18 +152,19 @@ def check_hybrid_shard_parity():
 
     from torch.distributed.fsdp import FSDPModule
 
+    from surge.config.resolve import MeshSpec
+
     _parity("fsdp_hybrid", ("no",))  # one machine: shards over its 2 processes
     # Two machines of one process each: replicate across them, shard within (a 2x1 mesh).
     data = make_dataset(64)
     ref = reference_run(data, 16, "no", model_fn=BlockModel)
     acc = Accelerator(**PLUGINS["fsdp_hybrid"]())
-    from surge.config.resolve import MeshSpec
-
     acc.strategy.spec = dataclasses.replace(acc.strategy.spec, mesh=MeshSpec(dp_replicate=2, dp_shard=1))
-    got = surge_run(acc, data, 8, model_fn=BlockModel)
+    models = []
+    got = surge_run(acc, data, 8, model_fn=BlockModel, on_prepared=lambda model, opt: models.append(model))
     assert max_difference(ref, got) <= TOLERANCE["no"]
-    model = next(m for m in acc._models if isinstance(m, FSDPModule))
-    param = next(model.parameters())
+    assert isinstance(models[0], FSDPModule)
+    param = next(models[0].parameters())
     assert param.device_mesh.shape == (2, 1) and param.to_local().shape == param.shape  # replicated
 
 

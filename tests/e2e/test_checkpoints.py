@@ -1,6 +1,7 @@
 """save_state / load_state for real, in new processes under `surge launch`: exact
 resume, resharding across world sizes and strategies, automatic naming, a save killed
-midway, corrupted files."""
+midway, corrupted files. The uninterrupted reference runs (and the checkpoints they
+save on the way) are shared through the `reference_runs` fixture (conftest.py)."""
 
 import os
 import re
@@ -32,26 +33,35 @@ def checksum(result):
 
 
 @pytest.mark.parametrize("zero", [0, 3])
-def test_exact_resume_mid_epoch(tmp_path, zero):
-    """Stopped mid-second-epoch and resumed in new processes: the same batches, dropout
-    masks, schedule and final parameters (bit for bit) as an uninterrupted run."""
-    full = checksum(launch(2, "--project", tmp_path / "full", "--zero", zero))
-    launch(2, "--project", tmp_path / "cut", "--zero", zero, "--stop_after", 13)
-    assert os.listdir(tmp_path / "cut" / "checkpoints") == ["checkpoint_0"]
-    resumed = checksum(launch(2, "--project", tmp_path / "cut", "--zero", zero, "--resume"))
-    assert resumed == full
+def test_exact_resume_mid_epoch(reference_runs, zero):
+    """Saved mid-second-epoch (and mid-accumulation-cycle, micro-step 13) by a run that
+    went on to the end, and resumed from there in new processes: the same batches,
+    dropout masks, schedule and final parameters (bit for bit) as the uninterrupted run."""
+    full, project = reference_runs.run("--zero", zero)
+    assert os.listdir(project / "checkpoints") == ["checkpoint_0"]
+    resumed = checksum(launch(2, "--project", project, "--zero", zero, "--resume"))
+    assert resumed == checksum(full)
 
 
-def test_reshard_across_world_sizes_and_strategies(tmp_path):
-    launch(2, "--project", tmp_path / "z3", "--zero", 3, "--stop_after", 13)
-    launch(2, "--project", tmp_path / "ddp", "--stop_after", 13)
-    reference = checksum(launch(2, "--project", tmp_path / "ddp", "--load_only"))
+def test_reshard_across_world_sizes_and_strategies(reference_runs, tmp_path):
+    """Checkpoints saved by 2 processes under ZeRO-3 and under DDP load with the same full
+    parameters, step count and schedule on 1, 2 and 3 processes under either strategy
+    (each launch loads several checkpoints, each into a new Accelerator)."""
+    z3 = reference_runs.run("--zero", 3)[1]
+    ddp = reference_runs.run("--zero", 0)[1]
+    loads = {2: [(0, ddp), (0, z3), (3, ddp)], 1: [(3, z3)], 3: [(3, z3), (0, z3), (3, ddp)]}
+    got = {}
+    for n, specs in loads.items():
+        result = launch(n, *[arg for zero, project in specs for arg in ("--load", f"{zero}:{project}")])
+        sums = re.findall(r"checksum=(\w+) seen=(\d+) lr=([\d.]+)", result.stdout)
+        assert len(sums) == len(specs), result.stdout + result.stderr
+        got.update({(n, zero, project.name): found for (zero, project), found in zip(specs, sums)})
+    reference = got[(2, 0, ddp.name)]  # saved and loaded by DDP on 2 processes
     assert reference[1] == "13"
-    for n, zero, project in ((1, 3, "z3"), (3, 3, "z3"), (2, 0, "z3"), (3, 0, "z3"), (2, 3, "ddp"), (3, 3, "ddp")):
-        assert checksum(launch(n, "--project", tmp_path / project, "--load_only", "--zero", zero)) == reference, \
-            (n, zero, project)
+    for key, found in got.items():
+        assert found == reference, key
     # The sharded checkpoint, merged offline into one safetensors model, holds the same weights.
-    merged = subprocess.run(["surge", "merge-weights", tmp_path / "z3" / "checkpoints" / "checkpoint_0",
+    merged = subprocess.run(["surge", "merge-weights", z3 / "checkpoints" / "checkpoint_0",
                              tmp_path / "merged", "--max_shard_size", "2KB"], env=clean_env(), capture_output=True,
                             text=True, timeout=120)
     assert merged.returncode == 0, merged.stderr
@@ -77,12 +87,12 @@ def _file_checksum(directory):
 
 
 @pytest.mark.parametrize("layout", ["zero3", "fsdp_full"])
-def test_async_saves_resume_exactly(tmp_path, layout):
+def test_async_saves_resume_exactly(reference_runs, tmp_path, layout):
     """Checkpoints written in the background every 2 optimizer steps while training goes on
     (ZeRO-3 through DCP's async_save; FSDP FULL_STATE_DICT gathered to full files): the
     newest one resumes bit-identically to an uninterrupted run."""
     flags = ["--zero", 3] if layout == "zero3" else ["--fsdp", "FULL_STATE_DICT"]
-    full = checksum(launch(2, "--project", tmp_path / "full", *flags))
+    full = checksum(reference_runs.run(*flags)[0])
     launch(2, "--project", tmp_path / "cut", *flags, "--stop_after", 13, "--save_every", 2, "--async_save")
     # saves after micro-steps 4, 8, 11 (optimizer steps 2, 4, 6) and at 13; total_limit=2
     assert _names(tmp_path / "cut") == ["checkpoint_2", "checkpoint_3"]

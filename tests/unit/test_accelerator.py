@@ -225,3 +225,19 @@ def test_ddp_options_are_accepted_on_one_process():
     acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     model = copy.deepcopy(tiny())
     assert acc.prepare(model) is model
+
+
+def test_closure_result_and_reduce_none():
+    acc = Accelerator()
+    model = nn.Linear(1, 1)
+    opt = acc.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
+
+    def closure():
+        opt.zero_grad()
+        loss = model(torch.ones(1, 1)).sum()
+        loss.backward()
+        return loss
+
+    assert isinstance(opt.step(closure), torch.Tensor)
+    x = torch.tensor([1.0, 2.0])
+    assert torch.equal(acc.reduce(x, "none", scale=2.0), x * 2)

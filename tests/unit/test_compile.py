@@ -26,13 +26,21 @@ def test_compiled_training_matches_eager(backend, tmp_path):
 def test_compiled_model_checkpoints_under_plain_names(tmp_path):
     acc = Accelerator(dynamo_backend="aot_eager")
     model = acc.prepare_model(BlockModel())
+    inner = acc.unwrap_model(model)
+    want = {name: value.clone() for name, value in inner.state_dict().items()}
+    x = torch.randn(4, 8)
+    out = model(x)
     acc.save_state(tmp_path / "ckpt")
-    assert "_orig_mod" not in "".join(load_file(tmp_path / "ckpt" / "model_0.safetensors"))
+    saved = load_file(tmp_path / "ckpt" / "model_0.safetensors")
+    assert "_orig_mod" not in "".join(saved)
+    assert saved.keys() == want.keys() and all(torch.equal(saved[k], want[k]) for k in want)
     with torch.no_grad():
-        for p in acc.unwrap_model(model).parameters():
+        for p in inner.parameters():
             p.zero_()
     acc.load_state(tmp_path / "ckpt")
-    assert any(p.abs().sum() > 0 for p in acc.unwrap_model(model).parameters())
+    got = inner.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert torch.equal(model(x), out)  # the compiled module computes with the loaded values
 
 
 def test_dynamo_settings_and_errors():

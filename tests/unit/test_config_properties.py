@@ -59,6 +59,8 @@ def read_text(text: str) -> SurgeConfig | None:
     except Exception as exc:  # the property is about every exception
         readable(exc, f.name, "config")
         return None
+    finally:
+        os.unlink(f.name)
 
 
 @SETTINGS
@@ -158,7 +160,10 @@ def test_a_mutated_deepspeed_config_is_settings_or_a_readable_error(path, value,
 def test_any_deepspeed_file_text_is_settings_or_a_readable_error(text):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
         f.write(text)
-    parse_ds(f.name)
+    try:
+        parse_ds(f.name)
+    finally:
+        os.unlink(f.name)
 
 
 # --- launch flags -------------------------------------------------------------------------------

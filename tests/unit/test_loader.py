@@ -1,10 +1,14 @@
-"""The prepared DataLoader (shards simulated in one process)."""
+"""The prepared DataLoader (shards simulated in one process): worker-splitting
+datasets, nested loaders, sampler randomness."""
 
+import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset, WeightedRandomSampler, get_worker_info
 
+from surge import Accelerator
 from surge.accumulation import GradientState
 from surge.data.loader import PreparedDataLoader, shard_dataloader
+from surge.data.sampler import ShardedIterableDataset
 
 
 def dataset(n=12):
@@ -82,3 +86,80 @@ def test_real_count_of_padded_batches():
     for _ in p:
         counts.append(p.batch_real_count)
     assert counts == [4, 0]
+
+
+class SelfSplitting(IterableDataset):
+    """PyTorch's documented pattern: the dataset splits its range by worker itself."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __iter__(self):
+        info = get_worker_info()
+        if info is None:
+            return iter(range(self.n))
+        return iter(range(info.id, self.n, info.num_workers))
+
+    def __len__(self):
+        return self.n
+
+
+def worker_shards(dataset, n_shards=2, workers=0, drop_last=False, **kw):
+    out = []
+    for i in range(n_shards):
+        loader = DataLoader(dataset, batch_size=4, num_workers=workers, drop_last=drop_last)
+        out.append(shard_dataloader(loader, num_shards=n_shards, shard_index=i, device=None,
+                                   gradient_state=GradientState(), seed=0, **kw))
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataset_that_splits_by_worker_loses_nothing(workers):
+    loaders = worker_shards(SelfSplitting(16), workers=workers, even_batches=False)
+    seen = sorted(i for l in loaders for b in l for i in b.tolist())
+    assert seen == list(range(16))
+
+
+def test_iterable_drop_last_and_len():
+    loaders = worker_shards(SelfSplitting(10), drop_last=True)
+    batches = [[b.tolist() for b in l] for l in loaders]
+    assert batches == [[[0, 1, 2, 3]], [[4, 5, 6, 7]]]  # the incomplete last batch is dropped
+    assert [len(l) for l in loaders] == [1, 1]
+    even = worker_shards(SelfSplitting(10))
+    assert [len(l) for l in even] == [2, 2] and [len(list(l)) for l in even] == [2, 2]
+    for n, k, even_batches in [(10, 2, False), (13, 3, False), (13, 3, True), (3, 2, True)]:
+        for i in range(k):
+            ds = ShardedIterableDataset(SelfSplitting(n), batch_size=4, num_shards=k, shard_index=i,
+                                        even_batches=even_batches)
+            assert len(ds) == len(list(ds)), (n, k, i, even_batches)
+
+
+def test_iterable_batch_size_none_on_one_process():
+    acc = Accelerator()
+    loader = acc.prepare(DataLoader(SelfSplitting(3), batch_size=None))
+    assert [int(x) for x in loader] == [0, 1, 2]
+
+
+def test_nested_loop_keeps_the_outer_loop_state():
+    acc = Accelerator(gradient_accumulation_steps=4)
+    train = acc.prepare(DataLoader(TensorDataset(torch.arange(6)), batch_size=1))
+    evaluation = acc.prepare(DataLoader(TensorDataset(torch.arange(3)), batch_size=1))
+    syncs = []
+    for _ in train:
+        for _ in evaluation:  # an evaluation pass inside each training step
+            pass
+        with acc.accumulate():
+            syncs.append(acc.sync_gradients)
+    assert syncs == [False, False, False, True, False, True]  # the last batch still closes the cycle
+
+
+def test_any_sampler_gets_its_own_generator():
+    acc = Accelerator()
+    sampler = WeightedRandomSampler([1.0] * 8, num_samples=8)
+    loader = acc.prepare(DataLoader(TensorDataset(torch.arange(8)), batch_size=2, sampler=sampler))
+    state = torch.get_rng_state()
+    first = [x.tolist() for (x,) in loader]
+    assert torch.equal(state, torch.get_rng_state())
+    assert sampler.generator is None  # the user's sampler is not modified
+    loader.set_epoch(0)
+    assert [x.tolist() for (x,) in loader] == first

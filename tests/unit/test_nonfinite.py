@@ -85,7 +85,14 @@ def test_ignore_is_the_default_and_fp16_keeps_its_scaler():
     acc, model, opt, sched = setup()
     step(acc, model, opt, sched, poison=True)
     assert not all(torch.isfinite(p).all() for p in model.parameters())  # nothing guards by default
-    acc16 = Accelerator(nonfinite="raise", mixed_precision="fp16", cpu=True)
-    assert acc16._guard is None
+    # Under fp16 the loss scaler owns non-finite steps: no FloatingPointError, the scaler
+    # skips the step and lowers its scale, and the guard counts nothing.
+    acc16, model, opt, sched = setup(nonfinite="raise", mixed_precision="fp16", cpu=True)
+    params, _ = snapshot(model, opt)
+    scale = acc16.scaler.get_scale()
+    step(acc16, model, opt, sched, poison=True)
+    assert acc16.optimizer_step_was_skipped and acc16.nonfinite_steps_skipped == 0
+    assert acc16.scaler.get_scale() < scale
+    assert all(torch.equal(a, b) for a, b in zip(params, snapshot(model, opt)[0]))
     with pytest.raises(ValueError, match="nonfinite='sometimes' is not supported; use 'ignore'"):
         Accelerator(nonfinite="sometimes")

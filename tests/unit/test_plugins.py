@@ -83,8 +83,9 @@ def test_single_process_optimizer_offload_matches_plain_training():
     data = make_dataset(32)
     ref = reference_run(data, 8, model_fn=BlockModel)
     acc = Accelerator(deepspeed_plugin={"zero_stage": 2, "offload_optimizer": True, "gradient_accumulation_steps": 2})
-    got = surge_run(acc, data, 4, model_fn=BlockModel)
-    assert isinstance(acc._optimizers[0].optimizer, OffloadedOptimizer)
+    optimizers = []
+    got = surge_run(acc, data, 4, model_fn=BlockModel, on_prepared=lambda model, opt: optimizers.append(opt))
+    assert isinstance(optimizers[0].optimizer, OffloadedOptimizer)
     assert max_difference(ref, got) <= 1e-6
 
 

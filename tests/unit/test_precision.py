@@ -217,3 +217,53 @@ def test_gather_for_metrics_on_one_process():
     seen = [acc.gather_for_metrics(x) for (x,) in loader]
     assert torch.cat(seen).tolist() == list(range(10))
     assert acc.gather_for_metrics(["a", "b"]) == ["a", "b"]
+
+
+def test_fp16_several_optimizers_update_the_scale_once():
+    acc = Accelerator(mixed_precision="fp16", kwargs_handlers=[GradScalerKwargs(init_scale=1024, growth_interval=1)])
+    a, b = nn.Linear(2, 1), nn.Linear(2, 1)
+    a, b, opt_a, opt_b = acc.prepare(a, b, torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1))
+    ref_b = [p.detach().clone() for p in b.parameters()]
+    x = torch.ones(1, 2)
+    acc.backward(a(x).sum() + b(x).sum())
+    grads_b = [p.grad.clone() / 1024 for p in b.parameters()]
+    opt_a.step()
+    opt_b.step()
+    assert acc.scaler.get_scale() == 2048  # grew once, after both optimizers stepped
+    for p, r, g in zip(b.parameters(), ref_b, grads_b):
+        assert torch.allclose(p, r - 0.1 * g)  # the second optimizer used the right scale
+
+
+def test_fp16_alternating_optimizers_clip_unscaled_gradients():
+    acc = Accelerator(mixed_precision="fp16", kwargs_handlers=[GradScalerKwargs(init_scale=1024)])
+    d, g = nn.Linear(3, 1), nn.Linear(3, 1)
+    d, g, opt_d, opt_g = acc.prepare(d, g, torch.optim.SGD(d.parameters(), lr=0.0), torch.optim.SGD(g.parameters(), lr=0.0))
+    x = torch.ones(1, 3)
+    for step in range(3):
+        acc.backward(d(x).sum())
+        norm = acc.clip_grad_norm_(d.parameters(), 1e9)
+        assert norm.item() == pytest.approx(2.0, rel=1e-3)  # |(1,1,1,1)|: weight grads 1 and bias grad 1
+        opt_d.step()
+        opt_d.zero_grad()
+        if step % 2:
+            acc.backward(g(x).sum())
+            opt_g.step()
+            opt_g.zero_grad()
+
+
+def test_short_cycle_rescales_optimizer_only_parameters():
+    temperature = nn.Parameter(torch.tensor(1.0))
+    ref = temperature.detach().clone().requires_grad_(True)
+    # 3 micro-batches with K=2: the last cycle holds 1 micro-batch and is its own mean.
+    (ref * 2.0).backward()
+    acc = Accelerator(gradient_accumulation_steps=2)
+    model = acc.prepare(nn.Linear(1, 1))
+    opt = acc.prepare(torch.optim.SGD([temperature, *model.parameters()], lr=0.0))
+    loader = acc.prepare(DataLoader(TensorDataset(torch.ones(3, 1)), batch_size=1))
+    for i, (x,) in enumerate(loader):
+        with acc.accumulate(model):
+            acc.backward(temperature * 2.0 + model(x).sum() * 0)
+            opt.step()
+            if i < 2:
+                opt.zero_grad()
+    assert temperature.grad.item() == pytest.approx(ref.grad.item())

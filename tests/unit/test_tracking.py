@@ -167,10 +167,19 @@ def test_tracker_errors(tmp_path, monkeypatch):
     assert resolve_log_with(["jsonl", "JSONL", "all"])[0][0] == "jsonl"
 
 
-def test_log_without_trackers_is_a_no_op():
-    acc = Accelerator()
-    acc.log({"loss": 1.0})  # nothing started: nothing happens
+def test_log_without_trackers_is_a_no_op(tmp_path):
+    assert Accelerator().trackers == []
+    acc = Accelerator(log_with="jsonl", project_dir=tmp_path)
+    acc.log({"loss": 1.0})  # nothing started yet: nothing happens, nothing is written
+    assert acc.trackers == [] and list(tmp_path.iterdir()) == []
+    acc.init_trackers("run")
+    acc.log({"loss": 2.0}, step=1)
     acc.end_training()
+    assert acc.trackers == []
+    acc.log({"loss": 3.0}, step=2)  # after end_training: the finished trackers are not called
+    acc.end_training()  # a second end is harmless
+    lines = (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["loss"] for line in lines] == [2.0]
 
 
 def as_rank_one(monkeypatch):

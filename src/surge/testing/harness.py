@@ -1,7 +1,9 @@
 """Run checks on several local processes (gloo on CPU) and report per check and rank.
 
 One spawn runs many checks, because starting a process that imports torch costs
-seconds on a small machine. Each check is a module-level function taking no
+seconds on a small machine. Each spawn gets its own temporary directory (``TMPDIR`` and
+``tempfile.gettempdir()`` in the children), removed when it ends, so checks may use
+``tempfile`` freely without leaving files behind. Each check is a module-level function taking no
 arguments; it runs on every rank, in order, inside one process group, and may create
 its own Accelerators.
 
@@ -18,7 +20,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import socket
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -103,6 +107,11 @@ def _child(
             **env,
         }
     )
+    tempfile.tempdir = None  # read TMPDIR (set above by the parent) again
+    # A spawned child inherits "spawn" as its default start method; a launched process
+    # (torchrun, surge launch) has the platform's default (fork on Linux), under which
+    # DataLoader workers start in milliseconds instead of importing torch again.
+    mp.set_start_method(mp.get_all_start_methods()[0], force=True)
     import torch
 
     from surge.state import PartialState, destroy_process_group
@@ -150,10 +159,12 @@ def run_distributed(
     ctx = mp.get_context("spawn")
     results: mp.Queue[Outcome] = ctx.Queue()
     port = free_port()
+    scratch = tempfile.mkdtemp(prefix="surge-distributed-")
+    child_env = {"TMPDIR": scratch, **(env or {})}
     procs = [
         ctx.Process(
             target=_child,
-            args=(rank, world_size, port, checks, results, dict(env or {}), pg_timeout, start_group),
+            args=(rank, world_size, port, checks, results, child_env, pg_timeout, start_group),
             daemon=False,  # checks may start DataLoader workers; we kill stragglers ourselves
         )
         for rank in range(world_size)
@@ -186,24 +197,71 @@ def run_distributed(
             p.join()
         report.exitcodes[procs.index(p)] = p.exitcode
     results.close()
+    shutil.rmtree(scratch, ignore_errors=True)
     return report
 
 
+@dataclass
+class _Suite:
+    """The checks of one :func:`distributed_test` and, once run, their report."""
+
+    checks: list[Check]
+    world_size: int
+    options: dict[str, object]
+    shared: bool = False  # selected in a session that shares spawns (share_spawns)
+    report: DistributedReport | None = None
+
+
+_SUITES: list[_Suite] = []
+
+
+def share_spawns(items: Sequence[object]) -> None:
+    """Let the selected tests made by :func:`distributed_test` share their spawns.
+
+    Call it from a conftest's ``pytest_collection_modifyitems(items)`` hook. The first
+    such test to run then spawns once for the checks of every selected one with the same
+    world size and options (in collection order), instead of once per test module:
+    starting processes that import torch is most of the cost on a small machine. Each
+    check is still reported as its own test; a check that breaks its process makes the
+    later checks of that spawn fail as not finished.
+    """
+    for item in items:
+        suite = getattr(getattr(item, "function", None), "surge_suite", None)
+        if isinstance(suite, _Suite):
+            suite.shared = True
+
+
+def _run_suite(suite: _Suite) -> None:
+    batch = [suite]
+    if suite.shared:
+        batch = [s for s in _SUITES if s.shared and s.report is None and s.world_size == suite.world_size
+                 and s.options == suite.options]
+    options = dict(suite.options)
+    if len(batch) > 1:
+        options["timeout"] = sum(float(s.options.get("timeout", 300.0)) for s in batch)  # type: ignore[arg-type]
+    report = run_distributed([c for s in batch for c in s.checks], suite.world_size, **options)  # type: ignore[arg-type]
+    for s in batch:
+        s.report = report
+
+
 def distributed_test(checks: Sequence[Check], world_size: int = 2, **kwargs: object) -> Callable[..., None]:
-    """A pytest test, parametrized over ``checks``, that spawns once for all of them.
+    """A pytest test, parametrized over ``checks``, that spawns once for all of them
+    (or once with other modules' checks, see :func:`share_spawns`).
 
     Assign it to a module-level name starting with ``test_``. Keyword arguments go to
     :func:`run_distributed`.
     """
     import pytest
 
-    checks = list(checks)
-    reports: list[DistributedReport] = []
+    suite = _Suite(list(checks), world_size, dict(kwargs))
+    _SUITES.append(suite)
 
-    @pytest.mark.parametrize("check", checks, ids=lambda c: c.__name__)
+    @pytest.mark.parametrize("check", suite.checks, ids=lambda c: c.__name__)
     def test(check: Check) -> None:
-        if not reports:
-            reports.append(run_distributed(checks, world_size, **kwargs))  # type: ignore[arg-type]
-        reports[0].assert_passed(check)
+        if suite.report is None:
+            _run_suite(suite)
+        assert suite.report is not None
+        suite.report.assert_passed(check)
 
+    test.surge_suite = suite  # type: ignore[attr-defined]
     return test

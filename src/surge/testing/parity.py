@@ -100,12 +100,16 @@ def surge_run(
     per_process_batch: int,
     on_step: Callable[[Any, nn.Module], None] | None = None,
     model_fn: Callable[[], nn.Module] = make_model,
+    on_prepared: Callable[[nn.Module, Any], None] | None = None,
 ) -> list[torch.Tensor]:
     """Train with a prepared model/optimizer/loader and ``accumulate``; returns the
-    full parameters of the user's module (gathered when sharded: a collective)."""
+    full parameters of the user's module (gathered when sharded: a collective).
+    ``on_prepared(model, optimizer)`` sees what ``prepare`` returned, before training."""
     model = model_fn()
     opt = make_optimizer(model)
     model, opt, loader = accelerator.prepare(model, opt, DataLoader(dataset, batch_size=per_process_batch))
+    if on_prepared is not None:
+        on_prepared(model, opt)
     for x, y in loader:
         with accelerator.accumulate(model):
             loss = nn.functional.mse_loss(model(x), y)
