@@ -55,7 +55,7 @@ def test_reshard_across_world_sizes_and_strategies(reference_runs, tmp_path):
         result = launch(n, *[arg for zero, project in specs for arg in ("--load", f"{zero}:{project}")])
         sums = re.findall(r"checksum=(\w+) seen=(\d+) lr=([\d.]+)", result.stdout)
         assert len(sums) == len(specs), result.stdout + result.stderr
-        got.update({(n, zero, project.name): found for (zero, project), found in zip(specs, sums)})
+        got.update({(n, zero, project.name): found for (zero, project), found in zip(specs, sums, strict=True)})
     reference = got[(2, 0, ddp.name)]  # saved and loaded by DDP on 2 processes
     assert reference[1] == "13"
     for key, found in got.items():

@@ -93,6 +93,6 @@ def test_ignore_is_the_default_and_fp16_keeps_its_scaler():
     step(acc16, model, opt, sched, poison=True)
     assert acc16.optimizer_step_was_skipped and acc16.nonfinite_steps_skipped == 0
     assert acc16.scaler.get_scale() < scale
-    assert all(torch.equal(a, b) for a, b in zip(params, snapshot(model, opt)[0]))
+    assert all(torch.equal(a, b) for a, b in zip(params, snapshot(model, opt)[0], strict=True))
     with pytest.raises(ValueError, match="nonfinite='sometimes' is not supported; use 'ignore'"):
         Accelerator(nonfinite="sometimes")

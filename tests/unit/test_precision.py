@@ -222,7 +222,9 @@ def test_gather_for_metrics_on_one_process():
 def test_fp16_several_optimizers_update_the_scale_once():
     acc = Accelerator(mixed_precision="fp16", kwargs_handlers=[GradScalerKwargs(init_scale=1024, growth_interval=1)])
     a, b = nn.Linear(2, 1), nn.Linear(2, 1)
-    a, b, opt_a, opt_b = acc.prepare(a, b, torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1))
+    a, b, opt_a, opt_b = acc.prepare(
+        a, b, torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1)
+    )
     ref_b = [p.detach().clone() for p in b.parameters()]
     x = torch.ones(1, 2)
     acc.backward(a(x).sum() + b(x).sum())
@@ -230,14 +232,16 @@ def test_fp16_several_optimizers_update_the_scale_once():
     opt_a.step()
     opt_b.step()
     assert acc.scaler.get_scale() == 2048  # grew once, after both optimizers stepped
-    for p, r, g in zip(b.parameters(), ref_b, grads_b):
+    for p, r, g in zip(b.parameters(), ref_b, grads_b, strict=True):
         assert torch.allclose(p, r - 0.1 * g)  # the second optimizer used the right scale
 
 
 def test_fp16_alternating_optimizers_clip_unscaled_gradients():
     acc = Accelerator(mixed_precision="fp16", kwargs_handlers=[GradScalerKwargs(init_scale=1024)])
     d, g = nn.Linear(3, 1), nn.Linear(3, 1)
-    d, g, opt_d, opt_g = acc.prepare(d, g, torch.optim.SGD(d.parameters(), lr=0.0), torch.optim.SGD(g.parameters(), lr=0.0))
+    d, g, opt_d, opt_g = acc.prepare(
+        d, g, torch.optim.SGD(d.parameters(), lr=0.0), torch.optim.SGD(g.parameters(), lr=0.0)
+    )
     x = torch.ones(1, 3)
     for step in range(3):
         acc.backward(d(x).sum())
