@@ -238,7 +238,7 @@ def _run_suite(suite: _Suite) -> None:
                  and s.options == suite.options]
     options = dict(suite.options)
     if len(batch) > 1:
-        options["timeout"] = sum(float(s.options.get("timeout", 300.0)) for s in batch)  # type: ignore[arg-type]
+        options["timeout"] = sum(float(str(s.options.get("timeout", 300.0))) for s in batch)
     report = run_distributed([c for s in batch for c in s.checks], suite.world_size, **options)  # type: ignore[arg-type]
     for s in batch:
         s.report = report
