@@ -37,8 +37,8 @@ os.environ.pop("SURGE_CONFIG_FILE", None)
 # Temporary entries that are not the tests' leaks: the cache above, pytest's tmp_path
 # roots (pytest cleans them), torch.compile's caches (and torch's "cache" directory),
 # wandb's per-process directories (removed when the process exits) and the log directory
-# torch's elastic agent makes for each multi-process `surge launch` (torch never removes
-# it). All go with TMP at exit.
+# torch's elastic agent makes under plain `torchrun` (torch never removes it; `surge launch`
+# removes its own, tests/e2e/test_cli.py checks). All go with TMP at exit.
 _TMP_OWN = ("xdg-cache", "cache", "pytest-of-", "torchinductor_", "torchelastic_")
 
 

@@ -142,6 +142,7 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from surge.launch.rendezvous import BACKEND, register
@@ -158,6 +159,10 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
     register()
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // per_machine))
+    # The agent's per-run directory (the workers' error files, read for the failure
+    # summary below) lives under one surge owns and removes: torch leaves its own
+    # torchelastic_* directories behind in the temporary directory.
+    agent_dir = tempfile.mkdtemp(prefix="surge-launch-")
     launch_config = LaunchConfig(
         min_nodes=config.num_machines,
         max_nodes=config.num_machines,
@@ -169,6 +174,7 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
         max_restarts=config.max_restarts,
         monitor_interval=config.monitor_interval,
         start_method="spawn",
+        logs_specs=DefaultLogsSpecs(log_dir=agent_dir),
     )
     # The agent's own log lines (process starts, SIGTERMs, its failure table) repeat
     # what the failing worker already printed; surge prints one summary instead.
@@ -221,6 +227,7 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
         agent_log.propagate = agent_propagate
         os.environ.clear()
         os.environ.update(saved_env)
+        shutil.rmtree(agent_dir, ignore_errors=True)
 
 
 def _loopback_transport(env: dict[str, str]) -> None:
