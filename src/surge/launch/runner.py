@@ -139,10 +139,10 @@ def _root_cause(exc: Any) -> tuple[int, Any, str]:
 
 def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> int:
     from torch.distributed import DistNetworkError
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from surge.launch.rendezvous import BACKEND, register
