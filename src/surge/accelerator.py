@@ -110,7 +110,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
             ``AutocastKwargs`` / ``GradScalerKwargs``.
         deepspeed_plugin: ZeRO sharding: a ``DeepSpeedPlugin`` or a dict such as
             ``{"zero_stage": 3}``; runs on FSDP2 (no DeepSpeed needed).
-        fsdp_plugin: A ``FullyShardedDataParallelPlugin`` (FULL_SHARD / SHARD_GRAD_OP / NO_SHARD).
+        fsdp_plugin: A ``FullyShardedDataParallelPlugin`` (FULL_SHARD / SHARD_GRAD_OP / HYBRID_SHARD / NO_SHARD).
         dynamo_backend: ``torch.compile`` the prepared models with this backend
             ("inductor", "aot_eager", ...; "no" or None: eager, unless the config file
             says otherwise). Compiled in place after wrapping (each block under FSDP).

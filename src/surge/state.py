@@ -240,8 +240,9 @@ class PartialState(ProcessQueries):
             raise TypeError(f"cpu={cpu!r} must be True or False.")
         self.timeout = None if timeout is None else as_timeout("timeout", timeout)
         self.topology = Topology.detect(cpu=cpu, backend=backend)
-        ensure_process_group(self.topology, timeout=resolve_timeout(self.timeout), asked=self.timeout is not None,
-                             init_method=init_method)
+        if self.topology.is_distributed:  # one process has no group, and reads no config file for one
+            ensure_process_group(self.topology, timeout=resolve_timeout(self.timeout), asked=self.timeout is not None,
+                                 init_method=init_method)
 
     @property
     def distributed_type(self) -> DistributedType:

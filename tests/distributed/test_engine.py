@@ -143,6 +143,31 @@ def check_llama_through_initialize_zero3_offload_fp16():
     assert max_difference(continued, _full_params(again)) == 0.0
 
 
-CHECKS = [check_engine_parity_across_stages, check_llama_through_initialize_zero3_offload_fp16]
+def check_engine_checkpoints_after_a_main_process_only_save_state():
+    """The engine's saves and loads are counted by the engine: a save_state made by the
+    main process alone (the documented DDP pattern) does not put the processes out of
+    step for the engine's later collective checkpoint calls."""
+    from surge.checkpoint import training
+
+    directory = _shared_tmpdir()
+    engine, *_ = surge.initialize(model=nn.Linear(4, 2), config={
+        "train_micro_batch_size_per_gpu": 2, "optimizer": SGD, "zero_optimization": {"stage": 0}})
+    acc = engine.accelerator
+    old, training.ARRIVAL_TIMEOUT_S = training.ARRIVAL_TIMEOUT_S, 2.0  # a stall fails in seconds, not minutes
+    try:
+        if acc.is_main_process:
+            acc.save_state(os.path.join(directory, "state"))
+        acc.wait_for_everyone()
+        engine.save_checkpoint(directory, tag="one")
+        assert {"rank_0.pt", "rank_1.pt"} <= set(os.listdir(os.path.join(directory, "one")))  # both ranks' state
+        path, _ = engine.load_checkpoint(directory)
+        engine.save_checkpoint(directory, tag="two")
+        assert path == os.path.join(directory, "one") and os.path.isdir(os.path.join(directory, "two"))
+    finally:
+        training.ARRIVAL_TIMEOUT_S = old
+
+
+CHECKS = [check_engine_parity_across_stages, check_llama_through_initialize_zero3_offload_fp16,
+          check_engine_checkpoints_after_a_main_process_only_save_state]
 
 test_two_processes = distributed_test(CHECKS, world_size=2)

@@ -161,3 +161,38 @@ def test_uneven_machines_cannot_hybrid_shard():
     with pytest.raises(ValueError, match="HYBRID_SHARD needs the same number of processes on every machine; 3"):
         strategy_spec(None, FullyShardedDataParallelPlugin(sharding_strategy="HYBRID_SHARD"), num_nodes=2,
                       world_size=3)
+
+
+def test_one_process_state_reads_no_config_file(tmp_path, monkeypatch):
+    from surge.state import PartialState
+
+    monkeypatch.setenv("SURGE_CONFIG_FILE", str(tmp_path / "missing.yaml"))
+    assert PartialState().num_processes == 1  # no group to time out, so no file to read
+
+
+def test_a_deepspeed_fp16_section_sets_the_scaler_only_for_fp16():
+    from surge.config.kwargs import GradScalerKwargs, LossScaleSettings
+
+    fp16 = {"fp16": {"enabled": "auto", "initial_scale_power": 4}}
+    assert isinstance(plan_for(mixed_precision="bf16", deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=fp16))
+                      .config.scaler, GradScalerKwargs)
+    scaler = plan_for(mixed_precision="fp16", deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=fp16)).config.scaler
+    assert isinstance(scaler, LossScaleSettings) and scaler.initial_scale == 16.0
+
+
+def test_a_failed_settle_leaves_the_project_configuration_alone(tmp_path):
+    from surge import ProjectConfiguration
+
+    project = ProjectConfiguration()
+    with pytest.raises(ValueError, match="either deepspeed_plugin or fsdp_plugin"):
+        plan_for(project_dir=str(tmp_path), project_config=project, deepspeed_plugin=DeepSpeedPlugin(),
+                 fsdp_plugin=FullyShardedDataParallelPlugin())
+    assert project.project_dir is None
+    assert plan_for(project_dir=str(tmp_path), project_config=project) and project.project_dir == str(tmp_path)
+
+
+def test_a_hybrid_spec_must_cover_the_job():
+    topology = Topology.from_launch(LaunchEnvironment("env", 0, 4, 0, 4))
+    with pytest.raises(ValueError, match=r"mesh 1 x 1 \(replicas x shard size\) does not cover the job's 4"):
+        select_strategy(topology, plan_for().config, select_precision("no", torch.device("cpu")),
+                        StrategySpec(shard_degree=3, hybrid=True))

@@ -37,7 +37,7 @@ def give_default_mode(*paths: str) -> None:
     renamed into place must look like every other file of the checkpoint."""
     mode = 0o666 & ~_umask()
     for path in paths:
-        os.chmod(path, mode)
+        _chmod(path, mode)
 
 
 def give_default_modes(directory: str) -> None:
@@ -45,7 +45,14 @@ def give_default_modes(directory: str) -> None:
     mode = 0o666 & ~_umask()
     for root, _, files in os.walk(directory):
         for name in files:
-            os.chmod(os.path.join(root, name), mode)
+            _chmod(os.path.join(root, name), mode)
+
+
+def _chmod(path: str, mode: int) -> None:
+    # Another process's file on a shared filesystem (another user, root squashed) may not
+    # be ours to change; its writer gave it that user's mode, and the save goes on.
+    with contextlib.suppress(PermissionError):
+        os.chmod(path, mode)
 
 
 def _fsync_dir(path: str) -> None:

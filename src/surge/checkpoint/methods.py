@@ -177,33 +177,43 @@ class CheckpointingMixin(ProcessQueries):
 
     def _write_checkpoint(self, directory: str | os.PathLike[str], *, models: list[Any], optimizers: list[Any],
                           schedulers: list[Any], extra: dict[str, Any], rank_state: dict[str, Any] | None = None,
-                          background: bool = False, on_complete: Callable[[], object] | None = None
-                          ) -> str | PendingSave:
+                          background: bool = False, on_complete: Callable[[], object] | None = None,
+                          caller: str = "save_state", index: int | None = None) -> str | PendingSave:
         """The one checkpoint write of ``save_state`` and the DeepSpeed engine's
         ``save_checkpoint``: the strategy chooses the layout, the precision adds its state.
-        Returns the directory, or a ``PendingSave`` with ``background``."""
+        ``caller`` and ``index`` (that caller's own count of its calls, the same on every
+        process that calls it; default: ``save_state``/``load_state``'s) tell the
+        processes which save they meet in. Returns the directory, or a ``PendingSave``
+        with ``background``."""
         from surge.checkpoint.training import save_training_state
 
-        self._checkpoint_calls += 1
+        if index is None:
+            self._checkpoint_calls += 1
+            index = self._checkpoint_calls
         writer = self.strategy.checkpoint_writer()
         return save_training_state(
             directory, writer=writer, topology=self.topology, strategy_name=self.strategy.name, models=models,
             optimizers=optimizers, schedulers=schedulers, precision_state=self.precision.state_dict(), extra=extra,
-            rank_state=rank_state, save_index=self._checkpoint_calls, background=background,
+            rank_state=rank_state, save_index=index, background=background,
             group=self._background_group() if background and writer.sharded else None, on_complete=on_complete,
+            caller=caller,
         )
 
     def _read_checkpoint(self, directory: str, *, models: list[Any], optimizers: list[Any], schedulers: list[Any],
-                         load_precision: bool = True, strict: bool = True, partial: bool = False
+                         load_precision: bool = True, strict: bool = True, partial: bool = False,
+                         caller: str = "load_state", index: int | None = None
                          ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The one checkpoint read of ``load_state`` and the engine's ``load_checkpoint``:
-        under a sharded strategy every process must arrive (checked, never a hang).
-        Returns the caller's saved state and this process's own."""
+        under a sharded strategy every process must arrive (checked, never a hang; see
+        :meth:`_write_checkpoint` for ``caller`` and ``index``). Returns the caller's
+        saved state and this process's own."""
         from surge.checkpoint.training import check_all_arrived, load_training_state
 
-        self._checkpoint_calls += 1
+        if index is None:
+            self._checkpoint_calls += 1
+            index = self._checkpoint_calls
         if self.strategy.sharded_checkpoint:
-            check_all_arrived(self.topology, f"surge/load/{os.path.abspath(directory)}/{self._checkpoint_calls}")
+            check_all_arrived(self.topology, f"surge/{caller}/{os.path.abspath(directory)}/{index}", calls=caller)
         return load_training_state(
             directory, topology=self.topology, models=models, optimizers=optimizers, schedulers=schedulers,
             load_precision_state=self.precision.load_state_dict if load_precision else None, strict=strict,

@@ -95,7 +95,7 @@ def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any],
     try:
         with single_process_is_fine():
             load(state, checkpoint_id=os.path.join(directory, TENSORS),
-                     planner=DefaultLoadPlanner(allow_partial_load=not strict))
+                 planner=DefaultLoadPlanner(allow_partial_load=not strict))
     except Exception as exc:  # DCP wraps reader errors (per rank) in its own exception types
         detail = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise ValueError(f"checkpoint {os.path.join(directory, TENSORS)!r} could not be read: "

@@ -72,7 +72,8 @@ ARRIVAL_TIMEOUT_S = 60.0
 """How long a sharded save waits for every process to arrive before failing."""
 
 
-def check_all_arrived(topology: Any, key: str, timeout: float | None = None) -> None:
+def check_all_arrived(topology: Any, key: str, timeout: float | None = None, calls: str = "save_state/load_state"
+                      ) -> None:
     """Fail, instead of hanging, when not every process entered a collective save.
 
     Each process counts itself in the process group's store; the last to arrive marks
@@ -97,8 +98,8 @@ def check_all_arrived(topology: Any, key: str, timeout: float | None = None) -> 
     except Exception:  # the store's timeout error (its type differs across torch versions)
         raise RuntimeError(
             f"this checkpoint is sharded, so saving and loading it is a collective: every process must call "
-            f"save_state/load_state (only {store.add(key, 0)} of {topology.world_size} did within {timeout:.0f} "
-            "s). Call it on all processes, not inside `if accelerator.is_main_process:`."
+            f"{calls} (only {store.add(key, 0)} of {topology.world_size} did within {timeout:.0f} s). Call it on all "
+            "processes, not inside `if accelerator.is_main_process:`."
         ) from None
 
 
@@ -169,6 +170,7 @@ def save_training_state(
     background: bool = False,
     group: Any = None,
     on_complete: Any = None,
+    caller: str = "save_state",
 ) -> str | PendingSave:
     """Write a checkpoint to ``directory`` in ``writer``'s layout (see [Note: checkpoint
     layout]).
@@ -183,7 +185,8 @@ def save_training_state(
     ``background=True`` copies the state to CPU memory, starts the writing in a thread
     (sharded tensors through DCP's ``async_save`` on ``group``, a gloo process group
     other than the training one) and returns a :class:`PendingSave`; otherwise the
-    directory once it is complete.
+    directory once it is complete. ``caller`` names the public call in errors and keeps
+    its arrival counts apart from other callers'.
     """
     directory = os.path.abspath(os.fspath(directory))
     main = topology.is_main_process
@@ -202,7 +205,7 @@ def save_training_state(
     if collective:
         # Returns once every process arrived, the main process after making the staging
         # directory: nobody writes into it before it exists.
-        check_all_arrived(topology, f"surge/save/{directory}/{save_index}")
+        check_all_arrived(topology, f"surge/{caller}/{directory}/{save_index}", calls=caller)
     torch.save(rank_state or {}, os.path.join(staging, f"rank_{topology.rank}.pt"))
     optimizers = [inner_optimizer(o) for o in optimizers]
     writes, files, future = writer.write_tensors(

@@ -323,8 +323,10 @@ SHARDING_KEYS = ("zero_stage", "offload_optimizer_device", "offload_param_device
                   "fsdp_sharding_strategy", "fsdp_cpu_offload")
 
 
-def resolve_accelerator_args(explicit: dict[str, Any]) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
-    """Fill the Accelerator arguments the script left as None from the active config.
+def resolve_accelerator_args(explicit: dict[str, Any], active: tuple[dict[str, Any], str | None] | None = None
+                             ) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Fill the Accelerator arguments the script left as None from the active config
+    (``active``: what :func:`active_values` returned, when the caller read it already).
 
     Returns:
         (values, conflicts, sharding): ``values`` for every key of ``explicit``;
@@ -332,7 +334,7 @@ def resolve_accelerator_args(explicit: dict[str, Any]) -> tuple[dict[str, Any], 
         file / launcher set; ``sharding`` holds the file's sharding settings that differ
         from the defaults.
     """
-    file_values, source = active_values()
+    file_values, source = active if active is not None else active_values()
     if source is not None and os.path.basename(source) == HANDOFF_NAME:
         source = "surge launch (its config file and flags)"
     values: dict[str, Any] = {}

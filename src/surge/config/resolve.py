@@ -35,13 +35,14 @@ if TYPE_CHECKING:
 Family = Literal["none", "deepspeed", "fsdp"]
 
 
-def resolve_timeout(explicit: timedelta | None) -> timedelta:
+def resolve_timeout(explicit: timedelta | None, file_values: dict[str, Any] | None = None) -> timedelta:
     """The collective timeout: ``explicit`` (``InitProcessGroupKwargs(timeout=)`` /
-    ``PartialState(timeout=)``), else the active config's ``collective_timeout``, else
-    ``DEFAULT_TIMEOUT`` (10 minutes). Read once, when a plan is settled."""
+    ``PartialState(timeout=)``), else the active config's ``collective_timeout``
+    (``file_values``, or read now), else ``DEFAULT_TIMEOUT`` (10 minutes). Read once,
+    when a plan is settled."""
     if explicit is not None:
         return explicit
-    seconds = active_values()[0].get("collective_timeout")
+    seconds = (file_values if file_values is not None else active_values()[0]).get("collective_timeout")
     return timedelta(seconds=seconds) if seconds is not None else DEFAULT_TIMEOUT
 
 
@@ -77,8 +78,8 @@ class StrategySpec:
     """
 
     family: Family = "none"
-    """Who asked: no plugin, a DeepSpeed plugin/config, or an FSDP plugin (reported as
-    ``accelerator.distributed_type``)."""
+    """Who asked: no plugin, a DeepSpeed plugin/config, or an FSDP plugin (a sharded
+    strategy reports it as ``accelerator.distributed_type``: DEEPSPEED or FSDP)."""
     shard_degree: int = 0
     """ZeRO's stages: 0 replicate (DDP); 1 shard optimizer state; 2 + gradients; 3 + parameters."""
     offload_params: bool = False
@@ -238,8 +239,9 @@ def resolve_plan(
     dynamo_plugin: TorchDynamoPlugin | None,
     nonfinite: str | None,
 ) -> tuple[Plan, ProjectConfiguration]:
-    """The Accelerator's arguments, settled (see the module docstring). Pure: reads the
-    environment and the config file, starts nothing.
+    """The Accelerator's arguments, settled (see the module docstring). Reads the
+    environment and the config file, starts nothing; changes nothing but, once every
+    check has passed, the given ``project_config`` (its directories).
 
     Returns:
         The plan, and the project configuration (a mutable value the Accelerator owns:
@@ -270,9 +272,10 @@ def resolve_plan(
         elif mixed_precision != ds.mixed_precision:
             raise ValueError(f"mixed_precision={mixed_precision!r} contradicts the DeepSpeed config, which asks "
                              f"for {ds.mixed_precision!r}; set it in one place (or \"auto\" in the config).")
+    active = active_values()  # the config file (or the launcher's handoff), read once
     resolved, conflicts, sharding = resolve_accelerator_args(
         {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu,
-         "dynamo_backend": dynamo_backend, "nonfinite": nonfinite}
+         "dynamo_backend": dynamo_backend, "nonfinite": nonfinite}, active
     )
     nonfinite_mode = check_mode(resolved.pop("nonfinite"))
     dynamo = _dynamo_plugin(resolved.pop("dynamo_backend"), dynamo_plugin)
@@ -287,18 +290,14 @@ def resolve_plan(
         even_batches=even_batches,
         step_scheduler_with_optimizer=step_scheduler_with_optimizer,
     )
-    if ds is not None and ds.loss_scale is not None \
+    if ds is not None and ds.loss_scale is not None and config.mixed_precision == "fp16" \
             and not any(isinstance(h, GradScalerKwargs) for h in kwargs_handlers or []):
-        # The config's fp16 section: DeepSpeed's loss-scaling rule (precision/fp16.py);
-        # only a precision with a loss scaler reads it.
+        # The config's fp16 section: DeepSpeed's loss-scaling rule (precision/fp16.py).
         config = dataclasses.replace(config, scaler=ds.loss_scale)
     if project_config is not None and not isinstance(project_config, ProjectConfiguration):
         raise TypeError(f"project_config={project_config!r} must be a ProjectConfiguration.")
-    project = project_config if project_config is not None else ProjectConfiguration()
-    if project_dir is not None:
-        if not isinstance(project_dir, (str, os.PathLike)):
-            raise TypeError(f"project_dir={project_dir!r} must be a path (str or os.PathLike).")
-        project.set_directories(project_dir)
+    if project_dir is not None and not isinstance(project_dir, (str, os.PathLike)):
+        raise TypeError(f"project_dir={project_dir!r} must be a path (str or os.PathLike).")
     topology = Topology.detect(cpu=config.cpu, backend=config.backend)
     if ds is not None and ds.train_batch_size is not None and ds.train_micro_batch_size_per_gpu is not None:
         # DeepSpeed's arithmetic with the numbers the config gives (errors show all three).
@@ -312,13 +311,17 @@ def resolve_plan(
         if note is not None:
             notes.append(note)
     plan = Plan(
-        config=config, topology=topology, timeout=resolve_timeout(config.timeout),
+        config=config, topology=topology, timeout=resolve_timeout(config.timeout, active[0]),
         strategy=strategy_spec(deepspeed_plugin, fsdp_plugin, topology.num_nodes, topology.world_size),
         max_grad_norm=deepspeed_plugin.gradient_clipping if deepspeed_plugin is not None else None,
         nonfinite=nonfinite_mode, dynamo=dynamo, log_with=tuple(chosen_trackers),
         trackers_missing=tuple(trackers_missing), deepspeed=ds, deepspeed_plugin=deepspeed_plugin,
         fsdp_plugin=fsdp_plugin, warnings=tuple(notes),
     )
+    # Last, once nothing can fail: the user's ProjectConfiguration is the one object changed.
+    project = project_config if project_config is not None else ProjectConfiguration()
+    if project_dir is not None:
+        project.set_directories(project_dir)
     return plan, project
 
 

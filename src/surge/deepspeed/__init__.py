@@ -4,7 +4,8 @@
 ``deepspeed.initialize`` on an :class:`~surge.Accelerator`; ds_config.py reads DeepSpeed
 JSON configs (no torch); optimizers.py and schedulers.py build the config's
 ``optimizer`` and ``scheduler`` sections as torch objects. Nothing here reaches into a
-strategy: the engine calls the Accelerator's public methods and its checkpoint call.
+strategy: the engine calls the Accelerator's public methods and the internal entry points
+made for it (the shared checkpoint write/read, the undivided backward).
 
 Names load on first use (PEP 562), like ``surge`` itself.
 """

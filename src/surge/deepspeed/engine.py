@@ -203,6 +203,9 @@ class Engine(nn.Module):
         self.micro_steps = 0
         self.skipped_steps = 0
         self._backward_this_micro_step = False
+        # This engine's own counts of its checkpoint calls: every process makes the same
+        # calls, whatever else (a main-process-only save_state) its Accelerator did.
+        self._saves = self._loads = 0
 
     # -- DeepSpeed's accessors --------------------------------------------------------------
 
@@ -333,10 +336,12 @@ class Engine(nn.Module):
                                  "process must pass the same tag.")
         save_dir = os.fspath(save_dir)
         extra = {_CLIENT_STATE: dict(client_state or {}), "engine": self._counters()}
+        self._saves += 1
         self.accelerator._write_checkpoint(
             os.path.join(save_dir, tag), models=[self._wrapped],
             optimizers=[self.optimizer] if self.optimizer is not None else [],
-            schedulers=[self.lr_scheduler] if self.lr_scheduler is not None else [], extra=extra)
+            schedulers=[self.lr_scheduler] if self.lr_scheduler is not None else [], extra=extra,
+            caller="save_checkpoint", index=self._saves)
         if save_latest and self.accelerator.is_main_process:
             write_text(os.path.join(save_dir, "latest"), tag)
         self.accelerator.wait_for_everyone()
@@ -354,6 +359,7 @@ class Engine(nn.Module):
             when ``tag`` is None and there is no ``latest`` file.
         """
         load_dir = os.fspath(load_dir)
+        self._loads += 1  # counted on every call, so processes agree whatever each one finds
         if tag is None:
             latest = os.path.join(load_dir, "latest")
             if not os.path.isfile(latest):
@@ -369,6 +375,7 @@ class Engine(nn.Module):
             path, models=[self._wrapped], optimizers=[self.optimizer] if with_optimizer else [],
             schedulers=[self.lr_scheduler] if with_scheduler else [], load_precision=not load_module_only,
             strict=load_module_strict, partial=not (with_optimizer and with_scheduler),
+            caller="load_checkpoint", index=self._loads,
         )
         if not load_module_only:
             for key, value in extra.get("engine", {}).items():

@@ -9,7 +9,7 @@ below; a strategy that cannot do something says so through the method's behaviou
 from __future__ import annotations
 
 import contextlib
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -18,6 +18,10 @@ from surge.config.accelerator_config import AcceleratorConfig
 from surge.config.resolve import StrategySpec
 from surge.precision.base import Precision, remove_autocast_forward
 from surge.topology import DistributedType, Topology
+
+if TYPE_CHECKING:
+    from surge.checkpoint.full import FullWriter
+    from surge.checkpoint.sharded import ShardedWriter
 
 
 def unwrap_module(model: nn.Module) -> nn.Module:
@@ -41,7 +45,7 @@ class Strategy:
     """True when no single process holds the whole training state, so checkpoints are
     collectives (see [Note: checkpoint layout])."""
 
-    def checkpoint_writer(self) -> Any:
+    def checkpoint_writer(self) -> FullWriter | ShardedWriter:
         """The writer of this strategy's checkpoint layout (see [Note: checkpoint layout]):
         the full layout written by the main process alone when it holds everything; for
         sharded state, the full layout gathered to the main process (FSDP's

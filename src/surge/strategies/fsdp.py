@@ -45,6 +45,11 @@ class FSDP(Strategy):
         self.offload_params = self.spec.offload_params
         self.hybrid = self.spec.hybrid  # HYBRID_SHARD: shard within a machine, replicate across machines
         self._distributed_type = DistributedType.DEEPSPEED if self.spec.family == "deepspeed" else DistributedType.FSDP
+        mesh = self.spec.mesh
+        if self.hybrid and mesh.dp_replicate * mesh.dp_shard != topology.world_size:
+            raise ValueError(f"HYBRID_SHARD's mesh {mesh.dp_replicate} x {mesh.dp_shard} (replicas x shard size) does "
+                             f"not cover the job's {topology.world_size} processes; build the StrategySpec with "
+                             "config.resolve.strategy_spec, which derives it from the machines.")
         self._param_map: dict[int, nn.Parameter] = {}
 
     @property
