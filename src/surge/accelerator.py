@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from surge import ops
 from surge._tree import tree_leaves, tree_map
-from surge.accumulation import GradientState
+from surge.accumulation import AccumulateContext, GradientState
 from surge.checkpoint.methods import CheckpointingMixin
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
@@ -60,30 +60,6 @@ def _trim_first_dim(data: Any, size: int, keep: int) -> Any:
     return tree_map(lambda t: t[:keep] if t.dim() and t.shape[0] == size else t, data, _is_tensor)
 
 
-class _Accumulate:
-    """The context ``Accelerator.accumulate`` returns. A small class rather than a
-    generator-based context manager: it runs on every training step."""
-
-    __slots__ = ("accelerator", "contexts", "models")
-
-    def __init__(self, accelerator: Accelerator, models: tuple[nn.Module, ...]) -> None:
-        self.accelerator = accelerator
-        self.models = models
-        self.contexts: list[Any] = []
-
-    def __enter__(self) -> None:
-        acc = self.accelerator
-        if not acc.gradient_state.advance():
-            for model in self.models or acc._models:
-                ctx = acc.strategy.no_sync(model)
-                ctx.__enter__()
-                self.contexts.append(ctx)
-
-    def __exit__(self, *exc: Any) -> None:
-        while self.contexts:
-            self.contexts.pop().__exit__(*exc)
-
-
 class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
     """Runs one training script on any topology: CPU, one GPU, many GPUs, many machines.
 
@@ -105,7 +81,11 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         even_batches: Repeat samples from the start so every process sees the same
             number of batches (prevents hangs at the end of an epoch).
         step_scheduler_with_optimizer: Prepared schedulers advance only when the
-            optimizer really stepped (see [Note: the scheduler rule] in optim.py).
+            optimizer really stepped (False: on every call).
+        scheduler_steps: "num_processes" (default, HF Accelerate's rule: a scheduler
+            advances once per process at each optimizer step, once with ``split_batches``)
+            or "once" (once per optimizer step on any number of processes); see
+            [Note: the scheduler rule] in optim.py and docs/migrating.md.
         kwargs_handlers: ``DistributedDataParallelKwargs`` / ``InitProcessGroupKwargs`` /
             ``AutocastKwargs`` / ``GradScalerKwargs``.
         deepspeed_plugin: ZeRO sharding: a ``DeepSpeedPlugin`` or a dict such as
@@ -143,6 +123,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         project_config: ProjectConfiguration | None = None,
         even_batches: bool = True,
         step_scheduler_with_optimizer: bool = True,
+        scheduler_steps: str = "num_processes",
         kwargs_handlers: list[Any] | None = None,
         deepspeed_plugin: DeepSpeedPlugin | dict[str, Any] | None = None,
         fsdp_plugin: FullyShardedDataParallelPlugin | None = None,
@@ -156,7 +137,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
             device_placement=device_placement, split_batches=split_batches, mixed_precision=mixed_precision,
             gradient_accumulation_steps=gradient_accumulation_steps, cpu=cpu, project_dir=project_dir,
             project_config=project_config, even_batches=even_batches,
-            step_scheduler_with_optimizer=step_scheduler_with_optimizer, kwargs_handlers=kwargs_handlers,
+            step_scheduler_with_optimizer=step_scheduler_with_optimizer, scheduler_steps=scheduler_steps,
+            kwargs_handlers=kwargs_handlers,
             deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin, log_with=log_with,
             dynamo_backend=dynamo_backend, dynamo_plugin=dynamo_plugin, nonfinite=nonfinite,
         )
@@ -356,8 +338,10 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
             rebound = True
         else:
             rebound = False
+        once = self.config.scheduler_steps == "once" or self.config.split_batches
         wrapped = AcceleratedScheduler(
-            scheduler, optimizers, self.gradient_state, step_with_optimizer=self.config.step_scheduler_with_optimizer
+            scheduler, optimizers, self.gradient_state, step_with_optimizer=self.config.step_scheduler_with_optimizer,
+            steps_per_optimizer_step=1 if once else self.num_processes, stop_at_total_steps=not once,
         )
         wrapped.rebound = rebound
         self._schedulers.append(wrapped)
@@ -455,7 +439,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
                     seen.add(id(p))
                     p.grad.mul_(factor)
 
-    def accumulate(self, *models: nn.Module) -> _Accumulate:
+    def accumulate(self, *models: nn.Module) -> AccumulateContext:
         """One micro-step of gradient accumulation, as a ``with`` block.
 
         Counts the micro-step; unless it completes a cycle (every
@@ -464,7 +448,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         ``zero_grad()`` / ``scheduler.step()`` are no-ops. With no models given, every
         prepared model skips synchronisation.
         """
-        return _Accumulate(self, models)
+        return AccumulateContext(self.gradient_state, self.strategy.no_sync, models or self._models)
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
         """A block in which backward accumulates gradients locally without syncing them."""

@@ -1,4 +1,5 @@
-"""Micro-step counting and the "synchronise and step now?" decision. Pure: no torch.
+"""Micro-step counting and the "synchronise and step now?" decision, and the context
+``Accelerator.accumulate`` returns. No torch: the strategy's ``no_sync`` is passed in.
 
 [Note: one gradient state per Accelerator]
 The Accelerator, its prepared optimizers, schedulers and dataloaders share one
@@ -9,6 +10,10 @@ boundary.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class GradientState:
@@ -93,3 +98,30 @@ class GradientState:
         self.epoch_samples = 0
         self.epoch_padding = 0
         self.rescaled = False
+
+
+class AccumulateContext:
+    """The context ``Accelerator.accumulate`` returns: counts the micro-step and, unless
+    it closes a cycle, keeps each model's gradients from being synchronised (``no_sync``,
+    the strategy's). A small class rather than a generator-based context manager: it runs
+    on every training step. ``models`` is read when the block is entered."""
+
+    __slots__ = ("contexts", "gradient_state", "models", "no_sync")
+
+    def __init__(self, gradient_state: GradientState,
+                 no_sync: Callable[[Any], contextlib.AbstractContextManager[Any]], models: Sequence[Any]) -> None:
+        self.gradient_state = gradient_state
+        self.no_sync = no_sync
+        self.models = models
+        self.contexts: list[contextlib.AbstractContextManager[Any]] = []
+
+    def __enter__(self) -> None:
+        if not self.gradient_state.advance():
+            for model in self.models:
+                ctx = self.no_sync(model)
+                ctx.__enter__()
+                self.contexts.append(ctx)
+
+    def __exit__(self, *exc: Any) -> None:
+        while self.contexts:
+            self.contexts.pop().__exit__(*exc)

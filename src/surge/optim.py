@@ -169,13 +169,19 @@ class AcceleratedScheduler:
 
     [Note: the scheduler rule]
     With ``step_scheduler_with_optimizer=True`` (the default) the scheduler advances
-    exactly once per optimizer step that really changed the parameters: not on
-    accumulation micro-steps, not on skipped fp16-overflow steps, and *not* once per
-    process. So a schedule built for ``len(prepared_loader) * epochs /
-    gradient_accumulation_steps`` steps - ``len`` of the *prepared* loader, which is
-    the per-process count - ends exactly at the last optimizer step on any number of
-    processes. (HF Accelerate instead advances num_processes times per step and
-    expects the length from the unprepared loader.)
+    only at optimizer steps that really changed the parameters: not on accumulation
+    micro-steps, not on skipped fp16-overflow (or non-finite-guard) steps. At such a step
+    it advances ``steps_per_optimizer_step`` times. By default that is HF Accelerate's
+    rule, because real scripts compensate for it (transformers' and diffusers'
+    no-trainer scripts build their schedule for ``max_train_steps * num_processes``):
+    num_processes times without ``split_batches`` (each process's batches are a share of
+    a global batch num_processes times larger), and then a scheduler with a
+    ``total_steps`` (OneCycleLR) stops there instead of raising; once with it. surge's own rule,
+    ``Accelerator(scheduler_steps="once")``, advances once per optimizer step on any
+    number of processes, so a schedule built for ``len(prepared_loader) * epochs /
+    gradient_accumulation_steps`` optimizer steps (``len`` of the *prepared*, per-process
+    loader) ends exactly at the last one. The DeepSpeed engine uses "once", as DeepSpeed
+    does. ``step_scheduler_with_optimizer=False`` steps on every call.
     """
 
     def __init__(
@@ -184,20 +190,33 @@ class AcceleratedScheduler:
         optimizers: list[AcceleratedOptimizer],
         gradient_state: GradientState,
         step_with_optimizer: bool = True,
+        steps_per_optimizer_step: int = 1,
+        stop_at_total_steps: bool = False,
     ) -> None:
         self.scheduler = scheduler
         self.optimizers = optimizers
         self.gradient_state = gradient_state
         self.step_with_optimizer = step_with_optimizer
+        self.steps_per_optimizer_step = steps_per_optimizer_step
+        self.stop_at_total_steps = stop_at_total_steps
         self.rebound = False  # set when prepare pointed the scheduler at a replacement optimizer
 
     def step(self, *args: Any, **kwargs: Any) -> None:
-        if self.step_with_optimizer:
-            if not self.gradient_state.sync_gradients:
+        if not self.step_with_optimizer:
+            self._step(*args, **kwargs)
+            return
+        if not self.gradient_state.sync_gradients:
+            return
+        for opt in self.optimizers:
+            if opt._step_was_skipped:
                 return
-            for opt in self.optimizers:
-                if opt._step_was_skipped:
-                    return
+        total = getattr(self.scheduler, "total_steps", None) if self.stop_at_total_steps else None
+        for _ in range(self.steps_per_optimizer_step):
+            if total is not None and self.scheduler._step_count > total:
+                break  # OneCycleLR's end (it raises past it); its last LR stays
+            self._step(*args, **kwargs)
+
+    def _step(self, *args: Any, **kwargs: Any) -> None:
         if self.rebound and getattr(self.scheduler, "_step_count", 0) == 1:
             # torch warns on the first step that the optimizer's step was "overridden":
             # true of the replacement (ZeRO-1), and harmless; the order is ours to keep.

@@ -78,12 +78,26 @@ def check_no_sync_inside_a_cycle():
 
 def check_scheduler_rule():
     for steps in (1, 4):
-        acc = Accelerator(gradient_accumulation_steps=steps)
+        # surge's rule: a schedule of optimizer steps (the prepared, per-process loader's
+        # length) ends at the last one on any number of processes.
+        acc = Accelerator(gradient_accumulation_steps=steps, scheduler_steps="once")
         _, last_epoch, last_lr, total = scheduled_run(
             acc, 128, lambda length, epochs, steps=steps: length * epochs // steps
         )
         assert last_epoch == total, (steps, last_epoch, total)
         assert last_lr == 0.0
+        # Accelerate's rule, the default: num_processes scheduler steps per optimizer step,
+        # so the schedule no-trainer scripts build (optimizer steps x num_processes) ends there.
+        acc = Accelerator(gradient_accumulation_steps=steps)
+        optimizer_steps, last_epoch, last_lr, total = scheduled_run(
+            acc, 128, lambda length, epochs, steps=steps: length * epochs // steps * 2
+        )
+        assert last_epoch == total == 2 * optimizer_steps, (steps, last_epoch, total, optimizer_steps)
+        assert last_lr == 0.0
+        # ... and once per optimizer step with split_batches (a batch is already global).
+        acc = Accelerator(gradient_accumulation_steps=steps, split_batches=True)
+        optimizer_steps, last_epoch, _, _ = scheduled_run(acc, 128, lambda length, epochs: 10_000)
+        assert last_epoch == optimizer_steps, (steps, last_epoch, optimizer_steps)
 
 
 class _Stream(IterableDataset):

@@ -61,7 +61,7 @@ def check_zero1_parity():
 
 
 def check_zero1_scheduler_and_state_dict():
-    acc = Accelerator(deepspeed_plugin={"zero_stage": 1})
+    acc = Accelerator(deepspeed_plugin={"zero_stage": 1}, scheduler_steps="once")
     model = BlockModel()
     opt = torch.optim.AdamW(model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)  # built on the user's optimizer
@@ -111,7 +111,7 @@ def check_optimizer_offload_parity():
 def check_optimizer_offload_keeps_state_on_cpu():
     from surge.strategies.offload import OffloadedOptimizer
 
-    acc = Accelerator(deepspeed_plugin={"zero_stage": 3, "offload_optimizer": True})
+    acc = Accelerator(deepspeed_plugin={"zero_stage": 3, "offload_optimizer": True}, scheduler_steps="once")
     model = BlockModel()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)

@@ -18,6 +18,8 @@ from surge.config.kwargs import (
 
 MixedPrecision = Literal["no", "fp16", "bf16", "fp8"]
 MIXED_PRECISION_CHOICES: tuple[str, ...] = get_args(MixedPrecision)
+SchedulerSteps = Literal["num_processes", "once"]
+SCHEDULER_STEPS_CHOICES: tuple[str, ...] = get_args(SchedulerSteps)
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
@@ -45,7 +47,12 @@ class AcceleratorConfig:
     even_batches: bool = True
     """Repeat samples from the start so every process sees the same number of batches."""
     step_scheduler_with_optimizer: bool = True
-    """Prepared schedulers step only when the optimizer really stepped."""
+    """Prepared schedulers step only when the optimizer really stepped; False: every call steps."""
+    scheduler_steps: SchedulerSteps = "num_processes"
+    """How often a prepared scheduler advances per optimizer step: "num_processes" (HF
+    Accelerate's rule: once per process, or once with ``split_batches``) or "once" (surge's
+    rule: a schedule measured in optimizer steps ends where they end on any number of
+    processes). See [Note: the scheduler rule] in optim.py."""
     ddp: DistributedDataParallelKwargs = field(default_factory=DistributedDataParallelKwargs)
     """Options passed to DistributedDataParallel."""
     autocast: AutocastKwargs = field(default_factory=AutocastKwargs)
@@ -67,6 +74,7 @@ class AcceleratorConfig:
             "mixed_precision",
             check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES),
         )
+        set_(self, "scheduler_steps", check_choice("scheduler_steps", self.scheduler_steps, SCHEDULER_STEPS_CHOICES))
         check_int(
             "gradient_accumulation_steps",
             self.gradient_accumulation_steps,

@@ -231,6 +231,7 @@ def resolve_plan(
     project_config: ProjectConfiguration | None,
     even_batches: bool,
     step_scheduler_with_optimizer: bool,
+    scheduler_steps: str = "num_processes",
     kwargs_handlers: list[Any] | None,
     deepspeed_plugin: DeepSpeedPlugin | dict[str, Any] | None,
     fsdp_plugin: FullyShardedDataParallelPlugin | None,
@@ -289,6 +290,7 @@ def resolve_plan(
         split_batches=split_batches,
         even_batches=even_batches,
         step_scheduler_with_optimizer=step_scheduler_with_optimizer,
+        scheduler_steps=scheduler_steps,
     )
     if ds is not None and ds.loss_scale is not None and config.mixed_precision == "fp16" \
             and not any(isinstance(h, GradScalerKwargs) for h in kwargs_handlers or []):

@@ -138,8 +138,9 @@ def initialize(
                          "train_batch_size in the DeepSpeed config (not \"auto\": there is no DataLoader to read it "
                          "from).")
     engine_config = {k: v for k, v in data.items() if k not in ("optimizer", "scheduler")}
+    # DeepSpeed's engine advances its scheduler once per optimizer step, on any number of processes.
     accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=engine_config),
-                              gradient_accumulation_steps=accumulation)
+                              gradient_accumulation_steps=accumulation, scheduler_steps="once")
     if opt_section is not None:
         params = model_parameters if model_parameters is not None else [p for p in model.parameters()
                                                                           if p.requires_grad]
