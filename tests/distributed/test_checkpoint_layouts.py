@@ -118,7 +118,38 @@ def check_fsdp_sharded_state_dict_writes_shards():
     assert "model_optimizer" in os.listdir(directory) and "model_0.safetensors" not in os.listdir(directory)
 
 
+def check_saving_before_the_first_step_changes_nothing():
+    """torch creates a fresh optimizer's state with a zero-gradient step (Adam's step count
+    becomes 1); a save before the first step must change neither this run nor a resumed
+    one, in the full (DDP) and the sharded (ZeRO-3, FSDP SHARDED_STATE_DICT) layouts."""
+    from surge.testing.parity import max_difference
+
+    def run(save=None, load=None, **kwargs):
+        acc = Accelerator(**kwargs)
+        torch.manual_seed(0)
+        model = BlockModel()
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        model, opt = acc.prepare(model, opt)
+        if save is not None:
+            acc.save_state(save)
+        if load is not None:
+            acc.load_state(load)
+        for seed in range(3):
+            _step(acc, model, opt, seed)
+        state = acc.get_state_dict(model)
+        state = broadcast_object_list([state if acc.is_main_process else None])[0]
+        return [state[k] for k in sorted(state)]
+
+    for kwargs in ({}, {"deepspeed_plugin": {"zero_stage": 3}},
+                   {"fsdp_plugin": FullyShardedDataParallelPlugin(state_dict_type="SHARDED_STATE_DICT")}):
+        directory = os.path.join(_tmp(), "before_first_step")
+        plain = run(**kwargs)
+        assert max_difference(run(save=directory, **kwargs), plain) == 0.0, kwargs
+        assert max_difference(run(load=directory, **kwargs), plain) == 0.0, kwargs
+
+
 CHECKS = [
+    check_saving_before_the_first_step_changes_nothing,
     check_async_save_ddp,
     check_async_save_zero3_then_merge_offline,
     check_fsdp_full_state_dict_writes_full_files,

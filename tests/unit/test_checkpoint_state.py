@@ -309,3 +309,29 @@ def test_merge_weights_cli_one_line_errors(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0 and "is not a directory" in bad.stderr
+
+
+def test_saving_before_the_first_step_changes_nothing(tmp_path):
+    """torch creates a fresh optimizer's state with a zero-gradient step (Adam's step
+    count becomes 1): a save before the first step must not change this run or a resumed one."""
+
+    def run(save=None, load=None):
+        acc = Accelerator()
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        model, opt = acc.prepare(model, opt)
+        if save is not None:
+            acc.save_state(save)
+            assert not opt.state  # the live optimizer is still fresh
+        if load is not None:
+            acc.load_state(load)
+        for _ in range(2):
+            acc.backward(model(torch.ones(2, 3)).pow(2).mean())
+            opt.step()
+            opt.zero_grad()
+        return model.weight.detach().clone()
+
+    plain = run()
+    assert torch.equal(run(save=tmp_path / "c"), plain)
+    assert torch.equal(run(load=tmp_path / "c"), plain)

@@ -15,7 +15,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from surge.checkpoint.keys import owner_index
+from surge.checkpoint.keys import optimizer_state, owner_index
 from surge.process_group import barrier
 
 
@@ -73,11 +73,7 @@ class FullWriter:
                       ) -> tuple[list[Write], list[str], Any]:
         """The model and optimizer files for the main process to write (nothing is
         written here), no files written directly, no background future."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         main = topology.is_main_process
         # Gathering is a collective that leaves the whole state on the main process (in
@@ -89,7 +85,7 @@ class FullWriter:
             if main:
                 writes.append((f"model_{i}.safetensors", _save_safetensors, dedup_storage(weights, copy=background)))
         for i, opt in enumerate(optimizers):
-            state = get_optimizer_state_dict(models[owner_index(models, opt)], opt, options=options)
+            state, _ = optimizer_state(models[owner_index(models, opt)], opt, options=options)
             if main:
                 writes.append((f"optimizer_{i}.pt", torch.save, copy(state)))
         if self.gather:

@@ -61,3 +61,23 @@ def by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
     index = {n: i for i, n in enumerate(names)}
     groups = [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
     return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
+
+
+def optimizer_state(model: nn.Module, optimizer: Any, options: Any = None) -> tuple[dict[str, Any], bool]:
+    """The optimizer's state dict keyed by parameter name (torch's
+    ``get_optimizer_state_dict``), and whether the optimizer has not stepped yet.
+
+    torch creates the state of an optimizer that has none by running one step with zero
+    gradients, which changes training: Adam's step count becomes 1, so the first real
+    update is bias-corrected as a second one. A fresh optimizer is therefore left fresh,
+    and its saved state is empty (its param groups are kept), so saving before the first
+    step changes neither this run nor one resumed from it.
+    """
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    fresh = not optimizer.state
+    state = dict(get_optimizer_state_dict(model, optimizer, options=options))
+    if fresh:
+        optimizer.state.clear()  # undo torch's zero-gradient step (parameters are unchanged: lr was 0)
+        state = {"state": {}, "param_groups": state["param_groups"]}
+    return state, fresh

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from surge.checkpoint.full import Write
-from surge.checkpoint.keys import by_name, consolidates, named_positions, owner_index
+from surge.checkpoint.keys import by_name, consolidates, named_positions, optimizer_state, owner_index
 
 TENSORS = "model_optimizer"
 """The DCP directory inside a sharded checkpoint."""
@@ -46,7 +46,7 @@ class ShardedWriter:
         ``group``, after staging the tensors to CPU memory); returns the consolidated
         optimizer files for the main process, the DCP directory's name and the future
         of a background save."""
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
         from torch.distributed.checkpoint.state_dict_saver import async_save, save
 
         main = topology.is_main_process
@@ -54,7 +54,11 @@ class ShardedWriter:
         tensors: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
         for i, opt in enumerate(optimizers):
             if not consolidates(opt):
-                tensors[f"optimizer_{i}"] = get_optimizer_state_dict(models[owner_index(models, opt)], opt)
+                state, fresh = optimizer_state(models[owner_index(models, opt)], opt)
+                if not fresh:
+                    tensors[f"optimizer_{i}"] = state
+                elif main:  # no tensors yet: its param groups, whole, from the main process
+                    writes.append((f"optimizer_{i}.pt", torch.save, copy(state)))
         for i, opt in enumerate(optimizers):
             if consolidates(opt):
                 full = opt.state_dict()  # collective; the whole state on the main process
