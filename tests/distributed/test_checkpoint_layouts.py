@@ -148,8 +148,48 @@ def check_saving_before_the_first_step_changes_nothing():
         assert max_difference(run(load=directory, **kwargs), plain) == 0.0, kwargs
 
 
+class _WithUnusedPooler(torch.nn.Module):
+    """A trainable parameter that never receives a gradient (a RoBERTa-style pooler)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = BlockModel()
+        self.pooler = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def check_a_parameter_without_gradients_saves_and_resumes():
+    from surge import DistributedDataParallelKwargs
+    from surge.testing.parity import max_difference
+
+    def run(save=None, load=None, **kwargs):
+        acc = Accelerator(**kwargs)
+        torch.manual_seed(0)
+        model = _WithUnusedPooler()
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        model, opt = acc.prepare(model, opt)
+        if load is not None:
+            acc.load_state(load)
+        for seed in range(0 if load is None else 2, 4):
+            if seed == 2 and save is not None:
+                acc.save_state(save)
+            _step(acc, model, opt, seed)
+        state = acc.get_state_dict(model)
+        state = broadcast_object_list([state if acc.is_main_process else None])[0]
+        return [state[k] for k in sorted(state)]
+
+    for kwargs in ({"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]},
+                   {"deepspeed_plugin": {"zero_stage": 3}}):
+        directory = os.path.join(_tmp(), "unused")
+        whole = run(save=directory, **kwargs)
+        assert max_difference(run(load=directory, **kwargs), whole) == 0.0, kwargs
+
+
 CHECKS = [
     check_saving_before_the_first_step_changes_nothing,
+    check_a_parameter_without_gradients_saves_and_resumes,
     check_async_save_ddp,
     check_async_save_zero3_then_merge_offline,
     check_fsdp_full_state_dict_writes_full_files,

@@ -335,3 +335,36 @@ def test_saving_before_the_first_step_changes_nothing(tmp_path):
     plain = run()
     assert torch.equal(run(save=tmp_path / "c"), plain)
     assert torch.equal(run(load=tmp_path / "c"), plain)
+
+
+def test_a_parameter_without_gradients_saves_and_resumes(tmp_path):
+    """A trainable parameter that never receives a gradient (an unused pooler) has no
+    optimizer state: the checkpoint loads, and the parameter still has none after it."""
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.pooler = nn.Linear(3, 1), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.body(x)
+
+    def run(save=None, load=None):
+        acc = Accelerator()
+        torch.manual_seed(0)
+        model = Pooled()
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        model, opt = acc.prepare(model, opt)
+        if load is not None:
+            acc.load_state(load)
+            assert model.pooler.weight not in opt.state  # as in the run that saved it
+        for step in range(0 if load is None else 2, 4):
+            if step == 2 and save is not None:
+                acc.save_state(save)
+            acc.backward(model(torch.full((2, 3), float(step))).pow(2).mean())
+            opt.step()
+            opt.zero_grad()
+        return model.body.weight.detach().clone()
+
+    whole = run(save=tmp_path / "c")
+    assert torch.equal(run(load=tmp_path / "c"), whole)

@@ -81,3 +81,19 @@ def optimizer_state(model: nn.Module, optimizer: Any, options: Any = None) -> tu
         optimizer.state.clear()  # undo torch's zero-gradient step (parameters are unchanged: lr was 0)
         state = {"state": {}, "param_groups": state["param_groups"]}
     return state, fresh
+
+
+def keep_state_only_for(optimizer: Any, model: nn.Module, names: set[str]) -> None:
+    """Drop the optimizer state of every parameter not named in ``names``.
+
+    Loading creates state for every parameter (torch's zero-gradient step); a parameter
+    that had none when saved (it never received a gradient, e.g. an unused pooler) must
+    have none after loading too, as in the run that saved it.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    # An offloaded optimizer keys its state by the CPU masters of the parameters.
+    masters = getattr(optimizer, "masters", None)
+    keys = [m for group in masters for m in group] if masters is not None else params
+    for name, key in zip(named_positions(model, optimizer), keys, strict=True):
+        if name not in names:
+            optimizer.state.pop(key, None)

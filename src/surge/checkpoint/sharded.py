@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from surge.checkpoint.full import Write
-from surge.checkpoint.keys import by_name, consolidates, named_positions, optimizer_state, owner_index
+from surge.checkpoint.keys import (
+    by_name,
+    consolidates,
+    keep_state_only_for,
+    named_positions,
+    optimizer_state,
+    owner_index,
+)
 
 TENSORS = "model_optimizer"
 """The DCP directory inside a sharded checkpoint."""
@@ -93,9 +100,16 @@ def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any],
     from torch.distributed.checkpoint.state_dict_loader import load
 
     state: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
+    saved = _saved_keys(os.path.join(directory, TENSORS))
+    kept: dict[int, set[str]] = {}  # parameters that have optimizer state in the checkpoint
     for i, opt in enumerate(optimizers):
         if not consolidates(opt) and not os.path.exists(os.path.join(directory, f"optimizer_{i}.pt")):
-            state[f"optimizer_{i}"] = get_optimizer_state_dict(models[owner_index(models, opt)], opt)
+            target: dict[str, Any] = dict(get_optimizer_state_dict(models[owner_index(models, opt)], opt))
+            prefix = f"optimizer_{i}.state."
+            kept[i] = {name for name in target["state"]
+                       if any(key.startswith(f"{prefix}{name}.") for key in saved)}
+            target["state"] = {name: v for name, v in target["state"].items() if name in kept[i]}
+            state[f"optimizer_{i}"] = target
     try:
         with single_process_is_fine():
             load(state, checkpoint_id=os.path.join(directory, TENSORS),
@@ -108,4 +122,18 @@ def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any],
         set_model_state_dict(model, state[f"model_{i}"], options=StateDictOptions(strict=strict))
     for i, opt in enumerate(optimizers):
         if f"optimizer_{i}" in state:
-            set_optimizer_state_dict(models[owner_index(models, opt)], opt, state[f"optimizer_{i}"])
+            model = models[owner_index(models, opt)]
+            # Not strict: parameters without saved state (never given a gradient) keep none.
+            set_optimizer_state_dict(model, opt, state[f"optimizer_{i}"], options=StateDictOptions(strict=False))
+            keep_state_only_for(opt, model, kept[i])
+
+
+def _saved_keys(checkpoint_id: str) -> set[str]:
+    """The (flattened) keys a DCP checkpoint holds; empty when its metadata is unreadable
+    (the load below then names the problem)."""
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+
+    try:
+        return set(FileSystemReader(checkpoint_id).read_metadata().state_dict_metadata)
+    except Exception:  # a missing or corrupted .metadata: reported by the load itself
+        return set()

@@ -61,7 +61,14 @@ from torch import nn
 
 from surge.checkpoint.atomic import TMP_PREFIX, atomic_write, replace_directory
 from surge.checkpoint.full import FullWriter, load_models
-from surge.checkpoint.keys import by_index, consolidates, inner_optimizer, named_positions, owner_index
+from surge.checkpoint.keys import (
+    by_index,
+    consolidates,
+    inner_optimizer,
+    keep_state_only_for,
+    named_positions,
+    owner_index,
+)
 from surge.checkpoint.sharded import ShardedWriter, load_tensors
 from surge.process_group import barrier
 
@@ -365,7 +372,11 @@ def load_training_state(
                 # A full state is split into shards only for a sharded model (and only
                 # when there are tensors to split: a stateless SGD has none).
                 split = bool(state.get("state")) and any(hasattr(p, "device_mesh") for p in model.parameters())
-                set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=split))
+                # Not strict: parameters without saved state (never given a gradient) are
+                # allowed, and keep none.
+                set_optimizer_state_dict(model, opt, state,
+                                         options=StateDictOptions(full_state_dict=split, strict=False))
+                keep_state_only_for(opt, model, set(state.get("state", {})))
     rest = load_file(os.path.join(directory, STATE))
     for scheduler, sd in zip(schedulers, rest["schedulers"], strict=False):  # partial loads take the first
         scheduler.load_state_dict(sd)
