@@ -3,6 +3,7 @@ process, the learning rate after every micro-step for each scheduler setting, as
 tests/e2e/test_accelerate_compat.py launches it both ways on 2 processes and compares."""
 
 import argparse
+import gc
 import json
 
 import torch
@@ -53,3 +54,9 @@ for name, case in CASES.items():
     results[name] = lrs
 if main:
     print("RESULT " + json.dumps(results), flush=True)
+# As a careful script does before it exits (HF Accelerate starts the process group itself
+# and does not tear it down): DDP's reducers go before the group, while Python is alive.
+del model, opt, loader, sched, acc
+gc.collect()
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
