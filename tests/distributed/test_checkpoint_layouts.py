@@ -118,34 +118,37 @@ def check_fsdp_sharded_state_dict_writes_shards():
     assert "model_optimizer" in os.listdir(directory) and "model_0.safetensors" not in os.listdir(directory)
 
 
+def _adam_run(model_fn, kwargs, *, steps, save=None, save_at=0, load=None):
+    """Train with Adam on ``steps`` (seeds), saving before step ``save_at`` / loading
+    first; returns the full parameters on every rank."""
+    acc = Accelerator(**kwargs)
+    torch.manual_seed(0)
+    model = model_fn()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    model, opt = acc.prepare(model, opt)
+    if load is not None:
+        acc.load_state(load)
+    for seed in steps:
+        if seed == save_at and save is not None:
+            acc.save_state(save)
+        _step(acc, model, opt, seed)
+    state = acc.get_state_dict(model)
+    state = broadcast_object_list([state if acc.is_main_process else None])[0]
+    return [state[k] for k in sorted(state)]
+
+
 def check_saving_before_the_first_step_changes_nothing():
     """torch creates a fresh optimizer's state with a zero-gradient step (Adam's step count
     becomes 1); a save before the first step must change neither this run nor a resumed
     one, in the full (DDP) and the sharded (ZeRO-3, FSDP SHARDED_STATE_DICT) layouts."""
     from surge.testing.parity import max_difference
 
-    def run(save=None, load=None, **kwargs):
-        acc = Accelerator(**kwargs)
-        torch.manual_seed(0)
-        model = BlockModel()
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        model, opt = acc.prepare(model, opt)
-        if save is not None:
-            acc.save_state(save)
-        if load is not None:
-            acc.load_state(load)
-        for seed in range(3):
-            _step(acc, model, opt, seed)
-        state = acc.get_state_dict(model)
-        state = broadcast_object_list([state if acc.is_main_process else None])[0]
-        return [state[k] for k in sorted(state)]
-
     for kwargs in ({}, {"deepspeed_plugin": {"zero_stage": 3}},
                    {"fsdp_plugin": FullyShardedDataParallelPlugin(state_dict_type="SHARDED_STATE_DICT")}):
         directory = os.path.join(_tmp(), "before_first_step")
-        plain = run(**kwargs)
-        assert max_difference(run(save=directory, **kwargs), plain) == 0.0, kwargs
-        assert max_difference(run(load=directory, **kwargs), plain) == 0.0, kwargs
+        plain = _adam_run(BlockModel, kwargs, steps=range(3))
+        assert max_difference(_adam_run(BlockModel, kwargs, steps=range(3), save=directory), plain) == 0.0, kwargs
+        assert max_difference(_adam_run(BlockModel, kwargs, steps=range(3), load=directory), plain) == 0.0, kwargs
 
 
 class _WithUnusedPooler(torch.nn.Module):
@@ -164,27 +167,12 @@ def check_a_parameter_without_gradients_saves_and_resumes():
     from surge import DistributedDataParallelKwargs
     from surge.testing.parity import max_difference
 
-    def run(save=None, load=None, **kwargs):
-        acc = Accelerator(**kwargs)
-        torch.manual_seed(0)
-        model = _WithUnusedPooler()
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        model, opt = acc.prepare(model, opt)
-        if load is not None:
-            acc.load_state(load)
-        for seed in range(0 if load is None else 2, 4):
-            if seed == 2 and save is not None:
-                acc.save_state(save)
-            _step(acc, model, opt, seed)
-        state = acc.get_state_dict(model)
-        state = broadcast_object_list([state if acc.is_main_process else None])[0]
-        return [state[k] for k in sorted(state)]
-
     for kwargs in ({"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]},
                    {"deepspeed_plugin": {"zero_stage": 3}}):
         directory = os.path.join(_tmp(), "unused")
-        whole = run(save=directory, **kwargs)
-        assert max_difference(run(load=directory, **kwargs), whole) == 0.0, kwargs
+        whole = _adam_run(_WithUnusedPooler, kwargs, steps=range(4), save=directory, save_at=2)
+        resumed = _adam_run(_WithUnusedPooler, kwargs, steps=range(2, 4), load=directory)
+        assert max_difference(resumed, whole) == 0.0, kwargs
 
 
 CHECKS = [
