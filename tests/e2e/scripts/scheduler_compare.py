@@ -5,6 +5,8 @@ tests/e2e/test_accelerate_compat.py launches it both ways on 2 processes and com
 import argparse
 import gc
 import json
+import os
+import sys
 
 import torch
 from torch import nn
@@ -54,9 +56,14 @@ for name, case in CASES.items():
     results[name] = lrs
 if main:
     print("RESULT " + json.dumps(results), flush=True)
-# As a careful script does before it exits (HF Accelerate starts the process group itself
-# and does not tear it down): DDP's reducers go before the group, while Python is alive.
+# HF Accelerate starts the process group itself and leaves it (and DDP's reducers) to
+# interpreter finalisation, where gloo's threads can abort the process (SIGABRT) after the
+# script is done. Tear down while Python is alive, then leave without finalisation: this
+# script compares numbers, not how either library exits.
 del model, opt, loader, sched, acc
 gc.collect()
 if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
