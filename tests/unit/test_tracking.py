@@ -10,6 +10,7 @@ import json
 import logging
 import struct
 import sys
+import time
 
 import pytest
 import torch
@@ -79,6 +80,8 @@ def _wandb_records(path):
             pos += block - pos % block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + length > len(data):  # still being written
+            return
         chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
         if kind == 0:
             continue
@@ -96,6 +99,12 @@ def test_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_SERVICE")
     run(tmp_path, "wandb").end_training()
     (path,) = glob.glob(str(tmp_path / "logs" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    # wandb's writer is its own service process: `finish()` can return before that process has
+    # flushed the file (seen once in CI under load: no records yet). Wait for the exit record.
+    deadline = time.monotonic() + 60
+    while "exit" not in (kinds := [r.WhichOneof("record_type") for r in _wandb_records(path)]):
+        assert time.monotonic() < deadline, f"no exit record in {path}: {kinds}"
+        time.sleep(0.2)
     history, config, project = [], {}, None
     for record in _wandb_records(path):
         kind = record.WhichOneof("record_type")
