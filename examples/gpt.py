@@ -7,7 +7,7 @@ own source code, which is on every machine (no download).
 
 On 2 CPU cores the default run takes about two minutes and the loss falls from ~4.6
 (uniform over the characters) to about 1.6. It shows progress, logs to
-``runs/gpt/logs`` (jsonl, plus TensorBoard when installed), saves a checkpoint every
+``runs/gpt/gpt`` (jsonl, plus TensorBoard when installed), saves a checkpoint every
 ``--checkpoint_every`` steps (the newest three are kept) and prints a text sample at the
 end. Scale it up on a GPU::
 

@@ -4,8 +4,9 @@ main process only, a logger that speaks once per job, and a progress bar.
     surge launch --num_processes 2 examples/by_feature/tracking.py --log_with jsonl tensorboard
     WANDB_MODE=offline python examples/by_feature/tracking.py --log_with wandb
 
-Logs land in ``--project_dir/logs``: ``<project>/metrics.jsonl``, TensorBoard event
-files (``tensorboard --logdir runs/tracking/logs``), ``wandb/``, ``mlflow.db``.
+Logs land where HF Accelerate puts them: ``--project_dir/<project>/`` holds
+``metrics.jsonl`` and TensorBoard's event files (``tensorboard --logdir runs/tracking``);
+W&B and MLflow write where their own settings say (``./wandb``, ``./mlflow.db`` by default).
 """
 
 import argparse
@@ -55,7 +56,7 @@ def main() -> None:
             step += 1
             accelerator.log({"train/loss": loss.detach(), "epoch": epoch}, step=step)  # main process only
     accelerator.end_training()  # flushes and closes every tracker
-    jsonl = os.path.join(args.project_dir, "logs", "tracking", "metrics.jsonl")
+    jsonl = os.path.join(args.project_dir, "tracking", "metrics.jsonl")
     if accelerator.is_main_process and os.path.exists(jsonl):
         with open(jsonl) as f:
             records = [json.loads(line) for line in f]

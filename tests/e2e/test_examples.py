@@ -32,9 +32,9 @@ def test_main_job_trains_logs_checkpoints_and_resumes(tmp_path):
     assert first > 4.0 and val < first - 1.2  # from ~4.6 (uniform over 96 characters) to well below
     assert "--- sample ---\ndef " in out
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]  # steps 15 and 30
-    records = [json.loads(line) for line in open(tmp_path / "logs" / "gpt" / "metrics.jsonl")]
+    records = [json.loads(line) for line in open(tmp_path / "gpt" / "metrics.jsonl")]
     assert records[0]["step"] == 1 and "train/loss" in records[0] and any("val/loss" in r for r in records)
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "logs" / "gpt"))
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "gpt"))
     assert re.search(r"train: 30/30 \[", out)  # the progress lines, from the main process only
     assert out.count("train: 30/30") == 1
     resumed = run(gpt, "--smoke", "--project_dir", tmp_path, "--resume", "--max_steps", 40)
@@ -68,7 +68,7 @@ def test_tracking_example(tmp_path):
     out = run(os.path.join(EXAMPLES, "by_feature", "tracking.py"), "--smoke", "--project_dir", tmp_path,
               "--log_with", "jsonl", "tensorboard")
     assert "16 records in" in out  # 512 samples / 2 processes / 16 per batch, logged by the main process
-    assert any(n.startswith("events.out") for n in os.listdir(tmp_path / "logs" / "tracking"))
+    assert any(n.startswith("events.out") for n in os.listdir(tmp_path / "tracking"))
 
 
 @pytest.mark.parametrize("flags", [["--zero_stage", "3"], ["--zero_stage", "2", "--offload_optimizer"],

@@ -73,13 +73,13 @@ def test_handlers_reach_the_config():
 
 def test_project_configuration():
     p = ProjectConfiguration("runs/x")
-    assert p.logging_dir.endswith("runs/x/logs")
+    assert p.logging_dir == "runs/x"  # the project dir itself, as in Accelerate
     with pytest.raises(ValueError, match="total_limit=0"):
         ProjectConfiguration(total_limit=0)
     with pytest.raises(TypeError, match="project_config="):
         Accelerator(project_config="runs/x")
     acc = Accelerator(project_dir="runs/y")
-    assert acc.project_dir == "runs/y" and acc.logging_dir == "runs/y/logs"
+    assert acc.project_dir == "runs/y" and acc.logging_dir == "runs/y"
 
 
 def test_config_is_frozen():

@@ -308,9 +308,13 @@ def log_level_variable() -> str | None:
     return os.environ.get("SURGE_LOG_LEVEL")
 
 
-def mlflow_tracking_uri() -> str | None:
-    """``MLFLOW_TRACKING_URI`` when set and non-empty, else None (the MLflow tracker then keeps a local store)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or None
+MLFLOW_OVERRIDES = ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_TAGS", "MLFLOW_NESTED_RUN")
+"""The variables that win over the MLflow tracker's arguments, as in Accelerate."""
+
+
+def mlflow_overrides() -> dict[str, str]:
+    """Those of :data:`MLFLOW_OVERRIDES` that are set (the MLflow tracker applies them)."""
+    return {name: os.environ[name] for name in MLFLOW_OVERRIDES if name in os.environ}
 
 
 NCCL_DEBUG_DEFAULTS = {

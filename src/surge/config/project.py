@@ -19,7 +19,8 @@ class ProjectConfiguration:
     project_dir: str | None = None
     """Root of everything the run writes; None means the current directory."""
     logging_dir: str | None = None
-    """Where trackers write; None means ``project_dir/logs``."""
+    """Where trackers write; None means ``project_dir`` itself, as in HF Accelerate (TensorBoard
+    then writes to ``project_dir/<project name>``, see docs/migrating.md)."""
     automatic_checkpoint_naming: bool = False
     """``save_state()`` with no directory writes ``project_dir/checkpoints/checkpoint_<n>``."""
     total_limit: int | None = None
@@ -38,10 +39,14 @@ class ProjectConfiguration:
         if self.total_limit is not None:
             check_int("ProjectConfiguration.total_limit", self.total_limit, minimum=1)
         check_int("ProjectConfiguration.iteration", self.iteration, minimum=0)
-        if self.logging_dir is None and self.project_dir is not None:
-            self.logging_dir = os.path.join(self.project_dir, "logs")
+        if self.logging_dir is None:
+            self.logging_dir = self.project_dir
 
     def set_directories(self, project_dir: str | os.PathLike[str] | None = None) -> None:
-        """Point the project (and, unless set separately, its logs) at ``project_dir``."""
+        """Point the project at ``project_dir``; the logging dir follows it unless it was set
+        to another directory (Accelerate keeps any logging dir already set: the same
+        wherever an Accelerator calls this, on a project without a directory yet)."""
+        follows = self.logging_dir is None or self.logging_dir == self.project_dir
         self.project_dir = os.fspath(project_dir) if project_dir is not None else None
-        self.logging_dir = os.path.join(self.project_dir, "logs") if self.project_dir is not None else None
+        if follows:
+            self.logging_dir = self.project_dir

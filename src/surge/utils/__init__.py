@@ -16,6 +16,7 @@ from surge.device import send_to_device
 from surge.ops import broadcast, broadcast_object_list, gather, gather_object, pad_across_processes, reduce
 from surge.strategies.base import unwrap_module as extract_model_from_parallel
 from surge.topology import DistributedType
+from surge.tracking.catalog import LoggerType
 from surge.utils.batch_size import find_executable_batch_size, release_memory, should_reduce_batch_size
 from surge.utils.progress import ProgressBar, tqdm
 from surge.utils.random import set_seed
@@ -29,6 +30,7 @@ __all__ = [
     "GradScalerKwargs",
     "InitProcessGroupKwargs",
     "KwargsHandler",
+    "LoggerType",
     "ProgressBar",
     "ProjectConfiguration",
     "TorchDynamoPlugin",
