@@ -170,8 +170,14 @@ def test_profile_writes_each_process_trace(tmp_path):
     assert any("mm" in e.key for e in prof.key_averages())
     assert os.listdir(tmp_path / "trace") == ["profile_0.json"]
     assert "traceEvents" in json.loads((tmp_path / "trace" / "profile_0.json").read_text())
-    with Accelerator().profile(ProfileKwargs(schedule_option={"wait": 0, "warmup": 0, "active": 1})) as prof:
-        prof.step()
+    traces = []
+    schedule = ProfileKwargs(schedule_option={"wait": 0, "warmup": 1, "active": 1, "repeat": 1},
+                             on_trace_ready=traces.append)
+    with Accelerator().profile(schedule) as prof:
+        for _ in range(3):
+            torch.ones(2) + 1
+            prof.step()
+    assert traces == [prof]  # the schedule's one active span was handed over
     with pytest.raises(ValueError, match="activities"):
         ProfileKwargs(activities=["tpu"])
 
