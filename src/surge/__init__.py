@@ -32,40 +32,60 @@ _LAZY = {
     "initialize": "surge.deepspeed.engine",
     "Engine": "surge.deepspeed.engine",
     "add_config_arguments": "surge.deepspeed.engine",
+    "DDPCommunicationHookType": "surge.config.enums",
+    "ProfileKwargs": "surge.config.kwargs",
+    "GradientAccumulationPlugin": "surge.config.kwargs",
+    "find_executable_batch_size": "surge.utils.batch_size",
+    "synchronize_rng_states": "surge.utils.random",
+    "notebook_launcher": "surge.launch.notebook",
+    "debug_launcher": "surge.launch.notebook",
 }
 
 __all__ = [
     "Accelerator",
     "AutocastKwargs",
+    "DDPCommunicationHookType",
     "DeepSpeedPlugin",
     "DistributedDataParallelKwargs",
     "DistributedType",
     "Engine",
     "FullyShardedDataParallelPlugin",
     "GradScalerKwargs",
+    "GradientAccumulationPlugin",
     "InitProcessGroupKwargs",
     "PartialState",
+    "ProfileKwargs",
     "ProjectConfiguration",
     "Topology",
     "TorchDynamoPlugin",
     "__version__",
     "add_config_arguments",
+    "debug_launcher",
+    "find_executable_batch_size",
     "initialize",
+    "notebook_launcher",
+    "synchronize_rng_states",
 ]  # every name of _LAZY (tests/unit/test_rules.py checks)
 
 if TYPE_CHECKING:  # pragma: no cover
     from surge.accelerator import Accelerator
+    from surge.config.enums import DDPCommunicationHookType
     from surge.config.kwargs import (
         AutocastKwargs,
         DistributedDataParallelKwargs,
+        GradientAccumulationPlugin,
         GradScalerKwargs,
         InitProcessGroupKwargs,
+        ProfileKwargs,
     )
     from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
     from surge.config.project import ProjectConfiguration
     from surge.deepspeed.engine import Engine, add_config_arguments, initialize
+    from surge.launch.notebook import debug_launcher, notebook_launcher
     from surge.state import PartialState
     from surge.topology import DistributedType, Topology
+    from surge.utils.batch_size import find_executable_batch_size
+    from surge.utils.random import synchronize_rng_states
 
 
 __getattr__, __dir__ = lazy_names("surge", _LAZY, globals())

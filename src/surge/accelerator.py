@@ -31,15 +31,17 @@ from surge import ops
 from surge._tree import tree_leaves, tree_map
 from surge.accumulation import AccumulateContext, GradientState
 from surge.checkpoint.methods import CheckpointingMixin
+from surge.config.kwargs import GradientAccumulationPlugin
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
 from surge.config.resolve import BatchSizes, fill_batch_sizes, resolve_plan
 from surge.data.loader import PreparedDataLoader, SkipFirstBatches, shard_dataloader
+from surge.extras import ExtrasMixin
 from surge.guard import NonFiniteGuard
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
 from surge.precision import select_precision
 from surge.process_group import ensure_process_group
-from surge.state import ProcessQueries
+from surge.state import ProcessQueries, remember_accelerator
 from surge.strategies.registry import select_strategy
 from surge.topology import DistributedType
 from surge.tracking.methods import TrackingMixin
@@ -60,7 +62,7 @@ def _trim_first_dim(data: Any, size: int, keep: int) -> Any:
     return tree_map(lambda t: t[:keep] if t.dim() and t.shape[0] == size else t, data, _is_tensor)
 
 
-class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
+class Accelerator(CheckpointingMixin, TrackingMixin, ExtrasMixin, ProcessQueries):
     """Runs one training script on any topology: CPU, one GPU, many GPUs, many machines.
 
     Args:
@@ -98,6 +100,12 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         nonfinite: At each optimizer step, what a NaN/inf loss or gradient does:
             "ignore" (default), "skip" the step (counted and logged) or "raise" with the
             step number (see guard.py; fp16 keeps its loss scaler instead).
+        gradient_accumulation_plugin: A ``GradientAccumulationPlugin`` (num_steps, sync_each_batch,
+            sync_with_dataloader, adjust_scheduler); pass it or gradient_accumulation_steps.
+        accumulation_divisor: "cycle" (default: a last accumulation cycle cut short by the end
+            of the data is the true mean of its micro-batches) or "num_steps" (HF Accelerate's
+            numbers: every loss divided by gradient_accumulation_steps); see [Note: the short
+            cycle] in accumulation.py.
         log_with: Experiment trackers: "jsonl", "tensorboard", "wandb", "mlflow", "all"
             (every installed one), a list of names and ``GeneralTracker`` objects, or None.
             They start at :meth:`init_trackers`, on the main process only.
@@ -131,6 +139,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         dynamo_backend: str | None = None,
         dynamo_plugin: TorchDynamoPlugin | None = None,
         nonfinite: str | None = None,
+        gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
+        accumulation_divisor: str = "cycle",
     ) -> None:
         # 1. Settle every input into one plan; no side effects until this succeeded.
         plan, self.project_configuration = resolve_plan(
@@ -141,6 +151,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
             kwargs_handlers=kwargs_handlers,
             deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin, log_with=log_with,
             dynamo_backend=dynamo_backend, dynamo_plugin=dynamo_plugin, nonfinite=nonfinite,
+            gradient_accumulation_plugin=gradient_accumulation_plugin, accumulation_divisor=accumulation_divisor,
         )
         # Pure too: fp8 on a machine that cannot run it fails here, before any side effect.
         precision = select_precision(plan.config.mixed_precision, torch.device(plan.topology.device),
@@ -156,7 +167,10 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
             for note in plan.warnings:
                 warnings.warn(note, stacklevel=2)
         self.strategy = select_strategy(plan.topology, plan.config, precision, plan.strategy)
-        self.gradient_state = GradientState(plan.config.gradient_accumulation_steps)
+        c = plan.config
+        self.gradient_state = GradientState(c.gradient_accumulation_steps, sync_each_batch=c.sync_each_batch,
+                                            sync_with_dataloader=c.sync_with_dataloader,
+                                            adjust_scheduler=c.adjust_scheduler)
         self._models: list[nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
         self._schedulers: list[AcceleratedScheduler] = []
@@ -176,6 +190,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
 
             root = checkpoints_root(self.project_configuration.project_dir)
             self.project_configuration.iteration = max(self.project_configuration.iteration, next_number(root))
+        remember_accelerator(self)  # for AcceleratorState() built by a script (state.py)
 
     @property
     def deepspeed_plugin(self) -> DeepSpeedPlugin | None:
@@ -419,6 +434,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
             # Gradients are averaged over processes by the strategy; undo that mean so
             # the result is sum(all items) / num_items_in_batch.
             loss = loss * (self.num_processes / num_items_in_batch)
+        elif average and gs.num_steps > 1 and self.config.accumulation_divisor == "num_steps":
+            loss = loss / gs.num_steps  # Accelerate's numbers (see [Note: the short cycle])
         elif average and gs.num_steps > 1:
             if gs.closes_short_cycle and not gs.rescaled:
                 self._rescale_gradients(gs.num_steps / gs.cycle_length)
@@ -507,13 +524,6 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
 
     # -- models and saving ----------------------------------------------------------------
 
-    def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True) -> nn.Module:
-        """The user's own module, without DDP or compile wrappers.
-
-        ``keep_fp32_wrapper=False`` also removes the mixed-precision autocast forward.
-        """
-        return self.strategy.unwrap_model(model, keep_fp32_wrapper=keep_fp32_wrapper)
-
     def get_state_dict(self, model: nn.Module, unwrap: bool = True) -> dict[str, torch.Tensor]:
         """The model's full (unsharded) state dict, keys as in the user's module."""
         if not unwrap:
@@ -561,10 +571,6 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ProcessQueries):
         if use_gather_object or not tree_leaves(input_data, _is_tensor):
             return ops.gather_object(input_data)
         return ops.gather(input_data)
-
-    def reduce(self, tensor: Any, reduction: str = "sum", scale: float = 1.0) -> Any:
-        """Sum or average tensors across processes (see :func:`surge.ops.reduce`)."""
-        return ops.reduce(tensor, reduction, scale)  # type: ignore[arg-type]
 
     def pad_across_processes(self, tensor: Any, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
         """Pad tensors along ``dim`` to the largest size on any process."""

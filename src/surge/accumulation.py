@@ -6,7 +6,17 @@ The Accelerator, its prepared optimizers, schedulers and dataloaders share one
 ``GradientState``. The Accelerator decides ``sync_gradients`` once per micro-step (in
 ``accumulate``); optimizers step and schedulers advance only when it is true;
 dataloaders report their last batch so the final micro-step of an epoch is always a
-boundary.
+boundary (unless ``sync_with_dataloader`` is False: cycles then run on across epochs).
+
+[Note: the short cycle]
+When the data ends inside an accumulation cycle, the cycle closes early with fewer
+micro-batches than ``num_steps``. ``Accelerator.backward`` divides each micro-batch's
+loss by the cycle's length, so by default ("cycle") the gradients already accumulated are
+rescaled by ``num_steps / cycle_length`` on the closing micro-step: the step is the true
+mean over the micro-batches the cycle has. HF Accelerate always divides by ``num_steps``,
+so its short cycle's gradient is ``cycle_length / num_steps`` of the mean;
+``Accelerator(accumulation_divisor="num_steps")`` gives its numbers. docs/migrating.md lists
+this as a deliberate difference.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ class GradientState:
     """
 
     __slots__ = (
+        "adjust_scheduler",
         "batch_real_count",
         "batch_size",
         "cycle_length",
@@ -36,11 +47,25 @@ class GradientState:
         "num_steps",
         "rescaled",
         "step",
+        "sync_each_batch",
         "sync_gradients",
+        "sync_with_dataloader",
     )
 
-    def __init__(self, num_steps: int = 1) -> None:
+    def __init__(self, num_steps: int = 1, gradient_accumulation_plugin: Any = None, *, sync_each_batch: bool = False,
+                 sync_with_dataloader: bool = True, adjust_scheduler: bool = True) -> None:
+        plugin = gradient_accumulation_plugin
+        if plugin is not None:  # Accelerate's signature: GradientState(gradient_accumulation_plugin=...)
+            num_steps = plugin.num_steps or 1
+            sync_each_batch, sync_with_dataloader = plugin.sync_each_batch, plugin.sync_with_dataloader
+            adjust_scheduler = plugin.adjust_scheduler
         self.num_steps = num_steps
+        self.sync_each_batch = sync_each_batch
+        """Synchronise gradients on every micro-batch (the optimizer still waits for the cycle)."""
+        self.sync_with_dataloader = sync_with_dataloader
+        """A prepared dataloader's last batch closes the cycle."""
+        self.adjust_scheduler = adjust_scheduler
+        """Read back only (see ``GradientAccumulationPlugin.adjust_scheduler``)."""
         self.step = 0
         """Micro-steps counted by ``accumulate`` since the start."""
         self.cycle_step = 0
@@ -75,12 +100,29 @@ class GradientState:
         """
         self.step += 1
         self.cycle_step += 1
-        self.sync_gradients = self.cycle_step >= self.num_steps or self.end_of_dataloader
+        at_end = self.end_of_dataloader and self.sync_with_dataloader
+        self.sync_gradients = self.cycle_step >= self.num_steps or at_end
         self.cycle_length = self.cycle_step if self.sync_gradients else self.num_steps
         self.rescaled = False
         if self.sync_gradients:
             self.cycle_step = 0
         return self.sync_gradients
+
+    @property
+    def in_dataloader(self) -> bool:
+        """True while a prepared dataloader is yielding a batch (Accelerate's name)."""
+        return self.batch_real_count is not None
+
+    @property
+    def plugin_kwargs(self) -> dict[str, Any]:
+        """The accumulation settings as Accelerate's ``GradientState.plugin_kwargs`` shows them."""
+        return {"num_steps": self.num_steps, "adjust_scheduler": self.adjust_scheduler,
+                "sync_with_dataloader": self.sync_with_dataloader, "sync_each_batch": self.sync_each_batch}
+
+    @property
+    def initialized(self) -> bool:
+        """Always True: a GradientState belongs to an Accelerator (Accelerate's singleton flag)."""
+        return True
 
     @property
     def closes_short_cycle(self) -> bool:
@@ -116,7 +158,7 @@ class AccumulateContext:
         self.contexts: list[contextlib.AbstractContextManager[Any]] = []
 
     def __enter__(self) -> None:
-        if not self.gradient_state.advance():
+        if not self.gradient_state.advance() and not self.gradient_state.sync_each_batch:
             for model in self.models:
                 ctx = self.no_sync(model)
                 ctx.__enter__()

@@ -112,26 +112,33 @@ def gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def reduce(tensor: Any, reduction: Literal["sum", "mean", "none"] = "sum", scale: float = 1.0) -> Any:
-    """Reduce each tensor across processes; the inputs are not modified.
+Reduction = Literal["sum", "mean", "max", "min", "none"]
+REDUCTIONS: tuple[str, ...] = ("sum", "mean", "max", "min", "none")
 
-    ``"mean"`` of an integer tensor returns a floating-point tensor; ``"none"`` returns
-    a scaled copy of the local tensor without communicating.
+
+def reduce(tensor: Any, reduction: Reduction = "sum", scale: float = 1.0) -> Any:
+    """Reduce each tensor across processes, element-wise; the inputs are not modified.
+
+    ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` over the processes; ``"mean"`` of an
+    integer tensor returns a floating-point tensor; ``"none"`` returns a copy of the local
+    tensor without communicating. The result is multiplied by ``scale``.
 
     Raises:
-        ValueError: ``reduction`` is not "sum", "mean" or "none".
+        ValueError: ``reduction`` is not one of those.
     """
-    if reduction not in ("sum", "mean", "none"):
-        raise ValueError(f"reduction={reduction!r} is not supported; choose 'sum', 'mean' or 'none'.")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not supported; choose one of "
+                         f"{', '.join(map(repr, REDUCTIONS))}.")
     _check_tensors(tensor, "reduce")
     active = process_group_active() and reduction != "none"
     dist = _dist()
     world = dist.get_world_size() if active else 1
+    op = {"max": "MAX", "min": "MIN"}.get(reduction, "SUM")
 
     def reduce_one(t: torch.Tensor) -> torch.Tensor:
         out = t.detach().clone()
         if active:
-            dist.all_reduce(out, op=dist.ReduceOp.SUM)
+            dist.all_reduce(out, op=getattr(dist.ReduceOp, op))
         if reduction == "mean":
             out = out / world if out.is_floating_point() or out.is_complex() else out.double() / world
         return out * scale if scale != 1.0 else out

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 
+from surge.accumulation import GradientState
 from surge.config.kwargs import as_timeout
 from surge.config.resolve import resolve_timeout
 from surge.process_group import (
@@ -32,7 +34,9 @@ from surge.process_group import (
 from surge.topology import DistributedType, Topology
 
 __all__ = [
+    "AcceleratorState",
     "DistributedType",
+    "GradientState",
     "PartialState",
     "ProcessQueries",
     "Topology",
@@ -248,6 +252,27 @@ class PartialState(ProcessQueries):
     def distributed_type(self) -> DistributedType:
         return self.topology.distributed_type
 
+    @property
+    def initialized(self) -> bool:
+        """Always True (Accelerate's flag for its singleton having been set up)."""
+        return True
+
+    @property
+    def fork_launched(self) -> bool:
+        """False: surge's launchers start processes afresh (Accelerate's flag for a fork launch)."""
+        return False
+
+    @property
+    def debug(self) -> bool:
+        """False: surge has no debug mode that changes collectives."""
+        return False
+
+    @staticmethod
+    def _reset_state(reset_partial_state: bool = False) -> None:
+        """Forget the most recent Accelerator (see :class:`AcceleratorState`); there is no
+        other process-wide state to reset (see [Note: several Accelerators])."""
+        _LATEST.clear()
+
     def destroy_process_group(self) -> None:
         """Tear down the default process group (see :func:`destroy_process_group`)."""
         destroy_process_group()
@@ -259,3 +284,114 @@ class PartialState(ProcessQueries):
             f"process_index={t.rank}, local_process_index={t.local_rank}, device={t.device!r}, backend={t.backend!r})"
         )
 
+
+
+# The most recent Accelerator, for AcceleratorState() built without one; nothing in surge
+# reads it (see [Note: several Accelerators] in accelerator.py).
+_LATEST: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def remember_accelerator(accelerator: Any) -> None:
+    """Record ``accelerator`` as the most recent one (its constructor calls this last)."""
+    _LATEST["latest"] = accelerator
+
+
+class AcceleratorState(PartialState):
+    """HF Accelerate's ``AcceleratorState``: the job and the Accelerator's settings.
+
+    surge has no process-wide Accelerator state (see [Note: several Accelerators] in
+    accelerator.py), so this is a view. ``accelerator.state`` reads that Accelerator.
+    ``AcceleratorState()`` built by a script reads the most recent Accelerator still alive
+    in this process; with none, it answers from the launch environment as a
+    :class:`PartialState` does (starting or reusing the process group), with
+    ``mixed_precision`` and the plugins as given (else the config file's precision, else "no").
+
+    Raises:
+        ValueError: ``mixed_precision`` or ``cpu`` contradicts the Accelerator it reads.
+        UnsupportedError: ``megatron_lm_plugin`` / ``torch_tp_plugin`` (not supported).
+    """
+
+    def __init__(
+        self,
+        mixed_precision: str | None = None,
+        cpu: bool = False,
+        dynamo_plugin: Any = None,
+        deepspeed_plugin: Any = None,
+        fsdp_plugin: Any = None,
+        torch_tp_plugin: Any = None,
+        megatron_lm_plugin: Any = None,
+        parallelism_config: Any = None,
+        _from_accelerator: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        from surge.unsupported import unsupported
+
+        for name, value, what in (("megatron_lm_plugin", megatron_lm_plugin, "Megatron-LM"),
+                                  ("torch_tp_plugin", torch_tp_plugin, "tensor parallelism")):
+            if value is not None:
+                unsupported(f"AcceleratorState({name}=...)", what)
+        accelerator = _from_accelerator if _from_accelerator is not None else _LATEST.get("latest")
+        self._accelerator = accelerator
+        if accelerator is None:
+            super().__init__(cpu=cpu)
+            if mixed_precision is None:
+                from surge.config.file import active_values
+
+                mixed_precision = active_values()[0].get("mixed_precision") or "no"
+            self._mixed_precision = str(mixed_precision)
+            self._plugins = {"deepspeed": deepspeed_plugin, "fsdp": fsdp_plugin, "dynamo": dynamo_plugin}
+            return
+        self.topology = accelerator.topology
+        self.timeout = None
+        if mixed_precision is not None and mixed_precision != accelerator.mixed_precision:
+            raise ValueError(f"AcceleratorState(mixed_precision={mixed_precision!r}) contradicts the running "
+                             f"Accelerator's {accelerator.mixed_precision!r}; pass it to Accelerator() instead.")
+        if cpu and accelerator.device.type != "cpu":
+            raise ValueError(f"AcceleratorState(cpu=True) contradicts the running Accelerator on "
+                             f"{accelerator.device}; pass cpu=True to Accelerator() instead.")
+        self._mixed_precision = accelerator.mixed_precision
+        self._plugins = {"deepspeed": accelerator.deepspeed_plugin, "fsdp": accelerator.fsdp_plugin,
+                         "dynamo": accelerator.dynamo_plugin}
+
+    @property
+    def distributed_type(self) -> DistributedType:
+        if self._accelerator is not None:
+            return self._accelerator.distributed_type  # type: ignore[no-any-return]
+        if self._plugins["deepspeed"] is not None:
+            return DistributedType.DEEPSPEED
+        return DistributedType.FSDP if self._plugins["fsdp"] is not None else self.topology.distributed_type
+
+    @property
+    def mixed_precision(self) -> str:
+        return self._mixed_precision
+
+    @property
+    def deepspeed_plugin(self) -> Any:
+        return self._plugins["deepspeed"]
+
+    @property
+    def fsdp_plugin(self) -> Any:
+        return self._plugins["fsdp"]
+
+    @property
+    def dynamo_plugin(self) -> Any:
+        return self._plugins["dynamo"]
+
+    @property
+    def is_fsdp2(self) -> bool:
+        """True under FSDP: surge's FSDP is FSDP2 (``fully_shard``)."""
+        return self.distributed_type == DistributedType.FSDP
+
+    @property
+    def initialized(self) -> bool:
+        """True when this state reads an Accelerator."""
+        return self._accelerator is not None
+
+    megatron_lm_plugin = None
+    torch_tp_plugin = None
+    parallelism_config = None
+    use_ipex = False
+
+    def __repr__(self) -> str:
+        return (f"AcceleratorState(distributed_type={self.distributed_type.value}, num_processes={self.num_processes}, "
+                f"process_index={self.process_index}, device={self.device}, mixed_precision={self.mixed_precision!r})")

@@ -21,13 +21,28 @@ from surge.device import choose_device
 
 
 class DistributedType(str, enum.Enum):
-    """How the job is distributed (HF Accelerate's names; compares equal to its strings)."""
+    """How the job is distributed: every member of HF Accelerate 1.15's enum, with its
+    string values (members compare equal to their strings).
+
+    surge runs as NO, MULTI_CPU, MULTI_GPU, DEEPSPEED (ZeRO on FSDP2) or FSDP; the other
+    members (other accelerators, XLA, Megatron-LM) exist so scripts that compare with
+    them run, and are never reported.
+    """
 
     NO = "NO"
     MULTI_CPU = "MULTI_CPU"
     MULTI_GPU = "MULTI_GPU"
+    MULTI_NPU = "MULTI_NPU"
+    MULTI_MLU = "MULTI_MLU"
+    MULTI_SDAA = "MULTI_SDAA"
+    MULTI_MUSA = "MULTI_MUSA"
+    MULTI_XPU = "MULTI_XPU"
     DEEPSPEED = "DEEPSPEED"
     FSDP = "FSDP"
+    XLA = "XLA"
+    MEGATRON_LM = "MEGATRON_LM"
+    MULTI_HPU = "MULTI_HPU"
+    MULTI_NEURON = "MULTI_NEURON"
 
 
 @dataclass(frozen=True)

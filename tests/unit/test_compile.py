@@ -17,7 +17,7 @@ def test_compiled_training_matches_eager(backend, tmp_path):
     assert max((a - b).abs().max().item() for a, b in zip(reference, got, strict=True)) < 1e-5
     compiled = acc.prepare_model(BlockModel())
     assert type(compiled).__name__ == "OptimizedModule"
-    inner = acc.unwrap_model(compiled)
+    inner = acc.unwrap_model(compiled, keep_torch_compile=False)
     assert type(inner) is BlockModel and "_orig_mod" not in "".join(acc.get_state_dict(compiled))
     acc.save_model(compiled, tmp_path / "export")
     assert set(load_file(tmp_path / "export" / "model.safetensors")) == set(inner.state_dict())
@@ -26,7 +26,7 @@ def test_compiled_training_matches_eager(backend, tmp_path):
 def test_compiled_model_checkpoints_under_plain_names(tmp_path):
     acc = Accelerator(dynamo_backend="aot_eager")
     model = acc.prepare_model(BlockModel())
-    inner = acc.unwrap_model(model)
+    inner = acc.unwrap_model(model, keep_torch_compile=False)
     want = {name: value.clone() for name, value in inner.state_dict().items()}
     x = torch.randn(4, 8)
     out = model(x)

@@ -47,7 +47,8 @@ class CheckpointingMixin(ProcessQueries):
     _pending_save: PendingSave | None
 
     if TYPE_CHECKING:
-        def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True) -> nn.Module: ...
+        def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True,
+                         keep_torch_compile: bool = True) -> nn.Module: ...
         def get_state_dict(self, model: nn.Module, unwrap: bool = True) -> dict[str, torch.Tensor]: ...
 
     def save_model(

@@ -13,6 +13,7 @@ from surge.config.kwargs import (
     GradScalerKwargs,
     InitProcessGroupKwargs,
     LossScaleSettings,
+    ProfileKwargs,
     as_timeout,
 )
 
@@ -20,6 +21,8 @@ MixedPrecision = Literal["no", "fp16", "bf16", "fp8"]
 MIXED_PRECISION_CHOICES: tuple[str, ...] = get_args(MixedPrecision)
 SchedulerSteps = Literal["num_processes", "once"]
 SCHEDULER_STEPS_CHOICES: tuple[str, ...] = get_args(SchedulerSteps)
+AccumulationDivisor = Literal["cycle", "num_steps"]
+ACCUMULATION_DIVISOR_CHOICES: tuple[str, ...] = get_args(AccumulationDivisor)
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
@@ -53,6 +56,21 @@ class AcceleratorConfig:
     Accelerate's rule: once per process, or once with ``split_batches``) or "once" (surge's
     rule: a schedule measured in optimizer steps ends where they end on any number of
     processes). See [Note: the scheduler rule] in optim.py."""
+    sync_each_batch: bool = False
+    """Synchronise gradients on every micro-batch of an accumulation cycle (no ``no_sync``);
+    ``GradientAccumulationPlugin(sync_each_batch=True)``."""
+    sync_with_dataloader: bool = True
+    """A prepared dataloader's last batch ends the accumulation cycle (``GradientAccumulationPlugin``)."""
+    adjust_scheduler: bool = True
+    """``GradientAccumulationPlugin(adjust_scheduler=...)``, kept for reading back; it changes nothing."""
+    accumulation_divisor: AccumulationDivisor = "cycle"
+    """What ``backward`` divides a micro-batch's loss by: "cycle" (the number of micro-batches
+    in its accumulation cycle, so a last cycle cut short by the end of the data is the true mean
+    of the micro-batches it has) or "num_steps" (always ``gradient_accumulation_steps``, HF
+    Accelerate's rule: a short cycle's gradient comes out smaller). See [Note: the short cycle]
+    in accumulation.py."""
+    profile: ProfileKwargs | None = None
+    """``ProfileKwargs`` passed in ``kwargs_handlers``: the default of ``Accelerator.profile()``."""
     ddp: DistributedDataParallelKwargs = field(default_factory=DistributedDataParallelKwargs)
     """Options passed to DistributedDataParallel."""
     autocast: AutocastKwargs = field(default_factory=AutocastKwargs)
@@ -75,13 +93,16 @@ class AcceleratorConfig:
             check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES),
         )
         set_(self, "scheduler_steps", check_choice("scheduler_steps", self.scheduler_steps, SCHEDULER_STEPS_CHOICES))
+        set_(self, "accumulation_divisor", check_choice("accumulation_divisor", self.accumulation_divisor,
+                                                        ACCUMULATION_DIVISOR_CHOICES))
         check_int(
             "gradient_accumulation_steps",
             self.gradient_accumulation_steps,
             minimum=1,
             fix="Use 1 for no accumulation.",
         )
-        for name in ("cpu", "device_placement", "split_batches", "even_batches", "step_scheduler_with_optimizer"):
+        for name in ("cpu", "device_placement", "split_batches", "even_batches", "step_scheduler_with_optimizer",
+                     "sync_each_batch", "sync_with_dataloader", "adjust_scheduler"):
             check_bool(name, getattr(self, name))
         for name, kinds in (("ddp", (DistributedDataParallelKwargs,)), ("autocast", (AutocastKwargs,)),
                             ("scaler", (GradScalerKwargs, LossScaleSettings))):
@@ -103,7 +124,7 @@ class AcceleratorConfig:
         if not isinstance(handlers, (list, tuple)):
             raise TypeError(f"kwargs_handlers={handlers!r} must be a list of handler objects.")
         seen: dict[type, Any] = {}
-        known = (DistributedDataParallelKwargs, InitProcessGroupKwargs, AutocastKwargs, GradScalerKwargs)
+        known = (DistributedDataParallelKwargs, InitProcessGroupKwargs, AutocastKwargs, GradScalerKwargs, ProfileKwargs)
         for handler in handlers:
             if not isinstance(handler, known):
                 raise TypeError(
@@ -118,6 +139,8 @@ class AcceleratorConfig:
                           ("scaler", GradScalerKwargs)):
             if kind in seen:
                 values[key] = seen[kind]
+        if ProfileKwargs in seen:
+            values["profile"] = seen[ProfileKwargs]
         pg = seen.get(InitProcessGroupKwargs)
         if pg is not None:
             values.update(backend=pg.backend, init_method=pg.init_method)

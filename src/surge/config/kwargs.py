@@ -7,11 +7,14 @@ find_unused_parameters=True)]``) so scripts move over with only the import chang
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from surge.config._validate import check_bool, check_choice, check_int
+from surge.config.enums import DDPCommunicationHookType
 
 BACKENDS = ("nccl", "gloo", "mpi")
 
@@ -52,6 +55,17 @@ class DistributedDataParallelKwargs(KwargsHandler):
     """Let ``.grad`` alias the communication buckets: saves one gradient copy of memory."""
     static_graph: bool = False
     """Promise that the set of used parameters is the same every step (enables optimisations)."""
+    comm_hook: DDPCommunicationHookType | str = DDPCommunicationHookType.NO
+    """A DDP communication hook registered on the wrapped model (torch's ``ddp_comm_hooks``):
+    FP16 / BF16 compress the gradients for the all-reduce, POWER_SGD / BATCHED_POWER_SGD
+    compress them to low rank. A ``DDPCommunicationHookType`` or its value ("fp16", ...)."""
+    comm_wrapper: DDPCommunicationHookType | str = DDPCommunicationHookType.NO
+    """FP16 / BF16: wrap ``comm_hook`` (PowerSGD) so it communicates in half precision."""
+    comm_state_option: dict[str, Any] = field(default_factory=dict, hash=False)
+    """Keyword arguments of torch's ``PowerSGDState`` (e.g. ``{"matrix_approximation_rank": 2}``),
+    for the PowerSGD hooks."""
+
+    _COMM_FIELDS = ("comm_hook", "comm_wrapper", "comm_state_option")
 
     def __post_init__(self) -> None:
         check_int("DistributedDataParallelKwargs.dim", self.dim, minimum=0)
@@ -59,6 +73,44 @@ class DistributedDataParallelKwargs(KwargsHandler):
         for name in ("broadcast_buffers", "find_unused_parameters", "check_reduction", "gradient_as_bucket_view",
                      "static_graph"):
             check_bool(f"DistributedDataParallelKwargs.{name}", getattr(self, name))
+        hooks, wrappers = DDPCommunicationHookType.list(), ["no", "fp16", "bf16"]
+        for name, allowed in (("comm_hook", hooks), ("comm_wrapper", wrappers)):
+            value = getattr(self, name)
+            # Accelerate's enum is not a str: its values are accepted here too (there, a string
+            # silently registers no hook).
+            text = value.value if isinstance(value, DDPCommunicationHookType) else value
+            object.__setattr__(self, name, DDPCommunicationHookType(
+                check_choice(f"DistributedDataParallelKwargs.{name}", text, allowed)))
+        if not isinstance(self.comm_state_option, dict):
+            raise TypeError(f"DistributedDataParallelKwargs.comm_state_option={self.comm_state_option!r} must be a "
+                            "dict of PowerSGDState arguments, e.g. {'matrix_approximation_rank': 2}.")
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """DistributedDataParallel's own arguments that differ from its defaults (the
+        communication hook is registered separately, by :meth:`register_comm_hook`)."""
+        return {k: v for k, v in super().to_kwargs().items() if k not in self._COMM_FIELDS}
+
+    def register_comm_hook(self, model: Any) -> None:
+        """Register ``comm_hook`` (wrapped by ``comm_wrapper``) on a DistributedDataParallel
+        ``model``; nothing for ``DDPCommunicationHookType.NO``."""
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+        kind = DDPCommunicationHookType
+        hooks: dict[Any, Callable[..., Any]] = {
+            kind.FP16: default_hooks.fp16_compress_hook, kind.BF16: default_hooks.bf16_compress_hook,
+            kind.POWER_SGD: powerSGD_hook.powerSGD_hook, kind.BATCHED_POWER_SGD: powerSGD_hook.batched_powerSGD_hook,
+        }
+        wrappers: dict[Any, Callable[..., Any]] = {kind.FP16: default_hooks.fp16_compress_wrapper,
+                                                   kind.BF16: default_hooks.bf16_compress_wrapper}
+        hook = hooks.get(self.comm_hook)
+        if hook is None:
+            return
+        wrapper = wrappers.get(self.comm_wrapper)
+        if wrapper is not None:
+            hook = wrapper(hook)
+        state = (powerSGD_hook.PowerSGDState(None, **self.comm_state_option)
+                 if self.comm_hook in (kind.POWER_SGD, kind.BATCHED_POWER_SGD) else None)
+        model.register_comm_hook(state=state, hook=hook)
 
 
 @dataclass(frozen=True)
@@ -171,3 +223,111 @@ class LossScaleSettings:
     """``min_loss_scale``: the scale never halves below this."""
     static: bool = False
     """``loss_scale`` > 0: the scale never changes (overflowing steps are still skipped)."""
+
+
+@dataclass(frozen=True)
+class GradientAccumulationPlugin(KwargsHandler):
+    """How gradient accumulation behaves (HF Accelerate's plugin, same fields):
+    ``Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=4))``.
+    Pass it or ``gradient_accumulation_steps``, not both.
+
+    Example:
+        >>> Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=2, sync_each_batch=True))
+    """
+
+    num_steps: int | None = None
+    """Micro-batches per optimizer step (None: 1)."""
+    adjust_scheduler: bool = True
+    """Accepted for compatibility; the schedule is not changed by it. (In Accelerate 1.15 it
+    only bumps a scheduler's internal ``_step_count`` when ``GradientState`` reads it as True,
+    which it never does: the plugin hands over only non-default values and the default is
+    True, so it reads False either way.)"""
+    sync_with_dataloader: bool = True
+    """End the accumulation cycle at a prepared dataloader's last batch (the next epoch starts a
+    fresh cycle). False: cycles run on across epochs, every ``num_steps`` micro-batches."""
+    sync_each_batch: bool = False
+    """Synchronise gradients across processes on every micro-batch (no ``no_sync``): less
+    memory under DDP, more communication. The optimizer still steps every ``num_steps``."""
+
+    def __post_init__(self) -> None:
+        if self.num_steps is not None:
+            check_int("GradientAccumulationPlugin.num_steps", self.num_steps, minimum=1,
+                      fix="Use 1 for no accumulation.")
+        for name in ("adjust_scheduler", "sync_with_dataloader", "sync_each_batch"):
+            check_bool(f"GradientAccumulationPlugin.{name}", getattr(self, name))
+
+
+PROFILER_ACTIVITIES = ("cpu", "cuda", "xpu", "mtia", "hpu")
+PROFILE_PATTERN_NAME = "profile_{suffix}.json"  # Accelerate's trace file name, one per process
+
+
+@dataclass(frozen=True)
+class ProfileKwargs(KwargsHandler):
+    """Settings of ``torch.profiler.profile`` for :meth:`Accelerator.profile` (HF Accelerate's
+    names; also accepted in ``kwargs_handlers``).
+
+    Example:
+        >>> Accelerator(kwargs_handlers=[ProfileKwargs(activities=["cpu"], output_trace_dir="trace")])
+    """
+
+    activities: list[str] | None = field(default=None, hash=False)
+    """Activity groups: "cpu", "cuda", "xpu", "mtia", "hpu" (None: torch's default)."""
+    schedule_option: dict[str, int] | None = field(default=None, hash=False)
+    """``torch.profiler.schedule`` arguments: wait, warmup, active, repeat, skip_first."""
+    on_trace_ready: Callable[..., Any] | None = None
+    """Called with the profiler each time the schedule completes an active span."""
+    record_shapes: bool = False
+    """Record operators' input shapes."""
+    profile_memory: bool = False
+    """Track tensor allocations and frees."""
+    with_stack: bool = False
+    """Record the source file and line of operators."""
+    with_flops: bool = False
+    """Estimate the FLOPs of matrix products and convolutions."""
+    with_modules: bool = False
+    """Record the module hierarchy of operators."""
+    output_trace_dir: str | os.PathLike[str] | None = None
+    """Write each process's Chrome trace here as ``profile_<process index>.json`` at the end
+    of the ``profile()`` block (None: no file)."""
+
+    def __post_init__(self) -> None:
+        if self.activities is not None:
+            if not isinstance(self.activities, (list, tuple)):
+                raise TypeError(f"ProfileKwargs.activities={self.activities!r} must be a list such as ['cpu', 'cuda'].")
+            for activity in self.activities:
+                check_choice("ProfileKwargs.activities", activity, PROFILER_ACTIVITIES)
+        if self.schedule_option is not None and not isinstance(self.schedule_option, dict):
+            raise TypeError(f"ProfileKwargs.schedule_option={self.schedule_option!r} must be a dict such as "
+                            "{'wait': 1, 'warmup': 1, 'active': 2}.")
+        for name in ("record_shapes", "profile_memory", "with_stack", "with_flops", "with_modules"):
+            check_bool(f"ProfileKwargs.{name}", getattr(self, name))
+        if self.output_trace_dir is not None and not isinstance(self.output_trace_dir, (str, os.PathLike)):
+            raise TypeError(f"ProfileKwargs.output_trace_dir={self.output_trace_dir!r} must be a path or None.")
+
+    def build(self) -> Any:
+        """A ``torch.profiler.profile`` with these settings (use it as a ``with`` block).
+
+        Raises:
+            ValueError: an activity this machine's torch cannot profile.
+        """
+        import torch
+
+        available = {"cpu": torch.profiler.ProfilerActivity.CPU}
+        for name in ("cuda", "xpu", "mtia", "hpu"):
+            activity = getattr(torch.profiler.ProfilerActivity, name.upper(), None)
+            backend = getattr(torch, name, None)
+            if activity is not None and backend is not None and getattr(backend, "is_available", lambda: False)():
+                available[name] = activity
+        activities = None
+        if self.activities is not None:
+            missing = [a for a in self.activities if a not in available]
+            if missing:
+                raise ValueError(f"ProfileKwargs.activities={list(self.activities)!r}: {missing} cannot be profiled "
+                                 f"here; this machine has {sorted(available)}.")
+            activities = [available[a] for a in self.activities]
+        schedule = torch.profiler.schedule(**self.schedule_option) if self.schedule_option is not None else None
+        return torch.profiler.profile(
+            activities=activities, schedule=schedule, on_trace_ready=self.on_trace_ready,
+            record_shapes=self.record_shapes, profile_memory=self.profile_memory, with_stack=self.with_stack,
+            with_flops=self.with_flops, with_modules=self.with_modules,
+        )

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from surge.config.accelerator_config import DEFAULT_TIMEOUT, AcceleratorConfig
 from surge.config.file import active_values, resolve_accelerator_args
-from surge.config.kwargs import GradScalerKwargs
+from surge.config.kwargs import GradientAccumulationPlugin, GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
 from surge.deepspeed.ds_config import DeepSpeedSettings, resolve_batch_sizes
@@ -239,6 +239,8 @@ def resolve_plan(
     dynamo_backend: str | None,
     dynamo_plugin: TorchDynamoPlugin | None,
     nonfinite: str | None,
+    gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
+    accumulation_divisor: str = "cycle",
 ) -> tuple[Plan, ProjectConfiguration]:
     """The Accelerator's arguments, settled (see the module docstring). Reads the
     environment and the config file, starts nothing; changes nothing but, once every
@@ -257,6 +259,9 @@ def resolve_plan(
     from surge.tracking import resolve_log_with
 
     chosen_trackers, trackers_missing = resolve_log_with(log_with)
+    accumulation = accumulation_settings(gradient_accumulation_plugin, gradient_accumulation_steps)
+    if gradient_accumulation_plugin is not None:
+        gradient_accumulation_steps = gradient_accumulation_plugin.num_steps or 1
     if isinstance(deepspeed_plugin, dict):
         deepspeed_plugin = DeepSpeedPlugin.from_dict(deepspeed_plugin)
     if deepspeed_plugin is not None and not isinstance(deepspeed_plugin, DeepSpeedPlugin):
@@ -291,6 +296,8 @@ def resolve_plan(
         even_batches=even_batches,
         step_scheduler_with_optimizer=step_scheduler_with_optimizer,
         scheduler_steps=scheduler_steps,
+        accumulation_divisor=accumulation_divisor,
+        **accumulation,
     )
     if ds is not None and ds.loss_scale is not None and config.mixed_precision == "fp16" \
             and not any(isinstance(h, GradScalerKwargs) for h in kwargs_handlers or []):
@@ -325,6 +332,25 @@ def resolve_plan(
     if project_dir is not None:
         project.set_directories(project_dir)
     return plan, project
+
+
+def accumulation_settings(plugin: GradientAccumulationPlugin | None, steps: int | None) -> dict[str, bool]:
+    """The accumulation options of a ``GradientAccumulationPlugin`` (defaults without one), as
+    AcceleratorConfig fields.
+
+    Raises:
+        TypeError: ``plugin`` is not a GradientAccumulationPlugin.
+        ValueError: both the plugin and ``gradient_accumulation_steps`` other than 1 (as Accelerate).
+    """
+    if plugin is None:
+        return {}
+    if not isinstance(plugin, GradientAccumulationPlugin):
+        raise TypeError(f"gradient_accumulation_plugin={plugin!r} must be a GradientAccumulationPlugin.")
+    if steps not in (None, 1):
+        raise ValueError(f"gradient_accumulation_steps={steps!r} and gradient_accumulation_plugin are both given; pass "
+                         f"only the plugin, with GradientAccumulationPlugin(num_steps={steps}).")
+    return {"sync_each_batch": plugin.sync_each_batch, "sync_with_dataloader": plugin.sync_with_dataloader,
+            "adjust_scheduler": plugin.adjust_scheduler}
 
 
 def fill_batch_sizes(ds: DeepSpeedSettings, loader_batch_size: int, *, split_batches: bool,

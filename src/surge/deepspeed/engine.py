@@ -186,7 +186,7 @@ class Engine(nn.Module):
                  dataloader: Any, *, train_batch_size: int | None, micro_batch_size: int | None, zero_stage: int,
                  config: dict[str, Any]) -> None:
         super().__init__()
-        self.module = accelerator.unwrap_model(model)
+        self.module = accelerator.unwrap_model(model, keep_torch_compile=False)
         # The wrapper that runs the forward (DDP, or the FSDP module itself); not a
         # submodule, so the engine's parameters and state dict are the model's.
         object.__setattr__(self, "_wrapped", model)

@@ -43,6 +43,7 @@ class DDP(Strategy):
             return model
         device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=device_ids, **self.config.ddp.to_kwargs())
+        self.config.ddp.register_comm_hook(wrapped)  # DistributedDataParallelKwargs(comm_hook=...)
         _WRAPPED.add(wrapped)
         register_exit_cleanup(_release_reducers)
         return wrapped

@@ -53,7 +53,7 @@ def check_mixed_precision(acc: Accelerator) -> str:
     model = acc.prepare(nn.Sequential(nn.Linear(16, 16)))
     seen: list[torch.dtype] = []
     model.register_forward_hook(lambda *_: None)
-    unwrapped = acc.unwrap_model(model)
+    unwrapped = acc.unwrap_model(model, keep_torch_compile=False)
     assert isinstance(unwrapped, nn.Sequential), type(unwrapped)
     inner = unwrapped[0]
     inner.register_forward_hook(lambda m, i, o: seen.append(o.dtype))

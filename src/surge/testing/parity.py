@@ -124,7 +124,7 @@ def surge_run(
 
         if any(gather_object([not state])):
             state = broadcast_object_list([state if accelerator.is_main_process else None])[0]
-    names = [n for n, _ in accelerator.unwrap_model(model).named_parameters()]
+    names = [n for n, _ in accelerator.unwrap_model(model, keep_torch_compile=False).named_parameters()]
     return [state[n].detach().clone().cpu() for n in names]
 
 

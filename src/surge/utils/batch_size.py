@@ -31,11 +31,23 @@ def should_reduce_batch_size(exception: BaseException) -> bool:
     return False
 
 
-def release_memory() -> None:
-    """Free what the failed attempt left: Python garbage, then the device caches."""
+def release_memory(*objects: Any) -> list[None]:
+    """Free memory: drop ``objects`` (returns a list of as many Nones, for
+    ``model, optimizer = release_memory(model, optimizer)``, as Accelerate's), collect
+    Python garbage, then empty the device caches."""
+    freed: list[None] = [None] * len(objects)
+    del objects
+    clear_device_cache(garbage_collection=True)
+    return freed
+
+
+def clear_device_cache(garbage_collection: bool = False) -> None:
+    """Empty the caching allocators of the devices torch has (after collecting Python
+    garbage when ``garbage_collection``)."""
     import torch
 
-    gc.collect()
+    if garbage_collection:
+        gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if hasattr(torch, "mps") and torch.backends.mps.is_available():

@@ -97,3 +97,50 @@ def set_rng_state(state: RNGState) -> None:
         states = state["cuda"]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
+
+
+def synchronize_rng_state(rng_type: Any = None, generator: torch.Generator | None = None) -> None:
+    """Give every process rank 0's state of one random generator: "torch" (CPU), "cuda"
+    (this process's device) or "generator" (``generator``). A collective; nothing to do
+    for one process.
+
+    Raises:
+        ValueError: an unknown type, or "generator" without ``generator``.
+        UnsupportedError: a device surge does not run on ("xla", "npu", ...).
+    """
+    from surge.config.enums import RNGType
+    from surge.ops import broadcast
+    from surge.process_group import process_group_active
+
+    kind = RNGType(rng_type.value if isinstance(rng_type, RNGType) else rng_type) if rng_type is not None else None
+    if kind is None:
+        return  # Accelerate's default argument synchronises nothing either
+    if kind not in (RNGType.TORCH, RNGType.CUDA, RNGType.GENERATOR):
+        from surge.unsupported import unsupported
+
+        unsupported(f"synchronize_rng_state({kind.value!r})", f"a {kind.value.upper()} device")
+    if kind is RNGType.GENERATOR and generator is None:
+        raise ValueError("synchronize_rng_state('generator') needs the generator: pass generator=<torch.Generator>.")
+    if kind is RNGType.CUDA and not torch.cuda.is_available():
+        return  # no CUDA generator to synchronise (Accelerate fails here; the CPU run goes on)
+    if not process_group_active():
+        return
+    import torch.distributed as dist
+
+    state = (torch.get_rng_state() if kind is RNGType.TORCH else torch.cuda.get_rng_state() if kind is RNGType.CUDA
+             else generator.get_state())  # type: ignore[union-attr]  # checked above
+    on_device = dist.get_backend() == "nccl"
+    moved = broadcast(state.cuda() if on_device else state, from_process=0)
+    state = moved.cpu() if on_device else moved
+    if kind is RNGType.TORCH:
+        torch.set_rng_state(state)
+    elif kind is RNGType.CUDA:
+        torch.cuda.set_rng_state(state)
+    else:
+        generator.set_state(state)  # type: ignore[union-attr]
+
+
+def synchronize_rng_states(rng_types: list[Any], generator: torch.Generator | None = None) -> None:
+    """:func:`synchronize_rng_state` for each of ``rng_types`` (e.g. ``["torch", "cuda"]``)."""
+    for rng_type in rng_types:
+        synchronize_rng_state(rng_type, generator=generator)

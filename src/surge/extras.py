@@ -1,0 +1,203 @@
+"""The Accelerator's other HF Accelerate methods, mixed into :class:`surge.Accelerator`:
+``state``, ``set_trigger`` / ``check_trigger``, ``join_uneven_inputs``,
+``trigger_sync_in_backward``, ``reduce``, ``unwrap_model``, ``profile``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from surge import ops
+from surge.state import AcceleratorState, ProcessQueries
+from surge.topology import DistributedType
+
+if TYPE_CHECKING:
+    from surge.config.accelerator_config import AcceleratorConfig
+    from surge.config.kwargs import ProfileKwargs
+    from surge.data.loader import PreparedDataLoader
+    from surge.strategies.base import Strategy
+
+
+def keep_compiled(model: nn.Module, inner: nn.Module) -> nn.Module:
+    """``inner`` (``model`` unwrapped) compiled as ``model`` is, if ``model`` is a compiled
+    module: ``model`` itself when it compiles ``inner`` directly, else a new compiled module
+    with ``model``'s compile settings (``model`` is not changed). Otherwise ``inner``."""
+    if not (hasattr(model, "dynamo_ctx") and isinstance(getattr(model, "_orig_mod", None), nn.Module)):
+        return inner
+    if model._orig_mod is inner:
+        return model
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return OptimizedModule(inner, model.dynamo_ctx)  # type: ignore[arg-type]  # an OptimizedModule's own
+
+
+class ExtrasMixin(ProcessQueries):
+    """Needs ``strategy``, ``config``, ``_dataloaders`` and ``distributed_type`` (set by the Accelerator)."""
+
+    strategy: Strategy
+    config: AcceleratorConfig
+    _dataloaders: list[PreparedDataLoader]
+    flag_tensor: torch.Tensor | None = None
+    """This process's trigger (:meth:`set_trigger`); None until one is set or checked."""
+
+    if TYPE_CHECKING:
+        @property
+        def distributed_type(self) -> DistributedType: ...
+
+    @property
+    def state(self) -> AcceleratorState:
+        """HF Accelerate's ``AcceleratorState`` for this Accelerator (distributed_type,
+        num_processes, process_index, device, mixed_precision, the plugins, ...)."""
+        return AcceleratorState(_from_accelerator=self)
+
+    @property
+    def multi_device(self) -> bool:
+        """True with several processes each holding a full replica (DDP), as Accelerate's
+        ``multi_device`` (which counts GPUs only; surge counts CPU processes too)."""
+        return self.use_distributed and self.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+
+    # -- triggers -----------------------------------------------------------------------------
+
+    def set_trigger(self) -> None:
+        """Raise this process's flag; the next :meth:`check_trigger` on every process sees it
+        (e.g. to stop all processes when one sees a NaN loss). No communication here."""
+        self.flag_tensor = torch.tensor(1, device=self.device)
+
+    def check_trigger(self) -> bool:
+        """True on every process if any process called :meth:`set_trigger` since its last
+        check (the flags are then lowered). A collective: every process must call it."""
+        if self.flag_tensor is None:
+            self.flag_tensor = torch.tensor(0, device=self.device)
+        if int(ops.reduce(self.flag_tensor, "sum").item()) >= 1:
+            self.flag_tensor = torch.tensor(0, device=self.device)
+            return True
+        return False
+
+    # -- collectives and uneven inputs --------------------------------------------------------
+
+    def reduce(self, tensor: Any, reduction: str = "sum", scale: float = 1.0) -> Any:
+        """Reduce tensors across processes: "sum" (default), "mean", "max", "min", or "none"
+        (the local value); times ``scale`` (see :func:`surge.ops.reduce`)."""
+        return ops.reduce(tensor, reduction, scale)  # type: ignore[arg-type]  # checked there
+
+    @contextlib.contextmanager
+    def join_uneven_inputs(self, joinables: Sequence[Any], even_batches: bool | None = None) -> Iterator[None]:
+        """Train or evaluate on inputs of different lengths per process: torch's ``Join``
+        shadows the collectives of processes that ran out of batches.
+
+        ``even_batches`` overrides the Accelerator's for the prepared map-style loaders inside
+        the block (False lets processes get different batch counts; iterable loaders keep
+        theirs, with a warning). Join is on when batches are uneven. Runs with DDP (GPU or
+        CPU processes); elsewhere it warns and does nothing.
+
+        Example:
+            >>> with accelerator.join_uneven_inputs([model], even_batches=False):
+            ...     for batch in loader: ...
+        """
+        from torch.distributed.algorithms.join import Join
+
+        if not self.multi_device:
+            if self.distributed_type != DistributedType.NO:
+                warnings.warn("join_uneven_inputs works with DDP (several processes, each with the whole model); it "
+                              f"has no effect under {self.distributed_type.value}.", stacklevel=3)
+            yield
+            return
+        changed: list[tuple[Any, bool]] = []
+        if even_batches is not None:
+            iterable_seen = False
+            for loader in self._dataloaders:
+                sampler: Any = loader.batch_sampler
+                if not hasattr(sampler, "even_batches"):
+                    iterable_seen = True
+                    continue
+                changed.append((sampler, sampler.even_batches))
+                sampler.even_batches = even_batches
+            if iterable_seen:
+                warnings.warn("join_uneven_inputs(even_batches=...) changes map-style loaders only; iterable ones keep "
+                              "their even_batches.", stacklevel=3)
+        else:
+            even_batches = self.config.even_batches
+        try:
+            with Join(list(joinables), enable=not even_batches, throw_on_early_termination=False):
+                yield
+        finally:
+            for sampler, value in changed:
+                sampler.even_batches = value
+
+    @staticmethod
+    @contextlib.contextmanager
+    def trigger_sync_in_backward(model: nn.Module) -> Iterator[None]:
+        """Synchronise gradients in the next backward of ``model`` even inside ``no_sync``
+        (after several forwards under ``no_sync``). Does nothing for a model that is not
+        DistributedDataParallel."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = getattr(model, "_orig_mod", model)  # a compiled DDP model
+        if not isinstance(model, DistributedDataParallel):
+            yield
+            return
+        saved = model.require_backward_grad_sync, model.require_forward_param_sync
+        model.require_backward_grad_sync = model.require_forward_param_sync = True
+        model.reducer.prepare_for_backward([])
+        try:
+            yield
+        finally:
+            model.require_backward_grad_sync, model.require_forward_param_sync = saved
+
+    # -- models -------------------------------------------------------------------------------
+
+    def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True,
+                     keep_torch_compile: bool = True) -> nn.Module:
+        """The user's own module, without DDP wrappers.
+
+        ``keep_fp32_wrapper=False`` also removes the mixed-precision autocast forward.
+        ``keep_torch_compile=True`` (Accelerate's default) returns a compiled model as a
+        compiled module (same compile settings) around the unwrapped module; its
+        ``state_dict`` keys then start with ``_orig_mod.``. The prepared model is not
+        changed (Accelerate re-points it at the bare module). False: the bare module.
+        """
+        inner = self.strategy.unwrap_model(model, keep_fp32_wrapper=keep_fp32_wrapper)
+        return keep_compiled(model, inner) if keep_torch_compile else inner
+
+    # -- profiling ----------------------------------------------------------------------------
+
+    @property
+    def profile_handler(self) -> ProfileKwargs | None:
+        """The ``ProfileKwargs`` given in ``kwargs_handlers`` (None if none)."""
+        return self.config.profile
+
+    @contextlib.contextmanager
+    def profile(self, profile_handler: ProfileKwargs | None = None) -> Iterator[Any]:
+        """Profile the block with ``torch.profiler`` (``profile_handler``, else the
+        Accelerator's ``ProfileKwargs``, else torch's defaults); yields the profiler.
+
+        With ``output_trace_dir`` set, each process writes its Chrome trace there as
+        ``profile_<process index>.json`` when the block ends (written aside, then renamed),
+        and the processes wait for each other.
+
+        Example:
+            >>> with accelerator.profile() as prof:
+            ...     train_step()
+            >>> print(prof.key_averages().table())
+        """
+        from surge.config.kwargs import PROFILE_PATTERN_NAME, ProfileKwargs
+
+        handler = profile_handler or self.config.profile or ProfileKwargs()
+        if not isinstance(handler, ProfileKwargs):
+            raise TypeError(f"profile_handler={handler!r} must be a ProfileKwargs.")
+        with handler.build() as profiler:
+            yield profiler
+        if handler.output_trace_dir is None:
+            return
+        from surge.checkpoint.atomic import atomic_write
+
+        os.makedirs(handler.output_trace_dir, exist_ok=True)
+        path = os.path.join(handler.output_trace_dir, PROFILE_PATTERN_NAME.format(suffix=self.process_index))
+        atomic_write(path, profiler.export_chrome_trace)
+        self.wait_for_everyone()
