@@ -24,8 +24,7 @@ from surge.tracking.catalog import (
 )
 from surge.tracking.jsonl import JSONLTracker
 from surge.tracking.mlflow import MLflowTracker
-from surge.tracking.tensorboard import TensorBoardTracker
-from surge.tracking.unsupported import (
+from surge.tracking.other_services import (
     AimTracker,
     ClearMLTracker,
     CometMLTracker,
@@ -33,6 +32,7 @@ from surge.tracking.unsupported import (
     SwanLabTracker,
     TrackioTracker,
 )
+from surge.tracking.tensorboard import TensorBoardTracker
 from surge.tracking.wandb import WandBTracker
 
 __all__ = [

@@ -20,8 +20,8 @@ from typing import Any
 from surge.tracking.base import GeneralTracker
 from surge.tracking.jsonl import JSONLTracker
 from surge.tracking.mlflow import MLflowTracker
+from surge.tracking.other_services import UNSUPPORTED
 from surge.tracking.tensorboard import TensorBoardTracker
-from surge.tracking.unsupported import UNSUPPORTED
 from surge.tracking.wandb import WandBTracker
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from surge.tracking.base import GeneralTracker
+from surge.unsupported import UnsupportedError
 
 SUPPORTED_TEXT = ("surge's trackers are 'jsonl', 'tensorboard', 'wandb' and 'mlflow'; for another service, "
                   "subclass surge.tracking.GeneralTracker (see docs/migrating.md, 'Experiment trackers')")
@@ -15,7 +16,7 @@ class _Unsupported(GeneralTracker):
     requires_logging_directory = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(f"{type(self).__name__}: surge has no {self.name} integration. {SUPPORTED_TEXT}.")
+        raise UnsupportedError(f"{type(self).__name__}: surge has no {self.name} integration. {SUPPORTED_TEXT}.")
 
 
 class AimTracker(_Unsupported):
