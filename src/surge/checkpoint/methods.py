@@ -186,9 +186,12 @@ class CheckpointingMixin(ProcessQueries):
         if not hooks:
             return None
         models = list(self._models)
-        weights = [self.get_state_dict(m) for m in models]  # sharded: a gather, so before any deferral
+        # Unsharded: taken now, before other processes defer their hooks. Sharded: a
+        # gather, so only once every process has arrived (in ``run``): never a hang.
+        eager = None if collective else [self.get_state_dict(m) for m in models]
 
         def run(directory: str) -> list[nn.Module]:
+            weights = eager if eager is not None else [self.get_state_dict(m) for m in models]
             kept_weights = list(weights)
             for hook in hooks:
                 hook(list(models), kept_weights, directory)
