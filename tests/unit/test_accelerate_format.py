@@ -283,3 +283,23 @@ def test_automatic_naming_resumes_the_newest_finished_accelerate_checkpoint(hf, 
     model2 = ours.prepare(nn.Linear(2, 2))
     assert ours.load_state() == str(tmp_path / "checkpoints" / "checkpoint_1")
     assert torch.equal(model2.weight, want)
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+        self.head.weight = self.emb.weight
+
+
+def test_tied_weights_saved_once_by_accelerate_load(hf, tmp_path):
+    """safetensors keeps one name of tied weights (Accelerate drops head.weight)."""
+    torch.manual_seed(0)
+    acc = hf(cpu=True)
+    model = acc.prepare(Tied())
+    acc.save_state(str(tmp_path))
+    torch.manual_seed(1)
+    ours = surge.Accelerator(cpu=True)
+    model2 = ours.prepare(Tied())
+    ours.load_state(str(tmp_path))
+    assert torch.equal(model2.emb.weight, model.emb.weight) and model2.head.weight is model2.emb.weight
