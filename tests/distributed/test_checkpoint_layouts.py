@@ -1,6 +1,6 @@
 """Two gloo processes: background (async) saves under DDP and ZeRO-3, FSDP's
-FULL_STATE_DICT / SHARDED_STATE_DICT layouts, and merge-weights reading a sharded
-checkpoint offline."""
+FULL_STATE_DICT / SHARDED_STATE_DICT layouts, merge-weights reading a sharded
+checkpoint offline, Accelerate checkpoints and state hooks under sharding."""
 
 from __future__ import annotations
 
@@ -175,7 +175,71 @@ def check_a_parameter_without_gradients_saves_and_resumes():
         assert max_difference(resumed, whole) == 0.0, kwargs
 
 
+def _write_like_accelerate(acc, model, opt, directory):
+    """What HF Accelerate's save_state writes for a DDP run: the wrapped model's state
+    dict ("module." keys), torch's index-keyed optimizer state, each rank's RNG file."""
+    import random
+
+    import numpy as np
+    from safetensors.torch import save_file
+
+    if acc.is_main_process:
+        os.makedirs(directory)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(directory,
+                                                                                           "model.safetensors"))
+        torch.save(opt.state_dict(), os.path.join(directory, "optimizer.bin"))
+    acc.wait_for_everyone()
+    torch.save({"step": 0, "random_state": random.getstate(), "numpy_random_seed": np.random.get_state(),
+                "torch_manual_seed": torch.get_rng_state()},
+               os.path.join(directory, f"random_states_{acc.process_index}.pkl"))
+    acc.wait_for_everyone()
+
+
+def check_accelerate_checkpoints_and_state_hooks_under_sharding():
+    """An Accelerate checkpoint of a DDP run resumes under DDP, ZeRO-3 and FSDP exactly
+    (its index-keyed optimizer state is mapped onto the shards); under ZeRO-3 a save hook
+    that removes the weights on the main process only (diffusers' pattern) makes every
+    process skip them, and the matching load hook restores them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    acc, model, opt = _prepared()
+    _step(acc, model, opt, 1)
+    directory = os.path.join(_tmp(), "accelerate")
+    _write_like_accelerate(acc, model, opt, directory)
+    _step(acc, model, opt, 2)
+    want = _full(acc, model)
+    sharded = {"deepspeed_plugin": {"zero_stage": 3}}
+    for kwargs in ({}, sharded, {"fsdp_plugin": FullyShardedDataParallelPlugin("FULL_SHARD")}):
+        fresh, model2, opt2 = _prepared(**kwargs)
+        fresh.load_state(directory)
+        _step(fresh, model2, opt2, 2)
+        assert _equal(_full(fresh, model2), want) or not acc.is_main_process, kwargs
+
+    acc3, model3, opt3 = _prepared(**sharded)
+    _step(acc3, model3, opt3, 1)
+    saved = _full(acc3, model3)
+
+    def save_hook(models, weights, output_dir):
+        if acc3.is_main_process:
+            torch.save(weights[0], os.path.join(output_dir, "own.pt"))
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        full = torch.load(os.path.join(input_dir, "own.pt"), weights_only=True)
+        set_model_state_dict(models.pop(), full, options=StateDictOptions(full_state_dict=True))
+
+    acc3.register_save_state_pre_hook(save_hook)
+    directory = os.path.join(_tmp(), "hooked")
+    acc3.save_state(directory)
+    assert "own.pt" in os.listdir(directory)
+    _step(acc3, model3, opt3, 2)
+    acc3.register_load_state_pre_hook(load_hook)
+    acc3.load_state(directory)
+    assert _equal(_full(acc3, model3), saved) or not acc3.is_main_process
+
+
 CHECKS = [
+    check_accelerate_checkpoints_and_state_hooks_under_sharding,
     check_saving_before_the_first_step_changes_nothing,
     check_a_parameter_without_gradients_saves_and_resumes,
     check_async_save_ddp,

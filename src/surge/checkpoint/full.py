@@ -69,10 +69,12 @@ class FullWriter:
         return self.gather
 
     def write_tensors(self, staging: str, *, topology: Any, models: list[nn.Module], optimizers: list[Any],
-                      copy: Callable[[Any], Any], background: bool, group: Any = None
-                      ) -> tuple[list[Write], list[str], Any]:
+                      copy: Callable[[Any], Any], background: bool, group: Any = None,
+                      weighted: list[nn.Module] | None = None) -> tuple[list[Write], list[str], Any]:
         """The model and optimizer files for the main process to write (nothing is
-        written here), no files written directly, no background future."""
+        written here), no files written directly, no background future. ``weighted``
+        (default: ``models``) are the models whose weights are written, in that order;
+        ``models`` name the optimizers' parameters."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         main = topology.is_main_process
@@ -80,7 +82,7 @@ class FullWriter:
         # CPU memory); without it the main process holds everything already.
         options = StateDictOptions(full_state_dict=True, cpu_offload=True) if self.gather else None
         writes: list[Write] = []
-        for i, model in enumerate(models):
+        for i, model in enumerate(models if weighted is None else weighted):
             weights = cast(dict[str, torch.Tensor], get_model_state_dict(model, options=options))  # plain tensors
             if main:
                 writes.append((f"model_{i}.safetensors", _save_safetensors, dedup_storage(weights, copy=background)))

@@ -97,3 +97,21 @@ def keep_state_only_for(optimizer: Any, model: nn.Module, names: set[str]) -> No
     for name, key in zip(named_positions(model, optimizer), keys, strict=True):
         if name not in names:
             optimizer.state.pop(key, None)
+
+
+def load_named_state(optimizer: Any, model: nn.Module, state: dict[str, Any]) -> None:
+    """Load a whole optimizer state keyed by parameter name (surge's full layout, or an
+    Accelerate checkpoint's once mapped by :func:`by_name`) into ``optimizer``, whatever
+    the strategy: sharded models get their shards, ZeRO-1 its consolidated form.
+    Parameters without saved state (never given a gradient) keep none."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if consolidates(optimizer):
+        optimizer.load_state_dict(by_index(state, named_positions(model, optimizer)))
+        return
+    # A full state is split into shards only for a sharded model (and only when there are
+    # tensors to split: a stateless SGD has none).
+    split = bool(state.get("state")) and any(hasattr(p, "device_mesh") for p in model.parameters())
+    # Not strict: parameters without saved state are allowed, and keep none.
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=split, strict=False))
+    keep_state_only_for(optimizer, model, set(state.get("state", {})))

@@ -1,12 +1,35 @@
 """The Accelerator's saving methods: ``save_model``, ``save``, ``save_state``,
-``load_state``, ``register_for_checkpointing``, ``wait_for_checkpoint`` (mixed into
-:class:`surge.Accelerator`; the files themselves are export.py's and training.py's)."""
+``load_state``, ``register_for_checkpointing``, ``register_save_state_pre_hook``,
+``register_load_state_pre_hook``, ``wait_for_checkpoint`` (mixed into
+:class:`surge.Accelerator`; the files themselves are export.py's and training.py's, an
+Accelerate checkpoint's reader accelerate_format.py's).
+
+[Note: state hooks]
+Accelerate's contract, kept: ``save_state`` calls each save hook as
+``hook(models, weights, output_dir)`` before writing, where ``weights`` are the models'
+full state dicts; an entry the hook removes from ``weights`` is not written (the hook
+saved that model its own way). ``load_state`` calls ``hook(models, input_dir)`` before
+reading; a model the hook removes from ``models`` is not loaded. The weights written and
+the models loaded are matched by position (the i-th remaining entry is the i-th saved
+model), as in Accelerate, so hook pairs written for Accelerate work unchanged.
+
+surge's differences, each for a reason: the hooks get copies of the lists (Accelerate
+passes its own list of models to save hooks, so a hook that removes one there loses the
+model from every later save); ``output_dir`` is the directory being assembled, renamed to
+the requested one only when complete (see [Note: write aside, then rename]), so what
+the hook writes there is part of the checkpoint; other processes of an unsharded save
+run their hooks once the main process has put the checkpoint in place; a collective
+(sharded) save writes the models the main process's hooks kept. ``weights`` must keep
+the dicts it was given (removing is fine, replacing is refused): surge writes the
+models themselves, sharded where they are sharded.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +130,87 @@ class CheckpointingMixin(ProcessQueries):
                                 "load_state_dict(); wrap it in an object that has both.")
         self._custom_objects.extend(objects)
 
+    def _state_hooks(self, kind: str) -> OrderedDict[int, Callable[..., None]]:
+        """The registered save or load hooks (made on first use: the Accelerator's own
+        ``__init__`` does not know them)."""
+        name = f"_{kind}_state_pre_hooks"
+        hooks: OrderedDict[int, Callable[..., None]] | None = self.__dict__.get(name)
+        if hooks is None:
+            hooks = self.__dict__[name] = OrderedDict()
+        return hooks
+
+    def register_save_state_pre_hook(self, hook: Callable[..., None]) -> Any:
+        """Call ``hook(models, weights, output_dir)`` at the start of every
+        :meth:`save_state`; returns a ``torch.utils.hooks.RemovableHandle``
+        (``handle.remove()`` unregisters it).
+
+        ``models`` are the prepared models, ``weights`` their full state dicts (same
+        order); remove an entry from ``weights`` to skip writing that model's weights
+        (after saving it your own way into ``output_dir``). See [Note: state hooks].
+
+        Example:
+            >>> def save_hook(models, weights, output_dir):
+            ...     models[0].config.save_pretrained(output_dir)
+            >>> handle = accelerator.register_save_state_pre_hook(save_hook)
+        """
+        from torch.utils.hooks import RemovableHandle
+
+        if not callable(hook):
+            raise TypeError(f"register_save_state_pre_hook needs a callable hook(models, weights, output_dir), "
+                            f"got {type(hook).__name__}.")
+        hooks = self._state_hooks("save")
+        handle = RemovableHandle(hooks)
+        hooks[handle.id] = hook
+        return handle
+
+    def register_load_state_pre_hook(self, hook: Callable[..., None]) -> Any:
+        """Call ``hook(models, input_dir)`` at the start of every :meth:`load_state`;
+        returns a ``torch.utils.hooks.RemovableHandle``.
+
+        Remove a model from ``models`` to skip loading its weights (after loading it
+        your own way from ``input_dir``). See [Note: state hooks].
+        """
+        from torch.utils.hooks import RemovableHandle
+
+        if not callable(hook):
+            raise TypeError(f"register_load_state_pre_hook needs a callable hook(models, input_dir), "
+                            f"got {type(hook).__name__}.")
+        hooks = self._state_hooks("load")
+        handle = RemovableHandle(hooks)
+        hooks[handle.id] = hook
+        return handle
+
+    def _save_hooks_runner(self, collective: bool) -> Callable[[str], list[nn.Module] | None] | None:
+        """What ``save_training_state`` calls where it assembles the files: runs the save
+        hooks and returns the models whose weights to write (see [Note: state hooks])."""
+        hooks = list(self._state_hooks("save").values())
+        if not hooks:
+            return None
+        models = list(self._models)
+        # Unsharded: taken now, before other processes defer their hooks. Sharded: a
+        # gather, so only once every process has arrived (in ``run``): never a hang.
+        eager = None if collective else [self.get_state_dict(m) for m in models]
+
+        def run(directory: str) -> list[nn.Module]:
+            weights = eager if eager is not None else [self.get_state_dict(m) for m in models]
+            kept_weights = list(weights)
+            for hook in hooks:
+                hook(list(models), kept_weights, directory)
+            positions = {id(w): i for i, w in enumerate(weights)}
+            stranger = [type(w).__name__ for w in kept_weights if id(w) not in positions]
+            if stranger:
+                raise ValueError(f"a save_state pre-hook put {stranger} into `weights`: surge writes the models "
+                                 "themselves, so a hook may only remove entries. Save other things into output_dir "
+                                 "from the hook itself.")
+            kept = [positions[id(w)] for w in kept_weights]
+            if collective and self.topology.is_distributed:
+                from surge.ops import broadcast_object_list
+
+                kept = broadcast_object_list([kept])[0]  # every process writes the same models
+            return [models[i] for i in kept]
+
+        return run
+
     def save_state(self, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
                    *, async_save: bool = False, **kwargs: Any) -> str:
         """Save everything prepared (models, optimizers, schedulers, the loss scaler, the
@@ -168,6 +272,7 @@ class CheckpointingMixin(ProcessQueries):
             output_dir, models=self._models, optimizers=self._optimizers, schedulers=self._schedulers, extra=extra,
             rank_state={"rng": rng_state()}, background=async_save,
             on_complete=(lambda: prune(root, limit)) if limit is not None else None,
+            before_write=self._save_hooks_runner(self.strategy.checkpoint_writer().collective),
         )
         if automatic:
             pc.iteration += 1
@@ -179,7 +284,8 @@ class CheckpointingMixin(ProcessQueries):
     def _write_checkpoint(self, directory: str | os.PathLike[str], *, models: list[Any], optimizers: list[Any],
                           schedulers: list[Any], extra: dict[str, Any], rank_state: dict[str, Any] | None = None,
                           background: bool = False, on_complete: Callable[[], object] | None = None,
-                          caller: str = "save_state", index: int | None = None) -> str | PendingSave:
+                          caller: str = "save_state", index: int | None = None,
+                          before_write: Callable[[str], list[nn.Module] | None] | None = None) -> str | PendingSave:
         """The one checkpoint write of ``save_state`` and the DeepSpeed engine's
         ``save_checkpoint``: the strategy chooses the layout, the precision adds its state.
         ``caller`` and ``index`` (that caller's own count of its calls, the same on every
@@ -197,13 +303,13 @@ class CheckpointingMixin(ProcessQueries):
             optimizers=optimizers, schedulers=schedulers, precision_state=self.precision.state_dict(), extra=extra,
             rank_state=rank_state, save_index=index, background=background,
             group=self._background_group() if background and writer.sharded else None, on_complete=on_complete,
-            caller=caller,
+            caller=caller, before_write=before_write,
         )
 
     def _read_checkpoint(self, directory: str, *, models: list[Any], optimizers: list[Any], schedulers: list[Any],
                          load_precision: bool = True, strict: bool = True, partial: bool = False,
-                         caller: str = "load_state", index: int | None = None
-                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+                         caller: str = "load_state", index: int | None = None,
+                         weighted: list[nn.Module] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The one checkpoint read of ``load_state`` and the engine's ``load_checkpoint``:
         under a sharded strategy every process must arrive (checked, never a hang; see
         :meth:`_write_checkpoint` for ``caller`` and ``index``). Returns the caller's
@@ -218,7 +324,7 @@ class CheckpointingMixin(ProcessQueries):
         return load_training_state(
             directory, topology=self.topology, models=models, optimizers=optimizers, schedulers=schedulers,
             load_precision_state=self.precision.load_state_dict if load_precision else None, strict=strict,
-            partial=partial,
+            partial=partial, weighted=weighted,
         )
 
     def _background_group(self) -> Any:
@@ -266,8 +372,8 @@ class CheckpointingMixin(ProcessQueries):
             ValueError: no checkpoint (without ``missing_ok``), or an incomplete,
                 corrupted or mismatching one (the file or count is named).
         """
+        from surge.checkpoint.accelerate_format import is_accelerate_checkpoint
         from surge.checkpoint.naming import checkpoints_root, newest_complete, number_of
-        from surge.utils.random import set_rng_state
 
         if kwargs:
             raise TypeError(f"load_state got unexpected arguments {sorted(kwargs)}.")
@@ -285,8 +391,46 @@ class CheckpointingMixin(ProcessQueries):
                 raise ValueError(f"load_state() found no complete checkpoint under {root!r}; pass input_dir, or "
                                  "missing_ok=True to start from the beginning when there is none.")
         input_dir = os.fspath(input_dir)
+        weighted = list(self._models)
+        for hook in list(self._state_hooks("load").values()):
+            hook(weighted, input_dir)  # see [Note: state hooks]
+        if is_accelerate_checkpoint(input_dir):
+            self._load_accelerate_checkpoint(input_dir, weighted)
+        else:
+            self._load_surge_checkpoint(input_dir, weighted)
+        number = number_of(input_dir)
+        if pc.automatic_checkpoint_naming and number is not None:
+            pc.iteration = max(pc.iteration, number + 1)
+        if self.topology.is_main_process:
+            _log.info("load_state: resumed from %s", input_dir)
+        return input_dir
+
+    def _load_accelerate_checkpoint(self, input_dir: str, weighted: list[nn.Module]) -> None:
+        """Load a folder written by HF Accelerate's ``save_state`` (see [Note: Accelerate
+        checkpoints] in checkpoint/accelerate_format.py)."""
+        from surge.checkpoint.accelerate_format import load_accelerate_checkpoint
+        from surge.checkpoint.training import check_all_arrived
+
+        self._checkpoint_calls += 1
+        if self.strategy.sharded_checkpoint:
+            check_all_arrived(self.topology, f"surge/load_state/{os.path.abspath(input_dir)}/"
+                              f"{self._checkpoint_calls}", calls="load_state")
+        step = load_accelerate_checkpoint(
+            input_dir, process_index=self.process_index, weighted=weighted, models=self._models,
+            optimizers=self._optimizers, schedulers=self._schedulers, dataloaders=self._dataloaders,
+            custom_objects=self._custom_objects, load_precision_state=self.precision.load_state_dict)
+        if step is not None:  # Accelerate's micro-step count in the epoch
+            self.gradient_state.step = step
+            self.gradient_state.cycle_step = step % self.gradient_state.num_steps
+        if self.topology.is_main_process:
+            _log.info("load_state: %s is an HF Accelerate checkpoint; loaders keep their position (use "
+                      "skip_first_batches as under Accelerate)", input_dir)
+
+    def _load_surge_checkpoint(self, input_dir: str, weighted: list[nn.Module]) -> None:
+        from surge.utils.random import set_rng_state
+
         extra, rank_state = self._read_checkpoint(input_dir, models=self._models, optimizers=self._optimizers,
-                                                  schedulers=self._schedulers)
+                                                  schedulers=self._schedulers, weighted=weighted)
         for kind, mine, saved in (("dataloaders", self._dataloaders, extra["loaders"]),
                                   ("objects registered for checkpointing", self._custom_objects, extra["custom"])):
             if len(mine) != len(saved):
@@ -302,10 +446,4 @@ class CheckpointingMixin(ProcessQueries):
             set_rng_state(rank_state["rng"])
         elif self.num_processes > 1:
             warnings.warn(f"checkpoint {input_dir!r} has no RNG state for process {self.process_index} (it was "
-                          "saved by the main process alone); its random streams continue unrestored.", stacklevel=2)
-        number = number_of(input_dir)
-        if pc.automatic_checkpoint_naming and number is not None:
-            pc.iteration = max(pc.iteration, number + 1)
-        if self.topology.is_main_process:
-            _log.info("load_state: resumed from %s", input_dir)
-        return input_dir
+                          "saved by the main process alone); its random streams continue unrestored.", stacklevel=3)

@@ -41,9 +41,13 @@ def next_number(root: str) -> int:
 
 
 def newest_complete(root: str) -> str | None:
-    """The newest complete checkpoint under ``root`` (one whose save finished)."""
+    """The newest complete checkpoint under ``root`` (one whose save finished), HF
+    Accelerate's included (see [Note: Accelerate checkpoints]); ``prune`` removes only
+    surge's."""
+    from surge.checkpoint.accelerate_format import accelerate_save_finished
+
     for _, path in reversed(numbered(root)):
-        if is_complete(path):
+        if is_complete(path) or accelerate_save_finished(path):
             return path
     return None
 

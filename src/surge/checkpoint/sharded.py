@@ -47,18 +47,20 @@ class ShardedWriter:
     collective = True
 
     def write_tensors(self, staging: str, *, topology: Any, models: list[nn.Module], optimizers: list[Any],
-                      copy: Callable[[Any], Any], background: bool, group: Any = None
-                      ) -> tuple[list[Write], list[str], Any]:
+                      copy: Callable[[Any], Any], background: bool, group: Any = None,
+                      weighted: list[nn.Module] | None = None) -> tuple[list[Write], list[str], Any]:
         """Save the shards into ``staging`` (in the background: DCP's ``async_save`` on
         ``group``, after staging the tensors to CPU memory); returns the consolidated
         optimizer files for the main process, the DCP directory's name and the future
-        of a background save."""
+        of a background save. ``weighted`` (default: ``models``) are the models whose
+        weights are written, in that order; ``models`` name the optimizers' parameters."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
         from torch.distributed.checkpoint.state_dict_saver import async_save, save
 
         main = topology.is_main_process
         writes: list[Write] = []
-        tensors: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
+        tensors: dict[str, Any] = {f"model_{i}": get_model_state_dict(m)
+                                   for i, m in enumerate(models if weighted is None else weighted)}
         for i, opt in enumerate(optimizers):
             if not consolidates(opt):
                 state, fresh = optimizer_state(models[owner_index(models, opt)], opt)
@@ -86,9 +88,11 @@ class ShardedWriter:
         return writes, [TENSORS], future
 
 
-def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any], strict: bool) -> None:
-    """Load the DCP shards into the models and the optimizers that have no whole
-    ``optimizer_<i>.pt`` file, resharding to this run's layout."""
+def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any], strict: bool,
+                 weighted: list[nn.Module] | None = None) -> None:
+    """Load the DCP shards into the models (``weighted``, default ``models``, in their
+    saved order) and the optimizers that have no whole ``optimizer_<i>.pt`` file,
+    resharding to this run's layout."""
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -99,7 +103,8 @@ def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any],
     )
     from torch.distributed.checkpoint.state_dict_loader import load
 
-    state: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(models)}
+    weighted = models if weighted is None else weighted
+    state: dict[str, Any] = {f"model_{i}": get_model_state_dict(m) for i, m in enumerate(weighted)}
     saved = _saved_keys(os.path.join(directory, TENSORS))
     kept: dict[int, set[str]] = {}  # parameters that have optimizer state in the checkpoint
     for i, opt in enumerate(optimizers):
@@ -118,7 +123,7 @@ def load_tensors(directory: str, models: list[nn.Module], optimizers: list[Any],
         detail = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise ValueError(f"checkpoint {os.path.join(directory, TENSORS)!r} could not be read: "
                          f"{detail[-1] if detail else type(exc).__name__}.") from None
-    for i, model in enumerate(models):
+    for i, model in enumerate(weighted):
         set_model_state_dict(model, state[f"model_{i}"], options=StateDictOptions(strict=strict))
     for i, opt in enumerate(optimizers):
         if f"optimizer_{i}" in state:

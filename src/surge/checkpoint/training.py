@@ -54,6 +54,7 @@ import shutil
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -61,14 +62,7 @@ from torch import nn
 
 from surge.checkpoint.atomic import TMP_PREFIX, atomic_write, replace_directory
 from surge.checkpoint.full import FullWriter, load_models
-from surge.checkpoint.keys import (
-    by_index,
-    consolidates,
-    inner_optimizer,
-    keep_state_only_for,
-    named_positions,
-    owner_index,
-)
+from surge.checkpoint.keys import inner_optimizer, load_named_state, owner_index
 from surge.checkpoint.sharded import ShardedWriter, load_tensors
 from surge.process_group import barrier
 
@@ -178,6 +172,7 @@ def save_training_state(
     group: Any = None,
     on_complete: Any = None,
     caller: str = "save_state",
+    before_write: Callable[[str], list[nn.Module] | None] | None = None,
 ) -> str | PendingSave:
     """Write a checkpoint to ``directory`` in ``writer``'s layout (see [Note: checkpoint
     layout]).
@@ -194,6 +189,12 @@ def save_training_state(
     other than the training one) and returns a :class:`PendingSave`; otherwise the
     directory once it is complete. ``caller`` names the public call in errors and keeps
     its arrival counts apart from other callers'.
+
+    ``before_write(path)`` (the save-state pre-hooks, [Note: state hooks] in
+    checkpoint/methods.py) runs where files are being assembled, before anything is
+    written: on the main process, and on every process of a collective save; other
+    processes of a full save run it once the checkpoint is in place. It returns the
+    models whose weights to write (None: all), the same on every process that writes.
     """
     directory = os.path.abspath(os.fspath(directory))
     main = topology.is_main_process
@@ -201,8 +202,8 @@ def save_training_state(
     if not (collective or main):
         if background:
             return PendingSave(directory, lambda: _add_rank_state_when_ready(directory, topology, rank_state,
-                                                                             save_index))
-        _add_rank_state_when_ready(directory, topology, rank_state, save_index)
+                                                                             save_index, before_write))
+        _add_rank_state_when_ready(directory, topology, rank_state, save_index, before_write)
         return directory
     staging = os.path.join(os.path.dirname(directory), f"{TMP_PREFIX}{os.path.basename(directory)}")
     if main:
@@ -213,10 +214,12 @@ def save_training_state(
         # Returns once every process arrived, the main process after making the staging
         # directory: nobody writes into it before it exists.
         check_all_arrived(topology, f"surge/{caller}/{directory}/{save_index}", calls=caller)
+    weighted = before_write(staging) if before_write is not None else None
+    weighted = models if weighted is None else weighted
     torch.save(rank_state or {}, os.path.join(staging, f"rank_{topology.rank}.pt"))
     optimizers = [inner_optimizer(o) for o in optimizers]
     writes, files, future = writer.write_tensors(
-        staging, topology=topology, models=models, optimizers=optimizers,
+        staging, topology=topology, models=models, weighted=weighted, optimizers=optimizers,
         copy=_snapshot if background else (lambda tree: tree), background=background, group=group)
     if not main:
         if not background:
@@ -236,7 +239,7 @@ def save_training_state(
     writes.append((STATE, torch.save, _snapshot(state) if background else state))
     files.append(STATE)
     manifest = {"format": FORMAT, "surge_version": __version__, "world_size": topology.world_size,
-                "strategy": strategy_name, "sharded": writer.sharded, "models": len(models),
+                "strategy": strategy_name, "sharded": writer.sharded, "models": len(weighted),
                 "optimizers": len(optimizers), "schedulers": len(schedulers), "save_index": save_index,
                 "files": files}
 
@@ -275,13 +278,15 @@ def _wait_for_manifest(directory: str, save_index: int, topology: Any) -> bool:
 
 
 def _add_rank_state_when_ready(directory: str, topology: Any, rank_state: dict[str, Any] | None,
-                               save_index: int) -> None:
+                               save_index: int, before_write: Callable[[str], object] | None = None) -> None:
     """A non-main process's part of a full save: once the main process has put this
-    save in place, add this process's own state to it (no collective)."""
+    save in place, run its hooks there and add this process's own state (no collective)."""
     if not _wait_for_manifest(directory, save_index, topology):
         warnings.warn(f"process {topology.rank} gave up waiting for checkpoint {directory!r}; its RNG state is "
                       "not in it (a resume will not restore this process's random streams).", stacklevel=3)
         return
+    if before_write is not None:
+        before_write(directory)
     atomic_write(os.path.join(directory, f"rank_{topology.rank}.pt"), lambda tmp: torch.save(rank_state or {}, tmp))
 
 
@@ -332,12 +337,16 @@ def load_training_state(
     load_precision_state: Any = None,
     strict: bool = True,
     partial: bool = False,
+    weighted: list[nn.Module] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load a checkpoint written by :func:`save_training_state` into the given objects,
     whatever the strategy and world size it was saved with. Every process calls it.
 
     ``strict=False`` tolerates model keys missing on either side; ``partial=True``
     loads only the optimizers/schedulers given (the first ones saved), e.g. weights only.
+    ``weighted`` (default: ``models``) are the models whose weights are loaded, in the
+    order they were saved (what load-state pre-hooks left; see [Note: state hooks] in
+    checkpoint/methods.py); ``models`` name the optimizers' parameters.
 
     Returns:
         ``(extra, rank_state)``: the caller's state, and this process's own state (empty
@@ -347,36 +356,23 @@ def load_training_state(
         ValueError: an incomplete or corrupted checkpoint, or one holding a different
             number of models/optimizers/schedulers (the file or count is named).
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
     directory = os.fspath(directory)
     manifest = read_manifest(directory)
-    counts = {"models": len(models), "optimizers": len(optimizers), "schedulers": len(schedulers)}
+    counts = {"models": len(models if weighted is None else weighted), "optimizers": len(optimizers),
+              "schedulers": len(schedulers)}
     for key, count in counts.items():
         if (manifest.get(key) != count) if not partial or key == "models" else (manifest.get(key, 0) < count):
             raise ValueError(f"checkpoint {directory!r} holds {manifest.get(key)} {key} but {count} were prepared; "
                              "prepare the same objects as the run that saved it.")
     optimizers = [inner_optimizer(o) for o in optimizers]
     if manifest["sharded"]:
-        load_tensors(directory, models, optimizers, strict)
+        load_tensors(directory, models, optimizers, strict, weighted=weighted)
     else:
-        load_models(directory, models, strict)
+        load_models(directory, models if weighted is None else weighted, strict)
     for i, opt in enumerate(optimizers):
         path = os.path.join(directory, f"optimizer_{i}.pt")
         if os.path.exists(path) or not manifest["sharded"]:
-            model = models[owner_index(models, opt)]
-            state = load_file(path)
-            if consolidates(opt):
-                opt.load_state_dict(by_index(state, named_positions(model, opt)))
-            else:
-                # A full state is split into shards only for a sharded model (and only
-                # when there are tensors to split: a stateless SGD has none).
-                split = bool(state.get("state")) and any(hasattr(p, "device_mesh") for p in model.parameters())
-                # Not strict: parameters without saved state (never given a gradient) are
-                # allowed, and keep none.
-                set_optimizer_state_dict(model, opt, state,
-                                         options=StateDictOptions(full_state_dict=split, strict=False))
-                keep_state_only_for(opt, model, set(state.get("state", {})))
+            load_named_state(opt, models[owner_index(models, opt)], load_file(path))
     rest = load_file(os.path.join(directory, STATE))
     for scheduler, sd in zip(schedulers, rest["schedulers"], strict=False):  # partial loads take the first
         scheduler.load_state_dict(sd)
