@@ -32,6 +32,8 @@ _LAZY = {
     "initialize": "surge.deepspeed.engine",
     "Engine": "surge.deepspeed.engine",
     "add_config_arguments": "surge.deepspeed.engine",
+    "init_empty_weights": "surge.big_modeling",
+    "init_on_device": "surge.big_modeling",
 }
 
 __all__ = [
@@ -50,11 +52,14 @@ __all__ = [
     "TorchDynamoPlugin",
     "__version__",
     "add_config_arguments",
+    "init_empty_weights",
+    "init_on_device",
     "initialize",
 ]  # every name of _LAZY (tests/unit/test_rules.py checks)
 
 if TYPE_CHECKING:  # pragma: no cover
     from surge.accelerator import Accelerator
+    from surge.big_modeling import init_empty_weights, init_on_device
     from surge.config.kwargs import (
         AutocastKwargs,
         DistributedDataParallelKwargs,
