@@ -12,11 +12,19 @@ from surge.config.kwargs import (
 )
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
+from surge.deepspeed.dummy import DummyOptim, DummyScheduler
 from surge.device import send_to_device
 from surge.ops import broadcast, broadcast_object_list, gather, gather_object, pad_across_processes, reduce
 from surge.strategies.base import unwrap_module as extract_model_from_parallel
 from surge.topology import DistributedType
 from surge.utils.batch_size import find_executable_batch_size, release_memory, should_reduce_batch_size
+from surge.utils.fsdp_utils import (
+    load_fsdp_model,
+    load_fsdp_optimizer,
+    merge_fsdp_weights,
+    save_fsdp_model,
+    save_fsdp_optimizer,
+)
 from surge.utils.progress import ProgressBar, tqdm
 from surge.utils.random import set_seed
 
@@ -25,6 +33,8 @@ __all__ = [
     "DeepSpeedPlugin",
     "DistributedDataParallelKwargs",
     "DistributedType",
+    "DummyOptim",
+    "DummyScheduler",
     "FullyShardedDataParallelPlugin",
     "GradScalerKwargs",
     "InitProcessGroupKwargs",
@@ -38,9 +48,14 @@ __all__ = [
     "find_executable_batch_size",
     "gather",
     "gather_object",
+    "load_fsdp_model",
+    "load_fsdp_optimizer",
+    "merge_fsdp_weights",
     "pad_across_processes",
     "reduce",
     "release_memory",
+    "save_fsdp_model",
+    "save_fsdp_optimizer",
     "send_to_device",
     "set_seed",
     "should_reduce_batch_size",
