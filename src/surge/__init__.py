@@ -39,6 +39,8 @@ _LAZY = {
     "synchronize_rng_states": "surge.utils.random",
     "notebook_launcher": "surge.launch.notebook",
     "debug_launcher": "surge.launch.notebook",
+    "init_empty_weights": "surge.big_modeling",
+    "init_on_device": "surge.big_modeling",
 }
 
 __all__ = [
@@ -62,6 +64,8 @@ __all__ = [
     "add_config_arguments",
     "debug_launcher",
     "find_executable_batch_size",
+    "init_empty_weights",
+    "init_on_device",
     "initialize",
     "notebook_launcher",
     "synchronize_rng_states",
@@ -69,6 +73,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from surge.accelerator import Accelerator
+    from surge.big_modeling import init_empty_weights, init_on_device
     from surge.config.enums import DDPCommunicationHookType
     from surge.config.kwargs import (
         AutocastKwargs,

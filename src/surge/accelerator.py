@@ -284,11 +284,15 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ExtrasMixin, ProcessQueries
                     f"to prepare ({len(args)})."
                 )
             placement = list(device_placement)
+        from surge.deepspeed.dummy import swap_config_objects
+
+        args, finish = swap_config_objects(self, args)  # DummyOptim / DummyScheduler: the DeepSpeed config's
         result = list(args)
         for kinds in ((nn.Module, DataLoader), (torch.optim.Optimizer,), _LR_SCHEDULER_TYPES):
             for i, obj in enumerate(args):
                 if isinstance(obj, kinds):
                     result[i] = self._prepare_one(obj, placement[i])
+        finish(result)
         return result[0] if len(result) == 1 else tuple(result)
 
     def _prepare_one(self, obj: Any, device_placement: bool | None) -> Any:

@@ -9,8 +9,16 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from surge import Accelerator, DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin, GradScalerKwargs
+from surge import (
+    Accelerator,
+    DeepSpeedPlugin,
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    GradScalerKwargs,
+    init_empty_weights,
+)
 from surge.ops import broadcast_object_list
 from surge.testing import distributed_test
 from surge.testing.parity import (
@@ -41,7 +49,18 @@ PLUGINS = {
     "fsdp_size_based": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin(
         "FULL_SHARD", auto_wrap_policy="SIZE_BASED_WRAP", min_num_params=200)},
     "fsdp_hybrid": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin("HYBRID_SHARD")},
+    "fsdp2_enum_forms": lambda: {"fsdp_plugin": _fsdp2_enum_forms()},
 }
+
+
+def _fsdp2_enum_forms() -> FullyShardedDataParallelPlugin:
+    """Accelerate's FSDP2 arguments, given as torch objects."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, StateDictType
+
+    return FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=False,
+                                          state_dict_type=StateDictType.SHARDED_STATE_DICT,
+                                          cpu_offload=CPUOffloadPolicy(pin_memory=False), use_orig_params=True,
+                                          forward_prefetch=True, limit_all_gathers=True)
 
 
 def _parity(name: str, precisions: tuple[str, ...] = ("no", "bf16")) -> None:
@@ -266,7 +285,139 @@ def check_deepspeed_json_config_parity():
     assert max_difference(ref, got) <= TOLERANCE["no"]
 
 
+def check_fsdp2_plugin_arguments():
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    _parity("fsdp2_enum_forms", ("no",))  # SHARD_GRAD_OP from reshard_after_forward=False, offloaded, prefetching
+    acc = Accelerator(**PLUGINS["fsdp2_enum_forms"]())
+    assert acc.strategy.reshard_after_forward is False and acc.strategy.offload_params
+    model = acc.prepare(BlockModel())
+    units = list(model.blocks)
+    assert units[0]._get_fsdp_state()._states_to_forward_prefetch == [units[1]._get_fsdp_state()]
+    acc = Accelerator(fsdp_plugin=FullyShardedDataParallelPlugin(mixed_precision_policy="bf16"))
+    model = acc.prepare(BlockModel())
+    assert model(torch.randn(2, 8)).dtype == torch.bfloat16  # the policy's output dtype, with mixed_precision="no"
+    plain = BlockModel()
+    acc = Accelerator(fsdp_plugin=FullyShardedDataParallelPlugin(ignored_modules=[plain.inp],
+                                                                 auto_wrap_policy=ModuleWrapPolicy({nn.Linear})))
+    model = acc.prepare(plain)
+    assert type(model.inp.weight).__name__ == "Parameter" and type(model.out.weight).__name__ == "DTensor"
+    sharded = [name for name, m in model.named_modules() if isinstance(m, FSDPModule)]
+    assert sharded == ["", "inp", "blocks.0.0", "blocks.1.0", "blocks.2.0", "out"], sharded
+
+
+def check_fsdp_checkpoint_files_and_merge():
+    from safetensors.torch import load_file
+
+    from surge.utils import (
+        load_fsdp_model,
+        load_fsdp_optimizer,
+        merge_fsdp_weights,
+        save_fsdp_model,
+        save_fsdp_optimizer,
+    )
+
+    root = broadcast_object_list([tempfile.mkdtemp() if dist.get_rank() == 0 else None])[0]
+    for kind in ("FULL_STATE_DICT", "SHARDED_STATE_DICT"):
+        plugin = FullyShardedDataParallelPlugin(state_dict_type=kind)
+        acc = Accelerator(fsdp_plugin=plugin)
+        model = BlockModel()
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        model, opt = acc.prepare(model, opt)
+        acc.backward(model(torch.randn(4, 8)).pow(2).mean())
+        opt.step()
+        out = os.path.join(root, kind)
+        save_fsdp_model(plugin, acc, model, out)
+        save_fsdp_optimizer(plugin, acc, opt, model, out)
+        other = BlockModel(seed=7)
+        other_opt = torch.optim.Adam(other.parameters(), lr=0.1)
+        other, other_opt = acc.prepare(other, other_opt)
+        load_fsdp_model(plugin, acc, other, out)
+        load_fsdp_optimizer(plugin, acc, other_opt, other, out)
+        for (name, p), q in zip(model.named_parameters(), other.parameters(), strict=True):
+            assert torch.equal(p.to_local(), q.to_local()), (kind, name)
+            assert all(torch.equal(opt.state[p][k].to_local() if k != "step" else opt.state[p][k],
+                                   other_opt.state[q][k].to_local() if k != "step" else other_opt.state[q][k])
+                       for k in opt.state[p])
+    expected = acc.get_state_dict(model)  # whole on rank 0
+    merge_fsdp_weights(os.path.join(out, "pytorch_model_fsdp_0"), os.path.join(root, "merged"))
+    if acc.is_main_process:
+        merged = load_file(os.path.join(root, "merged", "model.safetensors"))
+        assert merged.keys() == expected.keys() and all(torch.equal(merged[k], expected[k]) for k in expected)
+
+
+class BufferedBlockModel(BlockModel):
+    def __init__(self, scale: float = 0.5) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.full((1,), scale), persistent=False)
+        self.register_buffer("shift", torch.zeros(1))
+
+    def forward(self, x):
+        return super().forward(x) * self.scale + self.shift
+
+
+def _rank0_real(build):
+    if dist.get_rank() == 0:
+        return build()
+    with init_empty_weights(include_buffers=True):
+        return build()
+
+
+def check_meta_models_receive_rank0_weights():
+    reference = {k: v.clone() for k, v in BufferedBlockModel(0.25).state_dict().items()}
+    for plugin in ({"fsdp_plugin": FullyShardedDataParallelPlugin(cpu_ram_efficient_loading=True)},
+                   {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=3)},
+                   {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=2)}):
+        acc = Accelerator(**plugin)
+        model = acc.prepare(_rank0_real(lambda: BufferedBlockModel(0.25)))
+        full = {n: p.full_tensor() for n, p in model.named_parameters()}
+        assert full.keys() <= reference.keys() and all(torch.equal(full[k], reference[k]) for k in full), plugin
+        assert model.scale.item() == 0.25 and model.shift.item() == 0.0, plugin
+    data = make_dataset(64)
+    ref = reference_run(data, 16, "no", model_fn=BlockModel)
+    acc = Accelerator(fsdp_plugin=FullyShardedDataParallelPlugin(cpu_ram_efficient_loading=True))
+    got = surge_run(acc, data, 8, model_fn=lambda: _rank0_real(BlockModel))
+    assert max_difference(ref, got) <= TOLERANCE["no"]
+
+
+def check_meta_model_errors_and_init_fn():
+    def all_meta():
+        with init_empty_weights():
+            return BlockModel()
+
+    for plugin in ({}, {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=1)}):
+        with pytest.raises(ValueError, match="keeps a whole model in every process"):
+            Accelerator(**plugin).prepare(all_meta())
+    with pytest.raises(ValueError, match="rank 0's model has tensors on the meta device"):
+        Accelerator(fsdp_plugin=FullyShardedDataParallelPlugin()).prepare(
+            all_meta() if dist.get_rank() == 0 else BlockModel())
+
+    def init(module):
+        if isinstance(module, nn.Linear):
+            with torch.no_grad():
+                module.weight.fill_(0.5)
+                module.bias.zero_()
+
+    acc = Accelerator(fsdp_plugin=FullyShardedDataParallelPlugin(param_init_fn=init))
+    model = acc.prepare(all_meta())
+    params = dict(model.named_parameters())
+    assert all(torch.all(p.full_tensor() == (0.5 if n.endswith("weight") else 0.0)) for n, p in params.items())
+
+
+def check_sync_module_states_uses_rank0_weights():
+    acc = Accelerator(fsdp_plugin=FullyShardedDataParallelPlugin(sync_module_states=True))
+    model = acc.prepare(BlockModel(seed=dist.get_rank()))  # different weights on each rank
+    reference = BlockModel(seed=0).state_dict()
+    assert all(torch.equal(p.full_tensor(), reference[n]) for n, p in model.named_parameters())
+
+
 CHECKS = [
+    check_meta_models_receive_rank0_weights,
+    check_meta_model_errors_and_init_fn,
+    check_sync_module_states_uses_rank0_weights,
+    check_fsdp2_plugin_arguments,
+    check_fsdp_checkpoint_files_and_merge,
     check_fp16_under_zero2_and_zero3_parity,
     check_optimizer_offload_parity,
     check_optimizer_offload_keeps_state_on_cpu,

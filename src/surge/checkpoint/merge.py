@@ -71,6 +71,14 @@ def read_dcp_tensors(directory: str, prefix: str = "") -> dict[str, torch.Tensor
     }
     if not wanted:
         raise ValueError(f"checkpoint {directory!r} holds no tensors under {prefix.rstrip('.')!r}.")
+    if not prefix:
+        # A nested state dict saved whole ({"model": {...}}, as Accelerate's
+        # save_fsdp_model writes): its one top-level key is not part of the names.
+        paths = metadata.planner_data or {}
+        tops = {paths.get(key, (key,))[0] if len(paths.get(key, ())) > 1 else None
+                for key in metadata.state_dict_metadata}
+        if len(tops) == 1 and None not in tops:
+            prefix = f"{tops.pop()}."
     try:
         with single_process_is_fine():
             load(wanted, storage_reader=reader, no_dist=True)
@@ -132,3 +140,36 @@ def merge_weights(
         to = DTYPES[dtype]
         state = {k: v.to(to) if v.is_floating_point() else v for k, v in state.items()}
     return save_weights(state, output_dir, max_shard_size=max_shard_size, safe_serialization=safe_serialization)
+
+
+def merge_fsdp_weights(checkpoint_dir: str | os.PathLike[str], output_path: str | os.PathLike[str],
+                       safe_serialization: bool = True, remove_checkpoint_dir: bool = False) -> None:
+    """HF Accelerate's ``merge_fsdp_weights``: the model in a sharded checkpoint written as
+    one full model, ``output_path/model.safetensors`` (``pytorch_model.bin`` with
+    ``safe_serialization=False``; shards plus an index past 10GB). ``checkpoint_dir`` is a
+    ``torch.distributed.checkpoint`` directory (``save_fsdp_model``'s
+    ``pytorch_model_fsdp_0``, Accelerate's too) or a surge checkpoint (its first model).
+    In a distributed run the main process merges and the others wait. With
+    ``remove_checkpoint_dir=True`` the checkpoint is deleted once the model is written.
+
+    Raises:
+        ValueError: no checkpoint there (naming the subdirectory to give, when it is one
+            level down), unreadable files, or an output inside the checkpoint.
+    """
+    import shutil
+
+    import torch.distributed as dist
+
+    directory = os.fspath(checkpoint_dir)
+    inner = [name for name in ("pytorch_model_fsdp_0", "optimizer_0") if os.path.isdir(os.path.join(directory, name))]
+    if os.path.isdir(directory) and inner and not os.path.isfile(os.path.join(directory, _DCP_METADATA)):
+        raise ValueError(f"{directory!r} holds the checkpoint director{'ies' if len(inner) > 1 else 'y'} "
+                         f"{', '.join(inner)} rather than being one; pass "
+                         f"{os.path.join(directory, 'pytorch_model_fsdp_0')!r} for the model.")
+    distributed = dist.is_available() and dist.is_initialized()
+    if not distributed or dist.get_rank() == 0:
+        merge_weights(directory, output_path, safe_serialization=safe_serialization)
+        if remove_checkpoint_dir:
+            shutil.rmtree(directory)
+    if distributed:
+        dist.barrier()

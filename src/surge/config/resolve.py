@@ -99,6 +99,22 @@ class StrategySpec:
     the main process."""
     mesh: MeshSpec = field(default_factory=MeshSpec)
     """The device-mesh dimensions (see :class:`MeshSpec`)."""
+    wrap_policy: Any = None
+    """A callable block policy (FSDP1's ``(module, recurse, nonwrapped_numel)`` or
+    ``(module) -> bool``, or torch's ``_Policy``) in place of layer classes / size."""
+    mp_policy: Any = None
+    """The user's FSDP2 ``MixedPrecisionPolicy``; None: the precision chooses."""
+    ignored_modules: Any = None
+    """Modules (or a regex of module names) whose parameters are not sharded."""
+    forward_prefetch: bool = False
+    """Each block prefetches the next one's all-gather in forward."""
+    load_from_rank0: bool = False
+    """Every process starts from rank 0's weights, sent into its shards at prepare (see
+    [Note: a model built on the meta device] in strategies/meta.py)."""
+    param_init_fn: Any = None
+    """Run on every submodule of a model that is on the meta device on every process."""
+    offload_pin_memory: bool | None = None
+    """Pin offloaded parameter shards (None: when the device is a GPU)."""
 
 
 def strategy_spec(deepspeed_plugin: DeepSpeedPlugin | None, fsdp_plugin: FullyShardedDataParallelPlugin | None,
@@ -112,7 +128,7 @@ def strategy_spec(deepspeed_plugin: DeepSpeedPlugin | None, fsdp_plugin: FullySh
         raise ValueError("pass either deepspeed_plugin or fsdp_plugin, not both.")
     if deepspeed_plugin is not None:
         offload_optimizer = deepspeed_plugin.offload_optimizer_device == "cpu"
-        stage = deepspeed_plugin.zero_stage
+        stage = int(deepspeed_plugin.zero_stage or 0)  # settled (an int) by the plugin
         if stage == 1 and offload_optimizer:
             # ZeRO-1 with its optimizer offloaded runs as ZeRO-2 (as in DeepSpeed, one
             # optimizer serves both stages): once the state is on the CPU, sharding the
@@ -122,27 +138,33 @@ def strategy_spec(deepspeed_plugin: DeepSpeedPlugin | None, fsdp_plugin: FullySh
                             offload_params=deepspeed_plugin.offload_param_device == "cpu",
                             offload_optimizer=offload_optimizer,
                             activation_checkpointing=deepspeed_plugin.activation_checkpointing,
-                            mesh=MeshSpec(dp_shard=world_size))
+                            mesh=MeshSpec(dp_shard=world_size), load_from_rank0=deepspeed_plugin.sync_from_rank0)
     if fsdp_plugin is not None:
         kind = fsdp_plugin.sharding_strategy
+        policy = fsdp_plugin.auto_wrap_policy
         layer_classes: tuple[str, ...] | None = None
-        if fsdp_plugin.auto_wrap_policy == "NO_WRAP":
+        if policy == "NO_WRAP" or (policy == "SIZE_BASED_WRAP" and fsdp_plugin.min_num_params == 0):
             layer_classes = ()
-        elif fsdp_plugin.transformer_layer_cls_to_wrap is not None:
-            layer_classes = tuple(fsdp_plugin.transformer_layer_cls_to_wrap)
-        hybrid = kind == "HYBRID_SHARD"
+        elif fsdp_plugin.transformer_cls_names_to_wrap is not None and policy == "TRANSFORMER_AUTO_WRAP":
+            layer_classes = tuple(fsdp_plugin.transformer_cls_names_to_wrap)
+        hybrid = kind.startswith("HYBRID")
         if hybrid and world_size % num_nodes:
             raise ValueError(f"HYBRID_SHARD needs the same number of processes on every machine; {world_size} "
                              f"processes on {num_nodes} machines. Use FULL_SHARD, or launch equal processes per "
                              "machine.")
         mesh = MeshSpec(dp_replicate=num_nodes, dp_shard=world_size // num_nodes) if hybrid \
             else MeshSpec(dp_shard=world_size)
+        degrees = {"FULL_SHARD": 3, "SHARD_GRAD_OP": 2, "HYBRID_SHARD": 3, "HYBRID_SHARD_ZERO2": 2, "NO_SHARD": 0}
         return StrategySpec(
-            family="fsdp", shard_degree={"FULL_SHARD": 3, "SHARD_GRAD_OP": 2, "HYBRID_SHARD": 3, "NO_SHARD": 0}[kind],
-            offload_params=fsdp_plugin.cpu_offload, hybrid=hybrid,
-            activation_checkpointing=fsdp_plugin.activation_checkpointing, layer_classes=layer_classes,
-            min_num_params=fsdp_plugin.min_num_params if fsdp_plugin.auto_wrap_policy == "SIZE_BASED_WRAP" else None,
-            full_state_dict=fsdp_plugin.state_dict_type == "FULL_STATE_DICT", mesh=mesh)
+            family="fsdp", shard_degree=degrees[kind], offload_params=bool(fsdp_plugin.cpu_offload), hybrid=hybrid,
+            activation_checkpointing=bool(fsdp_plugin.activation_checkpointing), layer_classes=layer_classes,
+            min_num_params=fsdp_plugin.min_num_params if policy == "SIZE_BASED_WRAP" and layer_classes is None
+            else None,
+            full_state_dict=fsdp_plugin.state_dict_type == "FULL_STATE_DICT", mesh=mesh,
+            wrap_policy=None if isinstance(policy, str) else policy, mp_policy=fsdp_plugin.mixed_precision_policy,
+            ignored_modules=fsdp_plugin.ignored_modules, forward_prefetch=bool(fsdp_plugin.forward_prefetch),
+            load_from_rank0=bool(fsdp_plugin.sync_module_states), param_init_fn=fsdp_plugin.param_init_fn,
+            offload_pin_memory=getattr(fsdp_plugin, "_offload_pin_memory", None))
     return StrategySpec(mesh=MeshSpec(dp_shard=world_size))
 
 
@@ -212,12 +234,11 @@ def _dynamo_plugin(backend: Any, plugin: TorchDynamoPlugin | None) -> TorchDynam
 
 
 def _deepspeed_warning(ds: DeepSpeedSettings) -> str | None:
-    sections = [k for k in ("optimizer", "scheduler") if getattr(ds, k)]
-    if not (ds.unhonoured or sections):
+    # The optimizer and scheduler sections are applied: prepare builds them for a
+    # DummyOptim / DummyScheduler (surge/deepspeed/dummy.py).
+    if not ds.unhonoured:
         return None
-    return ("the DeepSpeed config sets keys surge accepts but does not apply: " + ", ".join(ds.unhonoured + sections)
-            + (" (the optimizer and scheduler sections are for surge.initialize; with an Accelerator, pass your own "
-               "to prepare)" if sections else "") + ".")
+    return "the DeepSpeed config sets keys surge accepts but does not apply: " + ", ".join(ds.unhonoured) + "."
 
 
 def resolve_plan(
@@ -314,7 +335,7 @@ def resolve_plan(
                                             ds.gradient_accumulation_steps, topology.world_size)
         if ds.gradient_accumulation_steps is None and not asked_steps:
             config = dataclasses.replace(config, gradient_accumulation_steps=derived)
-    notes = list(conflicts)
+    notes = list(conflicts) + (deepspeed_plugin.notes if deepspeed_plugin is not None else [])
     if ds is not None:
         note = _deepspeed_warning(ds)
         if note is not None:

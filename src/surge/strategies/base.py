@@ -73,8 +73,10 @@ class Strategy:
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         """The model's blocks: sharded one by one (FSDP) and checkpointed one by one."""
-        from surge.strategies.blocks import find_blocks, find_blocks_by_size
+        from surge.strategies.blocks import find_blocks, find_blocks_by_policy, find_blocks_by_size
 
+        if self.spec.wrap_policy is not None:
+            return find_blocks_by_policy(model, self.spec.wrap_policy)
         if self.min_num_params is not None:
             return find_blocks_by_size(model, self.min_num_params)
         return find_blocks(model, self.layer_classes)
@@ -94,6 +96,9 @@ class Strategy:
         and its autocast forward is installed on the user's module so any wrapper
         added later (DDP) calls through it.
         """
+        from surge.strategies.meta import refuse_meta
+
+        refuse_meta(model, self.name)
         model = self.precision.convert_module(model)
         if device_placement:
             model.to(self.device)

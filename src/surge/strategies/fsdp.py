@@ -14,6 +14,7 @@ rebinds its groups to the new parameters by name, keeping each group's settings.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -59,6 +60,8 @@ class FSDP(Strategy):
     def _mp_policy(self) -> Any:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
+        if self.spec.mp_policy is not None:
+            return self.spec.mp_policy  # the plugin's mixed_precision_policy, as given
         dtype = self.precision.sharded_param_dtype
         # Compute in bf16 from gathered bf16 parameters, reduce gradients in fp32. fp16
         # keeps fp32 parameters and autocast instead: its loss scaler unscales fp32
@@ -69,10 +72,17 @@ class FSDP(Strategy):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
+        from surge.strategies import meta
+
         if isinstance(model, FSDPModule) or evaluation_mode:
             return super().prepare_model(model, device_placement=device_placement) if evaluation_mode else model
         names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
-        if device_placement:
+        # Where the weights come from, and (rank 0's) set aside while sharding on meta:
+        # see [Note: a model built on the meta device] in strategies/meta.py.
+        source = meta.weights_source(model, from_rank0=self.spec.load_from_rank0,
+                                     init_fn=self.spec.param_init_fn is not None)
+        aside = meta.set_aside(model, source) if source != "local" else None
+        if device_placement and aside is None:
             model.to(self.device)
         if self.precision.sharded_param_dtype is None:
             self.precision.wrap_forward(model)  # fp16 (and fp8) autocast; a no-op for fp32
@@ -83,15 +93,36 @@ class FSDP(Strategy):
 
             # Parameter shards, their gradients and so the optimizer step live on the CPU;
             # each block is copied to the device just before it runs.
-            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
+            pin = self.spec.offload_pin_memory
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda" if pin is None else pin)
+        if self.spec.ignored_modules is not None:
+            from surge.strategies.blocks import ignored_parameters
+
+            # Left whole on every process; FSDP2 does not average their gradients.
+            kwargs["ignored_params"] = ignored_parameters(model, self.spec.ignored_modules)
         blocks = self.blocks(model)
         self.checkpoint_activations(blocks)
         for block in blocks:
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
+        if aside is not None:
+            meta.materialise(model, aside, device=self.device, params_on_cpu=self.offload_params,
+                             init_fn=self.spec.param_init_fn)
+        if self.spec.forward_prefetch:
+            self._prefetch_forward(blocks)
         new = dict(model.named_parameters(remove_duplicate=False))
         self._param_map.update({old: new[name] for old, name in names.items() if name in new})
         return model
+
+    @staticmethod
+    def _prefetch_forward(blocks: list[nn.Module]) -> None:
+        """Each block starts gathering the next one's parameters as it runs forward
+        (the plugin's ``forward_prefetch``); blocks run in module order."""
+        from surge.strategies.blocks import outermost
+
+        units = outermost(blocks)
+        for current, following in itertools.pairwise(units):
+            cast(Any, current).set_modules_to_forward_prefetch([following])
 
     def compile(self, model: nn.Module, options: dict[str, Any]) -> nn.Module:
         """Compile each sharded block's forward (FSDP2's gather/free hooks run around it,

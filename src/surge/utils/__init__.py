@@ -28,6 +28,7 @@ from surge.config.kwargs import (
 )
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
+from surge.deepspeed.dummy import DummyOptim, DummyScheduler
 from surge.topology import DistributedType
 from surge.tracking.catalog import LoggerType
 from surge.unsupported import UnsupportedError, unsupported_function
@@ -37,6 +38,13 @@ from surge.utils.batch_size import (
     find_executable_batch_size,
     release_memory,
     should_reduce_batch_size,
+)
+from surge.utils.fsdp_utils import (
+    load_fsdp_model,
+    load_fsdp_optimizer,
+    merge_fsdp_weights,
+    save_fsdp_model,
+    save_fsdp_optimizer,
 )
 from surge.utils.imports import (
     is_bf16_available,
@@ -109,6 +117,8 @@ __all__ = [
     "DeepSpeedPlugin",
     "DistributedDataParallelKwargs",
     "DistributedType",
+    "DummyOptim",
+    "DummyScheduler",
     "DynamoBackend",
     "FullyShardedDataParallelPlugin",
     "GradScalerKwargs",
@@ -166,13 +176,18 @@ __all__ = [
     "is_wandb_available",
     "is_xpu_available",
     "listify",
+    "load_fsdp_model",
+    "load_fsdp_optimizer",
     "memory",
     "merge_dicts",
+    "merge_fsdp_weights",
     "pad_across_processes",
     "prepare_tpu",
     "recursively_apply",
     "reduce",
     "release_memory",
+    "save_fsdp_model",
+    "save_fsdp_optimizer",
     "send_to_device",
     "set_seed",
     "should_reduce_batch_size",
