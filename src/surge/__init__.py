@@ -22,6 +22,9 @@ _LAZY = {
     "Topology": "surge.topology",
     "DistributedType": "surge.topology",
     "ProjectConfiguration": "surge.config.project",
+    "DataLoaderConfiguration": "surge.config.dataloader",
+    "prepare_data_loader": "surge.data_loader",
+    "skip_first_batches": "surge.data_loader",
     "DistributedDataParallelKwargs": "surge.config.kwargs",
     "InitProcessGroupKwargs": "surge.config.kwargs",
     "AutocastKwargs": "surge.config.kwargs",
@@ -37,6 +40,7 @@ _LAZY = {
 __all__ = [
     "Accelerator",
     "AutocastKwargs",
+    "DataLoaderConfiguration",
     "DeepSpeedPlugin",
     "DistributedDataParallelKwargs",
     "DistributedType",
@@ -51,10 +55,13 @@ __all__ = [
     "__version__",
     "add_config_arguments",
     "initialize",
+    "prepare_data_loader",
+    "skip_first_batches",
 ]  # every name of _LAZY (tests/unit/test_rules.py checks)
 
 if TYPE_CHECKING:  # pragma: no cover
     from surge.accelerator import Accelerator
+    from surge.config.dataloader import DataLoaderConfiguration
     from surge.config.kwargs import (
         AutocastKwargs,
         DistributedDataParallelKwargs,
@@ -63,6 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
     from surge.config.project import ProjectConfiguration
+    from surge.data_loader import prepare_data_loader, skip_first_batches
     from surge.deepspeed.engine import Engine, add_config_arguments, initialize
     from surge.state import PartialState
     from surge.topology import DistributedType, Topology

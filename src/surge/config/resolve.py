@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from surge.config.accelerator_config import DEFAULT_TIMEOUT, AcceleratorConfig
+from surge.config.dataloader import DataLoaderConfiguration, settle_dataloader_config
 from surge.config.file import active_values, resolve_accelerator_args
 from surge.config.kwargs import GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
@@ -223,13 +224,13 @@ def _deepspeed_warning(ds: DeepSpeedSettings) -> str | None:
 def resolve_plan(
     *,
     device_placement: bool,
-    split_batches: bool,
+    split_batches: bool | None,
     mixed_precision: str | None,
     gradient_accumulation_steps: int | None,
     cpu: bool | None,
     project_dir: str | os.PathLike[str] | None,
     project_config: ProjectConfiguration | None,
-    even_batches: bool,
+    even_batches: bool | None,
     step_scheduler_with_optimizer: bool,
     scheduler_steps: str = "num_processes",
     kwargs_handlers: list[Any] | None,
@@ -239,6 +240,7 @@ def resolve_plan(
     dynamo_backend: str | None,
     dynamo_plugin: TorchDynamoPlugin | None,
     nonfinite: str | None,
+    dataloader_config: DataLoaderConfiguration | None = None,
 ) -> tuple[Plan, ProjectConfiguration]:
     """The Accelerator's arguments, settled (see the module docstring). Reads the
     environment and the config file, starts nothing; changes nothing but, once every
@@ -257,6 +259,7 @@ def resolve_plan(
     from surge.tracking import resolve_log_with
 
     chosen_trackers, trackers_missing = resolve_log_with(log_with)
+    loaders = settle_dataloader_config(dataloader_config, split_batches, even_batches)
     if isinstance(deepspeed_plugin, dict):
         deepspeed_plugin = DeepSpeedPlugin.from_dict(deepspeed_plugin)
     if deepspeed_plugin is not None and not isinstance(deepspeed_plugin, DeepSpeedPlugin):
@@ -287,8 +290,9 @@ def resolve_plan(
         kwargs_handlers,
         **resolved,
         device_placement=device_placement,
-        split_batches=split_batches,
-        even_batches=even_batches,
+        split_batches=loaders.split_batches,
+        even_batches=loaders.even_batches,
+        dataloader=loaders,
         step_scheduler_with_optimizer=step_scheduler_with_optimizer,
         scheduler_steps=scheduler_steps,
     )

@@ -3,6 +3,7 @@
 Importing ``surge.utils`` loads torch; ``import surge`` alone does not.
 """
 
+from surge.config.dataloader import DataLoaderConfiguration
 from surge.config.kwargs import (
     AutocastKwargs,
     DistributedDataParallelKwargs,
@@ -22,6 +23,7 @@ from surge.utils.random import set_seed
 
 __all__ = [
     "AutocastKwargs",
+    "DataLoaderConfiguration",
     "DeepSpeedPlugin",
     "DistributedDataParallelKwargs",
     "DistributedType",
