@@ -215,3 +215,67 @@ def test_abandoned_iteration_starts_from_the_beginning_after_load_state(tmp_path
     acc2.load_state(str(tmp_path / "ckpt"))
     assert [x.tolist() for (x,) in evaluation2] == live_eval == [[100, 101], [102, 103], [104, 105], [106, 107]]
     assert [x.tolist() for (x,) in train2] == live_train and len(live_train) == 4
+
+
+def test_dataloader_configuration_names_and_precedence():
+    import surge
+    import surge.utils
+    from surge import DataLoaderConfiguration
+
+    assert surge.utils.DataLoaderConfiguration is DataLoaderConfiguration
+    acc = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=False,
+                                                                non_blocking=True, data_seed=4))
+    assert (acc.split_batches, acc.even_batches, acc.non_blocking) == (True, False, True)
+    assert acc.dataloader_config.data_seed == 4 and acc.dispatch_batches is None
+    assert Accelerator(split_batches=True).dataloader_config.split_batches  # the plain arguments still work
+    assert not Accelerator(even_batches=False).dataloader_config.even_batches
+    with pytest.raises(ValueError, match="contradicts dataloader_config.split_batches"):
+        Accelerator(split_batches=False, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    with pytest.raises(TypeError, match="dispatch_batches='yes'"):
+        DataLoaderConfiguration(dispatch_batches="yes")
+    with pytest.raises(TypeError, match="must be a DataLoaderConfiguration"):
+        Accelerator(dataloader_config={"split_batches": True})
+    import importlib.util
+
+    if importlib.util.find_spec("torchdata") is None:
+        with pytest.raises(ImportError, match="pip install 'torchdata"):
+            DataLoaderConfiguration(use_stateful_dataloader=True)
+    loader = Accelerator(dataloader_config=DataLoaderConfiguration(non_blocking=True)).prepare(
+        DataLoader(dataset(4), batch_size=2))
+    assert loader._non_blocking  # handed to every device copy
+
+
+def test_top_level_prepare_data_loader_and_skip_first_batches():
+    import surge
+    import surge.data_loader
+
+    assert surge.prepare_data_loader is surge.data_loader.prepare_data_loader
+    assert surge.skip_first_batches is surge.data_loader.skip_first_batches
+    plain = DataLoader(dataset(10), batch_size=4)
+    shard = surge.prepare_data_loader(plain, num_processes=2, process_index=1)
+    assert epoch_ids(shard) == [[4, 5, 6, 7], [2, 3, 4, 5]]  # Accelerate's shard, padded from the start
+    assert epoch_ids(surge.prepare_data_loader(plain)) == epoch_ids(plain)  # one process: the loader itself
+    assert [x.tolist() for x, _ in surge.skip_first_batches(plain, 2)] == [[8, 9]]
+    with pytest.raises(ValueError, match="put_on_device=True"):
+        surge.prepare_data_loader(plain, dispatch_batches=True)
+
+
+def test_custom_batch_sampler_set_epoch_each_epoch_in_one_process():
+    class Epochs:
+        def __init__(self):
+            self.calls = []
+
+        def set_epoch(self, epoch):
+            self.calls.append(epoch)
+
+        def __iter__(self):
+            return iter([[0, 1], [2, 3]])
+
+        def __len__(self):
+            return 2
+
+    sampler = Epochs()
+    loader = Accelerator().prepare(DataLoader(dataset(4), batch_sampler=sampler))
+    for _ in range(3):
+        list(loader)
+    assert sampler.calls == [0, 1, 2]  # as Accelerate's DataLoaderShard
