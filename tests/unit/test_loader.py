@@ -229,7 +229,7 @@ def test_dataloader_configuration_names_and_precedence():
     assert acc.dataloader_config.data_seed == 4 and acc.dispatch_batches is None
     assert Accelerator(split_batches=True).dataloader_config.split_batches  # the plain arguments still work
     assert not Accelerator(even_batches=False).dataloader_config.even_batches
-    with pytest.raises(ValueError, match="contradicts dataloader_config.split_batches"):
+    with pytest.raises(ValueError, match=r"contradicts dataloader_config\.split_batches"):
         Accelerator(split_batches=False, dataloader_config=DataLoaderConfiguration(split_batches=True))
     with pytest.raises(TypeError, match="dispatch_batches='yes'"):
         DataLoaderConfiguration(dispatch_batches="yes")

@@ -49,7 +49,7 @@ class EpochBatches:
         return iter([order[i : i + self.size] for i in range(0, self.n, self.size)])
 
     def __len__(self):
-        return -(-self.n // self.size)
+        return (self.n + self.size - 1) // self.size
 
 
 def generator(seed):
