@@ -107,7 +107,7 @@ class PreparedDataLoader(DataLoader[Any]):
         self._live = False
         self._batches_seen = 0
         self._epoch_rng: torch.Tensor | None = None
-        self._epoch_generators: list[torch.Tensor] = []
+        self._epoch_generators: dict[str, torch.Tensor] = {}
 
     @property
     def epoch(self) -> int:
@@ -115,12 +115,9 @@ class PreparedDataLoader(DataLoader[Any]):
         or set by :meth:`set_epoch`."""
         return self.iteration
 
-    def _generators(self) -> list[torch.Generator]:
-        found: list[torch.Generator] = []
-        for g in (self.synchronized_generator, self.generator):
-            if isinstance(g, torch.Generator) and all(g is not f for f in found):
-                found.append(g)
-        return found
+    def _generators(self) -> dict[str, torch.Generator]:
+        found = {"synchronized": self.synchronized_generator, "loader": self.generator}
+        return {k: g for k, g in found.items() if isinstance(g, torch.Generator)}
 
     def set_epoch(self, epoch: int) -> None:
         """Run the next iteration as epoch ``epoch`` and tell the samplers (and the
@@ -144,9 +141,9 @@ class PreparedDataLoader(DataLoader[Any]):
         iteration is under way and how many of its batches were handed out, and the
         random state to replay it from (the generators' state now when none is)."""
         live = self._live
-        gens = self._epoch_generators if live else [g.get_state() for g in self._generators()]
+        gens = self._epoch_generators if live else {k: g.get_state() for k, g in self._generators().items()}
         return {"iteration": self.iteration, "in_progress": live, "batches_seen": self._batches_seen if live else 0,
-                "generators": list(gens), "rng": self._epoch_rng if live else None}
+                "generators": dict(gens), "rng": self._epoch_rng if live else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``: an iteration that was under way when it was saved runs
@@ -158,8 +155,10 @@ class PreparedDataLoader(DataLoader[Any]):
             self._skip_next = 0 if finished else int(state["batches_seen"])
             return
         self.iteration = int(state["iteration"])
-        for generator, saved in zip(self._generators(), state["generators"], strict=False):
-            generator.set_state(saved)
+        saved = state["generators"]
+        for name, generator in self._generators().items():
+            if name in saved:  # absent when saved with another number of processes
+                generator.set_state(saved[name])
         in_progress = bool(state["in_progress"])
         self._skip_next = int(state["batches_seen"]) if in_progress else 0
         self._resume_rng = state["rng"] if in_progress else None
@@ -191,12 +190,12 @@ class PreparedDataLoader(DataLoader[Any]):
         resume, self._resume_rng = self._resume_rng, None
         if resume is None:
             self._epoch_rng = torch.get_rng_state()
-            self._epoch_generators = [g.get_state() for g in self._generators()]
+            self._epoch_generators = {k: g.get_state() for k, g in self._generators().items()}
             return lambda: None
         checkpoint = torch.get_rng_state()
         torch.set_rng_state(resume)
         self._epoch_rng = resume
-        self._epoch_generators = [g.get_state() for g in self._generators()]
+        self._epoch_generators = {k: g.get_state() for k, g in self._generators().items()}
         done: list[bool] = []
 
         def give_back() -> None:
@@ -213,7 +212,8 @@ class PreparedDataLoader(DataLoader[Any]):
         self._live, self._batches_seen = True, skip
         sampler = self._sharded
         if sampler is not None:
-            sampler.skip = skip  # dropped as indices: the skipped samples are never loaded
+            if self._dispatcher is None:
+                sampler.skip = skip  # dropped as indices: the skipped samples are never loaded
             sampler.on_start = give_back
         gs = self.gradient_state
         # An inner loop over another prepared loader (evaluation inside a training step)
@@ -469,6 +469,7 @@ def shard_dataloader(
                                         data_seed=data_seed)
         batch_sampler = _with_sampler(batch_sampler, sampler)
     if dispatch_batches and num_shards > 1:
+        kwargs.pop("generator", None)  # as Accelerate: the base seed comes from the global RNG
         dispatcher = Dispatcher(num_processes=num_shards, process_index=shard_index, split_batches=split_batches,
                                 drop_last=loader.drop_last, device=device)  # type: ignore[arg-type]
         if iterable or batch_sampler is None:
@@ -487,6 +488,9 @@ def shard_dataloader(
                 )
             if not loader.drop_last:
                 kwargs["collate_fn"] = _CountingCollate(loader.collate_fn)
+            stream_generator = getattr(dataset, "generator", None)  # a stream that shuffles with it
+            if isinstance(stream_generator, torch.Generator) and "generator" in rng_types:
+                common["synchronized_generator"] = stream_generator
             dataset = ShardedIterableDataset(dataset, batch_size=loader.batch_size, num_shards=num_shards,
                                              shard_index=shard_index, split_batches=split_batches,
                                              drop_last=loader.drop_last)

@@ -331,6 +331,9 @@ class ShardedIterableDataset(IterableDataset[Any]):
         from torch.utils.data import get_worker_info
         from torch.utils.data._utils import worker as worker_module
 
+        generator = getattr(self.dataset, "generator", None)
+        if isinstance(generator, torch.Generator) and not hasattr(self.dataset, "set_epoch"):
+            generator.manual_seed(self.epoch)  # as Accelerate: a stream shuffling with a generator, by epoch
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         # [Note: the wrapped dataset sees one stream]
