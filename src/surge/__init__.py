@@ -22,6 +22,9 @@ _LAZY = {
     "Topology": "surge.topology",
     "DistributedType": "surge.topology",
     "ProjectConfiguration": "surge.config.project",
+    "DataLoaderConfiguration": "surge.config.dataloader",
+    "prepare_data_loader": "surge.data_loader",
+    "skip_first_batches": "surge.data_loader",
     "DistributedDataParallelKwargs": "surge.config.kwargs",
     "InitProcessGroupKwargs": "surge.config.kwargs",
     "AutocastKwargs": "surge.config.kwargs",
@@ -47,6 +50,7 @@ __all__ = [
     "Accelerator",
     "AutocastKwargs",
     "DDPCommunicationHookType",
+    "DataLoaderConfiguration",
     "DeepSpeedPlugin",
     "DistributedDataParallelKwargs",
     "DistributedType",
@@ -68,12 +72,15 @@ __all__ = [
     "init_on_device",
     "initialize",
     "notebook_launcher",
+    "prepare_data_loader",
+    "skip_first_batches",
     "synchronize_rng_states",
 ]  # every name of _LAZY (tests/unit/test_rules.py checks)
 
 if TYPE_CHECKING:  # pragma: no cover
     from surge.accelerator import Accelerator
     from surge.big_modeling import init_empty_weights, init_on_device
+    from surge.config.dataloader import DataLoaderConfiguration
     from surge.config.enums import DDPCommunicationHookType
     from surge.config.kwargs import (
         AutocastKwargs,
@@ -85,6 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
     from surge.config.project import ProjectConfiguration
+    from surge.data_loader import prepare_data_loader, skip_first_batches
     from surge.deepspeed.engine import Engine, add_config_arguments, initialize
     from surge.launch.notebook import debug_launcher, notebook_launcher
     from surge.state import PartialState

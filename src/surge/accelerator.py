@@ -31,11 +31,13 @@ from surge import ops
 from surge._tree import tree_leaves, tree_map
 from surge.accumulation import AccumulateContext, GradientState
 from surge.checkpoint.methods import CheckpointingMixin
+from surge.config.dataloader import DataLoaderConfiguration
 from surge.config.kwargs import GradientAccumulationPlugin
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
 from surge.config.resolve import BatchSizes, fill_batch_sizes, resolve_plan
-from surge.data.loader import PreparedDataLoader, SkipFirstBatches, shard_dataloader
+from surge.data.loader import PreparedDataLoader
+from surge.data.methods import DataLoadingMixin
 from surge.extras import ExtrasMixin
 from surge.guard import NonFiniteGuard
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
@@ -62,13 +64,13 @@ def _trim_first_dim(data: Any, size: int, keep: int) -> Any:
     return tree_map(lambda t: t[:keep] if t.dim() and t.shape[0] == size else t, data, _is_tensor)
 
 
-class Accelerator(CheckpointingMixin, TrackingMixin, ExtrasMixin, ProcessQueries):
+class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMixin, ProcessQueries):
     """Runs one training script on any topology: CPU, one GPU, many GPUs, many machines.
 
     Args:
         device_placement: Move prepared models and batches to :attr:`device`.
         split_batches: Split each loader batch across processes (the batch size is the
-            global one) instead of giving each process whole batches.
+            global one) instead of giving each process whole batches (default False).
         mixed_precision: "no", "fp16", "bf16" or "fp8".
         gradient_accumulation_steps: Micro-batches per optimizer step (>= 1).
         cpu: Use the CPU even when GPUs are visible.
@@ -81,7 +83,11 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ExtrasMixin, ProcessQueries
         project_config: A :class:`~surge.utils.ProjectConfiguration` (alternative to
             ``project_dir``).
         even_batches: Repeat samples from the start so every process sees the same
-            number of batches (prevents hangs at the end of an epoch).
+            number of batches (prevents hangs at the end of an epoch; default True).
+        dataloader_config: A :class:`~surge.DataLoaderConfiguration` (split_batches,
+            even_batches, dispatch_batches, use_seedable_sampler, data_seed,
+            non_blocking); a plain ``split_batches`` / ``even_batches`` that contradicts
+            it raises.
         step_scheduler_with_optimizer: Prepared schedulers advance only when the
             optimizer really stepped (False: on every call).
         scheduler_steps: "num_processes" (default, HF Accelerate's rule: a scheduler
@@ -123,13 +129,14 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ExtrasMixin, ProcessQueries
     def __init__(
         self,
         device_placement: bool = True,
-        split_batches: bool = False,
+        split_batches: bool | None = None,
         mixed_precision: str | None = None,
         gradient_accumulation_steps: int | None = None,
         cpu: bool | None = None,
+        dataloader_config: DataLoaderConfiguration | None = None,
         project_dir: str | os.PathLike[str] | None = None,
         project_config: ProjectConfiguration | None = None,
-        even_batches: bool = True,
+        even_batches: bool | None = None,
         step_scheduler_with_optimizer: bool = True,
         scheduler_steps: str = "num_processes",
         kwargs_handlers: list[Any] | None = None,
@@ -152,6 +159,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ExtrasMixin, ProcessQueries
             deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin, log_with=log_with,
             dynamo_backend=dynamo_backend, dynamo_plugin=dynamo_plugin, nonfinite=nonfinite,
             gradient_accumulation_plugin=gradient_accumulation_plugin, accumulation_divisor=accumulation_divisor,
+            dataloader_config=dataloader_config,
         )
         # Pure too: fp8 on a machine that cannot run it fails here, before any side effect.
         precision = select_precision(plan.config.mixed_precision, torch.device(plan.topology.device),
@@ -366,29 +374,6 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ExtrasMixin, ProcessQueries
         self._schedulers.append(wrapped)
         return wrapped
 
-    def prepare_data_loader(
-        self, data_loader: DataLoader[Any], device_placement: bool | None = None
-    ) -> PreparedDataLoader:
-        """Shard a DataLoader across processes and move its batches to :attr:`device`."""
-        if isinstance(data_loader, PreparedDataLoader):
-            return data_loader
-        if not isinstance(data_loader, DataLoader):
-            raise TypeError(f"prepare_data_loader expects a torch DataLoader; got {type(data_loader).__name__}.")
-        place = self.config.device_placement if device_placement is None else device_placement
-        self._fill_deepspeed_batch_sizes(data_loader)
-        prepared = shard_dataloader(
-            data_loader,
-            num_shards=self.num_processes,
-            shard_index=self.process_index,
-            device=self.device if place else None,
-            gradient_state=self.gradient_state,
-            seed=self._shared_seed(data_loader),
-            split_batches=self.config.split_batches,
-            even_batches=self.config.even_batches,
-        )
-        self._dataloaders.append(prepared)
-        return prepared
-
     def _fill_deepspeed_batch_sizes(self, loader: DataLoader[Any]) -> None:
         """A DeepSpeed config's "auto" batch sizes come from the first prepared loader;
         given ones are checked against it (see :func:`surge.config.resolve.fill_batch_sizes`)."""
@@ -400,11 +385,6 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ExtrasMixin, ProcessQueries
             gradient_accumulation_steps=self.gradient_accumulation_steps, world_size=self.num_processes)
         if note is not None:
             warnings.warn(note, stacklevel=3)
-
-    def _shared_seed(self, loader: DataLoader[Any]) -> int:
-        """The shuffle seed every rank uses (see [Note: the loader owns its randomness])."""
-        own = loader.generator.initial_seed() if loader.generator is not None else torch.initial_seed()
-        return int(ops.broadcast_object_list([int(own) % 2**62])[0])
 
     # -- the training step ----------------------------------------------------------------
 
@@ -518,13 +498,6 @@ class Accelerator(CheckpointingMixin, TrackingMixin, ExtrasMixin, ProcessQueries
     def scaler(self) -> Any:
         """fp16's ``torch.amp.GradScaler``; None for other precisions."""
         return getattr(self.precision, "scaler", None) if self.precision.has_loss_scaler else None
-
-    def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> SkipFirstBatches:
-        """Iterate ``dataloader``'s current epoch without its first ``num_batches`` batches
-        (to resume mid-epoch). With a prepared map-style loader the skipped samples are
-        not loaded, the shuffle is the epoch's own, and the loader's epoch advances as
-        after a full iteration."""
-        return SkipFirstBatches(dataloader, num_batches)
 
     # -- models and saving ----------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from surge.testing.parity import (
     scheduled_run,
     surge_run,
 )
-from surge.utils import GradScalerKwargs
+from surge.utils import DataLoaderConfiguration, GradScalerKwargs
 
 pytestmark = pytest.mark.distributed
 
@@ -117,11 +117,13 @@ def check_gather_for_metrics_sees_every_sample_once():
         local = torch.cat([x for (x,) in loader])
         seen = acc.gather_for_metrics(local)
         assert sorted(seen.tolist()) == list(range(10)), (kwargs, seen.tolist())
-    for workers in (0, 2):
-        acc = Accelerator()
+    for workers, dispatch in ((0, None), (0, False), (2, False)):
+        # An iterable dataset is dispatched by default (rank 0 reads, as in Accelerate);
+        # sharded, each rank reads its own rounds, with workers too.
+        acc = Accelerator(dataloader_config=DataLoaderConfiguration(dispatch_batches=dispatch))
         loader = acc.prepare(DataLoader(_Stream(), batch_size=4, num_workers=workers))
         seen = torch.cat([acc.gather_for_metrics(x) for x in loader])
-        assert sorted(seen.tolist()) == list(range(10)), (workers, seen.tolist())
+        assert sorted(seen.tolist()) == list(range(10)), (workers, dispatch, seen.tolist())
         objects = [o for x in loader for o in acc.gather_for_metrics(x.tolist(), use_gather_object=True)]
         assert sorted(objects) == list(range(10))
 
@@ -167,9 +169,12 @@ def check_fp16_overflow_on_one_rank_skips_everywhere():
 
 
 def check_skip_first_batches_across_processes():
-    acc = Accelerator()
+    # The seedable sampler shuffles by epoch alone, so set_epoch(0) replays epoch 0.
+    acc = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=5))
     loader = acc.prepare(DataLoader(TensorDataset(torch.arange(24)), batch_size=2, shuffle=True))
     first = [x.tolist() for (x,) in loader]
+    both = acc.gather_for_metrics([i for batch in first for i in batch], use_gather_object=True)
+    assert sorted(both) == list(range(24))  # one permutation for both ranks
     loader.set_epoch(0)
     rest = [x.tolist() for (x,) in acc.skip_first_batches(loader, 2)]
     assert rest == first[2:]

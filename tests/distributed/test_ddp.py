@@ -172,7 +172,12 @@ def check_shuffle_is_shared_without_set_seed():
     loader = acc.prepare(DataLoader(TensorDataset(torch.arange(16)), batch_size=2, shuffle=True))
     before = torch.get_rng_state()
     mine = [i for (x,) in loader for i in x.tolist()]
-    assert torch.equal(before, torch.get_rng_state())  # the global RNG is untouched
+    # As Accelerate: the shuffle draws from the synchronized generator; the global RNG
+    # gives only the DataLoader's base seed (one draw per iteration).
+    after = torch.get_rng_state()
+    torch.set_rng_state(before)
+    torch.empty((), dtype=torch.int64).random_()
+    assert torch.equal(after, torch.get_rng_state())
     everything = gather_object(mine)
     assert sorted(everything) == list(range(16))
 

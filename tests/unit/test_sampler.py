@@ -23,17 +23,19 @@ def shards(n, bs, num_shards, *, drop_last=False, split=False, even=True):
 
 def test_ten_samples_batch_four_two_processes():
     (b0, r0), (b1, r1) = shards(10, 4, 2)
-    assert b0 == [[0, 1, 2, 3], [8, 9]] and r0 == [4, 2]
-    assert b1 == [[4, 5, 6, 7], [0, 1, 2, 3]] and r1 == [4, 0]
+    # As Accelerate: the short last batch is filled to full size from the start of the data.
+    assert b0 == [[0, 1, 2, 3], [8, 9, 0, 1]] and r0 == [4, 2]
+    assert b1 == [[4, 5, 6, 7], [2, 3, 4, 5]] and r1 == [4, 0]
     (b0, _), (b1, _) = shards(10, 4, 2, even=False)
     assert b0 == [[0, 1, 2, 3], [8, 9]] and b1 == [[4, 5, 6, 7]]
 
 
 def test_split_batches():
     (b0, r0), (b1, r1) = shards(10, 4, 2, split=True)
-    assert b0 == [[0, 1], [4, 5], [8]] and b1 == [[2, 3], [6, 7], [9]]
+    assert b0 == [[0, 1], [4, 5], [8, 9]] and b1 == [[2, 3], [6, 7], [0, 1]]
+    assert r0 == [2, 2, 2] and r1 == [2, 2, 0]
     (b0, r0), (b1, r1) = shards(9, 4, 2, split=True)
-    assert b0[-1] == [8] and b1[-1] == [8] and r0[-1] == 1 and r1[-1] == 0
+    assert b0[-1] == [8, 0] and b1[-1] == [1, 2] and r0[-1] == 1 and r1[-1] == 0
     (b0, _), (b1, _) = shards(9, 4, 2, split=True, even=False)
     assert len(b0) == 3 and len(b1) == 2
 
@@ -56,10 +58,16 @@ def test_every_sample_is_seen_once_as_real(n, bs, k, drop_last, split, even):
         assert len(counts) == len(batches)
         for batch, count in zip(batches, counts, strict=True):
             real.extend(batch[:count])
-    expected = [i for b in BatchSampler(SequentialSampler(range(n)), bs, drop_last) for i in b]
-    assert sorted(real) == expected
+    batches = list(BatchSampler(SequentialSampler(range(n)), bs, drop_last))
+    if drop_last and not split and k > 1:  # as Accelerate: an incomplete last round is dropped too
+        batches = batches[: len(batches) // k * k]
+    assert sorted(real) == [i for b in batches for i in b]
     if even:
         assert len({len(b) for b, _ in result}) == 1
+
+
+def plain_items(items):
+    return [x.item if isinstance(x, Repeated) else x for x in items]
 
 
 class Stream(IterableDataset):
@@ -74,12 +82,13 @@ class Stream(IterableDataset):
 def test_iterable_dataset_shards_without_duplicates(workers):
     seen = []
     for i in range(2):
-        ds = ShardedIterableDataset(Stream(22), batch_size=4, num_shards=2, shard_index=i, even_batches=False)
-        loader = DataLoader(ds, batch_size=4, num_workers=workers)
-        seen.append([b.tolist() for b in loader])
-    # Chunk c of 4 items goes to shard c % 2, in stream order, whatever the worker count.
+        ds = ShardedIterableDataset(Stream(22), batch_size=4, num_shards=2, shard_index=i)
+        loader = DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=plain_items)
+        seen.append([list(b) for b in loader])
+    # Chunk c of 4 items goes to shard c % 2, in stream order, whatever the worker count;
+    # the last round is completed from the first one.
     assert seen[0] == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18, 19]]
-    assert seen[1] == [[4, 5, 6, 7], [12, 13, 14, 15], [20, 21]]
+    assert seen[1] == [[4, 5, 6, 7], [12, 13, 14, 15], [20, 21, 0, 1]]
 
 
 def test_iterable_dataset_even_batches_pads_from_the_start():
@@ -109,3 +118,41 @@ def test_tensor_batches_round_trip():
     base = BatchSampler(SequentialSampler(range(6)), 3, False)
     assert list(ShardedBatchSampler(base, 1, 0)) == [[0, 1, 2], [3, 4, 5]]
     assert torch.equal(torch.tensor(next(iter(ShardedBatchSampler(base, 2, 1)))), torch.tensor([3, 4, 5]))
+
+
+class Varying:
+    """A batch sampler with batches of any size (no batch_size attribute)."""
+
+    def __init__(self, sizes):
+        self.sizes = sizes
+
+    def __iter__(self):
+        start = 0
+        for size in self.sizes:
+            yield list(range(start, start + size))
+            start += size
+
+    def __len__(self):
+        return len(self.sizes)
+
+
+def test_same_shards_as_accelerate():
+    """Every rank's batches equal HF Accelerate's BatchSamplerShard / IterableDatasetShard."""
+    pytest.importorskip("accelerate")
+    from accelerate.data_loader import BatchSamplerShard, IterableDatasetShard
+
+    for n, bs, k, drop_last, split, even in itertools.product([0, 3, 10, 13], [1, 4], [2, 3], [False, True],
+                                                             [False, True], [False, True]):
+        if split and bs % k:
+            continue
+        for i in range(k):
+            base = BatchSampler(SequentialSampler(range(n)), bs, drop_last)
+            ours = ShardedBatchSampler(base, k, i, split_batches=split, even_batches=even)
+            theirs = list(BatchSamplerShard(base, k, i, split_batches=split, even_batches=even))
+            assert list(ours) == theirs and len(ours) == len(theirs), (n, bs, k, drop_last, split, even, i)
+            items = list(ShardedIterableDataset(range(n), bs, k, i, split_batches=split, drop_last=drop_last))
+            assert plain_items(items) == list(IterableDatasetShard(list(range(n)), bs, drop_last, k, i, split))
+    for sizes, k, even in itertools.product([[3, 1, 2], [2, 2, 2, 1], [4, 3, 2, 1, 5]], [2, 3], [False, True]):
+        for i in range(k):
+            theirs = list(BatchSamplerShard(Varying(sizes), k, i, even_batches=even))
+            assert list(ShardedBatchSampler(Varying(sizes), k, i, even_batches=even)) == theirs, (sizes, k, even, i)

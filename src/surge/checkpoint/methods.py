@@ -270,7 +270,9 @@ class CheckpointingMixin(ProcessQueries):
         root = checkpoints_root(pc.project_dir)
         result = self._write_checkpoint(
             output_dir, models=self._models, optimizers=self._optimizers, schedulers=self._schedulers, extra=extra,
-            rank_state={"rng": rng_state()}, background=async_save,
+            # Each process's own loader states too: an epoch's random draws start from its RNG.
+            rank_state={"rng": rng_state(), "loaders": extra["loaders"] if self.topology.is_main_process
+                        else [dl.state_dict() for dl in self._dataloaders]}, background=async_save,
             on_complete=(lambda: prune(root, limit)) if limit is not None else None,
             before_write=self._save_hooks_runner(self.strategy.checkpoint_writer().collective),
         )
@@ -357,9 +359,11 @@ class CheckpointingMixin(ProcessQueries):
         newest complete checkpoint under ``project_dir/checkpoints``; automatic
         numbering continues after it.
 
-        Each prepared loader continues where it was: its next iteration runs the saved
-        epoch (same shuffle) without the batches already handed out, or the next epoch
-        if the saved one had finished (``loader.epoch`` is the epoch that runs next).
+        Each prepared loader continues as in the live run: one interrupted mid-epoch by
+        the checkpoint runs the rest of that epoch (same draws, without the batches
+        already handed out); any other, including one whose iteration was abandoned
+        (an evaluation loop that ``break``s), starts its next iteration from the
+        beginning (``loader.epoch`` is the epoch that runs next).
 
         ``missing_ok=True`` makes it the resume one-liner of a restartable script: with
         no complete checkpoint yet it does nothing and returns None, so the same line
@@ -436,7 +440,9 @@ class CheckpointingMixin(ProcessQueries):
             if len(mine) != len(saved):
                 raise ValueError(f"checkpoint {input_dir!r} holds {len(saved)} {kind} but {len(mine)} are prepared "
                                  "here; prepare/register the same ones as the run that saved it.")
-        for loader, state in zip(self._dataloaders, extra["loaders"], strict=True):
+        own = rank_state.get("loaders")
+        loader_states = own if own is not None and len(own) == len(extra["loaders"]) else extra["loaders"]
+        for loader, state in zip(self._dataloaders, loader_states, strict=True):
             loader.load_state_dict(state)
         for obj, state in zip(self._custom_objects, extra["custom"], strict=True):
             obj.load_state_dict(state)

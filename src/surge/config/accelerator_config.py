@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, get_args
 
 from surge.config._validate import check_bool, check_choice, check_int
+from surge.config.dataloader import DataLoaderConfiguration
 from surge.config.kwargs import (
     AutocastKwargs,
     DistributedDataParallelKwargs,
@@ -49,6 +51,9 @@ class AcceleratorConfig:
     each process gets whole batches (the global batch is batch_size x num_processes)."""
     even_batches: bool = True
     """Repeat samples from the start so every process sees the same number of batches."""
+    dataloader: DataLoaderConfiguration = field(default_factory=DataLoaderConfiguration)
+    """The prepared loaders' settings; its ``split_batches`` / ``even_batches`` follow the
+    two fields above."""
     step_scheduler_with_optimizer: bool = True
     """Prepared schedulers step only when the optimizer really stepped; False: every call steps."""
     scheduler_steps: SchedulerSteps = "num_processes"
@@ -110,6 +115,11 @@ class AcceleratorConfig:
                 raise TypeError(f"{name}={getattr(self, name)!r} must be a {kinds[0].__name__}.")
         if self.timeout is not None:
             set_(self, "timeout", as_timeout("timeout", self.timeout))
+        if not isinstance(self.dataloader, DataLoaderConfiguration):
+            raise TypeError(f"dataloader={self.dataloader!r} must be a DataLoaderConfiguration.")
+        if (self.dataloader.split_batches, self.dataloader.even_batches) != (self.split_batches, self.even_batches):
+            set_(self, "dataloader", dataclasses.replace(self.dataloader, split_batches=self.split_batches,
+                                                         even_batches=self.even_batches))
 
     @classmethod
     def from_handlers(cls, handlers: list[Any] | tuple[Any, ...] | None, **values: Any) -> AcceleratorConfig:

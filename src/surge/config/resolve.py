@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from surge.config.accelerator_config import DEFAULT_TIMEOUT, AcceleratorConfig
+from surge.config.dataloader import DataLoaderConfiguration, settle_dataloader_config
 from surge.config.file import active_values, resolve_accelerator_args
 from surge.config.kwargs import GradientAccumulationPlugin, GradScalerKwargs
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
@@ -244,13 +245,13 @@ def _deepspeed_warning(ds: DeepSpeedSettings) -> str | None:
 def resolve_plan(
     *,
     device_placement: bool,
-    split_batches: bool,
+    split_batches: bool | None,
     mixed_precision: str | None,
     gradient_accumulation_steps: int | None,
     cpu: bool | None,
     project_dir: str | os.PathLike[str] | None,
     project_config: ProjectConfiguration | None,
-    even_batches: bool,
+    even_batches: bool | None,
     step_scheduler_with_optimizer: bool,
     scheduler_steps: str = "num_processes",
     kwargs_handlers: list[Any] | None,
@@ -262,6 +263,7 @@ def resolve_plan(
     nonfinite: str | None,
     gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
     accumulation_divisor: str = "cycle",
+    dataloader_config: DataLoaderConfiguration | None = None,
 ) -> tuple[Plan, ProjectConfiguration]:
     """The Accelerator's arguments, settled (see the module docstring). Reads the
     environment and the config file, starts nothing; changes nothing but, once every
@@ -283,6 +285,7 @@ def resolve_plan(
     accumulation = accumulation_settings(gradient_accumulation_plugin, gradient_accumulation_steps)
     if gradient_accumulation_plugin is not None:
         gradient_accumulation_steps = gradient_accumulation_plugin.num_steps or 1
+    loaders = settle_dataloader_config(dataloader_config, split_batches, even_batches)
     if isinstance(deepspeed_plugin, dict):
         deepspeed_plugin = DeepSpeedPlugin.from_dict(deepspeed_plugin)
     if deepspeed_plugin is not None and not isinstance(deepspeed_plugin, DeepSpeedPlugin):
@@ -313,8 +316,9 @@ def resolve_plan(
         kwargs_handlers,
         **resolved,
         device_placement=device_placement,
-        split_batches=split_batches,
-        even_batches=even_batches,
+        split_batches=loaders.split_batches,
+        even_batches=loaders.even_batches,
+        dataloader=loaders,
         step_scheduler_with_optimizer=step_scheduler_with_optimizer,
         scheduler_steps=scheduler_steps,
         accumulation_divisor=accumulation_divisor,

@@ -1,6 +1,7 @@
-"""Sharded data loading (pure samplers and the prepared DataLoader)."""
+"""Sharded data loading (pure samplers, the prepared DataLoader, dispatching)."""
 
 from surge.data.loader import PreparedDataLoader, shard_dataloader
-from surge.data.sampler import ShardedBatchSampler, ShardedIterableDataset
+from surge.data.sampler import SeedableRandomSampler, ShardedBatchSampler, ShardedIterableDataset
 
-__all__ = ["PreparedDataLoader", "ShardedBatchSampler", "ShardedIterableDataset", "shard_dataloader"]
+__all__ = ["PreparedDataLoader", "SeedableRandomSampler", "ShardedBatchSampler", "ShardedIterableDataset",
+           "shard_dataloader"]

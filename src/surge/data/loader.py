@@ -1,27 +1,46 @@
-"""The prepared DataLoader: this process's shard, batches on the device, a private RNG.
+"""The prepared DataLoader: this process's shard, batches on the device.
 
-[Note: the loader owns its randomness]
-A plain DataLoader draws from the *global* torch RNG at every ``iter()`` (its worker
-base seed, and RandomSampler's permutation seed). That makes the training run's
-dropout masks depend on how many times a loader was iterated, and different ranks
-shuffle differently unless their global RNGs agree. The prepared loader instead owns
-a ``torch.Generator`` seeded with a seed shared by all ranks (rank 0's, broadcast once
-at ``prepare``) plus the epoch: every rank gets the same permutation in an epoch, a
-new one each epoch, and iterating never touches the global RNG.
+[Note: the loader's randomness is Accelerate's]
+A script moving over from HF Accelerate must draw the same samples and the same
+random numbers, so the prepared loader uses randomness exactly as Accelerate's
+``DataLoaderShard`` does:
+
+- In one process it is the user's loader: same sampler, same generator, the same
+  draws from the global RNG (DataLoader's worker base seed, then RandomSampler's seed)
+  at every ``iter()``. Its order is the unprepared loader's.
+- On several processes a sampler with a ``generator`` attribute and none set gets a
+  ``torch.Generator`` seeded by one draw from the global RNG at ``prepare`` (a copy of
+  the sampler holds it; the user's is not changed). That generator, or the user's own
+  (``DataLoader(generator=g)``), is the *synchronized generator*: at the start of every
+  iteration rank 0's state is broadcast to all ranks, so every rank draws the same
+  permutation and the shards are disjoint. The base-seed draw still comes from the
+  loader's ``generator`` or the global RNG, per rank.
+- ``use_seedable_sampler=True`` replaces a RandomSampler by :class:`SeedableRandomSampler`
+  (``data_seed + epoch``) and synchronizes nothing.
+- Each iteration first calls ``set_epoch(loader.epoch)`` down the sampler chain (the
+  batch sampler, its sampler, or else the dataset); ``loader.epoch`` advances when an
+  iteration runs to its end. An abandoned iteration leaves it where it was.
+
+For checkpoints the loader also records the random state its epoch started from (the
+global RNG and the generators); a loader interrupted mid-epoch by ``save_state``
+replays that epoch's draws on resume and skips the batches already handed out, then
+gives the global RNG back the checkpoint's state (see :meth:`PreparedDataLoader.state_dict`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
+from surge import ops
 from surge._tree import tree_leaves, tree_map
 from surge.accumulation import GradientState
-from surge.data.sampler import Repeated, ShardedBatchSampler, ShardedIterableDataset
+from surge.data.dispatch import Dispatcher
+from surge.data.sampler import Repeated, SeedableRandomSampler, ShardedBatchSampler, ShardedIterableDataset
 from surge.device import send_to_device
 
 # DataLoader arguments carried over from the user's loader unchanged.
@@ -32,6 +51,7 @@ _PASSTHROUGH = (
     "timeout",
     "worker_init_fn",
     "multiprocessing_context",
+    "generator",
     "prefetch_factor",
     "persistent_workers",
     "pin_memory_device",
@@ -52,110 +72,166 @@ class PreparedDataLoader(DataLoader[Any]):
         *,
         device: torch.device | None,
         gradient_state: GradientState,
-        seed: int,
-        batch_sampler: ShardedBatchSampler | None = None,
+        sharded: ShardedBatchSampler | None = None,
+        sampler_is_batch_sampler: bool = False,
         batch_size: int | None = None,
         drop_last: bool = False,
-        shuffle_generator: torch.Generator | None = None,
+        synchronized_generator: torch.Generator | None = None,
+        epoch_view: Any = None,
+        dispatcher: Dispatcher | None = None,
+        non_blocking: bool = False,
+        sync_global_rng: bool = False,
         **loader_kwargs: Any,
     ) -> None:
-        self._generator = torch.Generator()
-        self._generator.manual_seed(seed)
-        if batch_sampler is not None:
-            super().__init__(dataset, batch_sampler=batch_sampler, generator=self._generator, **loader_kwargs)
+        if sharded is not None and sampler_is_batch_sampler:
+            super().__init__(dataset, sampler=sharded, batch_size=None, **loader_kwargs)
+        elif sharded is not None:
+            super().__init__(dataset, batch_sampler=sharded, **loader_kwargs)
         else:
-            super().__init__(
-                dataset, batch_size=batch_size, drop_last=drop_last, generator=self._generator, **loader_kwargs
-            )
+            super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, **loader_kwargs)
         self.device = device
         self.gradient_state = gradient_state
-        self.seed = seed
-        self._shuffle_generator = shuffle_generator
-        self._epoch = 0
-        self._non_blocking = bool(self.pin_memory) and device is not None and device.type == "cuda"
+        self.synchronized_generator = synchronized_generator
+        self._sync_global_rng = sync_global_rng
+        self._sharded = sharded
+        self._epoch_view: Any = epoch_view if epoch_view is not None else sharded
+        self._dispatcher = dispatcher
+        self._non_blocking = non_blocking or (bool(self.pin_memory) and device is not None and device.type == "cuda")
+        self.iteration = 0
+        """The epoch the next iteration runs (HF Accelerate's name); see :attr:`epoch`."""
         self._real_count: int | None = None
         self._skip_next = 0
-        # Progress, for checkpoints: the epoch last started, batches of it handed out
-        # (skipped ones included), and whether it ran to the end.
-        self._progress_epoch = -1
+        self._resume_rng: torch.Tensor | None = None
+        # Progress, for checkpoints: whether an iteration is under way, the batches of it
+        # handed out (skipped ones included), and the random state it started from.
+        self._live = False
         self._batches_seen = 0
-        self._epoch_done = True
+        self._epoch_rng: torch.Tensor | None = None
+        self._epoch_generators: dict[str, torch.Tensor] = {}
 
     @property
     def epoch(self) -> int:
-        """The epoch the next ``iter()`` will run (advanced by each iteration, or set)."""
-        return self._epoch
+        """The epoch the next ``iter()`` runs: advanced when an iteration runs to its end,
+        or set by :meth:`set_epoch`."""
+        return self.iteration
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        found = {"synchronized": self.synchronized_generator, "loader": self.generator}
+        return {k: g for k, g in found.items() if isinstance(g, torch.Generator)}
 
     def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch`` for the next iteration's shuffle (DistributedSampler's method)."""
+        """Run the next iteration as epoch ``epoch`` and tell the samplers (and the
+        dataset) that have a ``set_epoch``, as Accelerate does."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"set_epoch(epoch={epoch!r}) needs a non-negative integer.")
-        self._epoch = epoch
+        self.iteration = epoch
+        view = self._epoch_view
+        if hasattr(view, "set_epoch"):
+            view.set_epoch(epoch)
+        if hasattr(getattr(view, "sampler", None), "set_epoch"):
+            view.sampler.set_epoch(epoch)
+        inner = getattr(view, "batch_sampler", None)
+        if hasattr(getattr(inner, "sampler", None), "set_epoch"):
+            inner.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        elif hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this loader is: the epoch in progress (or last finished), the batches of
-        it already handed out, and the shuffle seed. Plain values (JSON-safe)."""
-        return {"epoch": self._progress_epoch, "batches_seen": self._batches_seen,
-                "finished": self._epoch_done, "seed": self.seed}
+        """Where this loader is: the epoch that runs next (or is under way), whether an
+        iteration is under way and how many of its batches were handed out, and the
+        random state to replay it from (the generators' state now when none is)."""
+        live = self._live
+        gens = self._epoch_generators if live else {k: g.get_state() for k, g in self._generators().items()}
+        return {"iteration": self.iteration, "in_progress": live, "batches_seen": self._batches_seen if live else 0,
+                "generators": dict(gens), "rng": self._epoch_rng if live else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``: the next iteration runs the saved epoch again (same
-        shuffle) without the ``resume_batches`` batches already handed out if it was in
-        progress, else the following epoch from its start."""
-        self.seed = int(state["seed"])
-        epoch, finished = int(state["epoch"]), bool(state["finished"])
-        self._epoch = max(0, epoch + 1 if finished else epoch)
-        self._progress_epoch = epoch
-        self._batches_seen = 0 if finished else int(state["batches_seen"])
-        self._epoch_done = finished
-        self._skip_next = self.resume_batches
+        """Continue from ``state``: an iteration that was under way when it was saved runs
+        again with the same draws and without the batches already handed out; otherwise
+        the next iteration starts at the beginning of the saved epoch."""
+        if "seed" in state:  # a checkpoint from surge < 0.2: position only
+            finished = bool(state["finished"])
+            self.iteration = max(0, int(state["epoch"]) + (1 if finished else 0))
+            self._skip_next = 0 if finished else int(state["batches_seen"])
+            return
+        self.iteration = int(state["iteration"])
+        saved = state["generators"]
+        for name, generator in self._generators().items():
+            if name in saved:  # absent when saved with another number of processes
+                generator.set_state(saved[name])
+        in_progress = bool(state["in_progress"])
+        self._skip_next = int(state["batches_seen"]) if in_progress else 0
+        self._resume_rng = state["rng"] if in_progress else None
 
     @property
     def resume_batches(self) -> int:
         """Batches of the next epoch already consumed before a checkpoint was loaded
-        (0 when the last epoch had finished); the next iteration skips them."""
-        return 0 if self._epoch_done or self._progress_epoch != self._epoch else self._batches_seen
-
-    def _begin_epoch(self) -> None:
-        epoch = self._epoch
-        self._generator.manual_seed(self.seed + epoch)
-        if self._shuffle_generator is not None:
-            self._shuffle_generator.manual_seed(self.seed + epoch)
-        for obj in (self.batch_sampler, getattr(self.batch_sampler, "batch_sampler", None), self.dataset):
-            sampler = getattr(obj, "sampler", None)
-            if sampler is not None and hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        self._epoch = epoch + 1
+        (0 when none was under way); the next iteration skips them."""
+        return self._skip_next
 
     def skip_first_batches(self, num_batches: int) -> SkipFirstBatches:
         """An iterable over this loader that skips the next epoch's first ``num_batches``
         batches (see :class:`SkipFirstBatches`)."""
         return SkipFirstBatches(self, num_batches)
 
+    def __len__(self) -> int:
+        whole = super().__len__()
+        return whole if self._dispatcher is None else self._dispatcher.length(whole)
+
+    def _start(self) -> Callable[[], None]:
+        """Synchronize, set the epoch, and fix the random state this iteration starts
+        from; returns what gives the global RNG back once the sampler has drawn."""
+        sync = self.synchronized_generator
+        if sync is not None:  # rank 0's state on every rank (a no-op in one process)
+            sync.set_state(ops.broadcast_object_list([sync.get_state()], from_process=0)[0])
+        if self._sync_global_rng:  # rng_types=["torch"]: rank 0's global RNG everywhere
+            torch.set_rng_state(ops.broadcast_object_list([torch.get_rng_state()], from_process=0)[0])
+        self.set_epoch(self.iteration)
+        resume, self._resume_rng = self._resume_rng, None
+        if resume is None:
+            self._epoch_rng = torch.get_rng_state()
+            self._epoch_generators = {k: g.get_state() for k, g in self._generators().items()}
+            return lambda: None
+        checkpoint = torch.get_rng_state()
+        torch.set_rng_state(resume)
+        self._epoch_rng = resume
+        self._epoch_generators = {k: g.get_state() for k, g in self._generators().items()}
+        done: list[bool] = []
+
+        def give_back() -> None:
+            if not done:
+                done.append(True)
+                torch.set_rng_state(checkpoint)
+
+        return give_back
+
     # A generator rather than torch's _BaseDataLoaderIter: callers only iterate it.
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        self._begin_epoch()
+        give_back = self._start()
         skip, self._skip_next = self._skip_next, 0
-        self._progress_epoch, self._batches_seen, self._epoch_done = self._epoch - 1, skip, False
-        sampler = self.batch_sampler if isinstance(self.batch_sampler, ShardedBatchSampler) else None
+        self._live, self._batches_seen = True, skip
+        sampler = self._sharded
         if sampler is not None:
-            sampler.skip = skip  # dropped as indices: the skipped samples are never loaded
+            if self._dispatcher is None:
+                sampler.skip = skip  # dropped as indices: the skipped samples are never loaded
+            sampler.on_start = give_back
         gs = self.gradient_state
         # An inner loop over another prepared loader (evaluation inside a training step)
         # must hand the outer loop's batch state back when it ends or is abandoned.
         outer = (gs.end_of_dataloader, gs.batch_real_count, gs.batch_size)
-        it = super().__iter__()
+        it: Iterator[Any] = super().__iter__()
         try:
-            if sampler is None:
+            if self._dispatcher is not None:
+                it = (CountedBatch(*b) for b in self._dispatcher.batches(it))
+            if sampler is None or self._dispatcher is not None:
                 for _ in range(skip):  # an iterable dataset can only skip by reading
                     if next(it, _END) is _END:
-                        return
+                        break
             current = next(it, _END)
+            give_back()
             samples = real_samples = 0
             device = self.device
-            move = device is not None and not self._already_there(current)
+            move = device is not None and self._dispatcher is None and not self._already_there(current)
             # On CUDA the next batch is copied on a side stream while this one computes.
             prefetch = _DevicePrefetch(device) if device is not None and move and device.type == "cuda" else None
             staged = prefetch.start(current) if prefetch is not None and current is not _END else None
@@ -185,8 +261,12 @@ class PreparedDataLoader(DataLoader[Any]):
                     yield current
                 current, staged = upcoming, staged_next
             gs.epoch_samples, gs.epoch_padding = samples, samples - real_samples
-            self._epoch_done = True
+            self.iteration += 1
         finally:
+            give_back()
+            self._live = False
+            if sampler is not None:
+                sampler.on_start = None
             gs.end_of_dataloader, gs.batch_real_count, gs.batch_size = outer
 
     def _already_there(self, batch: Any) -> bool:
@@ -312,21 +392,16 @@ class SkipFirstBatches:
         return getattr(self.loader, name)
 
 
-def _own_randomness(batch_sampler: Any) -> tuple[Any, torch.Generator | None]:
-    """Give a sampler that would draw from the global RNG a generator of its own (see
-    [Note: the loader owns its randomness]). The user's sampler is copied, not changed."""
-    sampler = getattr(batch_sampler, "sampler", None)
-    if sampler is None or not hasattr(sampler, "generator") or sampler.generator is not None:
-        return batch_sampler, None
-    generator = torch.Generator()
-    sampler = copy.copy(sampler)
-    sampler.generator = generator
+
+
+def _with_sampler(batch_sampler: Any, sampler: Any) -> Any:
+    """``batch_sampler`` drawing from ``sampler`` instead: a new BatchSampler, or a copy
+    of a custom one (the user's objects are not changed)."""
     if type(batch_sampler) is BatchSampler:
-        batch_sampler = BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last)
-    else:  # a custom batch sampler: copy it and point the copy at the new sampler
-        batch_sampler = copy.copy(batch_sampler)
-        batch_sampler.sampler = sampler
-    return batch_sampler, generator
+        return BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last)
+    batch_sampler = copy.copy(batch_sampler)
+    batch_sampler.sampler = sampler
+    return batch_sampler
 
 
 def shard_dataloader(
@@ -336,75 +411,111 @@ def shard_dataloader(
     shard_index: int,
     device: torch.device | None,
     gradient_state: GradientState,
-    seed: int,
     split_batches: bool = False,
     even_batches: bool = True,
+    dispatch_batches: bool | None = None,
+    use_seedable_sampler: bool = False,
+    data_seed: int | None = None,
+    non_blocking: bool = False,
+    rng_types: tuple[str, ...] = ("generator",),
 ) -> PreparedDataLoader:
     """Rebuild ``loader`` over shard ``shard_index`` of ``num_shards``, keeping its
-    sampler, batch sampler, collate_fn, drop_last, workers and pinning.
+    sampler, batch sampler, collate_fn, drop_last, generator, workers and pinning (see
+    [Note: the loader's randomness is Accelerate's] and [Note: batches dealt as
+    Accelerate deals them] in sampler.py).
+
+    ``dispatch_batches`` (None: True for an iterable dataset when batches go to a
+    device) reads on process 0 only (see [Note: dispatched batches] in dispatch.py).
+    ``rng_types`` names what every iteration synchronizes from rank 0: "generator" (the
+    sampler's generator) and/or "torch" (the global RNG).
 
     Raises:
         ValueError: ``split_batches=True`` with a batch size not divisible by
-            ``num_shards``.
+            ``num_shards``; ``dispatch_batches=True`` without a device.
     """
     kwargs = {name: getattr(loader, name) for name in _PASSTHROUGH if hasattr(loader, name)}
     if kwargs.get("num_workers", 0) == 0:
         # DataLoader refuses these without workers.
         kwargs.pop("prefetch_factor", None)
         kwargs.pop("persistent_workers", None)
-    dataset = loader.dataset
-    if isinstance(dataset, IterableDataset):
+    dataset: Any = loader.dataset
+    iterable = isinstance(dataset, IterableDataset)
+    if dispatch_batches is None:
+        dispatch_batches = device is not None and iterable
+    if dispatch_batches and device is None:
+        raise ValueError("dispatch_batches=True sends the batches to a device; it needs device placement (a "
+                         "device / put_on_device=True, or Accelerator(device_placement=True)).")
+    if split_batches and num_shards > 1:
+        size = loader.batch_size if loader.batch_size is not None else getattr(
+            loader.sampler if isinstance(loader.sampler, BatchSampler) else loader.batch_sampler, "batch_size", None)
+        if not isinstance(size, int) or (size > 1 and size % num_shards):
+            raise ValueError(
+                f"split_batches=True needs a batch size divisible by the number of processes; got batch_size={size} "
+                f"for {num_shards} processes. Use a batch size that is a multiple of {num_shards}, or "
+                "split_batches=False (each process then loads whole batches)."
+            )
+    unknown = [r for r in rng_types if r not in ("generator", "torch")]
+    if unknown:
+        raise ValueError(f"rng_types={list(rng_types)!r}: surge synchronizes 'generator' and 'torch'; remove "
+                         f"{unknown}.")
+    common: dict[str, Any] = {"device": device, "gradient_state": gradient_state, "non_blocking": non_blocking,
+              "sync_global_rng": "torch" in rng_types}
+    sampler_is_bs = isinstance(loader.sampler, BatchSampler)
+    batch_sampler: Any = loader.sampler if sampler_is_bs else loader.batch_sampler
+    sampler: Any = getattr(batch_sampler, "sampler", None) if not iterable else None
+    if isinstance(sampler, RandomSampler) and use_seedable_sampler:
+        sampler = SeedableRandomSampler(sampler.data_source, replacement=sampler.replacement,
+                                        num_samples=sampler._num_samples, generator=sampler.generator,
+                                        data_seed=data_seed)
+        batch_sampler = _with_sampler(batch_sampler, sampler)
+    if dispatch_batches and num_shards > 1:
+        kwargs.pop("generator", None)  # as Accelerate: the base seed comes from the global RNG
+        dispatcher = Dispatcher(num_processes=num_shards, process_index=shard_index, split_batches=split_batches,
+                                drop_last=loader.drop_last, device=device)  # type: ignore[arg-type]
+        if iterable or batch_sampler is None:
+            return PreparedDataLoader(dataset, **common, dispatcher=dispatcher, batch_size=loader.batch_size,
+                                      drop_last=loader.drop_last, sampler=loader.sampler if not iterable else None,
+                                      **kwargs)
+        own = ShardedBatchSampler(batch_sampler)
+        return PreparedDataLoader(dataset, **common, dispatcher=dispatcher, sharded=own,
+                                  sampler_is_batch_sampler=sampler_is_bs, epoch_view=batch_sampler, **kwargs)
+    if iterable:
         if num_shards > 1:
             if loader.batch_size is None:
                 raise ValueError(
                     "an iterable dataset is prepared with batch_size=None (the dataset makes its own batches); "
                     "surge cannot shard such batches evenly. Let the DataLoader batch (batch_size=N)."
                 )
-            if even_batches:
+            if not loader.drop_last:
                 kwargs["collate_fn"] = _CountingCollate(loader.collate_fn)
-            dataset = ShardedIterableDataset(
-                dataset,
-                batch_size=loader.batch_size,
-                num_shards=num_shards,
-                shard_index=shard_index,
-                even_batches=even_batches,
-                split_batches=split_batches,
-                drop_last=loader.drop_last,
-            )
+            stream_generator = getattr(dataset, "generator", None)  # a stream that shuffles with it
+            if isinstance(stream_generator, torch.Generator) and "generator" in rng_types:
+                common["synchronized_generator"] = stream_generator
+            dataset = ShardedIterableDataset(dataset, batch_size=loader.batch_size, num_shards=num_shards,
+                                             shard_index=shard_index, split_batches=split_batches,
+                                             drop_last=loader.drop_last)
         batch_size = dataset.batch_size if isinstance(dataset, ShardedIterableDataset) else loader.batch_size
-        return PreparedDataLoader(
-            dataset,
-            device=device,
-            gradient_state=gradient_state,
-            seed=seed,
-            batch_size=batch_size,
-            drop_last=loader.drop_last,
-            **kwargs,
-        )
+        return PreparedDataLoader(dataset, **common, batch_size=batch_size, drop_last=loader.drop_last, **kwargs)
 
-    batch_sampler = loader.batch_sampler
     if batch_sampler is None:
-        # batch_size=None: the loader yields single samples; shard them one by one and
-        # hand the collate function the sample itself, not a list of one.
+        # batch_size=None over a plain sampler: the loader yields single samples; shard
+        # them one by one and hand the collate function the sample itself.
         batch_sampler = BatchSampler(loader.sampler, batch_size=1, drop_last=False)
         kwargs["collate_fn"] = _Unbatched(loader.collate_fn)
-    batch_sampler, shuffle_generator = _own_randomness(batch_sampler)
-    if isinstance(getattr(batch_sampler, "sampler", None), DistributedSampler):
-        # The user sharded already (DistributedSampler pads and splits by rank itself).
-        num_shards, shard_index = 1, 0
-    sharded = ShardedBatchSampler(
-        batch_sampler,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        split_batches=split_batches,
-        even_batches=even_batches,
-    )
-    return PreparedDataLoader(
-        dataset,
-        device=device,
-        gradient_state=gradient_state,
-        seed=seed,
-        batch_sampler=sharded,
-        shuffle_generator=shuffle_generator,
-        **kwargs,
-    )
+        sampler_is_bs = False
+    synchronized = None
+    if isinstance(sampler, DistributedSampler):
+        num_shards, shard_index = 1, 0  # the user sharded already (DistributedSampler pads and splits by rank)
+    elif num_shards > 1 and not use_seedable_sampler and hasattr(sampler, "generator"):
+        if sampler.generator is None:
+            generator = torch.Generator()
+            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+            sampler = copy.copy(sampler)
+            sampler.generator = generator
+            batch_sampler = _with_sampler(batch_sampler, sampler)
+        synchronized = sampler.generator if "generator" in rng_types else None
+    sharded = ShardedBatchSampler(batch_sampler, num_shards=num_shards, shard_index=shard_index,
+                                  split_batches=split_batches, even_batches=even_batches)
+    return PreparedDataLoader(dataset, **common, sharded=sharded, sampler_is_batch_sampler=sampler_is_bs,
+                              synchronized_generator=synchronized,
+                              epoch_view=batch_sampler if num_shards == 1 else sharded, **kwargs)

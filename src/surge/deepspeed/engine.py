@@ -156,12 +156,13 @@ def initialize(
         lr_scheduler = lr_scheduler(optimizer)
     loader = None
     if training_data is not None:
-        from torch.utils.data import DataLoader, RandomSampler
+        from torch.utils.data import DataLoader
 
-        # DeepSpeed's loader: shuffled from seed 0 (+ the epoch), sharded over the
-        # processes. The sampler has no generator of its own, so the prepared loader
-        # reseeds it every epoch from the loader's seed (see data/loader.py).
-        loader = DataLoader(training_data, batch_size=micro, sampler=RandomSampler(training_data),
+        from surge.data.sampler import SeedableRandomSampler
+
+        # DeepSpeed's loader: shuffled from seed 0 + the epoch, the same order on every
+        # process, sharded over the processes.
+        loader = DataLoader(training_data, batch_size=micro, sampler=SeedableRandomSampler(training_data, data_seed=0),
                             collate_fn=collate_fn, drop_last=settings.drop_last,
                             generator=torch.Generator().manual_seed(0))
     prepared = accelerator.prepare(*(x for x in (model, optimizer, lr_scheduler, loader) if x is not None))

@@ -9,6 +9,7 @@ what surge does not run (TPU/XLA execution, Megatron-LM) exist and raise
 
 import sys
 
+from surge.config.dataloader import DataLoaderConfiguration
 from surge.config.enums import (
     ComputeEnvironment,
     DDPCommunicationHookType,
@@ -114,6 +115,7 @@ __all__ = [
     "AutocastKwargs",
     "ComputeEnvironment",
     "DDPCommunicationHookType",
+    "DataLoaderConfiguration",
     "DeepSpeedPlugin",
     "DistributedDataParallelKwargs",
     "DistributedType",

@@ -1,0 +1,93 @@
+"""The Accelerator's DataLoader methods and settings (a mixin, to keep accelerator.py small)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.data import DataLoader
+
+from surge.data.loader import PreparedDataLoader, SkipFirstBatches, shard_dataloader
+
+if TYPE_CHECKING:
+    import torch
+
+    from surge.accumulation import GradientState
+    from surge.config.accelerator_config import AcceleratorConfig
+    from surge.config.dataloader import DataLoaderConfiguration
+
+
+class DataLoadingMixin:
+    """``prepare_data_loader``, ``skip_first_batches`` and the loader settings, with
+    HF Accelerate's names (see [Note: the loader's randomness is Accelerate's] in
+    data/loader.py)."""
+
+    config: AcceleratorConfig
+    gradient_state: GradientState
+    _dataloaders: list[PreparedDataLoader]
+
+    if TYPE_CHECKING:
+        @property
+        def device(self) -> torch.device: ...
+        @property
+        def num_processes(self) -> int: ...
+        @property
+        def process_index(self) -> int: ...
+        def _fill_deepspeed_batch_sizes(self, loader: DataLoader[Any]) -> None: ...
+
+    @property
+    def dataloader_config(self) -> DataLoaderConfiguration:
+        """The prepared loaders' settings (``Accelerator(dataloader_config=...)``)."""
+        return self.config.dataloader
+
+    @property
+    def dispatch_batches(self) -> bool | None:
+        return self.config.dataloader.dispatch_batches
+
+    @property
+    def use_seedable_sampler(self) -> bool:
+        return self.config.dataloader.use_seedable_sampler
+
+    @property
+    def non_blocking(self) -> bool:
+        return self.config.dataloader.non_blocking
+
+    @property
+    def use_stateful_dataloader(self) -> bool:
+        return self.config.dataloader.use_stateful_dataloader
+
+    def prepare_data_loader(self, data_loader: DataLoader[Any], device_placement: bool | None = None,
+                            slice_fn_for_dispatch: Any = None) -> PreparedDataLoader:
+        """Shard a DataLoader across processes and move its batches to :attr:`device`,
+        with :attr:`dataloader_config`'s settings (``prepare`` calls it).
+
+        Raises:
+            TypeError: not a DataLoader.
+            ValueError: a setting the loader cannot honour (named, with the fix).
+        """
+        if isinstance(data_loader, PreparedDataLoader):
+            if data_loader not in self._dataloaders:
+                self._dataloaders.append(data_loader)
+            return data_loader
+        if not isinstance(data_loader, DataLoader):
+            raise TypeError(f"prepare_data_loader expects a torch DataLoader; got {type(data_loader).__name__}.")
+        if slice_fn_for_dispatch is not None:
+            raise ValueError("prepare_data_loader(slice_fn_for_dispatch=...) is not supported: dispatched batches are "
+                             "sliced along their first dimension. Leave it unset.")
+        place = self.config.device_placement if device_placement is None else device_placement
+        self._fill_deepspeed_batch_sizes(data_loader)
+        dl = self.config.dataloader
+        prepared = shard_dataloader(
+            data_loader, num_shards=self.num_processes, shard_index=self.process_index,
+            device=self.device if place else None, gradient_state=self.gradient_state,
+            split_batches=dl.split_batches, even_batches=dl.even_batches, dispatch_batches=dl.dispatch_batches,
+            use_seedable_sampler=dl.use_seedable_sampler, data_seed=dl.data_seed, non_blocking=dl.non_blocking,
+        )
+        self._dataloaders.append(prepared)
+        return prepared
+
+    def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> SkipFirstBatches:
+        """Iterate ``dataloader``'s current epoch without its first ``num_batches`` batches
+        (to resume mid-epoch). With a prepared map-style loader the skipped samples are
+        not loaded, the draws are the epoch's own, and the loader's epoch advances as
+        after a full iteration."""
+        return SkipFirstBatches(dataloader, num_batches)
