@@ -39,6 +39,7 @@ _LAZY = {
     "synchronize_rng_states": "surge.utils.random",
     "notebook_launcher": "surge.launch.notebook",
     "debug_launcher": "surge.launch.notebook",
+    "is_rich_available": "surge.utils.imports",
 }
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "debug_launcher",
     "find_executable_batch_size",
     "initialize",
+    "is_rich_available",
     "notebook_launcher",
     "synchronize_rng_states",
 ]  # every name of _LAZY (tests/unit/test_rules.py checks)
@@ -85,6 +87,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from surge.state import PartialState
     from surge.topology import DistributedType, Topology
     from surge.utils.batch_size import find_executable_batch_size
+    from surge.utils.imports import is_rich_available
     from surge.utils.random import synchronize_rng_states
 
 
