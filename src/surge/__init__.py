@@ -44,6 +44,7 @@ _LAZY = {
     "debug_launcher": "surge.launch.notebook",
     "init_empty_weights": "surge.big_modeling",
     "init_on_device": "surge.big_modeling",
+    "is_rich_available": "surge.utils.imports",
 }
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "init_empty_weights",
     "init_on_device",
     "initialize",
+    "is_rich_available",
     "notebook_launcher",
     "prepare_data_loader",
     "skip_first_batches",
@@ -98,6 +100,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from surge.state import PartialState
     from surge.topology import DistributedType, Topology
     from surge.utils.batch_size import find_executable_batch_size
+    from surge.utils.imports import is_rich_available
     from surge.utils.random import synchronize_rng_states
 
 

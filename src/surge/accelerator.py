@@ -163,7 +163,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         )
         # Pure too: fp8 on a machine that cannot run it fails here, before any side effect.
         precision = select_precision(plan.config.mixed_precision, torch.device(plan.topology.device),
-                                     plan.config.autocast, plan.config.scaler)
+                                     plan.config.autocast, plan.config.scaler, plan.config.fp8_recipe)
         # 2. Act on it: the process group (shared, reused when running), then the strategy.
         ensure_process_group(plan.topology, timeout=plan.timeout, asked=plan.config.timeout is not None,
                              init_method=plan.config.init_method)

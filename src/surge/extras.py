@@ -1,6 +1,8 @@
 """The Accelerator's other HF Accelerate methods, mixed into :class:`surge.Accelerator`:
 ``state``, ``set_trigger`` / ``check_trigger``, ``join_uneven_inputs``,
-``trigger_sync_in_backward``, ``reduce``, ``unwrap_model``, ``profile``."""
+``trigger_sync_in_backward``, ``reduce``, ``unwrap_model``, ``profile``, and the small
+queries (``fp8_backend``, ``is_fsdp2``, ``save_iteration``, ``should_save_model``,
+``pipeline_parallel_rank``, ``verify_device_map``, ``lomo_backward``)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,11 @@ from surge.topology import DistributedType
 
 if TYPE_CHECKING:
     from surge.config.accelerator_config import AcceleratorConfig
+    from surge.config.enums import FP8BackendType
     from surge.config.kwargs import ProfileKwargs
+    from surge.config.project import ProjectConfiguration
     from surge.data.loader import PreparedDataLoader
+    from surge.optim import AcceleratedOptimizer
     from surge.strategies.base import Strategy
 
 
@@ -38,17 +43,23 @@ def keep_compiled(model: nn.Module, inner: nn.Module) -> nn.Module:
 
 
 class ExtrasMixin(ProcessQueries):
-    """Needs ``strategy``, ``config``, ``_dataloaders`` and ``distributed_type`` (set by the Accelerator)."""
+    """Needs ``strategy``, ``config``, ``project_configuration``, ``_dataloaders``,
+    ``_optimizers``, ``distributed_type`` and ``mixed_precision`` (set by the Accelerator)."""
 
     strategy: Strategy
     config: AcceleratorConfig
+    project_configuration: ProjectConfiguration
     _dataloaders: list[PreparedDataLoader]
+    _optimizers: list[AcceleratedOptimizer]
     flag_tensor: torch.Tensor | None = None
     """This process's trigger (:meth:`set_trigger`); None until one is set or checked."""
 
     if TYPE_CHECKING:
         @property
         def distributed_type(self) -> DistributedType: ...
+
+        @property
+        def mixed_precision(self) -> str: ...
 
     @property
     def state(self) -> AcceleratorState:
@@ -61,6 +72,71 @@ class ExtrasMixin(ProcessQueries):
         """True with several processes each holding a full replica (DDP), as Accelerate's
         ``multi_device`` (which counts GPUs only; surge counts CPU processes too)."""
         return self.use_distributed and self.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+
+    @property
+    def is_fsdp2(self) -> bool:
+        """True under FSDP: surge's FSDP is FSDP2 (``fully_shard``)."""
+        return self.distributed_type == DistributedType.FSDP
+
+    @property
+    def fp8_backend(self) -> FP8BackendType:
+        """The fp8 library: ``FP8BackendType.AO`` (torchao) with ``mixed_precision="fp8"``,
+        else ``FP8BackendType.NO``."""
+        from surge.config.enums import FP8BackendType
+
+        return FP8BackendType.AO if self.mixed_precision == "fp8" else FP8BackendType.NO
+
+    @property
+    def save_iteration(self) -> int:
+        """The number of the next automatically named checkpoint (``ProjectConfiguration.iteration``)."""
+        return self.project_configuration.iteration
+
+    @property
+    def should_save_model(self) -> bool:
+        """Whether this process writes model files in Accelerate's scheme: each machine's
+        local main process (Accelerate's answer without N-D parallelism)."""
+        return self.is_local_main_process
+
+    @property
+    def pipeline_parallel_rank(self) -> int:
+        """0: surge has no pipeline parallelism, so every process is in the one stage.
+        (Accelerate 1.15 raises NotImplementedError here.)"""
+        return 0
+
+    @staticmethod
+    def verify_device_map(model: nn.Module) -> bool:
+        """True when ``model`` was dispatched over several devices by big-model inference
+        (a module whose ``hf_device_map`` has more than one entry), which training cannot
+        prepare."""
+        return any(len(getattr(m, "hf_device_map", {})) > 1 for m in model.modules())
+
+    def lomo_backward(self, loss: torch.Tensor, learning_rate: float) -> None:
+        """Backward and update in one pass for the prepared LOMO / AdaLomo optimizers
+        (the ``lomo-optim`` package): their ``fused_backward(loss, learning_rate)``.
+
+        Raises:
+            ValueError: ``learning_rate`` is None, or no prepared optimizer is a LOMO one.
+            ImportError: lomo-optim is not installed (Accelerate stops with a NameError).
+        """
+        from surge.utils.imports import is_lomo_available
+
+        if learning_rate is None:
+            raise ValueError("lomo_backward(loss, learning_rate) needs the learning rate of the LOMO optimizer.")
+        if not is_lomo_available() and self._optimizers:
+            raise ImportError("lomo_backward runs LOMO optimizers, from the lomo-optim package, which is not "
+                              "installed: pip install lomo-optim")
+        called = False
+        if self._optimizers:
+            import importlib
+
+            lomo = importlib.import_module("lomo_optim")
+            for optimizer in self._optimizers:
+                if isinstance(optimizer.optimizer, (lomo.Lomo, lomo.AdaLomo)):
+                    optimizer.optimizer.fused_backward(loss, learning_rate)
+                    called = True
+        if not called:
+            raise ValueError("lomo_backward found no LOMO optimizer: prepare a lomo_optim.Lomo or AdaLomo with "
+                             "accelerator.prepare(), or call accelerator.backward(loss) for other optimizers.")
 
     # -- triggers -----------------------------------------------------------------------------
 

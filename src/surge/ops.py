@@ -7,6 +7,7 @@ cluster. All of them are collectives: every rank must call them, in the same ord
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -177,6 +178,10 @@ def _check_source(from_process: int, world: int) -> None:
         raise ValueError(f"from_process={from_process!r} must be a rank from 0 to {world - 1}.")
 
 
+class CannotPadNestedTensorWarning(UserWarning):
+    """:func:`pad_across_processes` was given a nested tensor, which it returns unpadded."""
+
+
 def pad_across_processes(tensor: Any, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
     """Pad each tensor along ``dim`` to the largest size any process holds.
 
@@ -188,6 +193,11 @@ def pad_across_processes(tensor: Any, dim: int = 0, pad_index: int = 0, pad_firs
     dist = _dist()
 
     def pad_one(t: torch.Tensor) -> torch.Tensor:
+        if t.is_nested:
+            warnings.warn("pad_across_processes cannot pad a nested tensor (its rows have different shapes); it is "
+                          "returned unpadded. Pad its rows to one shape first.", CannotPadNestedTensorWarning,
+                          stacklevel=4)
+            return t
         if t.dim() == 0:
             return t
         if not -t.dim() <= dim < t.dim():

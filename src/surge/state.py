@@ -43,6 +43,7 @@ __all__ = [
     "destroy_process_group",
     "ensure_process_group",
     "group_timeout",
+    "is_initialized",
     "process_group_active",
     "register_exit_cleanup",
     "split_for_rank",
@@ -156,6 +157,22 @@ class ProcessQueries:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if self.process_index == process_index:
+                return function(*args, **kwargs)
+            return None
+
+        return wrapper
+
+    def on_local_process(self, function: F | None = None, local_process_index: int | None = None) -> Any:
+        """Decorator: run ``function`` on the process with ``local_process_index`` on each
+        machine only (others get None)."""
+        if function is None:
+            return functools.partial(self.on_local_process, local_process_index=local_process_index)
+        if local_process_index is None:
+            raise TypeError("on_local_process needs local_process_index=<local rank>.")
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if self.local_process_index == local_process_index:
                 return function(*args, **kwargs)
             return None
 
@@ -294,6 +311,13 @@ _LATEST: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 def remember_accelerator(accelerator: Any) -> None:
     """Record ``accelerator`` as the most recent one (its constructor calls this last)."""
     _LATEST["latest"] = accelerator
+
+
+def is_initialized() -> bool:
+    """Whether an Accelerator exists in this process (``AcceleratorState()`` then reads the
+    most recent one): Accelerate's ``AcceleratorState`` is set up. False after
+    ``AcceleratorState._reset_state()``."""
+    return _LATEST.get("latest") is not None
 
 
 class AcceleratorState(PartialState):

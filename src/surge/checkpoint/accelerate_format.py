@@ -45,10 +45,27 @@ from torch import nn
 
 from surge.checkpoint.keys import by_name, inner_optimizer, load_named_state, named_positions, owner_index
 
-RNG_PREFIX = "random_states_"
-_WEIGHTS = ("model{}.safetensors", "pytorch_model{}.bin", "pytorch_model_fsdp{}.bin")
-_MARKERS = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fsdp.bin", "optimizer.bin", "scheduler.bin",
-            "random_states_0.pkl", "pytorch_model", "pytorch_model_fsdp_0")
+# Accelerate's file names (``accelerate.utils`` exports them under these names, with these
+# values; so does ``surge.utils``): what this reader looks for, see [Note: Accelerate checkpoints].
+MODEL_NAME = "pytorch_model"
+SAFE_MODEL_NAME = "model"
+FSDP_MODEL_NAME = "pytorch_model_fsdp"
+OPTIMIZER_NAME = "optimizer"
+SCHEDULER_NAME = "scheduler"
+SAMPLER_NAME = "sampler"
+SCALER_NAME = "scaler.pt"
+RNG_STATE_NAME = "random_states"
+WEIGHTS_NAME = f"{MODEL_NAME}.bin"
+WEIGHTS_PATTERN_NAME = MODEL_NAME + "{suffix}.bin"
+WEIGHTS_INDEX_NAME = f"{WEIGHTS_NAME}.index.json"
+SAFE_WEIGHTS_NAME = f"{SAFE_MODEL_NAME}.safetensors"
+SAFE_WEIGHTS_PATTERN_NAME = SAFE_MODEL_NAME + "{suffix}.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = f"{SAFE_WEIGHTS_NAME}.index.json"
+
+RNG_PREFIX = f"{RNG_STATE_NAME}_"
+_WEIGHTS = (SAFE_MODEL_NAME + "{}.safetensors", MODEL_NAME + "{}.bin", FSDP_MODEL_NAME + "{}.bin")
+_MARKERS = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME, f"{FSDP_MODEL_NAME}.bin", f"{OPTIMIZER_NAME}.bin",
+            f"{SCHEDULER_NAME}.bin", f"{RNG_PREFIX}0.pkl", MODEL_NAME, f"{FSDP_MODEL_NAME}_0")
 _NUMPY_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
                   "numpy.dtype", "numpy.dtypes.UInt32DType")
 """What NumPy's RNG state (``np.random.get_state()``) pickles as, beyond plain values:
@@ -207,15 +224,15 @@ def load_accelerate_checkpoint(directory: str, *, process_index: int, weighted: 
     for i, model in enumerate(weighted):
         _load_weights(directory, model, i)
     for i, opt in enumerate(optimizers):
-        path = os.path.join(directory, f"optimizer{_suffix(i)}.bin")
+        path = os.path.join(directory, f"{OPTIMIZER_NAME}{_suffix(i)}.bin")
         inner = inner_optimizer(opt)
         model = models[owner_index(models, inner)]
         load_named_state(inner, model, _named_optimizer_state(load_pickle(path), inner, named_positions(model, inner),
                                                                 path))
     for i, scheduler in enumerate(schedulers):
-        scheduler.load_state_dict(load_pickle(os.path.join(directory, f"scheduler{_suffix(i)}.bin")))
+        scheduler.load_state_dict(load_pickle(os.path.join(directory, f"{SCHEDULER_NAME}{_suffix(i)}.bin")))
     _warn_data_position(directory, len(dataloaders))
-    scaler = os.path.join(directory, "scaler.pt")
+    scaler = os.path.join(directory, SCALER_NAME)
     if os.path.exists(scaler):
         load_precision_state({"scaler": load_pickle(scaler)})
     step = _load_rng(directory, process_index)
@@ -232,7 +249,7 @@ def load_accelerate_checkpoint(directory: str, *, process_index: int, weighted: 
 def _warn_data_position(directory: str, loaders: int) -> None:
     for i in range(loaders):
         for name, what in ((f"dl_state_dict{_suffix(i)}.bin", "a StatefulDataLoader's position"),
-                           (f"sampler{_suffix(i)}.bin", "the pickled sampler of an IterableDataset loader")):
+                           (f"{SAMPLER_NAME}{_suffix(i)}.bin", "the pickled sampler of an IterableDataset loader")):
             if os.path.exists(os.path.join(directory, name)):
                 warnings.warn(f"{os.path.join(directory, name)!r} ({what}) is not read: surge's prepared loader {i} "
                               "starts its epoch from the beginning. Skip the batches already trained on with "

@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 from surge.config._validate import check_bool, check_choice, check_int
 from surge.config.dataloader import DataLoaderConfiguration
 from surge.config.kwargs import (
+    AORecipeKwargs,
     AutocastKwargs,
     DistributedDataParallelKwargs,
     GradScalerKwargs,
@@ -76,6 +77,8 @@ class AcceleratorConfig:
     in accumulation.py."""
     profile: ProfileKwargs | None = None
     """``ProfileKwargs`` passed in ``kwargs_handlers``: the default of ``Accelerator.profile()``."""
+    fp8_recipe: AORecipeKwargs | None = field(default=None, hash=False)
+    """``AORecipeKwargs`` passed in ``kwargs_handlers``: how fp8 converts the models."""
     ddp: DistributedDataParallelKwargs = field(default_factory=DistributedDataParallelKwargs)
     """Options passed to DistributedDataParallel."""
     autocast: AutocastKwargs = field(default_factory=AutocastKwargs)
@@ -120,6 +123,9 @@ class AcceleratorConfig:
         if (self.dataloader.split_batches, self.dataloader.even_batches) != (self.split_batches, self.even_batches):
             set_(self, "dataloader", dataclasses.replace(self.dataloader, split_batches=self.split_batches,
                                                          even_batches=self.even_batches))
+        if self.fp8_recipe is not None and self.mixed_precision != "fp8":
+            raise ValueError(f"kwargs_handlers has an AORecipeKwargs (an fp8 recipe) but mixed_precision="
+                             f"{self.mixed_precision!r}; set mixed_precision='fp8', or drop the handler.")
 
     @classmethod
     def from_handlers(cls, handlers: list[Any] | tuple[Any, ...] | None, **values: Any) -> AcceleratorConfig:
@@ -134,7 +140,8 @@ class AcceleratorConfig:
         if not isinstance(handlers, (list, tuple)):
             raise TypeError(f"kwargs_handlers={handlers!r} must be a list of handler objects.")
         seen: dict[type, Any] = {}
-        known = (DistributedDataParallelKwargs, InitProcessGroupKwargs, AutocastKwargs, GradScalerKwargs, ProfileKwargs)
+        known = (DistributedDataParallelKwargs, InitProcessGroupKwargs, AutocastKwargs, GradScalerKwargs, ProfileKwargs,
+                 AORecipeKwargs)
         for handler in handlers:
             if not isinstance(handler, known):
                 raise TypeError(
@@ -151,6 +158,8 @@ class AcceleratorConfig:
                 values[key] = seen[kind]
         if ProfileKwargs in seen:
             values["profile"] = seen[ProfileKwargs]
+        if AORecipeKwargs in seen:
+            values["fp8_recipe"] = seen[AORecipeKwargs]
         pg = seen.get(InitProcessGroupKwargs)
         if pg is not None:
             values.update(backend=pg.backend, init_method=pg.init_method)

@@ -108,3 +108,13 @@ class RNGType(BaseEnum):
     HPU = "hpu"
     NEURON = "neuron"
     GENERATOR = "generator"
+
+
+class FP8BackendType(str, BaseEnum):
+    """The library that runs fp8 training (``Accelerator.fp8_backend``); surge's is torchao
+    ("AO"). Transformer Engine and MS-AMP are not supported."""
+
+    NO = "NO"
+    TE = "TE"
+    MSAMP = "MSAMP"
+    AO = "AO"

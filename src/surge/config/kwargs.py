@@ -331,3 +331,43 @@ class ProfileKwargs(KwargsHandler):
             record_shapes=self.record_shapes, profile_memory=self.profile_memory, with_stack=self.with_stack,
             with_flops=self.with_flops, with_modules=self.with_modules,
         )
+
+
+@dataclass
+class AORecipeKwargs(KwargsHandler):
+    """fp8 training with torchao, configured (``kwargs_handlers=[AORecipeKwargs(...)]`` with
+    ``mixed_precision="fp8"``), as Accelerate's: prepared models are converted with
+    ``config`` and ``module_filter_func``, whose default skips the model's first and last
+    linear layers and those whose dimensions are not multiples of 16 (without this handler
+    surge converts every linear layer whose dimensions are multiples of 16).
+
+    Raises:
+        ImportError: torchao is not installed (with the pip command).
+    """
+
+    config: Any = None
+    """``torchao.float8.Float8LinearConfig``; None builds one from the two fields below."""
+    module_filter_func: Callable[..., bool] | None = None
+    """``(module, fully qualified name) -> bool``: which layers to convert."""
+    pad_inner_dim: bool | None = None
+    """Pad matrix dimensions to multiples of 16 (None: ``ACCELERATE_FP8_PAD_INNER_DIM``, else True)."""
+    enable_fsdp_float8_all_gather: bool | None = None
+    """All-gather FSDP parameters in fp8 (None: ``ACCELERATE_FP8_ENABLE_FSDP_FLOAT8_ALL_GATHER``, else True)."""
+
+    def __post_init__(self) -> None:
+        from surge.config.env_vars import parse_flag_from_env
+
+        if self.config is not None:
+            return
+        try:
+            from torchao.float8 import Float8LinearConfig
+        except ImportError:
+            raise ImportError("AORecipeKwargs configures torchao's fp8 training, and torchao is not installed: "
+                              "pip install torchao") from None
+        if self.pad_inner_dim is None:
+            self.pad_inner_dim = parse_flag_from_env("ACCELERATE_FP8_PAD_INNER_DIM", default=True)
+        if self.enable_fsdp_float8_all_gather is None:
+            self.enable_fsdp_float8_all_gather = parse_flag_from_env("ACCELERATE_FP8_ENABLE_FSDP_FLOAT8_ALL_GATHER",
+                                                                     default=True)
+        self.config = Float8LinearConfig(pad_inner_dim=self.pad_inner_dim,
+                                         enable_fsdp_float8_all_gather=self.enable_fsdp_float8_all_gather)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from surge.config.kwargs import AutocastKwargs, GradScalerKwargs, LossScaleSettings
+from surge.config.kwargs import AORecipeKwargs, AutocastKwargs, GradScalerKwargs, LossScaleSettings
 from surge.precision.base import AutocastForward, Precision, convert_to_fp32, remove_autocast_forward
 from surge.precision.bf16 import BF16
 from surge.precision.fp16 import FP16
@@ -15,8 +15,10 @@ def select_precision(
     device: torch.device,
     autocast_kwargs: AutocastKwargs | None = None,
     scaler_kwargs: GradScalerKwargs | LossScaleSettings | None = None,
+    fp8_recipe: AORecipeKwargs | None = None,
 ) -> Precision:
-    """The plugin for ``name`` (validated earlier by AcceleratorConfig)."""
+    """The plugin for ``name`` (validated earlier by AcceleratorConfig); ``fp8_recipe``
+    configures fp8's conversion."""
     if name == "fp16":
         return FP16(device, autocast_kwargs, scaler_kwargs)
     if name == "bf16":
@@ -24,7 +26,7 @@ def select_precision(
     if name == "fp8":
         from surge.precision.fp8 import FP8
 
-        return FP8(device, autocast_kwargs)
+        return FP8(device, autocast_kwargs, recipe=fp8_recipe)
     return Precision(device, autocast_kwargs)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 
 @functools.cache
-
 def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -248,3 +249,74 @@ def is_neuron_available(check_device: bool = False) -> bool:
 
 def is_habana_gaudi1() -> bool:
     return False
+
+
+def is_amdsmi_available() -> bool:
+    return _installed("amdsmi")
+
+
+def is_import_timer_available() -> bool:
+    return _installed("import_timer")
+
+
+def is_transformer_engine_mxfp8_available() -> bool:
+    """False: surge does not run Transformer Engine (its fp8 is torchao's)."""
+    return False
+
+
+def is_bitsandbytes_multi_backend_available() -> bool:
+    """Whether the installed bitsandbytes has its multi-backend (non-CUDA) support."""
+    if not _installed("bitsandbytes"):
+        return False
+    bitsandbytes = importlib.import_module("bitsandbytes")
+    return "multi_backend" in getattr(bitsandbytes, "features", set())
+
+
+def is_xccl_available() -> bool:
+    """Whether torch has the XCCL (Intel XPU) backend; surge runs nccl and gloo."""
+    check = getattr(torch.distributed.distributed_c10d, "is_xccl_available", None)
+    return bool(check()) if check is not None else False
+
+
+def check_cuda_fp8_capability() -> bool:
+    """Whether the first CUDA GPU computes in fp8 (compute capability >= 8.9).
+
+    Raises:
+        RuntimeError: no CUDA GPU (as torch's ``get_device_capability``).
+    """
+    return tuple(torch.cuda.get_device_capability()) >= (8, 9)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def torchao_required(func: F) -> F:
+    """Decorate ``func`` to raise ImportError (with the pip command) when torchao is not installed."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not is_torchao_available():
+            raise ImportError(f"{func.__name__} needs torchao, which is not installed: pip install torchao")
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]  # same signature
+
+
+def deepspeed_required(func: F) -> F:
+    """Decorate ``func`` to raise ValueError when the current Accelerator (the most recent
+    one: ``AcceleratorState``) does not run DeepSpeed; without one it runs."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from surge.state import is_initialized
+        from surge.topology import DistributedType
+
+        if is_initialized():
+            from surge.state import AcceleratorState
+
+            if AcceleratorState().distributed_type != DistributedType.DEEPSPEED:
+                raise ValueError(f"{func.__name__} needs DeepSpeed: build the Accelerator with a DeepSpeedPlugin (or "
+                                 "a DeepSpeed config) before calling it.")
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]  # same signature

@@ -8,7 +8,9 @@ The collectives are surge's (:mod:`surge.ops`); :func:`reduce` here defaults to
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,12 +18,22 @@ import torch
 from surge import ops
 from surge._tree import is_namedtuple, tree_leaves, tree_map
 from surge.device import send_to_device
-from surge.ops import broadcast, broadcast_object_list, gather, gather_object, pad_across_processes
+from surge.ops import (
+    CannotPadNestedTensorWarning,
+    broadcast,
+    broadcast_object_list,
+    gather,
+    gather_object,
+    pad_across_processes,
+)
 
 __all__ = [
+    "CannotPadNestedTensorWarning",
+    "TensorInformation",
     "broadcast",
     "broadcast_object_list",
     "concatenate",
+    "convert_outputs_to_fp32",
     "convert_to_fp32",
     "find_batch_size",
     "find_device",
@@ -32,9 +44,11 @@ __all__ = [
     "ignorant_find_batch_size",
     "initialize_tensors",
     "is_namedtuple",
+    "is_tensor_information",
     "is_torch_tensor",
     "listify",
     "pad_across_processes",
+    "pad_input_tensors",
     "recursively_apply",
     "reduce",
     "send_to_device",
@@ -132,18 +146,75 @@ def concatenate(data: list[Any], dim: int = 0) -> Any:
     raise TypeError(f"concatenate joins tensors; got {type(first).__name__}.")
 
 
+@dataclass
+class TensorInformation:
+    """A tensor's shape and dtype (what :func:`get_data_structure` keeps of it)."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+def is_tensor_information(tensor_info: Any) -> bool:
+    return isinstance(tensor_info, TensorInformation)
+
+
 def get_data_structure(data: Any) -> Any:
-    """The same structure with each tensor replaced by its (shape, dtype) (Accelerate's
-    ``TensorInformation`` fields, as a dict)."""
-    return tree_map(lambda t: {"shape": t.shape, "dtype": t.dtype}, data, is_torch_tensor)
+    """The same nested structure with each tensor replaced by its :class:`TensorInformation`."""
+    return tree_map(lambda t: TensorInformation(shape=t.shape, dtype=t.dtype), data, is_torch_tensor)
 
 
 def initialize_tensors(data_structure: Any) -> Any:
-    """Empty tensors for a structure :func:`get_data_structure` returned."""
-    def is_info(x: Any) -> bool:
-        return isinstance(x, dict) and set(x) == {"shape", "dtype"}
+    """Uninitialised CPU tensors for a structure of :class:`TensorInformation`
+    (:func:`get_data_structure`'s result)."""
+    return tree_map(lambda info: torch.empty(*info.shape, dtype=info.dtype), data_structure, is_tensor_information)
 
-    return tree_map(lambda info: torch.empty(info["shape"], dtype=info["dtype"]), data_structure, is_info)
+
+def pad_input_tensors(tensor: Any, batch_size: int, num_processes: int, dim: int = 0) -> Any:
+    """Each tensor of ``tensor`` (``batch_size`` rows) padded with zero rows so that
+    ``num_processes`` processes can split it, by Accelerate's rule (e.g. 3 rows for 4
+    processes: 4 rows). Used before splitting inputs between processes.
+
+    Raises:
+        TypeError: a leaf that is not a tensor.
+    """
+    per_process = batch_size // num_processes
+    remainder = batch_size - per_process * num_processes
+    to_pad = num_processes - batch_size if per_process == 0 else num_processes - per_process
+    if remainder > to_pad and to_pad < 1:  # Accelerate's rule
+        to_pad = remainder - to_pad
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        shape = list(t.shape)
+        shape[0] = batch_size + to_pad
+        out = t.new_zeros(shape)
+        out[tuple(slice(0, t.shape[dim]) if i == dim else slice(None) for i in range(len(shape)))] = t
+        return out
+
+    return recursively_apply(pad, tensor, error_on_other_type=True)
+
+
+class _ConvertOutputsToFp32:
+    """A forward whose fp16/bf16 outputs come back in fp32 (picklable, unlike a closure)."""
+
+    def __init__(self, model_forward: Callable[..., Any]) -> None:
+        self.model_forward = model_forward
+        functools.update_wrapper(self, model_forward)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return convert_to_fp32(self.model_forward(*args, **kwargs))
+
+
+def convert_outputs_to_fp32(model_forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``model_forward`` wrapped so its half-precision outputs are converted to fp32
+    (``model.forward = convert_outputs_to_fp32(model.forward)``); ``__wrapped__`` is the
+    original."""
+    converted = _ConvertOutputsToFp32(model_forward)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return converted(*args, **kwargs)
+
+    forward.__wrapped__ = converted  # type: ignore[attr-defined]  # as Accelerate: unwrapping pops it
+    return forward
 
 
 def convert_to_fp32(tensor: Any) -> Any:

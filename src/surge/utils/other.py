@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import platform
+import re
 import socket
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
+import torch
 from torch import nn
 
 from surge.extras import keep_compiled
@@ -15,14 +20,22 @@ from surge.precision.base import remove_autocast_forward
 from surge.strategies.base import unwrap_module
 
 __all__ = [
+    "check_os_kernel",
+    "clean_state_dict_for_safetensors",
+    "compile_regions",
+    "compile_regions_deepspeed",
     "convert_bytes",
     "extract_model_from_parallel",
     "get_free_port",
     "get_pretty_name",
+    "has_compiled_regions",
     "is_compiled_module",
     "is_port_in_use",
+    "load",
     "merge_dicts",
+    "model_has_dtensor",
     "recursive_getattr",
+    "save",
     "wait_for_everyone",
     "write_basic_config",
 ]
@@ -126,3 +139,161 @@ def recursive_getattr(obj: Any, attr: str) -> Any:
         obj = getattr(obj, name)
     return obj
 
+
+
+logger = logging.getLogger(__name__)
+
+
+def clean_state_dict_for_safetensors(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` ready for safetensors: of tensors sharing storage (tied weights) only
+    the first name is kept (the others are removed from ``state_dict`` itself, with a
+    warning), and every tensor is made contiguous."""
+    from surge.utils.modeling import id_tensor_storage
+
+    shared: defaultdict[Any, list[str]] = defaultdict(list)
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor):
+            shared[id_tensor_storage(tensor)].append(name)
+    removed = [name for names in shared.values() for name in names[1:]]
+    for name in removed:
+        del state_dict[name]
+    if removed:
+        logger.warning("Removed shared tensors %s while saving (tied to another entry); retie them after loading "
+                       "(surge.utils.retie_parameters) if the model does not do it itself.", removed)
+    return {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in state_dict.items()}
+
+
+def save(obj: Any, f: str | os.PathLike[str] | IO[bytes], save_on_each_node: bool = False,
+         safe_serialization: bool = False) -> None:
+    """``torch.save`` (``safe_serialization``: safetensors, for a dict of tensors) on the
+    main process only (``save_on_each_node``: on each machine's local main process).
+    A path is written atomically (a temporary file, then renamed): an existing file is
+    replaced whole or not at all.
+
+    Raises:
+        TypeError: ``safe_serialization`` with something other than a dict of tensors.
+    """
+    from surge.state import PartialState
+
+    state = PartialState()
+    if not (state.is_local_main_process if save_on_each_node else state.is_main_process):
+        return
+    if safe_serialization:
+        if not isinstance(obj, dict):
+            raise TypeError(f"save(safe_serialization=True) writes a dict of tensors, not {type(obj).__name__}; "
+                            "pass a state_dict, or safe_serialization=False.")
+        from safetensors.torch import save as to_bytes
+        from safetensors.torch import save_file
+
+        tensors = clean_state_dict_for_safetensors(dict(obj))
+
+        def write(path: str) -> None:
+            save_file(tensors, path, metadata={"format": "pt"})
+
+        if not isinstance(f, (str, os.PathLike)):
+            f.write(to_bytes(tensors, metadata={"format": "pt"}))
+            return
+    else:
+        if not isinstance(f, (str, os.PathLike)):
+            torch.save(obj, f)
+            return
+
+        def write(path: str) -> None:
+            torch.save(obj, path)
+
+    from surge.checkpoint.atomic import atomic_write
+
+    atomic_write(f, write)
+
+
+def load(f: str | os.PathLike[str] | IO[bytes], map_location: Any = None, **kwargs: Any) -> Any:
+    """``torch.load`` with ``weights_only=True`` unless ``kwargs`` says otherwise (nothing
+    but tensors and plain values is unpickled)."""
+    kwargs.setdefault("weights_only", True)
+    return torch.load(f, map_location=map_location, **kwargs)
+
+
+def check_os_kernel() -> None:
+    """Warn (main process) on Linux older than 5.5, where processes can hang."""
+    info = platform.uname()
+    if info.system != "Linux":
+        return
+    found = re.match(r"(\d+)\.(\d+)\.(\d+)", info.release)
+    if found is None:
+        return
+    version = tuple(int(x) for x in found.groups())
+    if version < (5, 5, 0):
+        from surge.logging import get_logger
+
+        get_logger(__name__).warning(
+            f"Detected kernel version {found.group(0)}, which is below the recommended minimum of 5.5.0; this can "
+            "cause the process to hang. Upgrade the kernel to 5.5.0 or newer.", main_process_only=True)
+
+
+def _is_repeated_blocks(module: nn.Module) -> bool:
+    return isinstance(module, nn.ModuleList) and len(module) > 0 and all(isinstance(m, type(module[0])) for m in module)
+
+
+def _has_repeated_blocks(module: nn.Module) -> bool:
+    return bool(module._modules) and any(_is_repeated_blocks(m) for m in module.modules())
+
+
+def compile_regions(module: nn.Module, **compile_kwargs: Any) -> nn.Module:
+    """Regional compilation: each block of a ``ModuleList`` of same-class blocks (a
+    transformer's layers) is compiled on its own, so the compiler compiles one and reuses
+    it for the others; the modules around the blocks are compiled whole. ``compile_kwargs``
+    go to ``torch.compile``.
+
+    Returns a new module sharing ``module``'s parameters (``module`` is not changed), which
+    keeps ``module`` as ``_orig_mod``; a model without repeated blocks is compiled whole.
+
+    Example:
+        >>> model = compile_regions(model, mode="reduce-overhead")
+    """
+
+    def compiled(part: nn.Module) -> nn.Module:
+        if _is_repeated_blocks(part):
+            blocks = cast(nn.ModuleList, part)
+            return nn.ModuleList(cast(nn.Module, torch.compile(block, **compile_kwargs)) for block in blocks)
+        if not _has_repeated_blocks(part):
+            return torch.compile(part, **compile_kwargs)  # type: ignore[return-value]  # an OptimizedModule
+        new = type(part).__new__(type(part))
+        new.__dict__.update(part.__dict__)
+        for name, value in list(new.__dict__.items()):  # methods bound to the old module
+            if getattr(value, "__self__", None) is part and hasattr(value, "__func__"):
+                new.__dict__[name] = value.__func__.__get__(new)
+        new._modules = {name: compiled(child) for name, child in part.named_children()}
+        return new
+
+    result = compiled(module)
+    if "_orig_mod" not in result.__dict__:
+        result.__dict__["_orig_mod"] = module
+    return result
+
+
+def compile_regions_deepspeed(module: nn.Module, **compile_kwargs: Any) -> None:
+    """:func:`compile_regions` in place, with ``Module.compile`` (for a model inside a
+    DeepSpeed engine, whose hooks must stay on the same modules)."""
+    if _is_repeated_blocks(module):
+        for block in cast(nn.ModuleList, module):
+            block.compile(**compile_kwargs)
+    elif _has_repeated_blocks(module):
+        for child in module.children():
+            compile_regions_deepspeed(child, **compile_kwargs)
+    else:
+        module.compile(**compile_kwargs)
+
+
+def has_compiled_regions(module: nn.Module) -> bool:
+    """Whether a submodule of ``module`` is a ``torch.compile``-d module (as
+    :func:`compile_regions` makes)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return bool(module._modules) and any(isinstance(m, OptimizedModule) for m in module.modules())
+
+
+def model_has_dtensor(model: nn.Module) -> bool:
+    """Whether a parameter of ``model`` is a ``DTensor`` (sharded by FSDP2 / tensor parallelism)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
