@@ -24,3 +24,15 @@ def run(cmd, timeout=180, **extra_env):
 
 
 PYTHON = sys.executable
+
+
+def launch_compare(script, lib, *args, timeout=300):
+    """Run a differential script (tests/e2e/scripts/*_compare.py) on 2 processes under
+    ``lib`` ("surge" or "accelerate"); returns the JSON its main process printed after "RESULT "."""
+    import json
+
+    result = subprocess.run(["surge", "launch", "--num_processes", "2", script, "--lib", lib, *args], cwd=ROOT,
+                            env=clean_env(), capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))

@@ -3,13 +3,11 @@ Accelerate and once under surge, each on 2 processes; the surge run also resumes
 checkpoints the Accelerate run wrote. What users see (parameters, learning rates, each
 rank's batches, random draws) must be the same."""
 
-import json
 import os
-import subprocess
 
 import pytest
 
-from e2e_util import ROOT, SCRIPTS, clean_env
+from e2e_util import SCRIPTS, launch_compare
 
 pytestmark = pytest.mark.e2e
 SCRIPT = os.path.join(SCRIPTS, "checkpoint_compare.py")
@@ -17,11 +15,7 @@ CASES = ("fresh", "unused", "resume", "hooks")  # the cases that save (steps doe
 
 
 def _launch(lib: str, *args: str) -> dict:
-    result = subprocess.run(["surge", "launch", "--num_processes", "2", SCRIPT, "--lib", lib, *args], cwd=ROOT,
-                            env=clean_env(), capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    return launch_compare(SCRIPT, lib, *args)
 
 
 def _same(ours: dict, theirs: dict, what: str) -> None:

@@ -1,25 +1,18 @@
 """Differential tests: the same script under surge and under HF Accelerate, on 2
 processes, must show users the same numbers (the compatibility policy in SPEC.md)."""
 
-import json
 import os
 
 import pytest
 
-from e2e_util import ROOT, clean_env
+from e2e_util import ROOT, launch_compare
 
 pytestmark = pytest.mark.e2e
 SCRIPT = os.path.join(ROOT, "tests", "e2e", "scripts", "scheduler_compare.py")
 
 
-def _launch(lib: str) -> dict:
-    import subprocess
-
-    result = subprocess.run(["surge", "launch", "--num_processes", "2", SCRIPT, "--lib", lib], cwd=ROOT,
-                            env=clean_env(), capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+def _launch(lib: str, *args: str) -> dict:
+    return launch_compare(SCRIPT, lib, *args)
 
 
 def test_learning_rates_follow_accelerates_scheduler_rule():
