@@ -14,13 +14,12 @@ with momentum, a scheduler, dropout and input noise: the random draws must conti
 """
 
 import argparse
-import gc
 import json
 import os
-import sys
 
 import torch
 import torch.distributed as dist
+from compare_exit import leave
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -162,11 +161,4 @@ if args.resume_from:
         results[f"{case}_from_other"] = resumed(case, os.path.join(args.resume_from, case))
 if dist.get_rank() == 0:
     print("RESULT " + json.dumps(results), flush=True)
-# As scheduler_compare.py: tear down while Python is alive, then leave without
-# interpreter finalisation (HF Accelerate's process group can abort it).
-gc.collect()
-if dist.is_initialized():
-    dist.destroy_process_group()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
+leave()  # compare_exit.py: why the script ends this way

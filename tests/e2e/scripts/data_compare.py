@@ -5,13 +5,11 @@ of the loader's generator the loader consumed). tests/e2e/test_accelerate_data.p
 launches it both ways on 2 processes and compares."""
 
 import argparse
-import gc
 import json
-import os
-import sys
 
 import torch
 import torch.distributed as dist
+from compare_exit import leave
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, TensorDataset
 
 parser = argparse.ArgumentParser()
@@ -108,11 +106,4 @@ for name, (make, config, per_rank_seed) in CASES.items():
     del loader, acc
 if main:
     print("RESULT " + json.dumps(results), flush=True)
-# HF Accelerate leaves its process group to interpreter finalisation, where gloo can abort
-# the process after the script is done (see scheduler_compare.py): tear down, then leave.
-gc.collect()
-if dist.is_initialized():
-    dist.destroy_process_group()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
+leave()  # compare_exit.py: why the script ends this way

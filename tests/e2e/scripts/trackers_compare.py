@@ -7,13 +7,11 @@ timestamps masked, plus what TensorBoard holds. tests/e2e/test_accelerate_tracke
 runs it both ways and compares."""
 
 import argparse
-import gc
 import json
 import os
 import re
-import sys
 
-import torch
+from compare_exit import leave
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--lib", choices=("surge", "accelerate"), required=True)
@@ -140,12 +138,5 @@ if RANK == 0:
 os.makedirs(args.out, exist_ok=True)
 with open(os.path.join(args.out, f"rank{RANK}.json"), "w") as f:
     json.dump(result, f)
-# As in scheduler_compare.py: tear down while Python is alive, leave without finalisation
-# (HF Accelerate's gloo threads can abort the process at interpreter exit).
 del accelerator
-gc.collect()
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
+leave()  # compare_exit.py: why the script ends this way
