@@ -327,7 +327,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
         self._models.append(prepared)  # checkpoints see the module without compile's wrapper
         if self.plan.dynamo is not None:
-            prepared = self.strategy.compile(prepared, self.plan.dynamo.compile_kwargs())
+            prepared = self.strategy.compile(prepared, self.plan.dynamo.compile_kwargs(),
+                                             regional=self.plan.dynamo.use_regional_compilation)
         return prepared
 
     def prepare_optimizer(

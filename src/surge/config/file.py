@@ -16,202 +16,37 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
-MachineType = Literal["cpu", "single_gpu", "multi_gpu", "multi_node"]
-MACHINE_TYPES: tuple[str, ...] = get_args(MachineType)
-MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
-FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
+from surge.config.accelerate_file import AccelerateFile, from_accelerate, is_accelerate_format, normalise
+from surge.config.schema import (
+    DEEPSPEED_KEYS,
+    FIELDS,
+    FSDP_KEYS,
+    FSDP_SHARDING,
+    MACHINE_TYPES,
+    MIXED_PRECISION,
+    ConfigError,
+    MachineType,
+    SurgeConfig,
+    join_errors,
+    validate_values,
+)
+
 ENV_VAR = "SURGE_CONFIG_FILE"
 HANDOFF_NAME = "surge-launch-config.yaml"  # the file surge launch hands to its workers
-
-
-class ConfigError(ValueError):
-    """A config file or value that cannot be used; the message says what and how to fix."""
-
-
-def _help(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
-
-
-@dataclass(frozen=True)
-class SurgeConfig:
-    """Everything `surge config` asks and `surge launch` uses. Field help is shown by
-    the CLI (its flags are derived from these fields)."""
-
-    machine_type: MachineType = field(
-        default="cpu",
-        metadata=_help("Where the job runs: cpu, single_gpu, multi_gpu or multi_node.", choices=MACHINE_TYPES),
-    )
-    num_machines: int = field(default=1, metadata=_help("Number of machines in the job.", minimum=1, maximum=100_000))
-    num_processes: int = field(
-        default=1,
-        metadata=_help("Total number of processes over all machines (one per GPU on GPU machines).", minimum=1,
-                       maximum=1_000_000),
-    )
-    machine_rank: int = field(default=0, metadata=_help("Index of this machine, 0 to num_machines-1.", minimum=0))
-    main_process_ip: str | None = field(
-        default=None, metadata=_help("Address of machine 0 (multi-machine jobs); single-machine jobs use 127.0.0.1.")
-    )
-    main_process_port: int | None = field(
-        default=None,
-        metadata=_help("Rendezvous port on machine 0; a free port is chosen when unset.", minimum=1, maximum=65535),
-    )
-    gpu_ids: str | None = field(
-        default=None, metadata=_help('GPUs to use on this machine: "all" or a list like "0,1".')
-    )
-    use_cpu: bool = field(default=False, metadata=_help("Train on the CPU even when GPUs are present."))
-    mixed_precision: str = field(
-        default="no", metadata=_help("Number format: no, fp16, bf16 or fp8.", choices=MIXED_PRECISION)
-    )
-    gradient_accumulation_steps: int = field(
-        default=1, metadata=_help("Micro-batches per optimizer step.", minimum=1)
-    )
-    zero_stage: int = field(
-        default=0,
-        metadata=_help("ZeRO sharding stage: 0 (none), 1 (optimizer), 2 (+gradients), 3 (+parameters).", minimum=0,
-                       maximum=3),
-    )
-    offload_optimizer_device: str = field(
-        default="none",
-        metadata=_help("Keep optimizer state on: none or cpu (ZeRO stages 1-3).", choices=("none", "cpu")),
-    )
-    offload_param_device: str = field(
-        default="none", metadata=_help("Keep parameters on: none or cpu (ZeRO stage 3 only).", choices=("none", "cpu"))
-    )
-    deepspeed_config_file: str | None = field(
-        default=None, metadata=_help("A DeepSpeed JSON config to take ZeRO / precision / batch settings from.")
-    )
-    fsdp_sharding_strategy: str | None = field(
-        default=None,
-        metadata=_help("FSDP sharding instead of ZeRO: FULL_SHARD, SHARD_GRAD_OP, NO_SHARD or HYBRID_SHARD.",
-                       choices=FSDP_SHARDING),
-    )
-    fsdp_cpu_offload: bool = field(default=False, metadata=_help("FSDP: keep parameters on the CPU."))
-    nonfinite: str = field(
-        default="ignore",
-        metadata=_help("At each optimizer step, on a NaN/inf loss or gradient: ignore, skip (the step) or raise.",
-                       choices=("ignore", "skip", "raise")),
-    )
-    dynamo_backend: str = field(
-        default="no", metadata=_help("torch.compile the prepared models with this backend: no, inductor, eager, "
-                                     "aot_eager, ...")
-    )
-    collective_timeout: float = field(
-        default=600.0, metadata=_help("Seconds a collective may wait for the other ranks before every rank stops with "
-                                      "a report of who waited where and who never arrived.", positive=True,
-                                      maximum=7 * 24 * 3600)
-    )
-    max_restarts: int = field(
-        default=0,
-        metadata=_help("Restart all workers up to this many times when one fails.", minimum=0, maximum=1000),
-    )
-    monitor_interval: float = field(
-        default=0.1, metadata=_help("Seconds between checks of the workers' health.", positive=True, maximum=60)
-    )
-
-    def __post_init__(self) -> None:
-        errors = validate_values(dataclasses.asdict(self))
-        if errors:
-            raise ConfigError(_join(errors))
-
-    @property
-    def processes_per_machine(self) -> int:
-        return self.num_processes // self.num_machines
-
-    def changed(self) -> dict[str, Any]:
-        """The fields that differ from the schema's defaults."""
-        default = SurgeConfig()
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != getattr(default, f.name)}
-
-
-FIELDS = {f.name: f for f in dataclasses.fields(SurgeConfig)}
 # Settings an Accelerator reads (the rest only concern starting processes).
-ACCELERATOR_KEYS = ("use_cpu", "mixed_precision", "gradient_accumulation_steps", "zero_stage",
-                    "offload_optimizer_device", "offload_param_device", "deepspeed_config_file",
-                    "fsdp_sharding_strategy", "fsdp_cpu_offload", "dynamo_backend", "nonfinite", "collective_timeout")
+ACCELERATOR_KEYS = ("use_cpu", "mixed_precision", "gradient_accumulation_steps", *DEEPSPEED_KEYS, *FSDP_KEYS,
+                    "dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic",
+                    "dynamo_use_regional_compilation", "fp8_backend", "fp8_enable_fsdp_float8_all_gather",
+                    "fp8_pad_inner_dim", "nonfinite", "collective_timeout", "debug")
+# Earlier names of keys, still read.
+RENAMED = {"fsdp_cpu_offload": "fsdp_offload_params"}
 
-
-def _join(errors: list[str]) -> str:
-    if len(errors) == 1:
-        return errors[0]
-    return f"{len(errors)} problems in the config: " + "; ".join(errors)
-
-
-def _type_ok(name: str, value: Any) -> str | None:
-    """An error for a value of the wrong type, or None."""
-    f = FIELDS[name]
-    default = f.default
-    if value is None:
-        return None if default is None else f"{name} must not be empty"
-    if isinstance(default, bool) or name in ("use_cpu", "fsdp_cpu_offload"):
-        return None if isinstance(value, bool) else f"{name}={value!r} must be true or false"
-    if name in ("monitor_interval", "collective_timeout"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return None if ok else f"{name}={value!r} must be a number of seconds"
-    if isinstance(default, int) or name == "main_process_port":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return None if ok else f"{name}={value!r} must be a whole number"
-    return None if isinstance(value, str) else f"{name}={value!r} must be a string"
-
-
-def validate_values(values: dict[str, Any]) -> list[str]:
-    """Every problem in ``values`` (keys, types, ranges, combinations), as messages."""
-    errors = []
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        errors.append(
-            f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys are {', '.join(FIELDS)}"
-        )
-    for name, value in values.items():
-        if name not in FIELDS:
-            continue
-        problem = _type_ok(name, value)
-        if problem:
-            errors.append(problem)
-            continue
-        meta = FIELDS[name].metadata
-        if value is None:
-            continue
-        if "choices" in meta and value not in meta["choices"]:
-            errors.append(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, meta['choices']))}")
-        if "minimum" in meta and value < meta["minimum"]:
-            errors.append(f"{name}={value!r} is out of range; it must be >= {meta['minimum']}"
-                          + (f" and <= {meta['maximum']}" if "maximum" in meta else ""))
-        elif "maximum" in meta and value > meta["maximum"]:
-            errors.append(f"{name}={value!r} is out of range; it must be from {meta.get('minimum', 0)} to "
-                          f"{meta['maximum']}")
-        if meta.get("positive") and not value > 0:
-            errors.append(f"{name}={value!r} must be > 0")
-    if errors:
-        return errors
-    v = {**{n: f.default for n, f in FIELDS.items()}, **values}
-    if v["machine_rank"] >= v["num_machines"]:
-        errors.append(f"machine_rank={v['machine_rank']} must be below num_machines={v['num_machines']} "
-                      "(ranks count from 0)")
-    if v["num_processes"] % v["num_machines"]:
-        errors.append(
-            f"num_processes={v['num_processes']} must be a multiple of num_machines={v['num_machines']} "
-            "(the same number of processes on every machine)"
-        )
-    if v["num_machines"] > 1 and not v["main_process_ip"]:
-        errors.append(f"num_machines={v['num_machines']} needs main_process_ip (the address of machine 0)")
-    if v["offload_param_device"] != "none" and v["zero_stage"] != 3:
-        errors.append(f"offload_param_device={v['offload_param_device']!r} needs zero_stage=3 (got {v['zero_stage']}); "
-                      "parameters can only be offloaded when they are sharded")
-    if v["offload_optimizer_device"] != "none" and v["zero_stage"] == 0:
-        errors.append("offload_optimizer_device='cpu' needs zero_stage 1, 2 or 3")
-    if v["fsdp_sharding_strategy"] and v["zero_stage"]:
-        errors.append(f"choose either zero_stage={v['zero_stage']} or "
-                      f"fsdp_sharding_strategy={v['fsdp_sharding_strategy']!r}, not both")
-    if v["gpu_ids"] not in (None, "all") and not all(p.strip().isdigit() for p in str(v["gpu_ids"]).split(",")):
-        errors.append(f"gpu_ids={v['gpu_ids']!r} must be 'all' or GPU indices like '0,1'")
-    if v["mixed_precision"] == "fp8" and v["use_cpu"]:
-        errors.append("mixed_precision='fp8' needs a GPU with compute capability >= 8.9; it cannot run with "
-                      "use_cpu=true")
-    return errors
+__all__ = ["ACCELERATOR_KEYS", "ENV_VAR", "FIELDS", "FSDP_SHARDING", "HANDOFF_NAME", "MACHINE_TYPES",
+           "MIXED_PRECISION", "SHARDING_KEYS", "ConfigError", "MachineType", "SurgeConfig", "active_values",
+           "default_config_path", "load_config", "read_values", "resolve_accelerator_args", "validate_values",
+           "write_config"]
 
 
 def default_config_path() -> str:
@@ -224,17 +59,12 @@ def default_config_path() -> str:
     return os.path.join(cache, "surge", "default_config.yaml")
 
 
-def read_values(path: str) -> dict[str, Any]:
-    """The raw key/values of a config file (validated, not yet filled with defaults).
-
-    Raises:
-        ConfigError: missing file, unreadable YAML, not a mapping, or bad values.
-    """
+def _load_mapping(path: str) -> dict[str, Any]:
     import yaml
 
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.safe_load(f)  # JSON is YAML too: Accelerate's .json config files read the same way
     except FileNotFoundError:
         raise ConfigError(f"config file {path!r} does not exist; create one with `surge config` or pass another "
                           "path") from None
@@ -253,20 +83,45 @@ def read_values(path: str) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping of keys to values, not a {type(data).__name__}")
-    # YAML 1.1 reads `mixed_precision: no` (and `dynamo_backend: no`) as false and `gpu_ids: 0` as a number; take
-    # them as the user meant them.
-    for key in ("mixed_precision", "dynamo_backend"):
-        if data.get(key) is False:
-            data[key] = "no"
-    if isinstance(data.get("gpu_ids"), int) and not isinstance(data.get("gpu_ids"), bool):
-        data["gpu_ids"] = str(data["gpu_ids"])
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
         raise ConfigError(f"config file {path!r} has non-text keys {bad_keys!r}; allowed keys are {', '.join(FIELDS)}")
+    return data
+
+
+def read_config(path: str) -> tuple[dict[str, Any], AccelerateFile | None]:
+    """The validated values of a config file, and, for an Accelerate-format file, what
+    reading it found (notes to print; see config/accelerate_file.py).
+
+    Raises:
+        ConfigError: missing file, unreadable YAML/JSON, not a mapping, or bad values.
+    """
+    data = _load_mapping(path)
+    accelerate = None
+    if is_accelerate_format(data):
+        accelerate = from_accelerate(data, path)
+        data = accelerate.values
+    else:
+        for old, new in RENAMED.items():
+            if old in data:
+                if new in data:
+                    raise ConfigError(f"config file {path!r} sets both {old} and {new} (its newer name); keep {new}")
+                data[new] = data.pop(old)
+        data = {key: normalise(key, value) for key, value in data.items()}
     errors = validate_values(data)
     if errors:
-        raise ConfigError(f"config file {path!r}: " + _join(errors))
-    return data
+        raise ConfigError(f"config file {path!r}: " + join_errors(errors))
+    return data, accelerate
+
+
+def read_values(path: str) -> dict[str, Any]:
+    """The raw key/values of a config file (validated, not yet filled with defaults), in
+    surge's keys whichever format the file is in (see :func:`read_config`).
+
+    Raises:
+        ConfigError: missing file, unreadable YAML, not a mapping, or bad values.
+    """
+    return read_config(path)[0]
 
 
 def load_config(path: str) -> SurgeConfig:
@@ -319,8 +174,9 @@ def active_values() -> tuple[dict[str, Any], str | None]:
 _ACCELERATOR_ARGS = {"cpu": "use_cpu", "mixed_precision": "mixed_precision",
                      "gradient_accumulation_steps": "gradient_accumulation_steps", "dynamo_backend": "dynamo_backend",
                      "nonfinite": "nonfinite"}
-SHARDING_KEYS = ("zero_stage", "offload_optimizer_device", "offload_param_device", "deepspeed_config_file",
-                  "fsdp_sharding_strategy", "fsdp_cpu_offload")
+SHARDING_KEYS = (*DEEPSPEED_KEYS, *FSDP_KEYS, "parallelism_config_dp_replicate_size",
+                 "parallelism_config_dp_shard_size", "parallelism_config_tp_size", "parallelism_config_cp_size",
+                 "parallelism_config_sp_size")
 
 
 def resolve_accelerator_args(explicit: dict[str, Any], active: tuple[dict[str, Any], str | None] | None = None

@@ -442,25 +442,61 @@ class FullyShardedDataParallelPlugin:
                 if size > 0 else "NO_WRAP"
 
 
+# surge config key -> FullyShardedDataParallelPlugin argument
+_FSDP_ARGS = {"fsdp_version": "fsdp_version", "fsdp_sharding_strategy": "sharding_strategy",
+              "fsdp_reshard_after_forward": "reshard_after_forward", "fsdp_offload_params": "cpu_offload",
+              "fsdp_auto_wrap_policy": "auto_wrap_policy", "fsdp_transformer_layer_cls_to_wrap":
+              "transformer_cls_names_to_wrap", "fsdp_min_num_params": "min_num_params",
+              "fsdp_backward_prefetch": "backward_prefetch", "fsdp_forward_prefetch": "forward_prefetch",
+              "fsdp_state_dict_type": "state_dict_type", "fsdp_use_orig_params": "use_orig_params",
+              "fsdp_cpu_ram_efficient_loading": "cpu_ram_efficient_loading",
+              "fsdp_sync_module_states": "sync_module_states", "fsdp_activation_checkpointing":
+              "activation_checkpointing", "fsdp_activation_checkpointing_offload": "activation_checkpointing_offload",
+              "fsdp_ignored_modules": "ignored_modules"}
+# What `accelerate launch --use_fsdp` hands its workers for a key neither the config file nor
+# a flag set (its flag defaults; the plugin's own default where the launcher sets nothing).
+ACCELERATE_FSDP_LAUNCH_DEFAULTS = {
+    "fsdp_version": 1, "fsdp_offload_params": False, "fsdp_min_num_params": 100_000_000,
+    "fsdp_auto_wrap_policy": "NO_WRAP", "fsdp_forward_prefetch": False, "fsdp_use_orig_params": True,
+    "fsdp_cpu_ram_efficient_loading": True, "fsdp_sync_module_states": True, "fsdp_activation_checkpointing": False,
+}
+# surge config key -> DeepSpeedPlugin argument
+_DEEPSPEED_ARGS = {"deepspeed_config_file": "hf_ds_config",
+                   "gradient_accumulation_steps": "gradient_accumulation_steps",
+                   "gradient_clipping": "gradient_clipping", "zero_stage": "zero_stage",
+                   "offload_optimizer_device": "offload_optimizer_device",
+                   "offload_param_device": "offload_param_device", "zero3_init_flag": "zero3_init_flag",
+                   "zero3_save_16bit_model": "zero3_save_16bit_model",
+                   "deepspeed_moe_layer_cls_names": "transformer_moe_cls_names"}
+
+
 def plugins_from_config(values: dict[str, Any]) -> tuple[DeepSpeedPlugin | None, FullyShardedDataParallelPlugin | None]:
-    """The plugins a config file's sharding keys ask for (see config/file.py)."""
-    if values.get("fsdp_sharding_strategy"):
-        return None, FullyShardedDataParallelPlugin(
-            sharding_strategy=values["fsdp_sharding_strategy"], cpu_offload=bool(values.get("fsdp_cpu_offload", False))
-        )
-    if values.get("deepspeed_config_file"):
-        return DeepSpeedPlugin(hf_ds_config=values["deepspeed_config_file"]), None
-    stage = values.get("zero_stage", 0)
-    if stage or values.get("offload_optimizer_device", "none") != "none":
-        return DeepSpeedPlugin(
-            zero_stage=stage,
-            offload_optimizer_device=values.get("offload_optimizer_device", "none"),
-            offload_param_device=values.get("offload_param_device", "none"),
-        ), None
+    """The plugins a config file's (or the launcher's) strategy keys ask for.
+
+    ``use_fsdp`` (``accelerate launch --use_fsdp``, an Accelerate FSDP config) builds the
+    plugin Accelerate's launcher would: keys left unset take its launch defaults
+    (``NO_WRAP``: the model is one unit unless an auto-wrap policy is set). surge's own
+    ``fsdp_sharding_strategy`` without ``use_fsdp`` keeps surge's defaults (blocks found
+    by themselves). ``use_deepspeed``, a DeepSpeed config file, a ZeRO stage above 0 or an
+    offloaded optimizer build a DeepSpeedPlugin (stage 2 unless set, as Accelerate).
+    """
+    if values.get("use_fsdp") or values.get("fsdp_sharding_strategy") is not None:
+        given = {k: values[k] for k in _FSDP_ARGS if values.get(k) is not None}
+        if values.get("use_fsdp"):
+            given = {**ACCELERATE_FSDP_LAUNCH_DEFAULTS, **given}
+        return None, FullyShardedDataParallelPlugin(**{_FSDP_ARGS[k]: v for k, v in given.items()})
+    stage = values.get("zero_stage")
+    if (values.get("use_deepspeed") or values.get("deepspeed_config_file") or stage
+            or values.get("offload_optimizer_device", "none") != "none"):
+        given = {k: values[k] for k in _DEEPSPEED_ARGS if values.get(k) is not None}
+        for key in ("offload_optimizer_device", "offload_param_device"):
+            if given.get(key) == "none":  # the schema's default: leave the plugin (or its config file) to decide
+                given.pop(key)
+        return DeepSpeedPlugin(**{_DEEPSPEED_ARGS[k]: v for k, v in given.items()}), None
     return None, None
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from surge.config.schema import COMPILE_MODES  # noqa: E402  (one list for the plugin and the config file)
 
 
 @dataclass
@@ -480,6 +516,9 @@ class TorchDynamoPlugin:
     """Fail instead of splitting the graph where dynamo cannot trace."""
     dynamic: bool | None = None
     """Shapes: None lets dynamo decide, True assumes dynamic, False specialises."""
+    use_regional_compilation: bool = False
+    """Compile each repeated block (a transformer's layers) once and reuse it, instead of
+    the whole model: much shorter compile times (``surge.utils.compile_regions``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, str) or not self.backend.strip():
@@ -490,6 +529,7 @@ class TorchDynamoPlugin:
         check_bool("TorchDynamoPlugin.fullgraph", self.fullgraph)
         if self.dynamic is not None:
             check_bool("TorchDynamoPlugin.dynamic", self.dynamic)
+        check_bool("TorchDynamoPlugin.use_regional_compilation", self.use_regional_compilation)
 
     def compile_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"backend": self.backend, "fullgraph": self.fullgraph, "dynamic": self.dynamic}

@@ -309,6 +309,13 @@ def resolve_plan(
     )
     nonfinite_mode = check_mode(resolved.pop("nonfinite"))
     dynamo = _dynamo_plugin(resolved.pop("dynamo_backend"), dynamo_plugin)
+    if dynamo is not None and dynamo_plugin is None:
+        # The config file's / launcher's compile settings (--dynamo_mode, --dynamo_use_fullgraph, ...).
+        file_values = active[0]
+        dynamo = dataclasses.replace(
+            dynamo, mode=file_values.get("dynamo_mode"), fullgraph=bool(file_values.get("dynamo_use_fullgraph")),
+            dynamic=file_values.get("dynamo_use_dynamic"),
+            use_regional_compilation=bool(file_values.get("dynamo_use_regional_compilation")))
     if sharding and deepspeed_plugin is None and fsdp_plugin is None:
         # The config file / launcher asks for sharding and the script passed no plugin.
         deepspeed_plugin, fsdp_plugin = plugins_from_config(sharding)
@@ -324,6 +331,15 @@ def resolve_plan(
         accumulation_divisor=accumulation_divisor,
         **accumulation,
     )
+    fp8_file = {k: active[0][f"fp8_{k}"] for k in ("pad_inner_dim", "enable_fsdp_float8_all_gather")
+                if active[0].get(f"fp8_{k}") is not None}
+    if active[0].get("fp8_backend") not in (None, "AO"):
+        raise ValueError(f"fp8_backend={active[0]['fp8_backend']!r} (from {active[1]}) is not offered: surge trains "
+                         "fp8 with torchao; set fp8_backend: AO (or remove it).")
+    if fp8_file and config.mixed_precision == "fp8" and config.fp8_recipe is None:
+        from surge.config.kwargs import AORecipeKwargs  # the config file's torchao settings
+
+        config = dataclasses.replace(config, fp8_recipe=AORecipeKwargs(**fp8_file))
     if ds is not None and ds.loss_scale is not None and config.mixed_precision == "fp16" \
             and not any(isinstance(h, GradScalerKwargs) for h in kwargs_handlers or []):
         # The config's fp16 section: DeepSpeed's loss-scaling rule (precision/fp16.py).

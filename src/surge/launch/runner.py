@@ -24,7 +24,12 @@ from surge.config.file import ENV_VAR, HANDOFF_NAME, ConfigError, SurgeConfig, w
 from surge.hang import PEER_LOST
 
 
-def _check_target(target: str, module: bool) -> None:
+def _check_target(target: str, module: bool, no_python: bool = False) -> None:
+    if no_python:
+        if shutil.which(target) is None:
+            raise ConfigError(f"program {target!r} cannot be found or is not executable (--no_python runs it "
+                              "directly); give a path or a command on PATH")
+        return
     if module:
         # Only the top-level package is looked up: finding a submodule would import (run)
         # the user's package in the launcher. `python -m` searches the current directory
@@ -50,14 +55,17 @@ def _exit_code(code: int | None) -> int:
 
 
 def launch(
-    config: SurgeConfig, handed: dict[str, Any], target: str, target_args: list[str], *, module: bool = False
+    config: SurgeConfig, handed: dict[str, Any], target: str, target_args: list[str], *, module: bool = False,
+    no_python: bool = False,
 ) -> int:
     """Run ``target`` with ``target_args`` on the topology of ``config``; return the exit code.
+    ``module``: ``target`` is a module (``python -m``); ``no_python``: a program run as it
+    is (``torchrun --no-python``), which reads its rank from the environment.
 
     Raises:
-        ConfigError: the script or module does not exist.
+        ConfigError: the script, module or program does not exist.
     """
-    _check_target(target, module)
+    _check_target(target, module, no_python)
     workdir = tempfile.mkdtemp(prefix="surge-launch-")
     try:
         path = os.path.join(workdir, HANDOFF_NAME)
@@ -68,20 +76,20 @@ def launch(
             env["CUDA_VISIBLE_DEVICES"] = config.gpu_ids
         command = ["-m", target] if module else [target]
         if config.num_processes == 1 and config.max_restarts == 0:
-            return _run_single(command + target_args, env)
-        return _run_elastic(config, command + target_args, env)
+            return _run_single(command + target_args, env, python=not no_python)
+        return _run_elastic(config, command + target_args, env, python=not no_python)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_single(argv: list[str], env: dict[str, str]) -> int:
+def _run_single(argv: list[str], env: dict[str, str], *, python: bool = True) -> int:
     """One process: the script runs directly, like `python script.py`.
 
     SIGTERM and SIGHUP sent to the launcher (``timeout``, ``scancel``, ``kill``) are passed
     on to the script, so stopping the launcher stops the job. Ctrl-C reaches the script
     directly (the terminal signals the whole foreground group).
     """
-    proc = subprocess.Popen([sys.executable, *argv], env=env)
+    proc = subprocess.Popen([sys.executable, *argv] if python else argv, env=env)
 
     def forward(signum: int, _frame: Any) -> None:
         proc.send_signal(signum)
@@ -137,7 +145,7 @@ def _root_cause(exc: Any) -> tuple[int, Any, str]:
     return rank, failure, lines[0] if lines else ""
 
 
-def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> int:
+def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str], *, python: bool = True) -> int:
     from torch.distributed import DistNetworkError
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -189,7 +197,10 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str]) -> i
     os.environ.clear()
     os.environ.update(env)  # the agent passes its own environment to the workers
     try:
-        elastic_launch(launch_config, entrypoint=sys.executable)(*["-u", "-m", "surge.launch.bootstrap", *argv])
+        if python:
+            elastic_launch(launch_config, entrypoint=sys.executable)(*["-u", "-m", "surge.launch.bootstrap", *argv])
+        else:
+            elastic_launch(launch_config, entrypoint=argv[0])(*argv[1:])
         return 0
     except ChildFailedError as exc:
         rank, failure, message = _root_cause(exc)

@@ -107,10 +107,18 @@ class Strategy:
         self.precision.wrap_forward(model)
         return model
 
-    def compile(self, model: nn.Module, options: dict[str, Any]) -> nn.Module:
+    def compile(self, model: nn.Module, options: dict[str, Any], *, regional: bool = False) -> nn.Module:
         """``torch.compile`` the prepared ``model``, wrapper included (DDP: dynamo splits
         the graph at gradient buckets so communication still overlaps backward). The
-        result forwards attribute access to the module; ``unwrap_model`` strips it."""
+        result forwards attribute access to the module; ``unwrap_model`` strips it.
+
+        ``regional``: compile each repeated block of the module in place instead (and the
+        rest whole), the wrapper and the parameter names unchanged."""
+        if regional:
+            from surge.utils.other import compile_regions_deepspeed
+
+            compile_regions_deepspeed(unwrap_module(model), **options)
+            return model
         return cast(nn.Module, torch.compile(model, **options))  # an OptimizedModule for a module
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -124,10 +124,11 @@ class FSDP(Strategy):
         for current, following in itertools.pairwise(units):
             cast(Any, current).set_modules_to_forward_prefetch([following])
 
-    def compile(self, model: nn.Module, options: dict[str, Any]) -> nn.Module:
+    def compile(self, model: nn.Module, options: dict[str, Any], *, regional: bool = False) -> nn.Module:
         """Compile each sharded block's forward (FSDP2's gather/free hooks run around it,
         outside the compiled code); with no blocks, the root's. Modules and parameter
-        names stay as they are, so checkpoints and exports do not change."""
+        names stay as they are, so checkpoints and exports do not change. (This is
+        regional compilation already: ``regional`` changes nothing.)"""
         from surge.strategies.blocks import compile_forward, outermost
 
         for block in outermost(self.blocks(model)) or [model]:
