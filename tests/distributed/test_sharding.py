@@ -33,14 +33,16 @@ from surge.testing.parity import (
 
 pytestmark = pytest.mark.distributed
 
+# gradient_clipping=0: parity with unclipped plain training (DeepSpeedPlugin() clips at 1.0 by default, as
+# Accelerate's; the differential launch tests check that default).
 PLUGINS = {
-    "zero1": lambda: {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=1)},
-    "zero2": lambda: {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=2)},
+    "zero1": lambda: {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=1, gradient_clipping=0)},
+    "zero2": lambda: {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=2, gradient_clipping=0)},
     "zero3": lambda: {"deepspeed_plugin": {"zero_stage": 3}},
     "fsdp_full": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin("FULL_SHARD")},
     "fsdp_grad_op": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin("SHARD_GRAD_OP")},
     "zero3_offload": lambda: {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=3, offload_param_device="cpu",
-                                                                  offload_optimizer_device="cpu")},
+                                                                  offload_optimizer_device="cpu", gradient_clipping=0)},
     "fsdp_offload_checkpointing": lambda: {"fsdp_plugin": FullyShardedDataParallelPlugin(
         "FULL_SHARD", cpu_offload=True, activation_checkpointing=True)},
     "zero1_offload_optimizer": lambda: {"deepspeed_plugin": {"zero_stage": 1, "offload_optimizer": True}},

@@ -122,8 +122,10 @@ class DeepSpeedPlugin:
         if self.gradient_accumulation_steps is not None:
             check_int("DeepSpeedPlugin.gradient_accumulation_steps", self.gradient_accumulation_steps, minimum=1)
         clip = self.gradient_clipping
-        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
-            raise ValueError(f"DeepSpeedPlugin.gradient_clipping={clip!r} must be a positive number.")
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip >= 0
+                                 or clip == float("inf")):
+            raise ValueError(f"DeepSpeedPlugin.gradient_clipping={clip!r} must be a number >= 0 (0: no clipping, as "
+                             "in DeepSpeed).")
         nvme = " (NVMe offload is DeepSpeed's own; use 'cpu')"
         for field_name in ("offload_optimizer_device", "offload_param_device"):
             value = getattr(self, field_name)
@@ -185,6 +187,18 @@ class DeepSpeedPlugin:
             config["gradient_clipping"] = self.gradient_clipping
         return config
 
+    def effective_gradient_clipping(self) -> float | None:
+        """The norm the optimizer step clips gradients to, as under Accelerate + DeepSpeed:
+        the value given (0 turns clipping off, as in DeepSpeed); unset or "auto" with no
+        DeepSpeed config file, or "auto" in the file: 1.0 (Accelerate fills "auto" with
+        1.0 at prepare); a file without the key: no clipping."""
+        if self.gradient_clipping is not None:
+            return float(self.gradient_clipping) if self.gradient_clipping > 0 else None
+        if self.hf_ds_config is None:
+            return 1.0
+        given = self.deepspeed_config.get("gradient_clipping")
+        return 1.0 if isinstance(given, str) and given.strip().lower() == "auto" else None
+
     def is_zero3_init_enabled(self) -> bool:
         """Accelerate's query (transformers' Trainer asks it before building a model)."""
         return bool(self.zero3_init_flag)
@@ -203,7 +217,9 @@ class DeepSpeedPlugin:
     def from_dict(cls, values: dict[str, Any]) -> DeepSpeedPlugin:
         """Build from a dict of this class's field names, or the short form
         ``{"zero_stage": 2, "offload_optimizer": False, "offload_param": False,
-        "gradient_accumulation_steps": 4}``.
+        "gradient_accumulation_steps": 4}``. Unlike ``DeepSpeedPlugin()`` (which clips at
+        1.0 unless told otherwise, as Accelerate's), this form clips only when
+        ``gradient_clipping`` is given.
 
         Raises:
             ValueError: unknown keys (named, with the allowed ones).
@@ -219,6 +235,7 @@ class DeepSpeedPlugin:
         if "zero_optimization" in values or "train_micro_batch_size_per_gpu" in values or "fp16" in values \
                 or "bf16" in values or "train_batch_size" in values:
             return cls(hf_ds_config=values)  # a whole DeepSpeed config
+        values.setdefault("gradient_clipping", 0.0)  # surge's short form: no clipping unless asked
         unknown = sorted(set(values) - allowed)
         if unknown:
             raise ValueError(
@@ -492,6 +509,9 @@ def plugins_from_config(values: dict[str, Any]) -> tuple[DeepSpeedPlugin | None,
         for key in ("offload_optimizer_device", "offload_param_device"):
             if given.get(key) == "none":  # the schema's default: leave the plugin (or its config file) to decide
                 given.pop(key)
+        if not values.get("use_deepspeed") and not values.get("deepspeed_config_file"):
+            # surge's own zero_stage key: ZeRO without Accelerate's default clipping at 1.0.
+            given.setdefault("gradient_clipping", 0.0)
         return DeepSpeedPlugin(**{_DEEPSPEED_ARGS[k]: v for k, v in given.items()}), None
     return None, None
 

@@ -363,7 +363,7 @@ def resolve_plan(
     plan = Plan(
         config=config, topology=topology, timeout=resolve_timeout(config.timeout, active[0]),
         strategy=strategy_spec(deepspeed_plugin, fsdp_plugin, topology.num_nodes, topology.world_size),
-        max_grad_norm=deepspeed_plugin.gradient_clipping if deepspeed_plugin is not None else None,
+        max_grad_norm=deepspeed_plugin.effective_gradient_clipping() if deepspeed_plugin is not None else None,
         nonfinite=nonfinite_mode, dynamo=dynamo, log_with=tuple(chosen_trackers),
         trackers_missing=tuple(trackers_missing), deepspeed=ds, deepspeed_plugin=deepspeed_plugin,
         fsdp_plugin=fsdp_plugin, warnings=tuple(notes),
