@@ -33,6 +33,28 @@ def test_config_default_then_launch_two_processes(tmp_path):
     ]
 
 
+def test_accelerate_config_file_and_accelerate_flags_launch_two_processes(tmp_path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = str(tmp_path / "accelerate.yaml")  # as `accelerate config` writes it
+    ClusterConfig(compute_environment="LOCAL_MACHINE", distributed_type="DEEPSPEED", mixed_precision="no",
+                  use_cpu=True, debug=False, num_processes=2,
+                  deepspeed_config={"zero_stage": 3, "gradient_accumulation_steps": 2, "gradient_clipping": 0.5,
+                                    "offload_optimizer_device": "none", "zero3_init_flag": False}).to_yaml_file(cfg)
+    result = surge("launch", "--config_file", cfg, PROBE, "--strategy")
+    assert result.returncode == 0, result.stderr
+    assert sorted(re.findall(r"rank=\d (?:world|strategy)=.*", result.stdout)) == [
+        "rank=0 strategy=DEEPSPEED stage=3 clip=0.5", "rank=0 world=2 mp=no accum=2 args=['--strategy']",
+        "rank=1 strategy=DEEPSPEED stage=3 clip=0.5", "rank=1 world=2 mp=no accum=2 args=['--strategy']"]
+    # accelerate launch's own flags, dashed spellings included, with no config file at all
+    result = surge("launch", "--use_fsdp", "--num-processes", 2, "--fsdp_version", 2, "--fsdp_reshard_after_forward",
+                   "false", "--fsdp-offload-params", "true", PROBE, "--strategy", XDG_CACHE_HOME=tmp_path,
+                   HF_HOME=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(re.findall(r"rank=\d strategy=.*", result.stdout)) == [
+        f"rank={r} strategy=FSDP reshard=False offload=True" for r in (0, 1)]
+
+
 def test_default_config_location_is_used(tmp_path):
     cache = tmp_path / "cache"
     assert surge("config", "--default", XDG_CACHE_HOME=cache).returncode == 0

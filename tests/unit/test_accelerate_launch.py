@@ -50,6 +50,7 @@ DYNAMO = {"dynamo_backend": "INDUCTOR", "dynamo_mode": "max-autotune", "dynamo_u
 CASES: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "no": ({"distributed_type": "NO", "num_processes": 1}, []),
     "no_cpu_bf16": ({"distributed_type": "NO", "num_processes": 1, "use_cpu": True, "mixed_precision": "bf16"}, []),
+    "multi_cpu": ({"distributed_type": "MULTI_CPU", "num_processes": 2, "use_cpu": True}, []),
     "multi_gpu": ({"distributed_type": "MULTI_GPU", "num_processes": 2, "gpu_ids": "all"}, []),
     "multi_gpu_flags_win": ({"distributed_type": "MULTI_GPU", "num_processes": 2, "mixed_precision": "fp16"},
                             ["--num_processes", "4", "--mixed_precision", "bf16"]),
@@ -125,7 +126,10 @@ def accelerate_resolution(path: str | None, flags: list[str], monkeypatch: pytes
         world = int(args.nproc_per_node) * int(args.num_machines)
     else:
         _, env = launchers.prepare_simple_launcher_cmd_env(args)
-        world = 1
+        # MULTI_CPU: Accelerate's launcher starts one process and expects mpirun (its mpirun_hostfile, or the user)
+        # to start the others; surge starts them itself.
+        multi_cpu = defaults is not None and defaults.distributed_type.value == "MULTI_CPU"
+        world = int(args.num_processes) if multi_cpu else 1
     env = {k: v for k, v in env.items() if before.get(k) != v}
     result: dict[str, Any] = {"world_size": world, "machines": int(args.num_machines),
                               "mixed_precision": env["ACCELERATE_MIXED_PRECISION"], "family": "none",
@@ -319,3 +323,52 @@ def test_strategy_flags_are_exclusive_and_multi_gpu_needs_two_processes(isolated
                            (["--multi_gpu", "--num_processes", "1"], "at least 2")):
         with pytest.raises(ConfigError, match=message):
             resolve_config(build_parser().parse_args(["launch", *flags, "train.py"]))
+
+
+@pytest.mark.parametrize("values", [
+    {"num_processes": 1},
+    {"num_processes": 2, "use_cpu": True, "mixed_precision": "bf16"},
+    {"machine_type": "multi_gpu", "num_processes": 4, "gpu_ids": "all", "mixed_precision": "fp16"},
+    {"num_processes": 2, "zero_stage": 3, "offload_optimizer_device": "cpu", "offload_param_device": "cpu",
+     "gradient_accumulation_steps": 4, "gradient_clipping": 0.5},
+    {"num_processes": 2, "use_deepspeed": True},
+    {"num_processes": 2, "use_fsdp": True, "fsdp_version": 2, "fsdp_reshard_after_forward": "false",
+     "fsdp_offload_params": True, "dynamo_backend": "eager", "dynamo_mode": "reduce-overhead"},
+])
+def test_surge_config_writes_accelerates_format_and_both_launchers_read_it_alike(values, isolated, monkeypatch):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from surge.config.accelerate_file import to_accelerate
+
+    native = str(isolated / "surge.yaml")
+    write_config(values, native)
+    converted, lost = to_accelerate(values)
+    assert lost == []
+    theirs = str(isolated / "accelerate.yaml")
+    write_config(converted, theirs)
+    load_config_from_file(theirs)  # Accelerate accepts every key
+    expected = surge_resolution(native, [], monkeypatch, str(isolated))
+    if values.get("zero_stage") and not values.get("use_deepspeed"):
+        expected["clipping"] = 0.5  # the native form clips only where asked: here it was
+    assert surge_resolution(theirs, [], monkeypatch, str(isolated)) == expected
+    assert accelerate_resolution(theirs, [], monkeypatch, str(isolated)) == expected
+
+
+def test_surge_config_names_what_accelerates_format_cannot_hold():
+    from surge.config.accelerate_file import to_accelerate
+
+    _, lost = to_accelerate({"num_processes": 2, "gradient_accumulation_steps": 4, "nonfinite": "skip",
+                             "max_restarts": 2})
+    assert lost == ["nonfinite", "max_restarts", "gradient_accumulation_steps"]
+
+
+def test_surge_config_default_in_accelerates_format_goes_where_accelerate_looks(isolated, capsys):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from surge.commands.main import main
+
+    assert main(["config", "--default", "--format", "accelerate"]) == 0
+    written = isolated / "hf" / "accelerate" / "default_config.yaml"
+    assert f"wrote {written}" in capsys.readouterr().out
+    assert load_config_from_file(str(written)).distributed_type.value in ("NO", "MULTI_GPU")
+    assert main(["config", "--default", "--format", "accelerate"]) == 1  # kept: --force replaces it

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
+from surge.config.accelerate_file import accelerate_default_config_path, to_accelerate
 from surge.config.file import MIXED_PRECISION, ConfigError, SurgeConfig, default_config_path, write_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config_file", default=None, help=f"Where to write (default: {default_config_path()}).")
+    parser.add_argument("--config_file", default=None,
+                        help=f"Where to write (default: {default_config_path()}; with --format accelerate, "
+                             f"{accelerate_default_config_path()}).")
+    parser.add_argument("--format", choices=("surge", "accelerate"), default="surge",
+                        help="surge's config file, or Accelerate's (as `accelerate config` writes it: `accelerate "
+                             "launch` and `surge launch` both read it).")
     parser.add_argument("--default", action="store_true",
                         help="Write a sensible config for this machine without questions.")
     parser.add_argument("--force", action="store_true", help="With --default: replace an existing config file.")
@@ -103,7 +110,8 @@ def _ask_int(prompt: Any, question: str, default: int, *, minimum: int, maximum:
 def run(args: argparse.Namespace) -> int:
     if args.config_file == "":
         raise ConfigError("--config_file '' is empty; give the path of a YAML file")
-    path = args.config_file or default_config_path()
+    accelerate = args.format == "accelerate"
+    path = args.config_file or (accelerate_default_config_path() if accelerate else default_config_path())
     if args.default and os.path.exists(path) and not args.force:
         raise ConfigError(f"{path} already exists; it was kept. Pass --force to replace it, or run `surge config` "
                           "to answer the questions again")
@@ -112,6 +120,14 @@ def run(args: argparse.Namespace) -> int:
         config = default_config(gpus, bf16) if args.default else ask(gpus, bf16)
     except EOFError:
         raise ConfigError("input ended before every question was answered; nothing was written") from None
-    write_config(config, path)
+    if accelerate:
+        values, lost = to_accelerate(config.changed())
+        write_config(values, path, header="# Accelerate's config format (written by `surge config --format "
+                                          "accelerate`): accelerate launch and surge launch read it\n")
+        if lost:
+            print(f"surge config: warning: Accelerate's format has no place for {', '.join(lost)}; pass them as "
+                  "surge launch flags (or write --format surge)", file=sys.stderr)
+    else:
+        write_config(config, path)
     print(f"surge config: wrote {path}")
     return 0

@@ -138,7 +138,7 @@ def from_accelerate(data: dict[str, Any], source: str) -> AccelerateFile:
         raise ConfigError(f"{where}: mpirun_config.mpirun_hostfile asks Accelerate to start the processes with "
                           "mpirun; surge starts them itself: remove mpirun_config and run `surge launch` on each "
                           "machine (with --machine_rank)")
-    tpu_on = [k for k, default in TPU_KEYS.items() if data.get(k) not in (None, default, [], "")]
+    tpu_on = [k for k, default in TPU_KEYS.items() if data.get(k) not in (None, default, [], "", "no")]
     if tpu_on:
         result.notes.append(f"{', '.join(tpu_on)} only apply to TPU launches; ignored")
     sagemaker = sorted(set(data) & _SAGEMAKER_KEYS)
@@ -216,3 +216,69 @@ def normalise(key: str, value: Any) -> Any:
 
 _TRUTH = {"true": True, "yes": True, "1": True, "y": True, "on": True,
           "false": False, "no": False, "0": False, "n": False, "off": False}
+
+
+# surge keys with no place in Accelerate's config format (it refuses unknown keys); `surge config
+# --format accelerate` names them when they differ from the defaults.
+_NO_PLACE = ("nonfinite", "collective_timeout", "max_restarts", "monitor_interval", "quiet", "tee", "log_dir", "role",
+             "rdzv_conf", "num_cpu_threads_per_process")
+
+
+def to_accelerate(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A surge config (its set keys) in Accelerate's format, as ``accelerate config``
+    writes it, and the names of settings that format has no place for.
+
+    Reading the result back (:func:`from_accelerate`, or ``accelerate launch``) gives the
+    same job, except for those settings."""
+    v: dict[str, Any] = {name: f.default for name, f in FIELDS.items()} | values
+    stage = v["zero_stage"] if v["zero_stage"] is not None else (2 if v["use_deepspeed"] else 0)
+    several = v["num_processes"] > 1 or v["num_machines"] > 1
+    if v["use_deepspeed"] or stage or v["offload_optimizer_device"] != "none" or v["deepspeed_config_file"]:
+        kind = "DEEPSPEED"
+    elif v["use_fsdp"] or v["fsdp_sharding_strategy"] is not None:
+        kind = "FSDP"
+    elif several:
+        kind = "MULTI_CPU" if v["use_cpu"] else "MULTI_GPU"
+    else:
+        kind = "NO"
+    out: dict[str, Any] = {"compute_environment": "LOCAL_MACHINE", "distributed_type": kind,
+                           "mixed_precision": v["mixed_precision"], "use_cpu": v["use_cpu"], "debug": v["debug"],
+                           "num_processes": v["num_processes"], "machine_rank": v["machine_rank"],
+                           "num_machines": v["num_machines"], "rdzv_backend": v["rdzv_backend"],
+                           "same_network": v["same_network"], "main_training_function": "main",
+                           "enable_cpu_affinity": v["enable_cpu_affinity"], "downcast_bf16": "no",
+                           "tpu_use_cluster": False, "tpu_use_sudo": False, "tpu_env": []}
+    for key in ("gpu_ids", "main_process_ip", "main_process_port"):
+        if v[key] is not None:
+            out[key] = v[key]
+    lost = [k for k in _NO_PLACE if k in values and values[k] != FIELDS[k].default]
+    if kind == "DEEPSPEED":
+        section = {k: v[k] for k in ("offload_optimizer_device", "offload_param_device", "gradient_clipping",
+                                     "zero3_init_flag", "zero3_save_16bit_model", "deepspeed_config_file",
+                                     "deepspeed_moe_layer_cls_names", "deepspeed_multinode_launcher",
+                                     "deepspeed_hostfile", "deepspeed_inclusion_filter",
+                                     "deepspeed_exclusion_filter", "offload_optimizer_nvme_path",
+                                     "offload_param_nvme_path") if v[k] is not None}
+        out["deepspeed_config"] = {"zero_stage": stage, "gradient_accumulation_steps":
+                                   v["gradient_accumulation_steps"], **section}
+    else:
+        if v["gradient_accumulation_steps"] != 1:
+            lost.append("gradient_accumulation_steps")  # Accelerate's file holds it for DeepSpeed only
+        if v["gradient_clipping"] is not None:
+            lost.append("gradient_clipping")
+    if kind == "FSDP":
+        out["fsdp_config"] = {k: v[k] for k in FIELDS if k.startswith("fsdp_") and v[k] is not None}
+        out["fsdp_config"].setdefault("fsdp_version", 2)
+    if v["dynamo_backend"] != "no":
+        out["dynamo_config"] = {"dynamo_backend": v["dynamo_backend"].upper(), "dynamo_mode": v["dynamo_mode"] or
+                                "default", "dynamo_use_fullgraph": v["dynamo_use_fullgraph"],
+                                "dynamo_use_dynamic": bool(v["dynamo_use_dynamic"]),
+                                "dynamo_use_regional_compilation": v["dynamo_use_regional_compilation"]}
+    fp8 = {k.removeprefix("fp8_"): v[k] for k in ("fp8_backend", "fp8_enable_fsdp_float8_all_gather",
+                                                    "fp8_pad_inner_dim") if v[k] is not None}
+    if fp8:
+        out["fp8_config"] = fp8
+    sizes = {k: v[k] for k in FIELDS if k.startswith("parallelism_config_") and v[k] != 1}
+    if sizes:
+        out["parallelism_config"] = sizes
+    return out, lost

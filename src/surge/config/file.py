@@ -129,7 +129,8 @@ def load_config(path: str) -> SurgeConfig:
     return SurgeConfig(**read_values(path))
 
 
-def write_config(config: SurgeConfig | dict[str, Any], path: str) -> None:
+def write_config(config: SurgeConfig | dict[str, Any], path: str, *,
+                 header: str = "# surge config: edit by hand or rerun `surge config`\n") -> None:
     """Write ``config`` as YAML to ``path`` atomically (all fields, or the given mapping).
 
     Raises:
@@ -140,7 +141,7 @@ def write_config(config: SurgeConfig | dict[str, Any], path: str) -> None:
     import yaml
 
     values = dataclasses.asdict(config) if isinstance(config, SurgeConfig) else dict(config)
-    text = "# surge config: edit by hand or rerun `surge config`\n" + yaml.safe_dump(values, sort_keys=False)
+    text = header + yaml.safe_dump(values, sort_keys=False)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
