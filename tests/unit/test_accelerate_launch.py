@@ -372,3 +372,49 @@ def test_surge_config_default_in_accelerates_format_goes_where_accelerate_looks(
     assert f"wrote {written}" in capsys.readouterr().out
     assert load_config_from_file(str(written)).distributed_type.value in ("NO", "MULTI_GPU")
     assert main(["config", "--default", "--format", "accelerate"]) == 1  # kept: --force replaces it
+
+
+def test_every_accelerate_launch_flag_is_a_surge_launch_flag(isolated, capsys):
+    """Each option of Accelerate's launch parser, in each of its spellings, parses under surge
+    launch and resolves (or is refused with one error naming it, for TPU / Megatron-LM / mpirun)."""
+    import argparse
+
+    import accelerate.commands.launch as accelerate_launch
+
+    values = {"mixed_precision": "bf16", "dynamo_backend": "inductor", "dynamo_mode": "default", "tee": "1",
+              "rdzv_backend": "c10d", "rdzv_conf": "", "zero_stage": "2", "offload_optimizer_device": "cpu",
+              "offload_param_device": "none", "fsdp_version": "2", "fsdp_sharding_strategy": "FULL_SHARD",
+              "fsdp_auto_wrap_policy": "SIZE_BASED_WRAP", "fsdp_backward_prefetch": "BACKWARD_PRE",
+              "fsdp_state_dict_type": "FULL_STATE_DICT", "fsdp_reshard_after_forward": "true", "fp8_backend": "AO",
+              "deepspeed_multinode_launcher": "standard", "gpu_ids": "all", "main_process_ip": "127.0.0.1",
+              "log_dir": str(isolated), "config_file": None, "deepspeed_config_file": str(isolated / "ds.json")}
+    (isolated / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
+    refused = {"tpu": "TPUs", "tpu_use_cluster": "TPU pods", "use_megatron_lm": "Megatron-LM",
+               "mpirun_hostfile": "mpirun"}
+    parser = accelerate_launch.launch_command_parser()
+    seen = 0
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction) or action.dest == "config_file":
+            continue
+        for option in action.option_strings:
+            if action.nargs == 0:
+                argv = [option]
+            else:
+                text = values.get(action.dest, "true" if isinstance(action.default, str)
+                                  and action.default.lower() in ("true", "false") else "1")
+                argv = [option, text]
+            args = build_parser().parse_args(["launch", *argv, "train.py"])  # parses: no SystemExit
+            assert args.script == "train.py", option
+            must_refuse = action.dest in refused and refused[action.dest] and not option.startswith("--no")
+            try:
+                resolve_config(args)
+            except ConfigError as exc:
+                assert action.dest in refused or option.lstrip("-").replace("-", "_") in str(exc) \
+                    or "contradict" in str(exc), f"{option}: {exc}"
+                if must_refuse:
+                    assert refused[action.dest] in str(exc), f"{option}: {exc}"
+            else:
+                assert not must_refuse, f"{option} was accepted"
+            seen += 1
+    assert seen > 150  # every spelling of every flag
+    capsys.readouterr()

@@ -27,7 +27,7 @@ from surge.config.file import (
 from surge.config.schema import DEEPSPEED_KEYS, FSDP_KEYS
 
 # Short aliases users know from `accelerate launch`.
-ALIASES = {"use_cpu": ["--cpu"]}
+ALIASES = {"use_cpu": ["--cpu"], "quiet": ["-q"], "tee": ["-t"]}
 GROUP_TITLES = {
     "main": "settings (each overrides the same key of the config file)",
     "deepspeed": "DeepSpeed / ZeRO (as accelerate launch --use_deepspeed)",
@@ -55,7 +55,7 @@ FOREIGN: dict[str, tuple[bool, str]] = {
     "fp8_use_autocast_during_eval": (False, "Transformer Engine"), "fp8_margin": (True, "Transformer Engine"),
     "fp8_interval": (True, "Transformer Engine"), "fp8_format": (True, "Transformer Engine"),
     "fp8_amax_history_len": (True, "Transformer Engine"), "fp8_amax_compute_algo": (True, "Transformer Engine"),
-    "fp8_override_linear_precision": (True, "Transformer Engine"),
+    "fp8_override_linear_precision": (True, "Transformer Engine"), "fp8_opt_level": (True, "MS-AMP"),
     "aws_access_key_id": (True, "SageMaker"), "aws_secret_access_key": (True, "SageMaker"),
     "mpirun_hostfile": (True, ("error:surge starts the processes itself, not through mpirun; run `surge launch "
                                "--machine_rank N` on each machine")),
@@ -276,6 +276,9 @@ def _check_runnable(config: SurgeConfig) -> None:
     """Refuse, before starting any process, what every worker would refuse."""
     from surge.config.plugins import plugins_from_config
 
+    path = config.deepspeed_config_file
+    if path is not None and not os.path.isfile(path):
+        raise ConfigError(f"deepspeed_config_file={path!r} does not exist; give the path of a DeepSpeed JSON config")
     sharding = {k: v for k, v in config.changed().items() if k in SHARDING_KEYS}
     try:
         plugins_from_config(sharding)  # the plugins validate in their constructors
