@@ -418,3 +418,24 @@ def test_every_accelerate_launch_flag_is_a_surge_launch_flag(isolated, capsys):
             seen += 1
     assert seen > 150  # every spelling of every flag
     capsys.readouterr()
+
+
+def test_older_files_and_unused_section_keys_read_as_accelerate_reads_them():
+    from surge.config.accelerate_file import from_accelerate
+
+    # Accelerate's own upgrades: `fp16: true` and a top-level `dynamo_backend`.
+    old = from_accelerate({"distributed_type": "MULTI_GPU", "num_processes": 2, "fp16": True,
+                           "dynamo_backend": "INDUCTOR"}, "old.yaml")
+    assert old.values["mixed_precision"] == "fp16" and old.values["dynamo_backend"] == "inductor"
+    assert old.notes == []
+    # What `accelerate config` writes for a TPU-less job is not a note; a key Accelerate never reads is.
+    quiet = from_accelerate({"distributed_type": "FSDP", "num_processes": 2, "downcast_bf16": "no",
+                             "tpu_env": [], "main_training_function": "main",
+                             "fsdp_config": {"fsdp_version": 2, "fsdp_typo": 1}, "deepspeed_config": {"x": 1}},
+                            "cfg.yaml")
+    assert quiet.notes == ["fsdp_config keys fsdp_typo are not read by Accelerate's launcher or by surge; ignored"]
+    assert "zero_stage" not in quiet.values and quiet.values["fsdp_version"] == 2  # the unselected section is unused
+    # keys inside fsdp_config may omit the prefix, as Accelerate allows
+    short = from_accelerate({"distributed_type": "FSDP", "num_processes": 2,
+                             "fsdp_config": {"version": 2, "offload_params": "true"}}, "cfg.yaml")
+    assert short.values["fsdp_version"] == 2 and short.values["fsdp_offload_params"] is True
