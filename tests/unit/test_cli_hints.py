@@ -54,12 +54,23 @@ def test_the_warning_names_the_flags_and_the_command_in_the_right_order(launch_o
 
 
 def test_unknown_flags_before_the_script(launch_options):
-    before = hints.unknown_flags_before_script
+    def before(argv, options):
+        return hints.unknown_flags(argv, options, script_first=True)
+
     assert before(["--num_proceses", "2", "train.py", "--x"], launch_options) == ["--num_proceses"]
     assert before(["--num_processes", "2", "--mixed_precison", "bf16", "t.py"], launch_options) == ["--mixed_precison"]
     assert before(["--num_processes=2", "--foo=1", "--cpu", "t.py", "--bar"], launch_options) == ["--foo=1"]
     assert before(["--cpu", "-m", "pkg.train", "--bogus"], launch_options) == []
     assert before(["--", "--bogus"], launch_options) == []
+
+
+def test_unknown_flags_of_a_command_with_abbreviations():
+    options = {"--params": None, "--gpu-memory": None, "--gpu_memory": None, "--json": 0, "--num_processes": "+"}
+    assert hints.unknown_flags(["--param", "7e9", "--gpu_memroy", "3", "model", "--json"], options,
+                               abbreviations=True) == ["--gpu_memroy"]
+    assert hints.unknown_flags(["--num_processes", "1", "8", "--jsn", "--gpu", "5"], options,
+                               abbreviations=True) == ["--jsn"]  # --gpu: ambiguous, argparse says so
+    assert hints.unknown_flags(["--param", "7e9"], options) == ["--param"]
 
 
 def test_did_you_mean(launch_options):

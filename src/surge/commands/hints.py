@@ -55,23 +55,29 @@ def _values(tokens: Sequence[str], i: int, nargs: int | str | None) -> int:
     return taken
 
 
-def unknown_flags_before_script(argv: Sequence[str], options: Arity) -> list[str]:
-    """The flags of ``argv`` (what follows ``surge launch``) that ``options`` does not know,
-    up to the script: the first word that is neither a flag nor a known flag's value.
+def unknown_flags(argv: Sequence[str], options: Arity, *, script_first: bool = False,
+                  abbreviations: bool = False) -> list[str]:
+    """The flags of ``argv`` (what follows ``surge <command>``) that ``options`` does not
+    know (``abbreviations``: nor as a prefix of one), up to ``--`` and, with
+    ``script_first`` (``surge launch``), up to the script: the first word that is neither
+    a flag nor a known flag's value.
 
-    argparse may take an unknown flag's value for the script (``--num_proceses 2
-    train.py`` reads as script ``2``); this reads the command line as the user meant it."""
+    argparse may take an unknown flag's value for a positional (``surge launch --num_proceses
+    2 train.py`` reads as script ``2``); this reads the command line as the user meant it."""
     unknown: list[str] = []
     i = 0
     while i < len(argv):
         token = argv[i]
         name = flag_name(token)
-        if token == "--" or name is None:
+        if token == "--" or (name is None and script_first):
             break
-        if name not in options:
-            unknown.append(token)
-        elif "=" not in token:
-            i += _values(argv, i, options[name])
+        if name is not None:
+            known = [name] if name in options else (
+                [o for o in options if o.startswith(name) and o.startswith("--")] if abbreviations else [])
+            if not known:
+                unknown.append(token)
+            elif "=" not in token and len(known) == 1:
+                i += _values(argv, i, options[known[0]])
         i += 1
     return unknown
 

@@ -56,20 +56,20 @@ class Parser(argparse.ArgumentParser):
         from surge.commands import hints
 
         parser, hint = self, ""
-        if message.startswith("unrecognized arguments: ") and self._extras:
-            # Raised by the top level for the words the subcommand's parser did not know.
-            parser = self.commands.get(self._command or "", self)
+        unrecognized = message.startswith("unrecognized arguments: ")
+        command = self.commands.get(self._command or "")
+        if unrecognized and command is not None and any(word in command._argv for word in self._extras):
+            parser = command  # raised by the top level for the words the subcommand's parser did not know
+        unknown: list[str] = []
+        if not parser.commands:  # a subcommand: an unknown flag is the news, whatever argparse made of it
+            # (`surge launch --num_proceses 2 train.py` has script "2"; `--params 7e9 --gpu_memroy 3` a model "3")
+            unknown = hints.unknown_flags(parser._argv, hints.arity(parser), script_first=parser.script_first,
+                                          abbreviations=parser.allow_abbrev)
+        if unrecognized and not unknown:
             unknown = self._extras
-            if parser.script_first:  # `--foo 1 --bar train.py`: argparse saw "1" as the script, --bar as its
-                unknown = hints.unknown_flags_before_script(parser._argv, hints.arity(parser)) or unknown
+        if unknown:
             message = f"unrecognized arguments: {' '.join(unknown)}"
             hint = hints.did_you_mean(unknown, hints.arity(parser, visible_only=True))
-        elif self.script_first and message.startswith("the following arguments are required"):
-            # `surge launch --num_proceses 2`: argparse took "2" for the script; the typo is the news.
-            unknown = hints.unknown_flags_before_script(self._argv, hints.arity(self))
-            if unknown:
-                message = f"unrecognized arguments: {' '.join(unknown)}"
-                hint = hints.did_you_mean(unknown, hints.arity(self, visible_only=True))
         elif self.commands and (choice := re.match(r"argument <command>: invalid choice: '(.*?)'", message)):
             close = difflib.get_close_matches(choice.group(1), list(self.commands), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
