@@ -197,9 +197,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> float:
+def main(argv: list[str] | None = None) -> float | None:
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    # This script's own lines at INFO (its logger's level, set above); surge's and torch's at WARNING.
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     log_with = ["jsonl"] + (["tensorboard"] if is_available("tensorboard") else [])
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
@@ -234,18 +235,29 @@ def main(argv: list[str] | None = None) -> float:
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
 
+    checkpoint = None
     if args.resume:
         # Continues from the newest complete checkpoint (loader position included), or
         # starts fresh when there is none: the same line survives `--max_restarts`.
-        path = accelerator.load_state(missing_ok=True)
-        if path:
-            logger.info("resumed from %s at step %d", path, progress.step)
+        checkpoint = accelerator.load_state(missing_ok=True)
+        if checkpoint and progress.step >= args.max_steps:
+            accelerator.print(f"run already finished at step {progress.step} (checkpoint {checkpoint}); nothing to "
+                              f"do (raise --max_steps to train on)")
+            return None
+        if checkpoint:
+            logger.info("resumed from %s at step %d", checkpoint, progress.step)
+        else:
+            logger.info("no checkpoint in %s yet; starting at step 0",
+                        os.path.join(accelerator.project_dir or ".", "checkpoints"))
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     accelerator.init_trackers("gpt", config={**vars(args), "parameters": n_params,
                                              "processes": accelerator.num_processes})
-    logger.info("%s: %.2fM parameters, %d processes, %s; %d training sequences of %d characters",
-                accelerator.distributed_type.value, n_params / 1e6, accelerator.num_processes,
+    logger.info("distributed type %s, %d processes, %.2fM parameters, precision %s, %d training sequences of %d "
+                "characters", accelerator.distributed_type.value, accelerator.num_processes, n_params / 1e6,
                 accelerator.mixed_precision, len(train_data), args.block_size)
+    logger.info("checkpoints in %s (every %d steps, newest 3 kept), logs in %s (%s)",
+                os.path.join(accelerator.project_dir or ".", "checkpoints"), args.checkpoint_every,
+                os.path.join(accelerator.logging_dir or ".", "gpt"), ", ".join(log_with))
 
     def evaluate() -> float:
         model.eval()
@@ -259,7 +271,7 @@ def main(argv: list[str] | None = None) -> float:
         return torch.cat(losses).mean().item()
 
     model.train()
-    started, last = time.perf_counter(), None
+    started, last, val = time.perf_counter(), None, None
     bar = tqdm(total=args.max_steps, initial=progress.step, desc="train")
     while progress.step < args.max_steps:
         for x, y in train_loader:  # after load_state it continues its epoch where it was
@@ -281,18 +293,21 @@ def main(argv: list[str] | None = None) -> float:
                 bar.set_postfix(loss=last)
                 accelerator.log({"train/loss": last, "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
             if progress.step % args.eval_every == 0 or progress.step == args.max_steps:
-                accelerator.log({"val/loss": evaluate()}, step=progress.step)
+                val = evaluate()  # the last step always evaluates: `val` is the final validation loss
+                accelerator.log({"val/loss": val}, step=progress.step)
             if progress.step % args.checkpoint_every == 0 or progress.step == args.max_steps:
-                accelerator.save_state()
+                checkpoint = accelerator.save_state()
             if progress.step >= args.max_steps:
                 break
     bar.close()
-    val = evaluate()
     elapsed = time.perf_counter() - started
-    accelerator.log({"val/loss": val}, step=progress.step)
     accelerator.end_training()
-    accelerator.print(f"done: step {progress.step}, first loss {progress.first_loss:.3f}, last train loss "
-                      f"{last:.3f}, val loss {val:.3f} ({elapsed:.0f} s)")
+
+    def fmt(value: float | None) -> str:  # a resumed run may end before it logs a loss
+        return "n/a" if value is None else f"{value:.3f}"
+
+    accelerator.print(f"done: step {progress.step}, first loss {fmt(progress.first_loss)}, last train loss "
+                      f"{fmt(last)}, val loss {fmt(val)} ({elapsed:.0f} s); checkpoint {checkpoint}")
     if accelerator.is_main_process and args.sample_chars:
         prompt = "def "
         accelerator.print("--- sample ---\n" + sample(accelerator.unwrap_model(model), chars, prompt,

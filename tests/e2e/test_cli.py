@@ -26,6 +26,10 @@ def test_config_default_then_launch_two_processes(tmp_path):
     result = surge("launch", "--config_file", cfg, "--num_processes", 2, "--mixed_precision", "bf16", PROBE,
                    "--num_processes", "7", "--x=1", "positional")
     assert result.returncode == 0, result.stderr
+    # The script's --num_processes is the script's (it gets it), with one line saying where launcher flags go.
+    assert (f"surge launch: warning: --num_processes comes after the script, so it goes to cli_probe.py, not the "
+            f"launcher; put launcher flags before the script: surge launch --num_processes 7 {PROBE} --x=1 positional"
+            in result.stderr.splitlines()), result.stderr
     lines = sorted(re.findall(r"rank=\d world=\d .*", result.stdout))
     # The script sees the job, the file's and the flags' settings, and its own arguments untouched.
     assert lines == [
@@ -148,6 +152,7 @@ BAD = [
     (["launch", "--gradient_accumulation_steps", "-1", PROBE], "gradient_accumulation_steps=-1 is out of range"),
     (["config", "--default", "--config_file", "/proc/nope/c.yaml"], "cannot write the config file"),
     (["launch"], "the following arguments are required: script"),
+    (["launch", "--num_proceses", "2", PROBE], "unrecognized arguments: --num_proceses; did you mean --num_processes?"),
     (["estimate-memory", "--params", "-3"], "must be a positive number"),
 ]
 

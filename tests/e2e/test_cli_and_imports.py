@@ -43,8 +43,10 @@ def test_surge_help_does_not_import_torch():
     result = run([sys.executable, "-c", code + "\n"])
     assert result.returncode == 0 and "usage: surge" in result.stdout
     probe = run([sys.executable, "-c", ("import sys\nfrom surge.commands.main import main\n"
-                 "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")])
-    assert probe.stdout.strip().endswith("False")
+                 "for argv in (['--help'], ['estimate-memory', '--help'], ['launch', '--help']):\n"
+                 "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+                 "print('torch' in sys.modules)")])
+    assert "surge estimate-memory" in probe.stdout and probe.stdout.strip().endswith("False"), probe.stdout
 
 
 def test_console_script():

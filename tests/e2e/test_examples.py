@@ -28,18 +28,28 @@ def test_main_job_trains_logs_checkpoints_and_resumes(tmp_path):
     out = run(gpt, "--smoke", "--project_dir", tmp_path)
     done = re.search(r"done: step 30, first loss ([\d.]+), last train loss ([\d.]+), val loss ([\d.]+)", out)
     assert done, out
+    # What it prints is labelled, and it says where its checkpoints and logs go.
+    header = r"distributed type MULTI_CPU, 2 processes, [\d.]+M parameters, precision no, \d+ training sequences"
+    assert re.search(header, out), out
+    assert f"checkpoints in {tmp_path / 'checkpoints'} (every 15 steps" in out, out
+    assert f"logs in {tmp_path / 'gpt'} (jsonl, tensorboard)" in out, out
     first, _, val = map(float, done.groups())
     assert first > 4.0 and val < first - 1.2  # from ~4.6 (uniform over 96 characters) to well below
     assert "--- sample ---\ndef " in out
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]  # steps 15 and 30
     records = [json.loads(line) for line in open(tmp_path / "gpt" / "metrics.jsonl")]
-    assert records[0]["step"] == 1 and "train/loss" in records[0] and any("val/loss" in r for r in records)
+    assert records[0]["step"] == 1 and "train/loss" in records[0]
+    assert [r["step"] for r in records if "val/loss" in r] == [15, 30]  # once per evaluation, the last one too
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "gpt"))
     assert re.search(r"train: 30/30 \[", out)  # the progress lines, from the main process only
     assert out.count("train: 30/30") == 1
     resumed = run(gpt, "--smoke", "--project_dir", tmp_path, "--resume", "--max_steps", 40)
     assert re.search(r"resumed from \S*checkpoint_1 at step 30", resumed), resumed
     assert "done: step 40," in resumed
+    # The README's `--resume` after a finished run: one line, nothing trained, nothing written.
+    finished = run(gpt, "--smoke", "--project_dir", tmp_path, "--resume", "--max_steps", 40)
+    assert re.fullmatch(r"run already finished at step 40 \(checkpoint \S*checkpoint_2\); nothing to do[^\n]*\n",
+                        finished), finished
 
 
 def test_gpt_runs_in_one_process(tmp_path):

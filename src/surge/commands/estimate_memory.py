@@ -1,4 +1,10 @@
-"""``surge estimate-memory``: model-state memory per process for each strategy."""
+"""``surge estimate-memory``: model-state memory per process for each strategy.
+
+Also in ``accelerate estimate-memory``'s form: ``surge estimate-memory MODEL_DIR --dtypes
+float32 float16`` prints Accelerate's table (largest layer, total size, training with Adam
+per dtype; the same numbers) before surge's per-strategy one. Models are read from local
+directories or config files only and built on the meta device: nothing is downloaded.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +12,116 @@ import argparse
 import importlib
 import json
 import os
-from typing import TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    import torch
+
+# Accelerate's dtypes and what each divides the float32 size by; bfloat16 is 2 bytes like
+# float16 (Accelerate's CLI does not offer it: its code would leave it at 4).
+DTYPES = {"float32": 1, "float16": 2, "bfloat16": 2, "int8": 4, "int4": 8}
+ACCELERATE_DTYPES = ["float32", "float16", "int8", "int4"]  # `accelerate estimate-memory`'s default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("model_name", nargs="?", metavar="MODEL_DIR_OR_CONFIG",
+                        help="A local model directory or config.json (as `accelerate estimate-memory MODEL`, but "
+                             "local only: nothing is downloaded). Prints Accelerate's table, then surge's.")
     source.add_argument("--params", type=float, help="Number of parameters, e.g. 7e9.")
     source.add_argument("--model", help="'package.module:factory' (a function returning a module) or a transformers "
                                         "config (config.json or its directory). Built on the meta device: no memory, "
                                         "no download.")
+    parser.add_argument("--library_name", choices=["transformers", "timm"], default=None,
+                        help="The library that builds the model (default: transformers; timm takes an architecture "
+                             "name such as resnet50, or a local directory with timm's config.json).")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None,
+                        help=f"Dtypes of Accelerate's table (default: {' '.join(ACCELERATE_DTYPES)}).")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="Run the modeling code a local model directory ships (its auto_map).")
     parser.add_argument("--num_processes", type=int, nargs="+", default=[1, 8, 64], help="World sizes to show.")
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16",
-                        help="Training precision (bf16/fp16: mixed precision with fp32 Adam state).")
+                        help="Training precision of surge's table (bf16/fp16: mixed precision with fp32 Adam state).")
     parser.add_argument("--gpu-memory", "--gpu_memory", dest="gpu_memory", type=float, default=None,
                         help="GB per GPU; configurations that fit are marked.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
 
 
-def _count(model: str) -> int:
+def _not_local(name: str) -> ValueError:
+    return ValueError(f"{name!r} is not a local path: surge estimate-memory reads local model directories and "
+                      "config.json files and downloads nothing; fetch the config first (e.g. `huggingface-cli "
+                      f"download {name} config.json --local-dir DIR`) and pass DIR")
+
+
+def _transformers_model(path: str, trust_remote_code: bool) -> torch.nn.Module:
+    """The model of a local transformers config, in float32 on the meta device, built as
+    Accelerate's ``create_empty_model`` builds it (an ``AutoModelFor*`` of the config's
+    ``auto_map`` when it names one, else ``AutoModel``)."""
     import torch
 
-    from surge.memory import count_parameters
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("reading a transformers config needs transformers: pip install transformers") from None
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    constructor: Any = transformers.AutoModel
+    auto_map = getattr(config, "auto_map", None)
+    if isinstance(auto_map, dict):
+        key = next((k for k in auto_map if k.startswith("AutoModelFor")), None)
+        if key is not None:
+            constructor = getattr(transformers, key)
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    dtype_key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # renamed in transformers 4.56
+    with torch.device("meta"):
+        model: torch.nn.Module = constructor.from_config(config, trust_remote_code=trust_remote_code,
+                                                         **{dtype_key: torch.float32})
+    return model
 
-    if os.path.exists(model):
+
+def _timm_model(name: str) -> torch.nn.Module:
+    """A timm architecture (``resnet50``) or a local directory with timm's config.json, on
+    the meta device, without pretrained weights."""
+    import torch
+
+    try:
+        import timm
+    except ImportError:
+        raise ImportError("--library_name timm needs timm: pip install timm") from None
+    kwargs: dict[str, Any] = {}
+    architecture = name
+    if os.path.exists(name):
+        path = os.path.join(name, "config.json") if os.path.isdir(name) else name
         try:
-            import transformers
-        except ImportError:
-            raise ImportError("reading a transformers config needs transformers: pip install transformers") from None
-        config = transformers.AutoConfig.from_pretrained(model)
-        with torch.device("meta"):
-            module = transformers.AutoModel.from_config(config)  # type: ignore[no-untyped-call]  # unannotated
-        return count_parameters(module)
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            architecture = config["architecture"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"{name!r} is not a timm model directory (a config.json with an 'architecture')") from None
+        kwargs = {k: config[k] for k in ("num_classes", "in_chans") if k in config}
+    elif not timm.is_model(name):
+        raise ValueError(f"{name!r} is neither a timm architecture (see timm.list_models()) nor a local timm model "
+                         "directory; surge estimate-memory downloads nothing")
+    with torch.device("meta"):
+        model: torch.nn.Module = timm.create_model(architecture, pretrained=False, **kwargs)
+    return model
+
+
+def _build(args: argparse.Namespace) -> torch.nn.Module | None:
+    """The model named on the command line, on the meta device (None for ``--params``)."""
+    import torch
+
+    if args.model_name is not None:
+        if args.library_name == "timm":
+            return _timm_model(args.model_name)
+        if not os.path.exists(args.model_name):
+            raise _not_local(args.model_name)
+        return _transformers_model(args.model_name, args.trust_remote_code)
+    if args.model is None:
+        return None
+    model: str = args.model
+    if os.path.exists(model):
+        return _timm_model(model) if args.library_name == "timm" else _transformers_model(model,
+                                                                                          args.trust_remote_code)
     if ":" not in model:
         raise ValueError(f"--model {model!r} is neither an existing config path nor 'package.module:factory'.")
     module_name, _, attr = model.partition(":")
@@ -53,7 +138,69 @@ def _count(model: str) -> int:
         built = factory()
     if not isinstance(built, torch.nn.Module):
         raise TypeError(f"--model {model!r} returned a {type(built).__name__}, not a torch.nn.Module.")
-    return count_parameters(built)
+    return built
+
+
+class _Size(TypedDict):
+    dtype: str
+    largest_layer: float
+    largest_layer_names: list[str]
+    total_size: float
+    training_adam: float | None
+
+
+def accelerate_sizes(model: torch.nn.Module, dtypes: list[str]) -> list[_Size]:
+    """Accelerate's ``estimate-memory`` numbers (``gather_data``) for ``model``: per dtype,
+    the largest layer and the total size in bytes (float32 sizes divided by 1, 2, 4 or 8)
+    and the training size with Adam at batch size 1 (float32: weights, gradients, two Adam
+    states and the step's copies, 4x; float16/bfloat16 mixed precision: 2x the float32
+    size; int8/int4: None)."""
+    from surge.utils.modeling import calculate_maximum_sizes
+
+    total, (largest, names) = calculate_maximum_sizes(model)
+    sizes: list[_Size] = []
+    for dtype in dtypes:
+        divisor = DTYPES[dtype]
+        # Accelerate's estimate_training_usage: the largest of model, gradients, optimizer, step.
+        if dtype == "float32":
+            training: float | None = max(total, total, 2 * total, 4 * total)
+        elif dtype in ("float16", "bfloat16"):
+            training = max(total, total + total // 2, 2 * total, 2 * total)
+        else:
+            training = None
+        sizes.append({"dtype": dtype, "largest_layer": largest / divisor if divisor > 1 else largest,
+                      "largest_layer_names": names, "total_size": total / divisor if divisor > 1 else total,
+                      "training_adam": training})
+    return sizes
+
+
+def accelerate_table(model_name: str, sizes: list[_Size]) -> str:
+    """``sizes`` as ``accelerate estimate-memory`` prints them: its title, columns and
+    box drawing, character for character."""
+    from surge.utils.other import convert_bytes
+
+    headers = ["dtype", "Largest Layer", "Total Size", "Training using Adam"]
+    rows = [[s["dtype"], convert_bytes(s["largest_layer"]), convert_bytes(s["total_size"]),
+             "N/A" if s["training_adam"] is None else convert_bytes(s["training_adam"])] for s in sizes]
+    title = f"Memory Usage for loading `{model_name}`"
+    widths = [max(len(text) for text in [*(row[i] for row in rows), header]) for i, header in enumerate(headers)]
+    pattern = "│" + "│".join(f"%{w}s" for w in widths) + "│"  # the widths before the title widens the last
+    extra = 0  # a title wider than the columns widens the last column (Accelerate counts it twice)
+    if len(title) > sum(widths):
+        extra = abs(len(title) - (sum(widths) + len(widths) + 1))
+        widths[-1] += extra
+
+    def rule(left: str, middle: str, right: str, pad: int) -> str:
+        return left + middle.join("─" * w for w in widths) + "─" * pad + right
+
+    separator = rule("├", "┼", "┤", extra)
+    lines = [rule("┌", "─", "┐", extra), f"│{title.center(len(separator) - 2)}│", rule("├", "┬", "┤", extra)]
+    widths[-1] += extra
+    lines.append(pattern % tuple(h.center(widths[i]) for i, h in enumerate(headers)))
+    lines.append(separator)
+    lines += [pattern % tuple(t.center(widths[i]) for i, t in enumerate(row)) for row in rows]
+    lines.append(rule("└", "┴", "┘", 0))
+    return "\n".join(lines)
 
 
 class _Cell(TypedDict):
@@ -79,7 +226,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--gpu-memory {args.gpu_memory} must be a positive number of GB, e.g. 80.")
     if any(n < 1 for n in args.num_processes):
         raise ValueError(f"--num_processes {args.num_processes} must all be >= 1.")
-    num = args.params if args.params is not None else _count(args.model)
+    from surge.memory import count_parameters
+
+    model = _build(args)
+    if model is None and (args.dtypes is not None or args.library_name is not None or args.trust_remote_code):
+        raise ValueError("--dtypes, --library_name and --trust_remote_code describe a model: give a model directory "
+                         "or --model instead of --params")
+    sizes = accelerate_sizes(model, args.dtypes or ACCELERATE_DTYPES) if model is not None else None
+    name = args.model_name if args.model_name is not None else args.model
+    num = args.params if model is None else count_parameters(model)
     rows: list[_Row] = []
     for strategy in STRATEGIES:
         cells: list[_Cell] = []
@@ -89,8 +244,11 @@ def run(args: argparse.Namespace) -> int:
             cells.append({"num_processes": n, "gpu_gb": gpu / 1e9, "cpu_gb": cpu / 1e9, "fits": fits})
         rows.append({"strategy": strategy.name, "per_process": cells})
     if args.json:
-        print(json.dumps({"parameters": num, "precision": args.precision, "rows": rows}, indent=2))
+        extra = {} if sizes is None else {"model": name, "sizes": sizes}
+        print(json.dumps({"parameters": num, "precision": args.precision, "rows": rows, **extra}, indent=2))
         return 0
+    if sizes is not None:
+        print(accelerate_table(name, sizes))
     from rich.console import Console
     from rich.table import Table
 

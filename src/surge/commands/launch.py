@@ -307,6 +307,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.module and args.no_python:
         raise ConfigError("--module and --no_python cannot be used together")
+    from surge.commands.hints import warn_flags_after_script
+    warn_flags_after_script(args)  # `surge launch train.py --num_processes 2`: one line, and the run goes on
     config, values = resolve_config(args)
     return launch(config, values, args.script, list(args.script_args), module=args.module,
                   no_python=args.no_python)

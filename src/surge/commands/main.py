@@ -7,10 +7,13 @@ Imports nothing heavy: each subcommand's module is imported only when it runs, s
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import sys
-from typing import NoReturn
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
 from surge._version import __version__
 
@@ -31,10 +34,46 @@ class CLIError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad invocation is one line on stderr (no usage dump)."""
+    """argparse, but a bad invocation is one line on stderr (no usage dump), and a
+    mistyped flag or command gets a "did you mean" (commands/hints.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}  # the subcommands' parsers (top level only)
+        self.script_first = False  # everything after the first positional belongs to it (surge launch)
+        self._argv: list[str] = []
+        self._extras: list[str] = []
+        self._command: str | None = None
+
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None) -> Any:
+        # Remembered for error(): which words were given, which were left over, which command.
+        self._argv = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(self._argv, namespace)
+        self._extras, self._command = list(extras), getattr(parsed, "command", None)
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
-        raise CLIError(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
+        from surge.commands import hints
+
+        parser, hint = self, ""
+        unrecognized = message.startswith("unrecognized arguments: ")
+        command = self.commands.get(self._command or "")
+        if unrecognized and command is not None and any(word in command._argv for word in self._extras):
+            parser = command  # raised by the top level for the words the subcommand's parser did not know
+        unknown: list[str] = []
+        if not parser.commands:  # a subcommand: an unknown flag is the news, whatever argparse made of it
+            # (`surge launch --num_proceses 2 train.py` has script "2"; `--params 7e9 --gpu_memroy 3` a model "3")
+            unknown = hints.unknown_flags(parser._argv, hints.arity(parser), script_first=parser.script_first,
+                                          abbreviations=parser.allow_abbrev)
+        if unrecognized and not unknown:
+            unknown = self._extras
+        if unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+            hint = hints.did_you_mean(unknown, hints.arity(parser, visible_only=True))
+        elif self.commands and (choice := re.match(r"argument <command>: invalid choice: '(.*?)'", message)):
+            close = difflib.get_close_matches(choice.group(1), list(self.commands), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+        raise CLIError(f"{parser.prog}: error: {message}{hint} (see `{parser.prog} --help`)")
 
 
 def build_parser() -> Parser:
@@ -52,6 +91,8 @@ def build_parser() -> Parser:
         # launch hands everything after the script to it untouched: no abbreviations, or
         # a script's own --fsdp would be taken for an abbreviated --fsdp_* launcher flag.
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=name != "launch")
+        p.script_first = name == "launch"
+        parser.commands[name] = p
         _add_arguments(module, p)
     return parser
 

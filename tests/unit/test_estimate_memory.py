@@ -1,0 +1,96 @@
+"""`surge estimate-memory` in `accelerate estimate-memory`'s form, checked against
+Accelerate's own functions on the same local config (in-process: no launch, no download)."""
+
+import json
+import sys
+import types
+
+import pytest
+
+from surge.commands.main import main
+
+transformers = pytest.importorskip("transformers")
+estimate = pytest.importorskip("accelerate.commands.estimate")
+
+CONFIGS = {
+    "llama": lambda: transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128,
+                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
+    "gpt2-tied": lambda: transformers.GPT2Config(vocab_size=500, n_positions=64, n_embd=32, n_layer=2, n_head=2),
+}
+
+
+def surge_out(capsys, *argv):
+    code = main(["estimate-memory", *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture
+def accelerate_offline(monkeypatch):
+    """Accelerate asks the Hub about every model name first; for a local directory the
+    answer is "a transformers model" (what the Hub says of one), so no network is needed."""
+    monkeypatch.setattr(estimate, "verify_on_hub",
+                        lambda repo, token=None: types.SimpleNamespace(config={}, library_name="transformers"))
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_same_numbers_and_table_as_accelerate(tmp_path, capsys, accelerate_offline, kind):
+    CONFIGS[kind]().save_pretrained(tmp_path)
+    dtypes = ["float32", "float16", "int8", "int4"]
+    args = estimate.estimate_command_parser().parse_args([str(tmp_path), "--library_name", "transformers",
+                                                          "--dtypes", *dtypes])
+    theirs = estimate.gather_data(args)
+    estimate.estimate_command(args)
+    printed = capsys.readouterr().out
+    their_table = printed[printed.index("┌"):].strip()  # after "Loading pretrained config ..."
+
+    ours = json.loads(surge_out(capsys, tmp_path, "--library_name", "transformers", "--dtypes", *dtypes, "--json"))
+    assert [[s["dtype"], s["largest_layer"], s["total_size"], s["training_adam"]] for s in ours["sizes"]] == [
+        [dtype, layer, total, None if max(training.values()) == -1 else max(training.values())]
+        for dtype, layer, total, training in theirs]
+    assert ours["model"] == str(tmp_path) and ours["rows"][0]["strategy"] == "DDP"
+    # The table, character for character (the tmp path makes the title wider than the columns), then surge's.
+    table = surge_out(capsys, tmp_path, "--dtypes", *dtypes)
+    assert table.startswith(their_table + "\n"), table
+    assert "Model-state memory per process" in table.removeprefix(their_table)
+
+
+def test_config_file_bfloat16_and_the_existing_model_form(tmp_path, capsys):
+    CONFIGS["llama"]().save_pretrained(tmp_path)
+    positional = json.loads(surge_out(capsys, tmp_path / "config.json", "--dtypes", "float16", "bfloat16", "--json"))
+    half, bf16 = positional["sizes"]
+    assert bf16 | {"dtype": "float16"} == half  # 2 bytes like float16 (Accelerate's CLI does not offer bfloat16)
+    flag = json.loads(surge_out(capsys, "--model", tmp_path, "--json"))
+    assert flag["parameters"] == positional["parameters"] and [s["dtype"] for s in flag["sizes"]] == [
+        "float32", "float16", "int8", "int4"]
+    assert "sizes" not in json.loads(surge_out(capsys, "--params", "7e9", "--json"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["meta-llama/Llama-2-7b-hf"], ("is not a local path: surge estimate-memory reads local model directories and "
+                                   "config.json files and downloads nothing")),
+    (["--params", "7e9", "--dtypes", "int8"], "--dtypes, --library_name and --trust_remote_code describe a model"),
+])
+def test_what_cannot_be_estimated_is_one_line(capsys, argv, message):
+    assert main(["estimate-memory", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_timm_architectures_are_built_on_meta_without_weights(capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    calls = []
+
+    def create_model(name, pretrained, **kwargs):
+        calls.append((name, pretrained, torch.empty(0).device.type))
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+
+    fake = types.SimpleNamespace(is_model=lambda name: name == "tiny_net", create_model=create_model)
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    out = json.loads(surge_out(capsys, "tiny_net", "--library_name", "timm", "--dtypes", "float32", "--json"))
+    assert calls == [("tiny_net", False, "meta")]
+    assert out["sizes"][0]["total_size"] == (8 * 16 + 16 + 16 * 4 + 4) * 4  # float32
+    assert out["sizes"][0]["largest_layer"] == (8 * 16 + 16) * 4
+    assert main(["estimate-memory", "not_a_net", "--library_name", "timm"]) == 1
+    assert "neither a timm architecture" in capsys.readouterr().err
