@@ -1,13 +1,17 @@
 """The launcher's pieces that need no process: the failure report's trimming and one-liner
-(launch/failure.py) and the NUMA lookup of enable_cpu_affinity (launch/affinity.py) on a
-fake sysfs."""
+(launch/failure.py), the launch options' parsing and the workers' environment
+(launch/runner.py), and the NUMA lookup of enable_cpu_affinity (launch/affinity.py) on a
+fake sysfs. tests/e2e/test_launch_report.py runs them for real."""
 
+import importlib.util
 import os
 import traceback
 
 import pytest
 
-from surge.launch import affinity, failure
+from surge.commands.main import build_parser
+from surge.config.file import ConfigError, SurgeConfig
+from surge.launch import affinity, failure, runner
 
 RUNPY = "<frozen runpy>"
 BOOTSTRAP = os.path.join(os.sep, "venv", "site-packages", "surge", "launch", "bootstrap.py")
@@ -106,6 +110,70 @@ def test_the_log_file_collects_each_failure(tmp_path):
     assert "rank 1 (local rank 1), restart 0" in text and "restart 1" in text
     assert text.index("first") < text.index("second")
     assert failure.write_log(str(tmp_path / "missing"), "1", "h", "t") is None
+
+
+def test_the_workers_environment():
+    config = SurgeConfig(num_processes=2, debug=True, num_cpu_threads_per_process=3, quiet=True,
+                         enable_cpu_affinity=True, gpu_ids="0,1")
+    env = runner.worker_environment(config, {"OMP_NUM_THREADS": "1", "SURGE_LOG_DIR": "/stale", "PATH": "/bin"})
+    assert env == {"OMP_NUM_THREADS": "3", "TORCH_DISTRIBUTED_DEBUG": "DETAIL", "SURGE_QUIET": "1",
+                   "SURGE_CPU_AFFINITY": "1", "CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin"}
+    env = runner.worker_environment(SurgeConfig(debug=True, enable_cpu_affinity=True, use_cpu=True),
+                                    {"TORCH_DISTRIBUTED_DEBUG": "INFO", "OMP_NUM_THREADS": "1"})
+    assert env == {"TORCH_DISTRIBUTED_DEBUG": "INFO", "OMP_NUM_THREADS": "1"}  # the user's own, and no GPU to pin to
+
+
+def test_tee_is_torchs_std_or_a_map_of_local_ranks():
+    from torch.distributed.elastic.multiprocessing import Std
+
+    assert runner.parse_tee("3", 2) == Std.ALL and runner.parse_tee("0", 1) == Std.NONE
+    assert runner.parse_tee("0:3,1:1", 2) == {0: Std.ALL, 1: Std.OUT}
+    with pytest.raises(ConfigError, match=r"tee='4' must be 0 \(none\), 1 \(stdout\), 2 \(stderr\) or 3"):
+        runner.parse_tee("4", 2)
+    with pytest.raises(ConfigError, match="names local rank 2, but each machine runs 2 processes"):
+        runner.parse_tee("0:3,2:1", 2)
+
+
+def test_rdzv_conf():
+    assert runner.parse_rdzv_conf("") == {}
+    assert runner.parse_rdzv_conf(" timeout=1800 , read_timeout = 60,") == {"timeout": "1800", "read_timeout": "60"}
+    for bad in ("timeout", "=5", "timeout="):
+        with pytest.raises(ConfigError, match="is not key=value"):
+            runner.parse_rdzv_conf(bad)
+    assert runner.rendezvous_conf(SurgeConfig()) == {"rank": 0, "timeout": 900}
+    config = SurgeConfig(num_machines=2, num_processes=2, machine_rank=1, main_process_ip="10.0.0.1",
+                         rdzv_backend="c10d", rdzv_conf="join_timeout=60")
+    assert runner.rendezvous(config) == ("surge", "10.0.0.1:29500", {"rank": 1, "timeout": 60})
+    assert runner.rendezvous(SurgeConfig(main_process_port=1234))[1] == "127.0.0.1:1234"
+    with pytest.raises(ConfigError, match=r"rdzv_conf key\(s\) 'last_call_timeout' mean nothing to surge's"):
+        runner.rendezvous_conf(SurgeConfig(rdzv_conf="timeout=5,last_call_timeout=3"))
+    with pytest.raises(ConfigError, match="timeout='soon' must be a whole number of seconds"):
+        runner.rendezvous_conf(SurgeConfig(rdzv_conf="timeout=soon"))
+
+
+def test_etcd_goes_to_torchs_rendezvous_with_rdzv_conf(monkeypatch):
+    config = SurgeConfig(num_machines=2, num_processes=2, main_process_ip="10.0.0.9", rdzv_backend="etcd-v2",
+                         rdzv_conf="protocol=https,cacert=/ca.pem")
+    if importlib.util.find_spec("etcd") is None:
+        with pytest.raises(ConfigError, match=r"needs the python-etcd package \(pip install python-etcd\)"):
+            runner.rendezvous(config)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "etcd" else real(name, *a))
+    assert runner.rendezvous(config) == ("etcd-v2", "10.0.0.9:2379", {"protocol": "https", "cacert": "/ca.pem"})
+
+
+def test_the_summary_names_the_log_to_read(tmp_path):
+    logs = str(tmp_path)
+    assert runner._where_to_read(logs, 1, raised=True) == "its output is above"
+    (tmp_path / "rank0.log").write_text("knock-on")
+    assert runner._where_to_read(logs, 1, raised=False) == (
+        f"its output is above; the other ranks' tracebacks are in {logs}")
+    (tmp_path / "rank1.log").write_text("cause")
+    assert runner._where_to_read(logs, 1, raised=True) == f"full traceback in {tmp_path / 'rank1.log'}"
+
+
+def test_quiet_has_a_short_flag():
+    assert build_parser().parse_args(["launch", "-q", "train.py"]).quiet is True
 
 
 def test_cpulist_parsing():

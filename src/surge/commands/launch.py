@@ -27,7 +27,7 @@ from surge.config.file import (
 from surge.config.schema import DEEPSPEED_KEYS, FSDP_KEYS
 
 # Short aliases users know from `accelerate launch`.
-ALIASES = {"use_cpu": ["--cpu"]}
+ALIASES = {"use_cpu": ["--cpu"], "quiet": ["-q"]}
 GROUP_TITLES = {
     "main": "settings (each overrides the same key of the config file)",
     "deepspeed": "DeepSpeed / ZeRO (as accelerate launch --use_deepspeed)",
