@@ -37,9 +37,10 @@ os.environ.pop("SURGE_CONFIG_FILE", None)
 # Temporary entries that are not the tests' leaks: the cache above, pytest's tmp_path
 # roots (pytest cleans them), torch.compile's caches (and torch's "cache" directory),
 # wandb's per-process directories (removed when the process exits) and the log directory
-# torch's elastic agent makes under plain `torchrun` (torch never removes it; `surge launch`
-# removes its own, tests/e2e/test_cli.py checks). All go with TMP at exit.
-_TMP_OWN = ("xdg-cache", "cache", "pytest-of-", "torchinductor_", "torchelastic_")
+# torch's elastic agent makes under plain `torchrun` (torch never removes it) and the log
+# directory a failed `surge launch` keeps for the user to read (it removes it after a
+# success, tests/e2e/test_launch_report.py checks). All go with TMP at exit.
+_TMP_OWN = ("xdg-cache", "cache", "pytest-of-", "torchinductor_", "torchelastic_", "surge-logs-")
 
 
 def _is_own(name: str) -> bool:

@@ -173,8 +173,10 @@ class SurgeConfig:
     quiet: bool = _key(False, "Report a failure as its cause and the log file, without the traceback.",
                        group="processes")
     tee: str = _key("0", "Also copy the workers' output to log files: 0 none, 1 stdout, 2 stderr, 3 both (or "
-                         "per rank: 0:3,1:1). Needs --log_dir.", group="processes")
-    log_dir: str | None = _key(None, "Where the workers' log files go (with --tee); the failure log too.",
+                         "per local rank: 0:3,1:1); in --log_dir, else a temporary directory named at the end.",
+                    group="processes")
+    log_dir: str | None = _key(None, "Where each job's log directory (surge-<id>) goes: failed ranks' full "
+                                     "tracebacks, the --tee copies (default: a temporary one, kept if a rank failed).",
                                group="processes")
     role: str = _key("default", "The worker group's role name (torch elastic).", group="processes")
     rdzv_backend: str = _key("static", "Rendezvous: static or c10d (surge's own, bound to one address), etcd or "

@@ -3,8 +3,21 @@
 [Note: the launcher hands over one file]
 The resolved settings (config file + flags) are written to a temporary YAML file and
 its path is put in ``SURGE_CONFIG_FILE`` for the workers; ``Accelerator()`` reads it
-(config/file.py). Nothing else passes from the launcher to the workers but the
-standard torchrun variables (RANK, WORLD_SIZE, ...).
+(config/file.py). Nothing else passes from the launcher to the library in the workers
+but the standard torchrun variables (RANK, WORLD_SIZE, ...) and the variables torch and
+OpenMP read themselves (``OMP_NUM_THREADS``, ``TORCH_DISTRIBUTED_DEBUG`` for ``debug``).
+The worker entry point, launch/bootstrap.py, also gets three of its own, which the
+library never reads: ``SURGE_LOG_DIR`` (the job's log directory, see [Note: a failure
+report shows the user's code] in failure.py), ``SURGE_QUIET`` and ``SURGE_CPU_AFFINITY``.
+
+[Note: the job's log directory]
+A multi-process job has one directory for its logs: ``<log_dir>/surge-<id>/`` when
+``log_dir`` is set, else ``<temp>/surge-logs-<id>/``. It holds each failed rank's full
+traceback (``rank<N>.log``) and torch elastic's per-attempt files
+(``attempt_<k>/<local rank>/``: the error files read for the failure summary, and the
+``tee`` copies ``stdout.log``/``stderr.log``). A temporary one is removed when there is
+nothing in it to read: after a successful job, or a failure that left no traceback; one
+asked for (``log_dir``, or ``tee`` without it) is kept and named.
 """
 
 from __future__ import annotations
@@ -22,6 +35,14 @@ from typing import Any
 
 from surge.config.file import ENV_VAR, HANDOFF_NAME, ConfigError, SurgeConfig, write_config
 from surge.hang import PEER_LOST
+from surge.launch.affinity import AFFINITY_ENV
+from surge.launch.failure import LOG_DIR_ENV, QUIET_ENV, log_file
+
+SURGE_RENDEZVOUS = ("static", "c10d")  # rdzv_backend values surge's own rendezvous serves (launch/rendezvous.py)
+# rdzv_conf keys surge's rendezvous understands: seconds for every machine to join (torch's
+# static rendezvous calls it timeout, its c10d one join_timeout).
+_SURGE_RDZV_KEYS = ("timeout", "join_timeout")
+_RDZV_TIMEOUT = 900
 
 
 def _check_target(target: str, module: bool, no_python: bool = False) -> None:
@@ -63,33 +84,154 @@ def launch(
     is (``torchrun --no-python``), which reads its rank from the environment.
 
     Raises:
-        ConfigError: the script, module or program does not exist.
+        ConfigError: the script, module or program does not exist, or a launch setting
+            (``tee``, ``rdzv_conf``, ``rdzv_backend``, ``log_dir``) cannot be used.
     """
     _check_target(target, module, no_python)
+    # Every setting is checked before anything starts (tee "0", the default, needs no torch).
+    if config.tee != "0":
+        parse_tee(config.tee, config.processes_per_machine)
+    rendezvous_conf(config)
     workdir = tempfile.mkdtemp(prefix="surge-launch-")
     try:
         path = os.path.join(workdir, HANDOFF_NAME)
         write_config(handed, path)
-        env = dict(os.environ)
+        env = worker_environment(config, dict(os.environ))
         env[ENV_VAR] = path
-        if config.gpu_ids not in (None, "all"):
-            env["CUDA_VISIBLE_DEVICES"] = config.gpu_ids
         command = ["-m", target] if module else [target]
-        if config.num_processes == 1 and config.max_restarts == 0:
-            return _run_single(command + target_args, env, python=not no_python)
+        if config.num_processes == 1 and config.max_restarts == 0 and config.tee == "0":
+            program = [sys.executable, *command] if not no_python else command
+            if AFFINITY_ENV in env:  # pinned, then replaced by the script (launch/affinity.py)
+                program = [sys.executable, "-m", "surge.launch.affinity", *program]
+            return _run_single(program + target_args, env)
         return _run_elastic(config, command + target_args, env, python=not no_python)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_single(argv: list[str], env: dict[str, str], *, python: bool = True) -> int:
-    """One process: the script runs directly, like `python script.py`.
+def worker_environment(config: SurgeConfig, env: dict[str, str]) -> dict[str, str]:
+    """``env`` (the launcher's environment) with what ``config`` sets for the workers:
+    visible GPUs, ``OMP_NUM_THREADS`` (``num_cpu_threads_per_process``), torch's collective
+    checks (``debug``: ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` unless set) and bootstrap.py's
+    own variables (``quiet``, ``enable_cpu_affinity``; stale ones from an outer launch are
+    dropped)."""
+    env = {k: v for k, v in env.items() if k not in (LOG_DIR_ENV, QUIET_ENV, AFFINITY_ENV)}
+    if config.gpu_ids not in (None, "all"):
+        env["CUDA_VISIBLE_DEVICES"] = config.gpu_ids
+    if config.num_cpu_threads_per_process is not None:
+        env["OMP_NUM_THREADS"] = str(config.num_cpu_threads_per_process)
+    if config.debug:
+        env.setdefault("TORCH_DISTRIBUTED_DEBUG", "DETAIL")
+    if config.quiet:
+        env[QUIET_ENV] = "1"
+    if config.enable_cpu_affinity and not config.use_cpu:
+        env[AFFINITY_ENV] = "1"
+    return env
+
+
+def parse_tee(text: str, per_machine: int) -> Any:
+    """``tee`` as torch's ``Std`` (all local ranks) or ``{local rank: Std}``.
+
+    Raises:
+        ConfigError: not 0-3 or ``local_rank:0-3,...``, or a local rank this machine does
+            not run.
+    """
+    from torch.distributed.elastic.multiprocessing import Std
+
+    try:
+        tee = Std.from_str(text.replace(" ", ""))
+    except ValueError:
+        raise ConfigError(f"tee={text!r} must be 0 (none), 1 (stdout), 2 (stderr) or 3 (both), or per local rank "
+                          "like 0:3,1:1") from None
+    if isinstance(tee, dict) and max(tee) >= per_machine:
+        raise ConfigError(f"tee={text!r} names local rank {max(tee)}, but each machine runs {per_machine} "
+                          f"process{'es' if per_machine > 1 else ''} (local ranks 0 to {per_machine - 1})")
+    return tee
+
+
+def parse_rdzv_conf(text: str) -> dict[str, str]:
+    """``rdzv_conf``: ``key=value,key=value`` as a mapping (values stay strings, as torchrun's).
+
+    Raises:
+        ConfigError: an item that is not ``key=value``.
+    """
+    conf: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise ConfigError(f"rdzv_conf={text!r}: {item.strip()!r} is not key=value; write "
+                              "key=value,key=value (e.g. timeout=1800)")
+        conf[key] = value
+    return conf
+
+
+def rendezvous_conf(config: SurgeConfig) -> dict[str, Any]:
+    """The rendezvous settings of ``config``'s job: ``rdzv_conf`` as it is for torch's etcd
+    rendezvous; for surge's, the machine's rank and the seconds every machine has to join
+    (``timeout``, 900 unless ``rdzv_conf`` sets it; ``join_timeout`` is the same).
+
+    Raises:
+        ConfigError: a bad ``rdzv_conf``, a key surge's rendezvous does not know, or etcd
+            without its client package.
+    """
+    conf = parse_rdzv_conf(config.rdzv_conf)
+    if config.rdzv_backend not in SURGE_RENDEZVOUS:
+        if importlib.util.find_spec("etcd") is None:
+            raise ConfigError(f"rdzv_backend={config.rdzv_backend!r} needs the python-etcd package (pip install "
+                              "python-etcd) and an etcd server at main_process_ip:main_process_port; or use "
+                              "rdzv_backend: static (surge's own rendezvous on machine 0)")
+        return dict(conf)
+    unknown = sorted(set(conf) - set(_SURGE_RDZV_KEYS))
+    if unknown:
+        raise ConfigError(f"rdzv_conf key(s) {', '.join(map(repr, unknown))} mean nothing to surge's rendezvous "
+                          f"(rdzv_backend {config.rdzv_backend}); it understands timeout (seconds for every machine "
+                          "to join; join_timeout is the same)")
+    timeout = _RDZV_TIMEOUT
+    for key in _SURGE_RDZV_KEYS:
+        if key in conf:
+            value = conf[key]
+            if not value.isdigit() or int(value) == 0:
+                raise ConfigError(f"rdzv_conf {key}={value!r} must be a whole number of seconds above 0")
+            timeout = int(value)
+    return {"rank": config.machine_rank, "timeout": timeout}
+
+
+def rendezvous(config: SurgeConfig) -> tuple[str, str, dict[str, Any]]:
+    """The rendezvous backend, endpoint and settings (:func:`rendezvous_conf`) of
+    ``config``'s job.
+
+    ``static`` and ``c10d``: surge's own (launch/rendezvous.py: a fixed-size job needs
+    neither of torch's; see [Note: surge's rendezvous]) on machine 0's address or, for one
+    machine, the loopback (port 0: a free one). ``etcd`` and ``etcd-v2``: torch's, at the
+    etcd server ``main_process_ip:main_process_port`` (2379 unless set).
+
+    Raises:
+        ConfigError: as :func:`rendezvous_conf`.
+    """
+    conf = rendezvous_conf(config)
+    if config.rdzv_backend not in SURGE_RENDEZVOUS:
+        addr = config.main_process_ip or "127.0.0.1"
+        return config.rdzv_backend, f"{addr}:{config.main_process_port or 2379}", conf
+    from surge.launch.rendezvous import BACKEND
+
+    if config.num_machines == 1:
+        # A single-machine job meets on loopback only: nothing listens on the network
+        # (port 0: the rendezvous binds a free port itself, no race with other jobs).
+        return BACKEND, f"127.0.0.1:{config.main_process_port or 0}", conf
+    return BACKEND, f"{config.main_process_ip}:{config.main_process_port or 29500}", conf
+
+
+def _run_single(argv: list[str], env: dict[str, str]) -> int:
+    """One process: the script runs directly, like `python script.py` (``argv`` is the
+    whole command).
 
     SIGTERM and SIGHUP sent to the launcher (``timeout``, ``scancel``, ``kill``) are passed
     on to the script, so stopping the launcher stops the job. Ctrl-C reaches the script
     directly (the terminal signals the whole foreground group).
     """
-    proc = subprocess.Popen([sys.executable, *argv] if python else argv, env=env)
+    proc = subprocess.Popen(argv, env=env)
 
     def forward(signum: int, _frame: Any) -> None:
         proc.send_signal(signum)
@@ -147,42 +289,43 @@ def _root_cause(exc: Any) -> tuple[int, Any, str]:
 
 def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str], *, python: bool = True) -> int:
     from torch.distributed import DistNetworkError
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from surge.launch.rendezvous import BACKEND, register
+    from surge.launch.rendezvous import register
 
     per_machine = config.processes_per_machine
-    addr: str | None  # set for several machines (the config checks it)
+    backend, endpoint, rdzv_configs = rendezvous(config)
     if config.num_machines == 1:
-        # A single-machine job meets on loopback only: nothing listens on the network
-        # (port 0: the rendezvous binds a free port itself, no race with other jobs).
-        addr, port = "127.0.0.1", config.main_process_port or 0
         _loopback_transport(env)
-    else:
-        addr, port = config.main_process_ip, config.main_process_port or 29500
     register()
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // per_machine))
-    # The agent's per-run directory (the workers' error files, read for the failure
-    # summary below) lives under one surge owns and removes: torch leaves its own
-    # torchelastic_* directories behind in the temporary directory.
-    agent_dir = tempfile.mkdtemp(prefix="surge-launch-")
+    job = uuid.uuid4().hex[:8]
+    logs = _job_log_dir(config, job)
+    env[LOG_DIR_ENV] = logs
+    if python:
+        entrypoint, args = sys.executable, ["-u", "-m", "surge.launch.bootstrap", *argv]
+    elif AFFINITY_ENV in env:  # a program: pinned, then exec'd (launch/affinity.py)
+        entrypoint, args = sys.executable, ["-m", "surge.launch.affinity", *argv]
+    else:
+        entrypoint, args = argv[0], argv[1:]
     launch_config = LaunchConfig(
         min_nodes=config.num_machines,
         max_nodes=config.num_machines,
         nproc_per_node=per_machine,
-        run_id=f"surge-{uuid.uuid4().hex[:8]}" if config.num_machines == 1 else "surge",
-        rdzv_backend=BACKEND,  # launch/rendezvous.py: bound to one address, a fresh store per restart
-        rdzv_endpoint=f"{addr}:{port}",
-        rdzv_configs={"rank": config.machine_rank, "timeout": 900},
+        # One machine: a run id of its own. Several: the same on every machine (the agents meet under it).
+        run_id=f"surge-{job}" if config.num_machines == 1 else "surge",
+        role=config.role,
+        rdzv_backend=backend,
+        rdzv_endpoint=endpoint,
+        rdzv_configs=rdzv_configs,
         max_restarts=config.max_restarts,
         monitor_interval=config.monitor_interval,
         start_method="spawn",
-        logs_specs=DefaultLogsSpecs(log_dir=agent_dir),
+        logs_specs=_job_logs_specs(logs, parse_tee(config.tee, per_machine)),
     )
     # The agent's own log lines (process starts, SIGTERMs, its failure table) repeat
     # what the failing worker already printed; surge prints one summary instead.
@@ -197,10 +340,11 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str], *, p
     os.environ.clear()
     os.environ.update(env)  # the agent passes its own environment to the workers
     try:
-        if python:
-            elastic_launch(launch_config, entrypoint=sys.executable)(*["-u", "-m", "surge.launch.bootstrap", *argv])
-        else:
-            elastic_launch(launch_config, entrypoint=argv[0])(*argv[1:])
+        elastic_launch(launch_config, entrypoint=entrypoint)(*args)
+        _tee_note(config, logs)
+        if config.log_dir is None and config.tee == "0" and _rank_logs(logs):
+            print(f"surge launch: the tracebacks of the workers that failed before the restart are in {logs}",
+                  file=sys.stderr)
         return 0
     except ChildFailedError as exc:
         rank, failure, message = _root_cause(exc)
@@ -220,14 +364,22 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str], *, p
             what = f"was killed by signal {signal.Signals(-failure.exitcode).name}"
         else:
             code, what = failure.exitcode, f"exited with code {failure.exitcode}"
-        print(f"surge launch: rank {rank} (local rank {failure.local_rank}) {what} (its output is above)",
-              file=sys.stderr)
+        where = _where_to_read(logs, rank, raised=bool(message) and not message.startswith("SystemExit"))
+        if any(p in message.lower() for p in PEER_LOST):  # ranked last, so every failure here was one
+            where += ("; it lost a peer: the failure started on another machine, see its output"
+                      if config.num_machines > 1 else "; it lost a peer: was another worker killed from outside?")
+        _tee_note(config, logs)
+        print(f"surge launch: rank {rank} (local rank {failure.local_rank}) {what} ({where})", file=sys.stderr)
         return code
     except (RendezvousError, DistNetworkError) as exc:
         detail = " ".join(str(exc).split())
-        hint = ("is the port free? choose another with --main_process_port" if config.num_machines == 1
-                else "check --main_process_ip / --main_process_port and that machine 0 is reachable and its port free")
-        raise ConfigError(f"cannot start the job's rendezvous on {addr}:{port} ({detail[:200]}); {hint}") from None
+        if backend not in SURGE_RENDEZVOUS:
+            hint = f"is the etcd server running at {endpoint} (--main_process_ip / --main_process_port)?"
+        elif config.num_machines == 1:
+            hint = "is the port free? choose another with --main_process_port"
+        else:
+            hint = "check --main_process_ip / --main_process_port and that machine 0 is reachable and its port free"
+        raise ConfigError(f"cannot start the job's rendezvous on {endpoint} ({detail[:200]}); {hint}") from None
     except SignalException as exc:
         print(f"surge launch: stopped by {signal.Signals(exc.sigval).name}; every worker was terminated.",
               file=sys.stderr)
@@ -238,7 +390,62 @@ def _run_elastic(config: SurgeConfig, argv: list[str], env: dict[str, str], *, p
         agent_log.propagate = agent_propagate
         os.environ.clear()
         os.environ.update(saved_env)
-        shutil.rmtree(agent_dir, ignore_errors=True)
+        if config.log_dir is None and config.tee == "0" and not _rank_logs(logs):
+            shutil.rmtree(logs, ignore_errors=True)  # a temporary one with nothing to read
+
+
+def _job_log_dir(config: SurgeConfig, job: str) -> str:
+    """The job's log directory (see [Note: the job's log directory]), created.
+
+    Raises:
+        ConfigError: ``log_dir`` cannot be created or written.
+    """
+    if config.log_dir is None:
+        path = os.path.join(tempfile.gettempdir(), f"surge-logs-{job}")
+    else:
+        path = os.path.join(os.path.abspath(os.path.expanduser(config.log_dir)), f"surge-{job}")
+    try:
+        os.makedirs(path, 0o700 if config.log_dir is None else 0o777)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the job's log directory {path} ({exc.strerror or exc}); "
+                          + ("choose another --log_dir" if config.log_dir else "set --log_dir")) from None
+    return path
+
+
+def _job_logs_specs(logs: str, tee: Any) -> Any:
+    """torch's log files (error files, ``tee`` copies) in ``logs`` itself: its default
+    puts them in a directory of their own below (``<run id>_<random>``)."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+
+    class JobLogs(DefaultLogsSpecs):
+        def _make_log_dir(self, log_dir: str | None, rdzv_run_id: str) -> str:
+            return logs
+
+    return JobLogs(log_dir=logs, tee=tee)
+
+
+def _rank_logs(logs: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(logs) if n.startswith("rank") and n.endswith(".log"))
+    except OSError:
+        return []
+
+
+def _where_to_read(logs: str, rank: int, *, raised: bool) -> str:
+    """Where the failure summary sends the reader: the failed rank's log file when it
+    raised, else its output above (and the log directory if other ranks wrote one)."""
+    own = log_file(logs, str(rank))
+    if raised and os.path.isfile(own):
+        return f"full traceback in {own}"
+    if _rank_logs(logs):
+        return f"its output is above; the other ranks' tracebacks are in {logs}"
+    return "its output is above"
+
+
+def _tee_note(config: SurgeConfig, logs: str) -> None:
+    """``tee`` without ``log_dir``: the copies are in the temporary job directory; say where."""
+    if config.log_dir is None and config.tee != "0":
+        print(f"surge launch: the workers' output (--tee {config.tee}) is also in {logs}", file=sys.stderr)
 
 
 def _loopback_transport(env: dict[str, str]) -> None:
