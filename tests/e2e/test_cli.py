@@ -59,6 +59,19 @@ def test_accelerate_config_file_and_accelerate_flags_launch_two_processes(tmp_pa
         f"rank={r} strategy=FSDP reshard=False offload=True" for r in (0, 1)]
 
 
+def test_a_deepspeed_launcher_command_runs_with_surge_launch(tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 1},
+                              "optimizer": {"type": "SGD", "params": {"lr": 0.1}}}))
+    # `deepspeed --num_gpus 2 --bind_cores_to_rank script.py --deepspeed --deepspeed_config ds.json`
+    result = surge("launch", "--num_gpus", 2, "--bind_cores_to_rank", os.path.join(SCRIPTS, "deepspeed_style.py"),
+                   "--deepspeed", "--deepspeed_config", ds)
+    assert result.returncode == 0, result.stderr
+    cores = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert sorted(re.findall(r"local_rank=.*", result.stdout)) == [
+        f"local_rank={r} env={r} world=2 deepspeed=True cores={cores} threads={cores}" for r in (0, 1)]
+
+
 def test_default_config_location_is_used(tmp_path):
     cache = tmp_path / "cache"
     assert surge("config", "--default", XDG_CACHE_HOME=cache).returncode == 0

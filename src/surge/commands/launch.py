@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+from surge.commands import deepspeed_launcher
 from surge.config.accelerate_file import AccelerateFile, accelerate_default_config_path, normalise
 from surge.config.file import (
     ENV_VAR,
@@ -138,6 +139,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.usage = "surge launch [launcher flags] script [script arguments]  (launcher flags go before the script)"
     add_config_flags(parser)
+    deepspeed_launcher.add_flags(parser)
     parser.add_argument("-m", "--module", action="store_true", help="Run the target as a module (python -m).")
     parser.add_argument(*_spellings("no_python"), dest="no_python", action="store_true",
                         help="Run the target as a program, not through Python (as torchrun --no-python).")
@@ -223,6 +225,11 @@ def resolve_config(args: argparse.Namespace) -> tuple[SurgeConfig, dict[str, Any
             raise ConfigError(f"{path} leaves num_processes unset (-1); pass --num_processes, as accelerate launch "
                               "asks too")
     flags.pop("multi_gpu", None)
+    if hasattr(args, "ds_num_gpus"):  # the deepspeed launcher's flags (commands/deepspeed_launcher.py)
+        deepspeed = deepspeed_launcher.resolve(args, _gpu_count)
+        notes.extend(deepspeed.notes)
+        values.update(deepspeed.values)
+        args.local_rank_arg, args.bind_cores = deepspeed.local_rank_arg, deepspeed.bind_cores
     values.update(flags)
     if getattr(args, "multi_gpu", None):
         if values.get("use_cpu"):
@@ -311,4 +318,5 @@ def run(args: argparse.Namespace) -> int:
     warn_flags_after_script(args)  # `surge launch train.py --num_processes 2`: one line, and the run goes on
     config, values = resolve_config(args)
     return launch(config, values, args.script, list(args.script_args), module=args.module,
-                  no_python=args.no_python)
+                  no_python=args.no_python, local_rank_arg=getattr(args, "local_rank_arg", False),
+                  bind_cores=getattr(args, "bind_cores", None))

@@ -117,6 +117,38 @@ def pin_worker() -> None:
               file=sys.stderr, flush=True)
 
 
+BIND_CORES_ENV = "SURGE_BIND_CORES"
+"""The deepspeed launcher's ``--bind_cores_to_rank``: the cores to share out ("" for all the
+process may use); read by launch/bootstrap.py."""
+
+
+def share_cores(cores: list[int], local_rank: int, local_world: int) -> list[int]:
+    """Local rank ``local_rank``'s equal, contiguous share of ``cores`` (as the deepspeed
+    launcher's ``--bind_cores_to_rank``; the remainder is left unused).
+
+    Raises:
+        ValueError: fewer cores than processes.
+    """
+    per = len(cores) // local_world
+    if per == 0:
+        raise ValueError(f"{len(cores)} cores cannot be shared among {local_world} processes")
+    return cores[local_rank * per:(local_rank + 1) * per]
+
+
+def bind_worker(core_list: str) -> list[int]:
+    """Pin this worker to its share of ``core_list`` (a cpulist; "" for every core it may
+    use) and size torch's thread pool to it; the cores (empty: nothing changed)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    cores = sorted(parse_cpulist(core_list) if core_list else os.sched_getaffinity(0))
+    mine = share_cores(cores, int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    os.sched_setaffinity(0, mine)
+    import torch
+
+    torch.set_num_threads(len(mine))
+    return mine
+
+
 def main(argv: list[str]) -> None:
     """``python -m surge.launch.affinity program [args]``: pin this process as its local
     rank's GPU asks, then become ``program`` (exec: same process, same signals and exit

@@ -23,8 +23,11 @@ import traceback
 
 from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record
 
-from surge.launch.affinity import AFFINITY_ENV
+from surge.launch.affinity import AFFINITY_ENV, BIND_CORES_ENV
 from surge.launch.failure import LOG_DIR_ENV, QUIET_ENV
+
+LOCAL_RANK_ARG_ENV = "SURGE_LOCAL_RANK_ARG"
+"""Set to "1" by the launcher when each script gets ``--local_rank=<n>`` (deepspeed style)."""
 
 
 @record
@@ -33,6 +36,10 @@ def main() -> None:
         from surge.launch.affinity import pin_worker
 
         pin_worker()  # before the script starts any thread: they inherit the mask
+    if BIND_CORES_ENV in os.environ:
+        from surge.launch.affinity import bind_worker
+
+        bind_worker(os.environ[BIND_CORES_ENV])
     try:
         _run()
     except SystemExit as exc:
@@ -75,10 +82,14 @@ def _run() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["-m"]:
         module, rest = argv[1], argv[2:]
+        if os.environ.get(LOCAL_RANK_ARG_ENV) == "1":
+            rest = [f"--local_rank={os.environ.get('LOCAL_RANK', '0')}", *rest]
         sys.argv = [module, *rest]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
         script, rest = argv[0], argv[1:]
+        if os.environ.get(LOCAL_RANK_ARG_ENV) == "1":  # as the deepspeed launcher: before the script's arguments
+            rest = [f"--local_rank={os.environ.get('LOCAL_RANK', '0')}", *rest]
         sys.argv = [script, *rest]
         # As `python script.py` does: the script's directory comes first on the path.
         sys.path[0] = os.path.dirname(os.path.abspath(script))

@@ -35,7 +35,7 @@ from typing import Any
 
 from surge.config.file import ENV_VAR, HANDOFF_NAME, ConfigError, SurgeConfig, write_config
 from surge.hang import PEER_LOST
-from surge.launch.affinity import AFFINITY_ENV
+from surge.launch.affinity import AFFINITY_ENV, BIND_CORES_ENV, parse_cpulist
 from surge.launch.failure import LOG_DIR_ENV, QUIET_ENV, log_file
 
 SURGE_RENDEZVOUS = ("static", "c10d")  # rdzv_backend values surge's own rendezvous serves (launch/rendezvous.py)
@@ -77,11 +77,14 @@ def _exit_code(code: int | None) -> int:
 
 def launch(
     config: SurgeConfig, handed: dict[str, Any], target: str, target_args: list[str], *, module: bool = False,
-    no_python: bool = False,
+    no_python: bool = False, local_rank_arg: bool = False, bind_cores: str | None = None,
 ) -> int:
     """Run ``target`` with ``target_args`` on the topology of ``config``; return the exit code.
     ``module``: ``target`` is a module (``python -m``); ``no_python``: a program run as it
     is (``torchrun --no-python``), which reads its rank from the environment.
+    ``local_rank_arg``: each process's script gets ``--local_rank=<n>`` before its own
+    arguments (the deepspeed launcher's way); ``bind_cores``: each process is pinned to its
+    share of these cores ("" for all; the deepspeed launcher's ``--bind_cores_to_rank``).
 
     Raises:
         ConfigError: the script, module or program does not exist, or a launch setting
@@ -100,10 +103,21 @@ def launch(
         env[ENV_VAR] = path
         command = ["-m", target] if module else [target]
         if config.num_processes == 1 and config.max_restarts == 0 and config.tee == "0":
+            if local_rank_arg:
+                target_args = ["--local_rank=0", *target_args]
             program = [sys.executable, *command] if not no_python else command
             if AFFINITY_ENV in env:  # pinned, then replaced by the script (launch/affinity.py)
                 program = [sys.executable, "-m", "surge.launch.affinity", *program]
             return _run_single(program + target_args, env)
+        from surge.launch.bootstrap import LOCAL_RANK_ARG_ENV
+
+        if local_rank_arg:
+            env[LOCAL_RANK_ARG_ENV] = "1"
+        if bind_cores is not None:
+            env[BIND_CORES_ENV] = bind_cores
+            if config.num_cpu_threads_per_process is None:
+                cores = parse_cpulist(bind_cores) if bind_cores else os.sched_getaffinity(0)
+                env["OMP_NUM_THREADS"] = str(max(1, len(cores) // config.processes_per_machine))
         return _run_elastic(config, command + target_args, env, python=not no_python)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -115,7 +129,8 @@ def worker_environment(config: SurgeConfig, env: dict[str, str]) -> dict[str, st
     checks (``debug``: ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` unless set) and bootstrap.py's
     own variables (``quiet``, ``enable_cpu_affinity``; stale ones from an outer launch are
     dropped)."""
-    env = {k: v for k, v in env.items() if k not in (LOG_DIR_ENV, QUIET_ENV, AFFINITY_ENV)}
+    env = {k: v for k, v in env.items()
+           if k not in (LOG_DIR_ENV, QUIET_ENV, AFFINITY_ENV, BIND_CORES_ENV, "SURGE_LOCAL_RANK_ARG")}
     if config.gpu_ids not in (None, "all"):
         env["CUDA_VISIBLE_DEVICES"] = config.gpu_ids
     if config.num_cpu_threads_per_process is not None:
