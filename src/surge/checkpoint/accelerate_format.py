@@ -109,9 +109,10 @@ def _check_supported(directory: str) -> None:
     names = set(os.listdir(directory))
     if "pytorch_model" in names and os.path.isdir(os.path.join(directory, "pytorch_model")):
         raise ValueError(f"{directory!r} is an Accelerate checkpoint of a DeepSpeed run (pytorch_model/ holds "
-                         "DeepSpeed's own layout), which load_state does not read. Convert its weights with "
-                         "DeepSpeed's zero_to_fp32.py and load them into the model before prepare(), or resume it "
-                         "with surge's DeepSpeed engine (engine.load_checkpoint).")
+                         "DeepSpeed's own layout), which load_state does not read. Merge its weights with `surge "
+                         f"merge-weights {os.path.join(directory, 'pytorch_model')} <output_dir>` (or DeepSpeed's "
+                         "zero_to_fp32.py) and load them into the model before prepare(), or resume the whole run "
+                         f"with surge's DeepSpeed engine: engine.load_checkpoint({directory!r}, tag='pytorch_model').")
     sharded = sorted(n for n in names if re.fullmatch(r"(pytorch_model_fsdp_\d+|optimizer_\d+)", n)
                      and os.path.isdir(os.path.join(directory, n)))
     local = sorted(n for n in names if re.fullmatch(r"(pytorch_model_fsdp|optimizer)(_\d+)?_rank\d+\.bin", n))
