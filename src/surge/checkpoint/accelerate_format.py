@@ -28,14 +28,13 @@ Accelerate (1.x) writes, in one folder, without a manifest:
 
 Everything is read with ``torch.load(weights_only=True)``: unpickling runs no code. The
 RNG files need a few NumPy types besides (the MT19937 key array); they are allowed
-explicitly (:data:`_NUMPY_GLOBALS`) and nothing else is. DeepSpeed's folders and
+explicitly (:data:`surge.checkpoint.allowlist.NUMPY_RNG`) and nothing else is. DeepSpeed's folders and
 FSDP's sharded / local layouts are refused with the way to convert them.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import warnings
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surge.checkpoint.allowlist import NUMPY_RNG, importable, load_allowed
 from surge.checkpoint.keys import by_name, inner_optimizer, load_named_state, named_positions, owner_index
 
 # Accelerate's file names (``accelerate.utils`` exports them under these names, with these
@@ -66,10 +66,6 @@ RNG_PREFIX = f"{RNG_STATE_NAME}_"
 _WEIGHTS = (SAFE_MODEL_NAME + "{}.safetensors", MODEL_NAME + "{}.bin", FSDP_MODEL_NAME + "{}.bin")
 _MARKERS = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME, f"{FSDP_MODEL_NAME}.bin", f"{OPTIMIZER_NAME}.bin",
             f"{SCHEDULER_NAME}.bin", f"{RNG_PREFIX}0.pkl", MODEL_NAME, f"{FSDP_MODEL_NAME}_0")
-_NUMPY_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
-                  "numpy.dtype", "numpy.dtypes.UInt32DType")
-"""What NumPy's RNG state (``np.random.get_state()``) pickles as, beyond plain values:
-an ndarray of uint32 rebuilt by ``_reconstruct``. No other type is allowed."""
 _CONVERT = ("Convert it: load the checkpoint once under HF Accelerate and save_state with surge, or re-save that "
             "file with plain values (tensors, numbers, strings, lists, dicts) and load again.")
 
@@ -92,45 +88,16 @@ def accelerate_save_finished(directory: str | os.PathLike[str]) -> bool:
     return is_accelerate_checkpoint(directory) and os.path.exists(os.path.join(directory, f"{RNG_PREFIX}0.pkl"))
 
 
-def _allowed_numpy() -> list[Any]:
-    import importlib
-
-    found: list[Any] = []
-    for dotted in _NUMPY_GLOBALS:
-        module, _, name = dotted.rpartition(".")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # numpy.core is deprecated in NumPy 2
-                found.append((getattr(importlib.import_module(module), name), dotted))
-        except (ImportError, AttributeError):
-            continue
-    return found
-
-
 def load_pickle(path: str) -> Any:
     """``torch.load(path, weights_only=True)`` allowing NumPy's RNG state types, nothing
-    else.
+    else (see checkpoint/allowlist.py).
 
     Raises:
         ValueError: the file is missing or corrupted, or holds another type (named, with
             how to convert the checkpoint).
     """
-    try:
-        with torch.serialization.safe_globals(_allowed_numpy()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"Accelerate checkpoint file {path!r} is missing.") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        text = str(exc)
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        if found or "weights_only" in text.lower() or "Weights only" in text:
-            what = found.group(1) if found else "a type that is not a plain value"
-            raise ValueError(f"refused to load {path!r}: it holds {what}, and surge unpickles checkpoints only with "
-                             "torch.load(weights_only=True) (unpickling other types can run code); allowed are "
-                             f"tensors, plain values and NumPy's RNG state. {_CONVERT}") from None
-        detail = text.strip().splitlines()
-        raise ValueError(f"Accelerate checkpoint file {path!r} is corrupted or truncated ({type(exc).__name__}: "
-                         f"{detail[0] if detail else 'no detail'}).") from None
+    return load_allowed(path, importable(NUMPY_RNG), kind="Accelerate checkpoint file",
+                        allowed_text="NumPy's RNG state", convert=_CONVERT)
 
 
 def _suffix(i: int) -> str:
@@ -142,9 +109,10 @@ def _check_supported(directory: str) -> None:
     names = set(os.listdir(directory))
     if "pytorch_model" in names and os.path.isdir(os.path.join(directory, "pytorch_model")):
         raise ValueError(f"{directory!r} is an Accelerate checkpoint of a DeepSpeed run (pytorch_model/ holds "
-                         "DeepSpeed's own layout), which load_state does not read. Convert its weights with "
-                         "DeepSpeed's zero_to_fp32.py and load them into the model before prepare(), or resume it "
-                         "with surge's DeepSpeed engine (engine.load_checkpoint).")
+                         "DeepSpeed's own layout), which load_state does not read. Merge its weights with `surge "
+                         f"merge-weights {os.path.join(directory, 'pytorch_model')} <output_dir>` (or DeepSpeed's "
+                         "zero_to_fp32.py) and load them into the model before prepare(), or resume the whole run "
+                         f"with surge's DeepSpeed engine: engine.load_checkpoint({directory!r}, tag='pytorch_model').")
     sharded = sorted(n for n in names if re.fullmatch(r"(pytorch_model_fsdp_\d+|optimizer_\d+)", n)
                      and os.path.isdir(os.path.join(directory, n)))
     local = sorted(n for n in names if re.fullmatch(r"(pytorch_model_fsdp|optimizer)(_\d+)?_rank\d+\.bin", n))

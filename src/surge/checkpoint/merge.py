@@ -2,9 +2,10 @@
 
 Reads what :func:`surge.checkpoint.training.save_training_state` wrote (sharded DCP
 files or the full layout), a DeepSpeed-style directory with a ``latest`` file (as
-``Engine.save_checkpoint`` writes), or any DCP checkpoint directory, in one process and
-with no process group: the shards of every rank are read and stitched together by
-DCP's own reader. The result is written by :func:`surge.checkpoint.export.save_weights`
+``Engine.save_checkpoint`` writes), any DCP checkpoint directory, or a checkpoint written
+by DeepSpeed itself (its fp32 master weights, as its ``zero_to_fp32.py`` gives them; see
+checkpoint/deepspeed_files.py), in one process and with no process group: the shards of
+every rank are read and stitched together. The result is written by :func:`surge.checkpoint.export.save_weights`
 (sharded files plus an index when large, staged and renamed into place).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from surge.checkpoint.deepspeed_files import is_deepspeed_checkpoint
 from surge.checkpoint.full import load_safetensors
 from surge.checkpoint.sharded import TENSORS, single_process_is_fine
 from surge.checkpoint.training import MANIFEST, read_manifest
@@ -33,7 +35,8 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> str:
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint {path!r} is not a directory; give the directory save_state or "
                          "save_checkpoint wrote.")
-    if os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isfile(os.path.join(path, _DCP_METADATA)):
+    if (os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isfile(os.path.join(path, _DCP_METADATA))
+            or is_deepspeed_checkpoint(path)):
         return path
     latest = os.path.join(path, "latest")
     if os.path.isfile(latest):
@@ -43,7 +46,8 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> str:
             return os.path.join(path, tag)
         raise ValueError(f"{latest!r} names {tag!r}, which is not a directory in {path!r}.")
     raise ValueError(f"{path!r} is not a checkpoint: it has no {MANIFEST} (a surge checkpoint), no {_DCP_METADATA} "
-                     "(a torch.distributed.checkpoint directory) and no 'latest' file. An unfinished save leaves "
+                     "(a torch.distributed.checkpoint directory), no mp_rank_00_model_states.pt (DeepSpeed's) and no "
+                     "'latest' file. An unfinished save leaves "
                      "only a '.surge-tmp-*' directory, which cannot be merged.")
 
 
@@ -96,6 +100,13 @@ def model_weights(checkpoint: str | os.PathLike[str], model_index: int = 0) -> d
         ValueError: no such checkpoint or model, or unreadable files (named).
     """
     directory = resolve_checkpoint(checkpoint)
+    if is_deepspeed_checkpoint(directory):
+        from surge.checkpoint import deepspeed_files
+
+        if model_index != 0:
+            raise ValueError(f"model index {model_index} is out of range: DeepSpeed checkpoint {directory!r} holds one "
+                             "model (index 0).")
+        return deepspeed_files.model_weights(deepspeed_files.open_checkpoint(directory))
     if not os.path.isfile(os.path.join(directory, MANIFEST)):
         return read_dcp_tensors(directory)  # a DCP directory from elsewhere: all of its tensors
     manifest = read_manifest(directory)

@@ -7,7 +7,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="A checkpoint directory (save_state's, save_checkpoint's tag or its parent "
-                                           "with a 'latest' file, or any torch.distributed.checkpoint directory).")
+                                           "with a 'latest' file, a checkpoint DeepSpeed wrote, or any "
+                                           "torch.distributed.checkpoint directory).")
     parser.add_argument("output_dir", help="Where to write model.safetensors (or shards plus an index).")
     parser.add_argument("--model_index", "--model-index", dest="model_index", type=int, default=0,
                         help="Which prepared model, in prepare() order (default 0).")

@@ -371,6 +371,22 @@ class Engine(nn.Module):
             with open(latest) as f:
                 tag = f.read().strip()
         path = os.path.join(load_dir, _check_tag(tag))
+        # -- a checkpoint DeepSpeed itself wrote (checkpoint/deepspeed_resume.py) --
+        from surge.checkpoint.deepspeed_files import is_deepspeed_checkpoint
+
+        if is_deepspeed_checkpoint(path):
+            from surge.checkpoint.deepspeed_resume import load_deepspeed_checkpoint
+
+            client, counters = load_deepspeed_checkpoint(
+                path, model=self._wrapped, optimizer=self.optimizer, scheduler=self.lr_scheduler,
+                precision=self.accelerator.precision, strict=load_module_strict,
+                load_optimizer_states=load_optimizer_states, load_lr_scheduler_states=load_lr_scheduler_states,
+                load_module_only=load_module_only, train_batch_size=self._train_batch_size)
+            for key, value in counters.items():
+                setattr(self, key, value)
+            self.accelerator.wait_for_everyone()
+            return path, client
+        # -- surge's own checkpoints --
         with_optimizer = load_optimizer_states and not load_module_only and self.optimizer is not None
         with_scheduler = load_lr_scheduler_states and not load_module_only and self.lr_scheduler is not None
         extra, _ = self.accelerator._read_checkpoint(
