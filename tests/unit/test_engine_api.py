@@ -101,7 +101,8 @@ def test_scheduler_section_drives_the_lr_and_checkpoint_round_trip(tmp_path):
     assert isinstance(optimizer.optimizer, torch.optim.AdamW)  # DeepSpeed's Adam decouples weight decay
     assert engine.get_lr() == [0.0]
     _train(engine, loader)
-    assert engine.get_lr() == [pytest.approx(0.01 * (20 - 8) / 16)]
+    # DeepSpeed's timing: after 8 steps its last_batch_iteration is 7
+    assert engine.get_lr() == [pytest.approx(0.01 * (20 - 7) / 16)]
     engine.save_checkpoint(tmp_path, client_state={"epoch": 1, "best": torch.tensor(0.5)})
     assert (tmp_path / "latest").read_text() == "global_step8"
     saved = {k: v.clone() for k, v in engine.module.state_dict().items()}
@@ -113,7 +114,7 @@ def test_scheduler_section_drives_the_lr_and_checkpoint_round_trip(tmp_path):
     assert path == os.path.join(str(tmp_path), "global_step8") and client["epoch"] == 1
     assert torch.equal(client["best"], torch.tensor(0.5))
     assert all(torch.equal(v, saved[k]) for k, v in again.module.state_dict().items())
-    assert again.global_steps == 8 and again.get_lr() == [pytest.approx(0.01 * (20 - 8) / 16)]
+    assert again.global_steps == 8 and again.get_lr() == [pytest.approx(0.01 * (20 - 7) / 16)]
     loader2.set_epoch(1)  # the engine checkpoint does not hold the loader's position (as in DeepSpeed)
     _train(again, loader2)
     assert all(torch.equal(v, continued[k]) for k, v in again.module.state_dict().items())  # optimizer state too
@@ -153,16 +154,26 @@ def test_deepspeed_schedules():
     opt = lambda lr=1.0: torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)  # noqa: E731
     o = opt()
     log = _lrs(WarmupLR(o, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=4), o, 5)
-    assert log == pytest.approx([0.0, math.log(2) / math.log(4), math.log(3) / math.log(4), 1.0, 1.0, 1.0])
+    # DeepSpeed's timing (deepspeed/runtime/lr_schedules.py): its last_batch_iteration starts at -1 and each
+    # step adds one, so the first two optimizer steps both run at the start of the warm-up.
+    assert log == pytest.approx([0.0, 0.0, math.log(2) / math.log(4), math.log(3) / math.log(4), 1.0, 1.0])
     o = opt()
     decay = _lrs(WarmupDecayLR(o, total_num_steps=8, warmup_max_lr=1.0, warmup_num_steps=4, warmup_type="linear"), o, 9)
-    assert decay == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
+    assert decay == pytest.approx([0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25, 0.0])
     o = opt(2.0)
     cosine = _lrs(
         WarmupCosineLR(o, total_num_steps=6, warmup_num_steps=2, cos_min_ratio=0.1, warmup_type="linear"), o, 6
     )
-    assert cosine[:2] == pytest.approx([0.0, 1.0]) and cosine[-2:] == pytest.approx([0.2, 0.2])
-    assert cosine[2] == pytest.approx(2.0 * (0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2))
+    assert cosine[:3] == pytest.approx([0.0, 0.0, 1.0]) and cosine[-1] == pytest.approx(0.2)
+    assert cosine[3] == pytest.approx(2.0 * (0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2))
+    o = opt()
+    jumped = WarmupLR(o, warmup_max_lr=1.0, warmup_num_steps=4)
+    jumped.step(last_batch_iteration=2)  # DeepSpeed's step(last_batch_iteration=...) and state
+    assert o.param_groups[0]["lr"] == pytest.approx(math.log(3) / math.log(4))
+    assert jumped.last_batch_iteration == 2
+    fresh = WarmupLR(opt(), warmup_max_lr=1.0, warmup_num_steps=4)
+    fresh.load_state_dict({"last_batch_iteration": 2})
+    assert fresh.last_batch_iteration == 2 and fresh.get_lr() == pytest.approx([math.log(3) / math.log(4)])
     with pytest.raises(ValueError, match="warmup_type='cubic'"):
         WarmupLR(opt(), warmup_type="cubic")
     with pytest.raises(ValueError, match="2 values but the optimizer has 1"):

@@ -14,7 +14,8 @@ What is loaded follows DeepSpeed's ``load_checkpoint`` (runtime/engine.py):
   group's hyperparameters (``lr``, ``betas``, ...) where they were saved; unlike
   DeepSpeed, at any world size and stage;
 - the scheduler: DeepSpeed's schedules save ``{"last_batch_iteration": i}``, which surge's
-  (closed-form) schedules take as ``last_epoch = i``: the next steps get DeepSpeed's
+  (closed-form) schedules take as ``last_epoch = i + 1`` (deepspeed/schedulers.py: the
+  same timing as DeepSpeed's): the next steps get DeepSpeed's
   learning rates; a torch scheduler's state loads as is;
 - the fp16 loss scale (and the dynamic scaler's iteration, last overflow and hysteresis);
 - ``global_steps``, ``global_samples``, ``skipped_steps``; and the client state as
@@ -170,9 +171,9 @@ def _load_scheduler(scheduler: Any, ckpt: DeepSpeedCheckpoint, restored_lr: bool
         return
     inner = getattr(scheduler, "scheduler", scheduler)
     if isinstance(saved, dict) and set(saved) == {"last_batch_iteration"} and isinstance(inner, LRScheduler):
-        # DeepSpeed's lr at last_batch_iteration i is surge's schedule at last_epoch i
-        # (see the module docstring); -1 (never stepped) is the schedule's start.
-        last = max(int(saved["last_batch_iteration"]), 0)
+        # DeepSpeed's last_batch_iteration i is surge's schedule at last_epoch i + 1 (see
+        # deepspeed/schedulers.py); -1 (never stepped) is the schedule's start.
+        last = max(int(saved["last_batch_iteration"]) + 1, 0)
         state = inner.state_dict()
         state.update(last_epoch=last, _step_count=last + 1)
         inner.load_state_dict(state)

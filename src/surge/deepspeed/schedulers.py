@@ -1,12 +1,17 @@
 """DeepSpeed's learning-rate schedules (``WarmupLR``, ``WarmupDecayLR``,
 ``WarmupCosineLR``) as ordinary PyTorch LR schedulers.
 
-They take DeepSpeed's parameter names and meanings, and behave like every
-``torch.optim.lr_scheduler`` class: constructing one sets the learning rate of step 0,
-each ``step()`` (once per optimizer step) moves to the next, and ``state_dict`` /
-``load_state_dict`` round-trip.
+They take DeepSpeed's parameter names and meanings and give DeepSpeed's learning rate at
+every optimizer step, and are ``torch.optim.lr_scheduler`` classes otherwise (``step()``
+once per optimizer step, ``get_last_lr``, ``state_dict`` / ``load_state_dict``, which also
+takes DeepSpeed's ``{"last_batch_iteration": i}``).
 
-With ``t`` the number of optimizer steps taken and ``w = max(2, warmup_num_steps)``,
+DeepSpeed's timing: its ``last_batch_iteration`` starts at -1 and its schedule is read at
+``t = last_batch_iteration``; construction applies ``t = -1`` (the minimum, or 0 for
+``WarmupCosineLR``'s first group) and each ``step()`` adds one, so the first two optimizer
+steps both run at the start of the warm-up. Here ``last_batch_iteration = last_epoch - 1``.
+
+With ``t`` DeepSpeed's ``last_batch_iteration`` and ``w = max(2, warmup_num_steps)``,
 the warm-up factor ``g(t)`` is ``log(t + 1) / log(w)`` ("log", the default) or ``t / w``
 ("linear") while ``t < w``, and 1 afterwards.
 
@@ -15,7 +20,8 @@ the warm-up factor ``g(t)`` is ``log(t + 1) / log(w)`` ("log", the default) or `
   ``(total_num_steps - t) / (total_num_steps - w)``, to 0 at ``total_num_steps``.
 - ``WarmupCosineLR``: a ratio of each group's own ``lr``: during warm-up
   ``warmup_min_ratio + (1 - warmup_min_ratio) * g(t)``, then a half cosine from 1 down
-  to ``cos_min_ratio`` at ``total_num_steps``.
+  to ``cos_min_ratio`` at ``total_num_steps`` (and, as DeepSpeed's, on along the cosine
+  past it, never below 0).
 """
 
 from __future__ import annotations
@@ -64,6 +70,32 @@ class _Warmup(LRScheduler):
         self.warmup_type = warmup_type
         super().__init__(optimizer, last_epoch)
 
+    @property
+    def last_batch_iteration(self) -> int:
+        """DeepSpeed's step counter: -1 before the first ``step()``."""
+        return self.last_epoch - 1
+
+    def step(self, last_batch_iteration: int | None = None) -> None:
+        """Advance one optimizer step or, as DeepSpeed's, jump to ``last_batch_iteration``."""
+        if last_batch_iteration is None:
+            super().step()
+            return
+        self.last_epoch = int(last_batch_iteration) + 1
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's state, or DeepSpeed's ``{"last_batch_iteration": i}`` (a checkpoint of
+        DeepSpeed's own scheduler)."""
+        if set(state_dict) == {"last_batch_iteration"}:
+            state = self.state_dict()
+            state.update(last_epoch=int(state_dict["last_batch_iteration"]) + 1,
+                         _step_count=int(state_dict["last_batch_iteration"]) + 2)
+            super().load_state_dict(state)
+            return
+        super().load_state_dict(state_dict)
+
     def _warmup_factor(self, t: int) -> float:
         if t >= self.warmup_num_steps:
             return 1.0
@@ -87,7 +119,7 @@ class WarmupLR(_Warmup):
         super().__init__(optimizer, warmup_num_steps, warmup_type, last_epoch)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        gamma = self._gamma(self.last_epoch)
+        gamma = self._gamma(max(self.last_batch_iteration, 0))  # t = -1: the minimum, as DeepSpeed
         return [lo + (hi - lo) * gamma for lo, hi in zip(self.min_lrs, self.max_lrs, strict=True)]
 
 
@@ -127,11 +159,14 @@ class WarmupCosineLR(_Warmup):
         if t < self.warmup_num_steps:
             return self.warmup_min_ratio + (1.0 - self.warmup_min_ratio) * self._warmup_factor(t)
         done = (t - self.warmup_num_steps + 1) / max(1, self.total_num_steps - self.warmup_num_steps)
-        cosine = (1.0 + math.cos(math.pi * min(1.0, done))) / 2.0
-        return self.cos_min_ratio + (1.0 - self.cos_min_ratio) * cosine
+        cosine = (1.0 + math.cos(math.pi * done)) / 2.0
+        return max(0.0, self.cos_min_ratio + (1.0 - self.cos_min_ratio) * cosine)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        ratio = self._ratio(self.last_epoch)
+        t = self.last_batch_iteration
+        if t < 0:  # DeepSpeed sets the first group to 0 before the first step and leaves the others
+            return [0.0] + [float(base) for base in self.base_lrs[1:]]
+        ratio = self._ratio(t)
         return [float(base) * ratio for base in self.base_lrs]
 
 
