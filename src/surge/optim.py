@@ -26,6 +26,7 @@ still loads (checkpoint/keys.py, ``keep_state_only_for``).
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -108,6 +109,10 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         self._guard = guard  # the non-finite guard (guard.py), when on
         self.last_grad_norm: torch.Tensor | None = None  # before clipping, when max_grad_norm clips
         self._zero_fill_grads = zero_fill_grads
+        self.measure_grad_norm = False
+        """Compute ``last_grad_norm`` at every step even without clipping (the DeepSpeed
+        engine's ``get_global_grad_norm``): one more pass over the gradients (a collective
+        when they are sharded)."""
         if device is not None and optimizer.state:
             optimizer.load_state_dict(send_to_device(optimizer.state_dict(), device))
 
@@ -142,10 +147,12 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         if self._guard is not None and not self._guard.allows_step(self.optimizer):
             self._step_was_skipped = True  # parameters and optimizer state untouched
             return None
-        if self._max_grad_norm is not None:
+        if self._max_grad_norm is not None or self.measure_grad_norm:
             self.precision.unscale(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            self.last_grad_norm = self._clip(params, self._max_grad_norm)
+            # An infinite bound measures the norm and leaves the gradients as they are.
+            bound = math.inf if self._max_grad_norm is None else self._max_grad_norm
+            self.last_grad_norm = self._clip(params, bound)
         stepped, result = self.precision.step(self.optimizer, closure)
         self._step_was_skipped = not stepped
         return result
