@@ -100,6 +100,9 @@ def test_accessors_answer_as_deepspeed():
     assert engine.get_global_grad_norm() is None  # before the first step, as DeepSpeed
     assert engine.module is engine.accelerator.unwrap_model(engine.module)
 
+    adam, *_ = _initialize({**BASE, "optimizer": {"type": "Adam", "params": {"lr": 0.1}}})
+    assert adam.optimizer_name() == "adam" and adam.get_mom() == [(0.9, 0.999)]  # DeepSpeed lowercases its own
+
     defaults, *_ = _initialize()
     assert defaults.steps_per_print() is None and defaults.wall_clock_breakdown() is False
     assert defaults.gradient_clipping() == 0.0

@@ -45,6 +45,11 @@ class DeepSpeedOptimizer(AcceleratedOptimizer):
         return self.step_was_skipped
 
 
+_DEEPSPEED_OPTIMIZERS = ("adagrad", "adam", "adamw", "lamb", "onebitadam", "onebitlamb", "zerooneadam", "muadam",
+                         "muadamw", "musgd", "lion")
+"""The optimizer types DeepSpeed names in lower case (``runtime/config.py``'s DEEPSPEED_OPTIMIZERS)."""
+
+
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
     value = config.get(name)
     return value if isinstance(value, dict) else {}
@@ -198,11 +203,15 @@ class EngineAPI(nn.Module):
         return float(2 ** (power if isinstance(power, int) else 16))
 
     def optimizer_name(self) -> str | None:
-        """The passed optimizer's class name, else the config's optimizer ``type``."""
+        """The passed optimizer's class name, else the config's optimizer ``type``, lowercased
+        when it names one of DeepSpeed's own optimizers ("Adam" -> "adam"), as DeepSpeed does."""
         if self._client_optimizer and self.optimizer is not None:
             return type(getattr(self.optimizer, "original", self.optimizer)).__name__
         opt = _section(self.config, "optimizer")
-        return str(opt["type"]) if "type" in opt else None
+        if "type" not in opt:
+            return None
+        name = str(opt["type"])
+        return name.lower() if name.lower() in _DEEPSPEED_OPTIMIZERS else name
 
     def optimizer_params(self) -> dict[str, Any] | None:
         params = _section(self.config, "optimizer").get("params")
