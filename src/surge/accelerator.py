@@ -344,6 +344,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         wrapped = AcceleratedOptimizer(
             inner, self.gradient_state, self.precision, device=self.device if place else None,
             max_grad_norm=self.plan.max_grad_norm, clip=self.strategy.clip_grad_norm_, guard=self._guard,
+            zero_fill_grads=self.plan.strategy.zero_fills_grads,
         )
         wrapped.original = optimizer  # schedulers built on the user's optimizer find it by this
         self._optimizers.append(wrapped)

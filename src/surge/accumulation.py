@@ -108,6 +108,11 @@ class GradientState:
             self.cycle_step = 0
         return self.sync_gradients
 
+    def _set_sync_gradients(self, sync_gradients: bool) -> None:
+        """Decide this micro-step by hand (Accelerate's name, which transformers' Trainer
+        calls; the DeepSpeed engine's ``set_gradient_accumulation_boundary``)."""
+        self.sync_gradients = sync_gradients
+
     @property
     def in_dataloader(self) -> bool:
         """True while a prepared dataloader is yielding a batch (Accelerate's name)."""

@@ -7,10 +7,26 @@ the shared ``GradientState`` says the accumulation cycle is complete (see
 
 Hot path: ``step`` and ``zero_grad`` do one attribute read and one call. Nothing is
 looked up, inspected or constructed per step.
+
+[Note: unused parameters]
+A trainable parameter can get no gradient in a step: a BERT pooler the loss never
+uses, a branch skipped this time. torch's optimizers skip it (no state, no weight
+decay), and DDP fails on the next forward unless built with ``find_unused_parameters``
+(Accelerate's behaviour: ``DistributedDataParallelKwargs(find_unused_parameters=True)``).
+DeepSpeed instead zero-fills the missing gradients before reducing them
+(``DeepSpeedEngine._get_gradients_for_reduction``; ZeRO's flat partitions do the same),
+so every trainable parameter is stepped, has optimizer state and decays. Under a
+DeepSpeed config (``StrategySpec.zero_fills_grads``: the engine and
+``Accelerator(deepspeed_plugin=...)`` alike) surge does what DeepSpeed does: DDP looks
+for unused parameters (ZeRO-0/1) and the prepared optimizer fills each missing gradient
+with zeros at the boundary step, before clipping and the step. Checkpoints then hold
+state for every parameter; a checkpoint where some parameter has none (the torch rule)
+still loads (checkpoint/keys.py, ``keep_state_only_for``).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -65,6 +81,8 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         max_grad_norm: Clip the gradient norm of this optimizer's parameters to this
             before every real step (DeepSpeed's ``gradient_clipping``).
         clip: The strategy's norm clipping (it knows how to reduce sharded norms).
+        zero_fill_grads: Step trainable parameters that got no gradient with a zero
+            gradient, as DeepSpeed does (see [Note: unused parameters]).
     """
 
     def __init__(
@@ -76,6 +94,7 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         max_grad_norm: float | None = None,
         clip: Any = None,
         guard: Any = None,
+        zero_fill_grads: bool = False,
     ) -> None:
         # Deliberately no super().__init__: the wrapped optimizer owns the parameters,
         # groups and state; this object only forwards to it.
@@ -89,6 +108,11 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         self._step_was_skipped = False
         self._guard = guard  # the non-finite guard (guard.py), when on
         self.last_grad_norm: torch.Tensor | None = None  # before clipping, when max_grad_norm clips
+        self._zero_fill_grads = zero_fill_grads
+        self.measure_grad_norm = False
+        """Compute ``last_grad_norm`` at every step even without clipping (the DeepSpeed
+        engine's ``get_global_grad_norm``): one more pass over the gradients (a collective
+        when they are sharded)."""
         if device is not None and optimizer.state:
             optimizer.load_state_dict(send_to_device(optimizer.state_dict(), device))
 
@@ -118,13 +142,17 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         """Step the wrapped optimizer at an accumulation boundary; a no-op otherwise."""
         if not self.gradient_state.sync_gradients:
             return None
+        if self._zero_fill_grads:
+            fill_missing_grads(self.optimizer)
         if self._guard is not None and not self._guard.allows_step(self.optimizer):
             self._step_was_skipped = True  # parameters and optimizer state untouched
             return None
-        if self._max_grad_norm is not None:
+        if self._max_grad_norm is not None or self.measure_grad_norm:
             self.precision.unscale(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            self.last_grad_norm = self._clip(params, self._max_grad_norm)
+            # An infinite bound measures the norm and leaves the gradients as they are.
+            bound = math.inf if self._max_grad_norm is None else self._max_grad_norm
+            self.last_grad_norm = self._clip(params, bound)
         stepped, result = self.precision.step(self.optimizer, closure)
         self._step_was_skipped = not stepped
         return result
@@ -162,6 +190,16 @@ class AcceleratedOptimizer(ForwardingOptimizer):
 
     def __repr__(self) -> str:
         return f"AcceleratedOptimizer({self.optimizer!r})"
+
+
+def fill_missing_grads(optimizer: torch.optim.Optimizer) -> None:
+    """Give every trainable parameter of ``optimizer`` that has no gradient a zero one
+    (DeepSpeed's rule, see [Note: unused parameters]). A pass over the parameters: only
+    under a DeepSpeed config; the zeros are allocated only for the parameters missing one."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None and p.requires_grad:
+                p.grad = torch.zeros_like(p)
 
 
 class AcceleratedScheduler:

@@ -115,13 +115,13 @@ def check_llama_through_initialize_zero3_offload_fp16():
     assert len(calls) == 2 * layers * len(losses), (len(calls), len(losses))
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < first - 0.5, losses
-    assert engine.get_global_grad_norm() is not None and engine.loss_scale > 1
+    assert engine.get_global_grad_norm() is not None and engine.optimizer.cur_scale > 1
 
     directory = _shared_tmpdir()
     engine.save_checkpoint(directory, tag="final", client_state={"epoch": 3, "note": "ok"})
     assert open(os.path.join(directory, "latest")).read() == "final"
     saved = _full_params(engine)
-    saved_lr, saved_scale = engine.get_lr(), engine.loss_scale
+    saved_lr, saved_scale = engine.get_lr(), engine.optimizer.cur_scale
     more = _train_steps(engine, batches, 15)
     continued = _full_params(engine)
 
@@ -133,7 +133,7 @@ def check_llama_through_initialize_zero3_offload_fp16():
     path, client = again.load_checkpoint(directory)
     assert path == os.path.join(directory, "final") and client == {"epoch": 3, "note": "ok"}
     assert max_difference(saved, _full_params(again)) == 0.0
-    assert again.get_lr() == saved_lr and again.loss_scale == saved_scale and again.global_steps == 12
+    assert again.get_lr() == saved_lr and again.optimizer.cur_scale == saved_scale and again.global_steps == 12
     # Replay the original's batch stream up to the checkpoint (12 steps x 2 micro-batches).
     batches2 = _forever(loader2)
     for _ in range(12 * 2):

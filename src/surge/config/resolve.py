@@ -117,6 +117,17 @@ class StrategySpec:
     offload_pin_memory: bool | None = None
     """Pin offloaded parameter shards (None: when the device is a GPU)."""
 
+    @property
+    def zero_fills_grads(self) -> bool:
+        """DeepSpeed's rule for a trainable parameter that got no gradient (a pooler the
+        loss never uses): it is stepped with a zero gradient (so its optimizer state exists
+        and weight decay and momentum advance, as under DeepSpeed), and DDP is built to
+        find such parameters instead of failing on the next forward. Without a DeepSpeed
+        config, torch's rule: the optimizer skips it, and DDP needs
+        ``find_unused_parameters=True`` (Accelerate's behaviour). See [Note: unused
+        parameters] in optim.py."""
+        return self.family == "deepspeed"
+
 
 def strategy_spec(deepspeed_plugin: DeepSpeedPlugin | None, fsdp_plugin: FullyShardedDataParallelPlugin | None,
                   num_nodes: int = 1, world_size: int = 1) -> StrategySpec:

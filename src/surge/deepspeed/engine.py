@@ -7,21 +7,40 @@ A script written for ``deepspeed.initialize`` runs with ``import surge`` and
 :class:`~surge.Accelerator` with a ``DeepSpeedPlugin`` (FSDP2, no DeepSpeed needed).
 
 [Note: the engine's micro-step]
-Each ``backward`` is one micro-step of the accumulation cycle (the Accelerator's
-``accumulate``): inside a cycle gradients are accumulated without being
+Each ``backward`` (or the several before one ``step()``, see below) is one micro-step of
+the accumulation cycle (the Accelerator's ``accumulate``): inside a cycle gradients are accumulated without being
 synchronised; on the cycle's last micro-step (every ``gradient_accumulation_steps``,
 and on a prepared loader's last batch) they are, and the following ``step()`` clips
 (``gradient_clipping``), steps the optimizer, advances the scheduler (unless fp16
 skipped the step) and zeroes the gradients. ``step()`` anywhere else only counts.
 ``backward`` is the Accelerator's (its non-finite guard included); ``scale_wrt_gas=False``
 only leaves the loss undivided by the accumulation steps.
+
+[Note: several backward calls in one micro-step]
+DeepSpeed counts micro-steps in ``step()``, not in ``backward``: calling ``backward``
+several times before one ``step()`` (a GAN's two losses, a loss per head) adds each
+call's gradients, each loss divided by the accumulation steps, and synchronises them when
+the micro-step is a boundary. The first ``backward`` of a micro-step counts it here (the
+Accelerator's ``accumulate``); the others keep its decision. Under ZeRO-0/1 (DDP) a
+boundary backward that no forward through the engine prepared (a second
+``backward(retain_graph=True)`` on one forward's graph, or a loss computed with
+``engine.module(...)``) would not be reduced by DDP, which arms its reduction in the
+forward: the engine then averages the gradients itself after that backward, as DeepSpeed's
+ZeRO-0 always does (every trainable parameter, missing gradients as zeros; averaging
+gradients already averaged leaves them unchanged). ZeRO-2/3 (FSDP2) reduce in backward
+hooks and need nothing more. ``set_gradient_accumulation_boundary(b)`` replaces the
+counting, as in DeepSpeed: every backward is a boundary (synchronised) when ``b`` is True,
+and none is when False.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,8 +50,10 @@ if TYPE_CHECKING:
     from surge.accelerator import Accelerator
 
 from surge.deepspeed.ds_config import load_json, parse_deepspeed_config, resolve_batch_sizes
+from surge.deepspeed.engine_api import DeepSpeedOptimizer, EngineAPI
 
 _CLIENT_STATE = "client_state"
+_log = logging.getLogger("surge.deepspeed")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -100,9 +121,15 @@ def initialize(
         ``(engine, optimizer, dataloader, lr_scheduler)``; the last three are None when
         there is nothing to build.
 
+    An ``optimizer`` (or ``lr_scheduler``) passed here is used even when the config has
+    an ``optimizer`` (``scheduler``) section, which is then ignored with a warning: as in
+    DeepSpeed, where the client's object "overrides any optimizer definition in the
+    DeepSpeed json config". A config ``scheduler`` section with a passed optimizer is
+    built on that optimizer.
+
     Raises:
         ValueError: a bad config (unknown keys, stage, offload, batch sizes, optimizer
-            or scheduler type: each named), an optimizer both passed and configured.
+            or scheduler type: each named).
     """
     from surge.accelerator import Accelerator
     from surge.config.plugins import DeepSpeedPlugin
@@ -118,15 +145,16 @@ def initialize(
     data = load_json(_config_source(args, config, config_params))
     settings = parse_deepspeed_config(data)  # every config error before any side effect
     opt_section, sched_section = data.get("optimizer"), data.get("scheduler")
+    ignored = []
+    if opt_section is not None and optimizer is not None:
+        ignored.append(("optimizer", opt_section))  # DeepSpeed: the client optimizer overrides the config's
+        opt_section = None
+    if sched_section is not None and lr_scheduler is not None:
+        ignored.append(("scheduler", sched_section))
+        sched_section = None
     if opt_section is not None:
-        if optimizer is not None:
-            raise ValueError("an optimizer was passed to surge.initialize and the config has an optimizer section; "
-                             "keep one (drop the section, or pass optimizer=None).")
         optimizer_class(opt_section)
     if sched_section is not None:
-        if lr_scheduler is not None:
-            raise ValueError("an lr_scheduler was passed to surge.initialize and the config has a scheduler section; "
-                             "keep one.")
         scheduler_class(sched_section)
     world = Topology.detect().world_size
     micro, train, accumulation = (settings.train_micro_batch_size_per_gpu, settings.train_batch_size,
@@ -141,6 +169,14 @@ def initialize(
     # DeepSpeed's engine advances its scheduler once per optimizer step, on any number of processes.
     accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=engine_config),
                               gradient_accumulation_steps=accumulation, scheduler_steps="once")
+    if ignored and accelerator.is_main_process:
+        for name, section in ignored:
+            kind = section.get("type") if isinstance(section, dict) else section
+            given = "optimizer" if name == "optimizer" else "lr_scheduler"
+            warnings.warn(f"surge.initialize: the {given} passed is used and the config's {name} section ({kind!r}) "
+                          f"is ignored, as DeepSpeed does (a client {given} overrides the config's); drop the section "
+                          "to silence this.", stacklevel=2)
+    client_optimizer = optimizer is not None
     if opt_section is not None:
         params = model_parameters if model_parameters is not None else [p for p in model.parameters()
                                                                           if p.requires_grad]
@@ -171,21 +207,29 @@ def initialize(
     optimizer = prepared.pop(0) if optimizer is not None else None
     lr_scheduler = prepared.pop(0) if lr_scheduler is not None else None
     loader = prepared.pop(0) if loader is not None else None
+    if optimizer is not None:
+        # The prepared optimizer, with the names DeepSpeed's optimizers add (a subclass
+        # without state of its own: the object the Accelerator holds stays the same).
+        optimizer.__class__ = DeepSpeedOptimizer
+        optimizer.measure_grad_norm = True  # get_global_grad_norm() after every step, as DeepSpeed's ZeRO
     engine = Engine(accelerator, model, optimizer, lr_scheduler, loader, train_batch_size=train,
-                    micro_batch_size=micro, zero_stage=settings.zero_stage, config=data)
+                    micro_batch_size=micro, zero_stage=settings.zero_stage, config=data,
+                    client_optimizer=client_optimizer)
     return engine, optimizer, loader, lr_scheduler
 
 
-class Engine(nn.Module):
+class Engine(EngineAPI):
     """A model prepared for training with DeepSpeed's engine methods (see the module
-    docstring and [Note: the engine's micro-step]). Build it with :func:`initialize`."""
+    docstring and [Note: the engine's micro-step]); its accessors are in engine_api.py, and
+    attributes it does not have are the model's. Build it with :func:`initialize`."""
 
     _wrapped: nn.Module
-    accelerator: Accelerator
 
     def __init__(self, accelerator: Accelerator, model: nn.Module, optimizer: Any, lr_scheduler: Any,
                  dataloader: Any, *, train_batch_size: int | None, micro_batch_size: int | None, zero_stage: int,
-                 config: dict[str, Any]) -> None:
+                 config: dict[str, Any], client_optimizer: bool = False) -> None:
+        from surge.deepspeed.monitor import Monitor
+
         super().__init__()
         self.module = accelerator.unwrap_model(model, keep_torch_compile=False)
         # The wrapper that runs the forward (DDP, or the FSDP module itself); not a
@@ -199,73 +243,28 @@ class Engine(nn.Module):
         self._train_batch_size = train_batch_size
         self._micro_batch_size = micro_batch_size
         self._zero_stage = zero_stage
+        self._client_optimizer = client_optimizer
+        self.monitor = Monitor(config, accelerator.is_main_process)
+        """DeepSpeed's ``engine.monitor`` (see monitor.py): ``enabled``, ``write_events``."""
         self.global_steps = 0
         """Optimizer steps taken (boundaries), skipped fp16 steps included, as in DeepSpeed."""
         self.global_samples = 0
         self.micro_steps = 0
         self.skipped_steps = 0
         self._backward_this_micro_step = False
+        self._forwards_since_backward = 0
+        self._inside_no_sync = False
+        self._boundary: bool | None = None  # set_gradient_accumulation_boundary's value
+        self._losses: torch.Tensor | None = None  # the cycle's divided losses, for the monitor
         # This engine's own counts of its checkpoint calls: every process makes the same
         # calls, whatever else (a main-process-only save_state) its Accelerator did.
         self._saves = self._loads = 0
 
-    # -- DeepSpeed's accessors --------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
-
-    @property
-    def local_rank(self) -> int:
-        return self.accelerator.local_process_index
-
-    @property
-    def global_rank(self) -> int:
-        return self.accelerator.process_index
-
-    @property
-    def world_size(self) -> int:
-        return self.accelerator.num_processes
-
-    def train_batch_size(self) -> int | None:
-        return self._train_batch_size
-
-    def train_micro_batch_size_per_gpu(self) -> int | None:
-        return self._micro_batch_size
-
-    def gradient_accumulation_steps(self) -> int:
-        return self.accelerator.gradient_accumulation_steps
-
-    def zero_optimization_stage(self) -> int:
-        return self._zero_stage
-
-    def fp16_enabled(self) -> bool:
-        return self.accelerator.precision.export_dtype is torch.float16
-
-    def bf16_enabled(self) -> bool:
-        return self.accelerator.precision.export_dtype is torch.bfloat16
-
-    def get_lr(self) -> list[float]:
-        return [group["lr"] for group in self._need_optimizer("get_lr").param_groups]
-
-    def was_step_applied(self) -> bool:
-        """False when the last boundary step was skipped (fp16 overflow)."""
-        return self.optimizer is not None and not self.optimizer.step_was_skipped
-
-    def get_global_grad_norm(self) -> float | None:
-        """The gradient norm before clipping at the last step (with ``gradient_clipping``)."""
-        norm = getattr(self.optimizer, "last_grad_norm", None)
-        return None if norm is None else float(norm)
-
-    @property
-    def loss_scale(self) -> float:
-        return self.accelerator.precision.loss_scale
-
-    cur_scale = loss_scale
-
     # -- the training step ------------------------------------------------------------------
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._inside_no_sync and torch.is_grad_enabled():
+            self._forwards_since_backward += 1  # DDP arms its reduction for the next backward
         return self._wrapped(*args, **kwargs)
 
     def train(self, mode: bool = True) -> Engine:
@@ -275,42 +274,137 @@ class Engine(nn.Module):
 
     def is_gradient_accumulation_boundary(self) -> bool:
         """True when this micro-step ends an accumulation cycle (asked before or after
-        its ``backward``)."""
+        its ``backward``); the value given to :meth:`set_gradient_accumulation_boundary`
+        while one is set."""
+        if self._boundary is not None:
+            return self._boundary
         gs = self.accelerator.gradient_state
         if self._backward_this_micro_step:
             return gs.sync_gradients
         return gs.cycle_step + 1 >= gs.num_steps or gs.end_of_dataloader
 
-    def no_sync(self) -> Any:
-        """A block in which backward does not synchronise gradients."""
-        return self.accelerator.no_sync(self._wrapped)
+    def set_gradient_accumulation_boundary(self, is_boundary: bool | None) -> None:
+        """Decide the boundary by hand, as in DeepSpeed: set it before each forward/backward
+        (False inside the cycle, True for its last backward), then call ``step()`` once.
+        None returns to counting micro-steps."""
+        if is_boundary is not None and not isinstance(is_boundary, bool):
+            raise TypeError(f"set_gradient_accumulation_boundary({is_boundary!r}) takes True, False or None.")
+        self._boundary = is_boundary
 
-    def backward(self, loss: torch.Tensor, retain_graph: bool = False, scale_wrt_gas: bool = True) -> torch.Tensor:
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """DeepSpeed's ``no_sync``: inside the block, ``backward`` accumulates gradients
+        locally, undivided by the accumulation steps and without counting a micro-step;
+        ``step()`` inside it is an error (as in DeepSpeed). Unlike DeepSpeed, it also
+        works under ZeRO-2/3 (FSDP2 accumulates unsharded gradients)."""
+        if self._inside_no_sync:
+            raise RuntimeError("engine.no_sync() is already active; it cannot be entered again (DeepSpeed does not "
+                               "support re-entering it either).")
+        self._inside_no_sync = True
+        try:
+            with self.accelerator.no_sync(self._wrapped):
+                yield
+        finally:
+            self._inside_no_sync = False
+
+    def backward(self, loss: torch.Tensor, release_loss: bool = False, retain_graph: bool = False,
+                 scale_wrt_gas: bool = True) -> torch.Tensor:
         """Backpropagate one micro-batch's ``loss``, divided by the accumulation steps
-        (``scale_wrt_gas``), fp16-scaled when configured. Returns ``loss``."""
-        if self._backward_this_micro_step:
-            raise RuntimeError("engine.backward was called twice in one micro-step; call engine.step() after each "
-                               "backward (it only steps the optimizer at accumulation boundaries).")
-        with self.accelerator.accumulate(self._wrapped):
-            self.accelerator._backward(loss, average=scale_wrt_gas, retain_graph=retain_graph)
+        (``scale_wrt_gas``), fp16-scaled when configured. Returns the loss as divided, as
+        DeepSpeed does. Several calls before one ``step()`` add their gradients (see
+        [Note: several backward calls in one micro-step])."""
+        gs = self.accelerator.gradient_state
+        if self._inside_no_sync:  # DeepSpeed: no reduction, no division, no micro-step counted
+            self.accelerator._backward(loss, average=False, retain_graph=retain_graph)
+            self._forwards_since_backward = 0
+            self._observe(loss, boundary=False)
+            return loss
+        if self._boundary is not None:  # decided by hand
+            gs._set_sync_gradients(self._boundary)
+            with contextlib.nullcontext() if self._boundary else self.accelerator.no_sync(self._wrapped):
+                self.accelerator._backward(loss, average=scale_wrt_gas, retain_graph=retain_graph)
+        elif not self._backward_this_micro_step:
+            with self.accelerator.accumulate(self._wrapped):
+                self.accelerator._backward(loss, average=scale_wrt_gas, retain_graph=retain_graph)
+        else:
+            # The micro-step was counted by its first backward: keep its decision.
+            with contextlib.nullcontext() if gs.sync_gradients else self.accelerator.no_sync(self._wrapped):
+                self.accelerator._backward(loss, average=scale_wrt_gas, retain_graph=retain_graph)
+        if gs.sync_gradients and self._forwards_since_backward == 0 and self._replicated:
+            self._average_gradients()
         self._backward_this_micro_step = True
+        self._forwards_since_backward = 0
+        if scale_wrt_gas and self.gradient_accumulation_steps() > 1:
+            loss = loss.float() / self.gradient_accumulation_steps()
+        self._observe(loss, boundary=gs.sync_gradients)
         return loss
 
-    def step(self) -> None:
+    @property
+    def _replicated(self) -> bool:
+        """Several processes holding whole gradients (ZeRO-0/1: DDP, which reduces only
+        backwards its forward armed)."""
+        return self.accelerator.num_processes > 1 and self.accelerator.plan.strategy.shard_degree < 2
+
+    def _average_gradients(self) -> None:
+        """Average every trainable parameter's gradient over the processes (missing ones as
+        zeros, as DeepSpeed's ZeRO-0 reduction): one all-reduce per dtype. See [Note:
+        several backward calls in one micro-step]."""
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for p in params:
+            assert p.grad is not None
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        with torch.no_grad():
+            for grads in by_dtype.values():
+                flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), "mean")
+                for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                    g.copy_(part.view_as(g))
+
+    def _observe(self, loss: torch.Tensor, boundary: bool) -> None:
+        """DeepSpeed's loss record: the micro-batch losses of the cycle (as divided) add up;
+        at a boundary backward the main process writes them (one host sync, only with a
+        monitor section)."""
+        if not self.monitor.enabled:
+            return
+        mean = loss.detach().mean()
+        self._losses = mean if self._losses is None else self._losses + mean
+        if boundary and self.accelerator.is_main_process:
+            self.monitor.write_events([("Train/Samples/train_loss", self._losses.item(), self.global_samples)])
+
+    def step(self, lr_kwargs: dict[str, Any] | None = None) -> None:
         """At an accumulation boundary: clip, step the optimizer, advance the scheduler,
         zero the gradients. Elsewhere: count the micro-step."""
+        if self._inside_no_sync:
+            raise RuntimeError("engine.step() was called inside engine.no_sync(); call it after the block (DeepSpeed "
+                               "forbids it too).")
         if self._backward_this_micro_step and self.accelerator.gradient_state.sync_gradients:
             optimizer = self._need_optimizer("step")
             optimizer.step()
             if self.lr_scheduler is not None:
-                self.lr_scheduler.step()  # not after a skipped fp16 step (see optim.py)
+                self.lr_scheduler.step(**(lr_kwargs or {}))  # not after a skipped fp16 step (see optim.py)
             optimizer.zero_grad()
-            self.global_steps += 1
             self.skipped_steps += int(optimizer.step_was_skipped)
+            self._report_progress()
+            self._losses = None
+            self.global_steps += 1
             if self._train_batch_size is not None:
                 self.global_samples += self._train_batch_size
+            if self.monitor.enabled and self.accelerator.is_main_process:
+                events = [("Train/Samples/lr", self.get_lr()[0], self.global_samples)]
+                if self.fp16_enabled():
+                    events.append(("Train/Samples/loss_scale", optimizer.cur_scale, self.global_samples))
+                self.monitor.write_events(events)
         self.micro_steps += 1
         self._backward_this_micro_step = False
+
+    def _report_progress(self) -> None:
+        every = self.steps_per_print()
+        if every and (self.global_steps + 1) % every == 0 and self.accelerator.is_main_process:
+            _log.info("step=%d, skipped=%d, lr=%s, mom=%s", self.global_steps + 1, self.skipped_steps,
+                      self.get_lr(), self.get_mom())
 
     def _need_optimizer(self, what: str) -> Any:
         if self.optimizer is None:
@@ -328,15 +422,10 @@ class Engine(nn.Module):
         name it in ``save_dir/latest``. Every process must call it; the checkpoint
         appears only once complete (see checkpoint/training.py)."""
         from surge.checkpoint.atomic import write_text
-        from surge.ops import broadcast_object_list
 
         tag = _check_tag(f"global_step{self.global_steps}" if tag is None else tag)
-        if self.accelerator.num_processes > 1:
-            agreed = broadcast_object_list([tag])[0]
-            if agreed != tag:
-                raise ValueError(f"save_checkpoint tag {tag!r} differs from the main process's {agreed!r}; every "
-                                 "process must pass the same tag.")
         save_dir = os.fspath(save_dir)
+        self._check_same_target(save_dir, tag)
         extra = {_CLIENT_STATE: dict(client_state or {}), "engine": self._counters()}
         self._saves += 1
         self.accelerator._write_checkpoint(
@@ -348,6 +437,34 @@ class Engine(nn.Module):
             write_text(os.path.join(save_dir, "latest"), tag)
         self.accelerator.wait_for_everyone()
         return True
+
+    def _check_same_target(self, save_dir: str, tag: str) -> None:
+        """Every process must save into the same ``save_dir/tag``: compared before anything
+        is written (one small gather), so every process gets the error at once instead of a
+        checkpoint that waits for processes writing elsewhere.
+
+        Raises:
+            ValueError: the directories or the tags differ; the message lists each rank's.
+        """
+        if self.accelerator.num_processes == 1:
+            return
+        from surge.ops import gather_object
+
+        everyone = gather_object([(os.path.abspath(save_dir), os.path.realpath(save_dir), tag)])
+        problems = []
+        if len({real for _, real, _ in everyone}) > 1:
+            paths = ", ".join(f"rank {rank}: {path!r}" for rank, (path, _, _) in enumerate(everyone))
+            problems.append(
+                f"engine.save_checkpoint was given a different save_dir on different processes ({paths}). Pass the "
+                "same directory on every process (DeepSpeed requires it too: every process writes its part of one "
+                "checkpoint there); a path built from the rank, the time or a per-process temporary directory is the "
+                "usual cause.")
+        if len({t for _, _, t in everyone}) > 1:
+            tags = ", ".join(f"rank {rank}: {t!r}" for rank, (_, _, t) in enumerate(everyone))
+            problems.append(f"engine.save_checkpoint was given a different tag on different processes ({tags}); "
+                            "every process must pass the same tag.")
+        if problems:
+            raise ValueError(" ".join(problems))
 
     def load_checkpoint(self, load_dir: str | os.PathLike[str], tag: Any = None, load_module_strict: bool = True,
                         load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True,
@@ -430,6 +547,10 @@ class Engine(nn.Module):
                 atomic_write(path, lambda tmp: torch.save(state, tmp))
         self.accelerator.wait_for_everyone()
         return True
+
+    def save_fp16_model(self, save_dir: str | os.PathLike[str], save_filename: str = "pytorch_model.bin") -> bool:
+        """DeepSpeed's former name of :meth:`save_16bit_model`."""
+        return self.save_16bit_model(save_dir, save_filename)
 
 
 def _check_tag(tag: Any) -> str:

@@ -42,7 +42,13 @@ class DDP(Strategy):
             # Nothing to synchronise (a frozen teacher, an EMA copy): DDP would refuse it.
             return model
         device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
-        wrapped = DistributedDataParallel(model, device_ids=device_ids, **self.config.ddp.to_kwargs())
+        options = self.config.ddp.to_kwargs()
+        if self.spec.zero_fills_grads and not options.get("static_graph"):
+            # DeepSpeed runs whatever parameters the loss leaves unused (see [Note: unused
+            # parameters] in optim.py). Costs one walk of the autograd graph per backward
+            # (a static graph finds them once instead).
+            options["find_unused_parameters"] = True
+        wrapped = DistributedDataParallel(model, device_ids=device_ids, **options)
         self.config.ddp.register_comm_hook(wrapped)  # DistributedDataParallelKwargs(comm_hook=...)
         _WRAPPED.add(wrapped)
         register_exit_cleanup(_release_reducers)
