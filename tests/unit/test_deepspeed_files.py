@@ -132,7 +132,7 @@ def test_the_fp16_loss_scale_carries_over(run, tmp_path, stage):
     write_checkpoint(str(tmp_path), fp16, stage=stage, world=2, precision="fp16")
     engine = _engine(_config(fp16={"enabled": True, "loss_scale_window": 50, "hysteresis": 2}))
     engine.load_checkpoint(str(tmp_path))
-    assert engine.loss_scale == 512.0
+    assert engine.get_loss_scale() == 512.0 and engine.optimizer.cur_scale == 512.0
     ds = engine.accelerator.precision.scaler
     assert (ds.iteration, ds.last_overflow) == (37, 30)
     assert ds.hysteresis_left == (1 if stage else 2)  # FP16_Optimizer does not save its hysteresis
