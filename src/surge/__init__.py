@@ -35,6 +35,7 @@ _LAZY = {
     "initialize": "surge.deepspeed.engine",
     "Engine": "surge.deepspeed.engine",
     "add_config_arguments": "surge.deepspeed.engine",
+    "checkpointing": "surge.deepspeed.checkpointing",  # the module: DeepSpeed's deepspeed.checkpointing
     "DDPCommunicationHookType": "surge.config.enums",
     "ProfileKwargs": "surge.config.kwargs",
     "GradientAccumulationPlugin": "surge.config.kwargs",
@@ -67,6 +68,7 @@ __all__ = [
     "TorchDynamoPlugin",
     "__version__",
     "add_config_arguments",
+    "checkpointing",
     "debug_launcher",
     "find_executable_batch_size",
     "init_empty_weights",
@@ -95,6 +97,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
     from surge.config.project import ProjectConfiguration
     from surge.data_loader import prepare_data_loader, skip_first_batches
+    from surge.deepspeed import checkpointing
     from surge.deepspeed.engine import Engine, add_config_arguments, initialize
     from surge.launch.notebook import debug_launcher, notebook_launcher
     from surge.state import PartialState

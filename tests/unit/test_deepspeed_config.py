@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from surge import Accelerator, DeepSpeedPlugin
-from surge.deepspeed.ds_config import LossScaleSettings, parse_deepspeed_config, resolve_batch_sizes
+from surge.deepspeed.ds_config import (
+    ActivationCheckpointingSettings,
+    LossScaleSettings,
+    parse_deepspeed_config,
+    resolve_batch_sizes,
+)
 
 CONFIG = {
     "train_micro_batch_size_per_gpu": "auto",
@@ -25,7 +30,8 @@ def test_translation():
     assert (s.zero_stage, s.offload_param_device, s.offload_optimizer_device) == (3, "cpu", "cpu")
     assert s.mixed_precision == "fp16"
     assert s.loss_scale == LossScaleSettings(initial_scale=4096.0, window=500, hysteresis=2)
-    assert (s.gradient_clipping, s.gradient_accumulation_steps, s.activation_checkpointing) == (1.0, 4, True)
+    assert (s.gradient_clipping, s.gradient_accumulation_steps) == (1.0, 4)
+    assert s.activation_checkpointing == ActivationCheckpointingSettings()  # for surge.checkpointing.configure
     assert "fp16.hysteresis" not in s.unhonoured  # honoured by surge's DeepSpeed loss scaler
 
 
@@ -103,7 +109,6 @@ def test_accelerator_takes_precision_and_scaler_from_the_config():
     "config, message",
     [
         ({"zero_optimization": {"stage": 5}}, "stage=5"),
-        ({"zero_optimisation": {}}, "unknown key(s) 'zero_optimisation'"),
         ({"zero_optimization": {"stages": 2}}, "'zero_optimization.stages'"),
         ({"fp16": {"enabled": True}, "bf16": {"enabled": True}}, "both fp16 and bf16"),
         ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps=0"),

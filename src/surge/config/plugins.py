@@ -39,10 +39,10 @@ class DeepSpeedPlugin:
 
     hf_ds_config: dict[str, Any] | str | Any = None
     """A DeepSpeed JSON config (dict, path, or an object with a ``config`` dict such as
-    transformers' HfDeepSpeedConfig). Its ZeRO, offload, precision, clipping,
-    accumulation and activation-checkpointing settings take the place of the fields
-    below; its optimizer and scheduler sections are built by ``prepare`` for a
-    ``DummyOptim`` / ``DummyScheduler``."""
+    transformers' HfDeepSpeedConfig). Its ZeRO, offload, precision, clipping and
+    accumulation settings take the place of the fields below; its optimizer and scheduler
+    sections are built by ``prepare`` for a ``DummyOptim`` / ``DummyScheduler``; its
+    activation_checkpointing section is read by ``surge.checkpointing.configure``."""
     gradient_accumulation_steps: int | None = None
     """Micro-batches per optimizer step; None (or "auto") leaves it to the Accelerator."""
     gradient_clipping: float | None = None
@@ -75,7 +75,9 @@ class DeepSpeedPlugin:
     msamp_opt_level: str | None = None
     """"O1" or "O2" (only checked: MS-AMP is not available)."""
     activation_checkpointing: bool = False
-    """Recompute each block's activations in backward (set by the DeepSpeed config's section)."""
+    """surge's own switch: recompute each block's activations in backward. A DeepSpeed
+    config's ``activation_checkpointing`` section does not set it: as in DeepSpeed, that
+    section configures ``surge.checkpointing``, which the model calls."""
 
     def __post_init__(self) -> None:
         if isinstance(self.hf_ds_config, int) and not isinstance(self.hf_ds_config, bool) and self.zero_stage is None:
@@ -112,7 +114,9 @@ class DeepSpeedPlugin:
                 self.gradient_clipping = ds.gradient_clipping
             if ds.gradient_accumulation_steps is not None:
                 self.gradient_accumulation_steps = ds.gradient_accumulation_steps
-            self.activation_checkpointing = self.activation_checkpointing or ds.activation_checkpointing
+            # The config's activation_checkpointing section checkpoints nothing by itself (as in
+            # DeepSpeed): surge.checkpointing.configure(deepspeed_config=...) reads it for the
+            # model's own surge.checkpointing.checkpoint calls.
         self._validate()
         if self.hf_ds_config is None:
             self.deepspeed_config = self._as_config()

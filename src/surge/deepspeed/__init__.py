@@ -2,10 +2,12 @@
 
 ``surge.initialize`` / :class:`Engine` (engine.py) run a script written for
 ``deepspeed.initialize`` on an :class:`~surge.Accelerator`; ds_config.py reads DeepSpeed
-JSON configs (no torch); optimizers.py and schedulers.py build the config's
-``optimizer`` and ``scheduler`` sections as torch objects. Nothing here reaches into a
-strategy: the engine calls the Accelerator's public methods and the internal entry points
-made for it (the shared checkpoint write/read, the undivided backward).
+JSON configs (no torch; ds_keys.py: every key DeepSpeed reads and what surge does with it);
+optimizers.py and schedulers.py build the config's ``optimizer`` and ``scheduler`` sections
+as torch objects; checkpointing.py is ``deepspeed.checkpointing`` (also
+``surge.checkpointing``). Nothing here reaches into a strategy: the engine calls the
+Accelerator's public methods and the internal entry points made for it (the shared
+checkpoint write/read, the undivided backward).
 
 Names load on first use (PEP 562), like ``surge`` itself.
 """
@@ -20,6 +22,7 @@ _LAZY = {
     "initialize": "surge.deepspeed.engine",
     "Engine": "surge.deepspeed.engine",
     "add_config_arguments": "surge.deepspeed.engine",
+    "checkpointing": "surge.deepspeed.checkpointing",  # the module (deepspeed.checkpointing)
     "parse_deepspeed_config": "surge.deepspeed.ds_config",
     "DeepSpeedSettings": "surge.deepspeed.ds_config",
     "WarmupLR": "surge.deepspeed.schedulers",
@@ -34,11 +37,13 @@ __all__ = [
     "WarmupDecayLR",
     "WarmupLR",
     "add_config_arguments",
+    "checkpointing",
     "initialize",
     "parse_deepspeed_config",
 ]  # every name of _LAZY (tests/unit/test_rules.py checks)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from surge.deepspeed import checkpointing
     from surge.deepspeed.ds_config import DeepSpeedSettings, parse_deepspeed_config
     from surge.deepspeed.engine import Engine, add_config_arguments, initialize
     from surge.deepspeed.schedulers import WarmupCosineLR, WarmupDecayLR, WarmupLR
