@@ -11,13 +11,16 @@ def lazy_names(package: str, names: dict[str, str], namespace: dict[str, Any]
                ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """The module ``__getattr__`` and ``__dir__`` of ``package``, whose public ``names``
     (name -> defining module) are imported on first access and then cached in the
-    package's ``namespace`` (its ``globals()``), so later look-ups skip ``__getattr__``."""
+    package's ``namespace`` (its ``globals()``), so later look-ups skip ``__getattr__``.
+    A name that maps to the submodule of that name (``"comm": "surge.comm"``) is the
+    submodule itself, so ``import surge as deepspeed; deepspeed.comm.get_rank()`` works."""
 
     def __getattr__(name: str) -> Any:
         module = names.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        imported = importlib.import_module(module)
+        value = imported if module == f"{package}.{name}" else getattr(imported, name)
         namespace[name] = value
         return value
 

@@ -13,6 +13,10 @@ with different settings. All settings are validated before anything with side
 effects happens; a constructor that raises leaves nothing behind. The only shared
 resource is PyTorch's default process group, which the first instance starts and
 later ones reuse after checking it matches.
+
+This module is also DeepSpeed's ``deepspeed.accelerator`` under surge's name:
+:func:`get_accelerator` / :func:`set_accelerator` (the device abstraction, in
+surge/deepspeed/device_abstraction.py, imported on first call).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -47,6 +51,9 @@ from surge.state import ProcessQueries, remember_accelerator
 from surge.strategies.registry import select_strategy
 from surge.topology import DistributedType
 from surge.tracking.methods import TrackingMixin
+
+if TYPE_CHECKING:  # pragma: no cover
+    from surge.deepspeed.device_abstraction import DeepSpeedAccelerator
 
 _LR_SCHEDULER_TYPES: tuple[type, ...] = (torch.optim.lr_scheduler.LRScheduler,)
 if hasattr(torch.optim.lr_scheduler, "ReduceLROnPlateau"):
@@ -562,3 +569,23 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             f"gradient_accumulation_steps={self.gradient_accumulation_steps})"
         )
 
+
+def get_accelerator() -> DeepSpeedAccelerator:
+    """DeepSpeed's ``deepspeed.accelerator.get_accelerator()``: the device abstraction
+    (``device_name(i)``, ``current_device_name()``, ``is_bf16_supported()``, memory
+    queries, ...) for CUDA, the CPU or MPS; see surge/deepspeed/device_abstraction.py.
+
+    Example:
+        >>> from surge.accelerator import get_accelerator
+        >>> torch.device(get_accelerator().device_name(local_rank))
+    """
+    from surge.deepspeed.device_abstraction import get_accelerator as detected
+
+    return detected()
+
+
+def set_accelerator(accel_obj: DeepSpeedAccelerator | None) -> None:
+    """DeepSpeed's ``set_accelerator``: use ``accel_obj`` from now on (None: detect again)."""
+    from surge.deepspeed.device_abstraction import set_accelerator as chosen
+
+    chosen(accel_obj)
