@@ -443,16 +443,18 @@ def recv(tensor: torch.Tensor, src: int | None = None, group: Any = None, tag: i
 
 def isend(tensor: torch.Tensor, dst: int, group: Any = None, tag: int = 0, prof: bool = False,
           log_name: str = "isend", debug: Any = None) -> Any:
-    """A non-blocking send; ``.wait()`` on the result (DeepSpeed's blocks and returns None)."""
-    _started()
-    return dist.isend(tensor, dst, group=group, tag=tag)
+    """DeepSpeed's ``isend``: it blocks until sent (it calls ``send``; scripts written for DeepSpeed
+    may rely on that), then returns a handle whose ``wait()`` returns at once."""
+    send(tensor, dst, group=group, tag=tag)
+    return _Works([])
 
 
 def irecv(tensor: torch.Tensor, src: int | None = None, group: Any = None, tag: int = 0, prof: bool = False,
           log_name: str = "irecv", debug: Any = None) -> Any:
-    """A non-blocking receive; ``.wait()`` on the result (DeepSpeed's blocks and returns None)."""
-    _started()
-    return dist.irecv(tensor, src, group=group, tag=tag)
+    """DeepSpeed's ``irecv``: it blocks until received (it calls ``recv``), then returns a handle
+    whose ``wait()`` returns at once."""
+    recv(tensor, src, group=group, tag=tag)
+    return _Works([])
 
 
 def gather(tensor: torch.Tensor, gather_list: list[torch.Tensor] | None = None, dst: int = 0, group: Any = None,

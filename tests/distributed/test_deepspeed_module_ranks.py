@@ -150,6 +150,31 @@ def check_gathered_parameters_under_zero3():
     assert max_difference(reference, _full_params(engine)) <= 1e-6
 
 
+def check_gathered_parameters_with_the_accelerator_and_offload():
+    """Accelerate's road to ZeRO-3 (DeepSpeedPlugin), parameters offloaded to the CPU, after a step."""
+    from torch.distributed.tensor import DTensor
+
+    for plugin in (deepspeed.DeepSpeedPlugin(zero_stage=3, gradient_clipping=0),
+                   deepspeed.DeepSpeedPlugin(zero_stage=3, offload_param_device="cpu")):
+        accelerator = deepspeed.Accelerator(deepspeed_plugin=plugin)
+        model = BlockModel()
+        model, opt = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        accelerator.backward(model(torch.ones(2, 8)).sum())
+        opt.step()
+        opt.zero_grad()
+        params = list(model.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad():
+            if accelerator.is_main_process:
+                for p in params:
+                    p.fill_(0.5)
+        assert all(isinstance(p, DTensor) and (p.full_tensor() == 0.5).all() for p in params)
+        expected = BlockModel()
+        with torch.no_grad():
+            for p in expected.parameters():
+                p.fill_(0.5)
+        assert torch.allclose(model(torch.ones(2, 8)), expected(torch.ones(2, 8)))
+
+
 def check_gathered_parameters_on_whole_parameters():
     """DDP (no sharding): nothing to gather; the modifier's changes reach every process."""
     accelerator = deepspeed.Accelerator(cpu=True)
@@ -218,6 +243,7 @@ CHECKS = [
     check_init_distributed_from_the_launcher_environment,
     check_comm_collectives,
     check_gathered_parameters_under_zero3,
+    check_gathered_parameters_with_the_accelerator_and_offload,
     check_gathered_parameters_on_whole_parameters,
     check_zero_init_trains_like_a_normal_build,
     check_zero_init_then_load_on_rank0,
