@@ -15,8 +15,8 @@ resource is PyTorch's default process group, which the first instance starts and
 later ones reuse after checking it matches.
 
 This module is also DeepSpeed's ``deepspeed.accelerator`` under surge's name:
-:func:`get_accelerator` / :func:`set_accelerator` (the device abstraction, in
-surge/deepspeed/device_abstraction.py, imported on first call).
+``get_accelerator`` / ``set_accelerator`` (the device abstraction, from
+surge/deepspeed/device_abstraction.py, which imports nothing but torch).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ from surge.config.project import ProjectConfiguration
 from surge.config.resolve import BatchSizes, fill_batch_sizes, resolve_plan
 from surge.data.loader import PreparedDataLoader
 from surge.data.methods import DataLoadingMixin
+from surge.deepspeed.device_abstraction import get_accelerator, set_accelerator
 from surge.extras import ExtrasMixin
 from surge.guard import NonFiniteGuard
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
@@ -52,8 +53,7 @@ from surge.strategies.registry import select_strategy
 from surge.topology import DistributedType
 from surge.tracking.methods import TrackingMixin
 
-if TYPE_CHECKING:  # pragma: no cover
-    from surge.deepspeed.device_abstraction import DeepSpeedAccelerator
+__all__ = ["Accelerator", "get_accelerator", "set_accelerator"]  # the last two: deepspeed.accelerator's names
 
 _LR_SCHEDULER_TYPES: tuple[type, ...] = (torch.optim.lr_scheduler.LRScheduler,)
 if hasattr(torch.optim.lr_scheduler, "ReduceLROnPlateau"):
@@ -568,24 +568,3 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             f"device={t.device!r}, mixed_precision={self.mixed_precision!r}, "
             f"gradient_accumulation_steps={self.gradient_accumulation_steps})"
         )
-
-
-def get_accelerator() -> DeepSpeedAccelerator:
-    """DeepSpeed's ``deepspeed.accelerator.get_accelerator()``: the device abstraction
-    (``device_name(i)``, ``current_device_name()``, ``is_bf16_supported()``, memory
-    queries, ...) for CUDA, the CPU or MPS; see surge/deepspeed/device_abstraction.py.
-
-    Example:
-        >>> from surge.accelerator import get_accelerator
-        >>> torch.device(get_accelerator().device_name(local_rank))
-    """
-    from surge.deepspeed.device_abstraction import get_accelerator as detected
-
-    return detected()
-
-
-def set_accelerator(accel_obj: DeepSpeedAccelerator | None) -> None:
-    """DeepSpeed's ``set_accelerator``: use ``accel_obj`` from now on (None: detect again)."""
-    from surge.deepspeed.device_abstraction import set_accelerator as chosen
-
-    chosen(accel_obj)
