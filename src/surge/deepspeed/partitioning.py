@@ -198,19 +198,32 @@ class GatheredParameters:
         sharded = [p for p in self.params if _is_sharded(p)]
         built = [p for p in self.params if not _is_sharded(p) and getattr(p, _MARK, False)]
         whole = [p for p in self.params if not _is_sharded(p) and not getattr(p, _MARK, False)]
-        with torch.no_grad():
-            for p in sharded:
-                self._undo.append(self._gather_sharded(p))
-            for p in built:
-                self._undo.append(self._gather_built(p))
+        try:
+            with torch.no_grad():
+                for p in sharded:
+                    self._undo.append(self._gather_sharded(p))
+                for p in built:
+                    self._undo.append(self._gather_built(p))
+        except BaseException:
+            self._restore()  # put back what was gathered before the failure
+            raise
         if whole and self.modifier_rank is not None:
             self._undo.append(self._keep_whole(whole))
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self._restore()
+            return
         with torch.no_grad():
             while self._undo:
-                self._undo.pop(0)(exc_type is None)
+                self._undo.pop(0)(True)
+
+    def _restore(self) -> None:
+        """Put every parameter back as it was (no modifier's values, no collective for whole ones)."""
+        with torch.no_grad():
+            while self._undo:
+                self._undo.pop(0)(False)
 
     # -- the three kinds -------------------------------------------------------------------------
 
