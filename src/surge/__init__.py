@@ -46,6 +46,13 @@ _LAZY = {
     "init_empty_weights": "surge.big_modeling",
     "init_on_device": "surge.big_modeling",
     "is_rich_available": "surge.utils.imports",
+    # DeepSpeed's module-level API (`import surge as deepspeed`): deepspeed.init_distributed,
+    # deepspeed.get_accelerator, and the submodules deepspeed.accelerator / .comm / .zero
+    "init_distributed": "surge.deepspeed.communication",
+    "get_accelerator": "surge.deepspeed.device_abstraction",
+    "accelerator": "surge.accelerator",
+    "comm": "surge.comm",
+    "zero": "surge.zero",
 }
 
 __all__ = [
@@ -67,10 +74,14 @@ __all__ = [
     "Topology",
     "TorchDynamoPlugin",
     "__version__",
+    "accelerator",
     "add_config_arguments",
     "checkpointing",
+    "comm",
     "debug_launcher",
     "find_executable_batch_size",
+    "get_accelerator",
+    "init_distributed",
     "init_empty_weights",
     "init_on_device",
     "initialize",
@@ -79,9 +90,11 @@ __all__ = [
     "prepare_data_loader",
     "skip_first_batches",
     "synchronize_rng_states",
+    "zero",
 ]  # every name of _LAZY (tests/unit/test_rules.py checks)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from surge import accelerator, comm, zero
     from surge.accelerator import Accelerator
     from surge.big_modeling import init_empty_weights, init_on_device
     from surge.config.dataloader import DataLoaderConfiguration
@@ -98,6 +111,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from surge.config.project import ProjectConfiguration
     from surge.data_loader import prepare_data_loader, skip_first_batches
     from surge.deepspeed import checkpointing
+    from surge.deepspeed.communication import init_distributed
+    from surge.deepspeed.device_abstraction import get_accelerator
     from surge.deepspeed.engine import Engine, add_config_arguments, initialize
     from surge.launch.notebook import debug_launcher, notebook_launcher
     from surge.state import PartialState

@@ -13,6 +13,10 @@ with different settings. All settings are validated before anything with side
 effects happens; a constructor that raises leaves nothing behind. The only shared
 resource is PyTorch's default process group, which the first instance starts and
 later ones reuse after checking it matches.
+
+This module is also DeepSpeed's ``deepspeed.accelerator`` under surge's name:
+``get_accelerator`` / ``set_accelerator`` (the device abstraction, from
+surge/deepspeed/device_abstraction.py, which imports nothing but torch).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from surge.config.project import ProjectConfiguration
 from surge.config.resolve import BatchSizes, fill_batch_sizes, resolve_plan
 from surge.data.loader import PreparedDataLoader
 from surge.data.methods import DataLoadingMixin
+from surge.deepspeed.device_abstraction import get_accelerator, set_accelerator
 from surge.extras import ExtrasMixin
 from surge.guard import NonFiniteGuard
 from surge.optim import AcceleratedOptimizer, AcceleratedScheduler
@@ -47,6 +52,8 @@ from surge.state import ProcessQueries, remember_accelerator
 from surge.strategies.registry import select_strategy
 from surge.topology import DistributedType
 from surge.tracking.methods import TrackingMixin
+
+__all__ = ["Accelerator", "get_accelerator", "set_accelerator"]  # the last two: deepspeed.accelerator's names
 
 _LR_SCHEDULER_TYPES: tuple[type, ...] = (torch.optim.lr_scheduler.LRScheduler,)
 if hasattr(torch.optim.lr_scheduler, "ReduceLROnPlateau"):
@@ -562,4 +569,3 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             f"device={t.device!r}, mixed_precision={self.mixed_precision!r}, "
             f"gradient_accumulation_steps={self.gradient_accumulation_steps})"
         )
-

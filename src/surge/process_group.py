@@ -87,6 +87,29 @@ def ensure_process_group(topology: Topology, *, timeout: timedelta, asked: bool 
     hang.install(topology.rank, topology.world_size, timeout)  # hang.py: [Note: how a hang is diagnosed]
 
 
+def start_single_process_group(backend: str, device: str, *, timeout: timedelta) -> None:
+    """Start a default process group of one process, unless a group is running.
+
+    DeepSpeed's ``init_distributed`` starts a group even for one process, so a script's
+    ``torch.distributed.get_rank()`` works after it; surge's Accelerator does not need one.
+    The group meets through an in-memory store: no port is opened. A later Accelerator of
+    one process ignores it (the topology has one process) and surge tears it down at exit.
+    """
+    global _OWNED_GROUP
+    dist = _dist()
+    if dist.is_initialized():
+        return
+    kwargs: dict[str, Any] = {}
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))
+        kwargs["device_id"] = torch.device(device)
+    dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout, **kwargs)
+    if not _OWNED_GROUP:
+        atexit.register(_destroy_at_exit)
+    _OWNED_GROUP = True
+    _GROUP_TIMEOUT[:] = [timeout]
+
+
 def group_timeout() -> timedelta | None:
     """The collective timeout of the group surge started (None: not started by surge)."""
     return _GROUP_TIMEOUT[0] if _GROUP_TIMEOUT else None

@@ -167,13 +167,14 @@ class Topology:
         return cls(launch=launch, device=device, backend=chosen)
 
     @classmethod
-    def detect(cls, *, cpu: bool = False, backend: str | None = None) -> Topology:
-        """Read this process's launcher variables and devices.
+    def detect(cls, *, cpu: bool = False, backend: str | None = None,
+               launch: LaunchEnvironment | None = None) -> Topology:
+        """Read this process's launcher variables (or take ``launch``) and devices.
 
         A process group the user started without launcher variables (e.g.
         ``mp.spawn`` + ``init_process_group(rank=..., world_size=...)``) defines the job.
         """
-        launch = current_launch_environment()
+        launch = current_launch_environment() if launch is None else launch
         dist = _dist()
         if launch.world_size == 1 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             world, rank = dist.get_world_size(), dist.get_rank()

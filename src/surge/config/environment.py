@@ -174,7 +174,7 @@ _MPI_FLAVOURS = (
 )
 
 
-def _from_mpi(env: Mapping[str, str], names: tuple[str, str, str, str]) -> LaunchEnvironment:
+def _from_mpi(env: Mapping[str, str], names: tuple[str, str, str, str], default_port: int) -> LaunchEnvironment:
     rank_n, size_n, lrank_n, lsize_n = names
     rank = _int(env, rank_n)
     world = _int(env, size_n, minimum=1)
@@ -193,7 +193,7 @@ def _from_mpi(env: Mapping[str, str], names: tuple[str, str, str, str]) -> Launc
                 "processes need rank 0's host to meet. Pass it with `mpirun -x MASTER_ADDR=<rank-0 host>`."
             )
         addr = "127.0.0.1"
-    port = _port(env, DEFAULT_MASTER_PORT if world > 1 else None)
+    port = _port(env, default_port if world > 1 else None)
     return LaunchEnvironment("mpi", rank, world, local_rank, local_world, node_rank, num_nodes, addr, port)
 
 
@@ -272,8 +272,11 @@ def _from_slurm(env: Mapping[str, str]) -> LaunchEnvironment:
     return LaunchEnvironment("slurm", rank, world, local_rank, local_world, node_rank, num_nodes, addr, port)
 
 
-def parse_launch_environment(env: Mapping[str, str]) -> LaunchEnvironment:
+def parse_launch_environment(env: Mapping[str, str], *, mpi_port: int = DEFAULT_MASTER_PORT) -> LaunchEnvironment:
     """Turn launcher variables into a :class:`LaunchEnvironment` (pure; see module doc).
+
+    ``mpi_port`` is the rendezvous port of an MPI launch that exports no ``MASTER_PORT``
+    (DeepSpeed's ``init_distributed(distributed_port=)``).
 
     Raises:
         ValueError: a variable is not an integer, or the variables contradict each other
@@ -284,15 +287,15 @@ def parse_launch_environment(env: Mapping[str, str]) -> LaunchEnvironment:
         return _from_rank_vars(env)
     for names in _MPI_FLAVOURS:
         if _first(env, names[0]) and _first(env, names[1]):
-            return _from_mpi(env, names)
+            return _from_mpi(env, names, mpi_port)
     if _first(env, "SLURM_PROCID") and _first(env, "SLURM_STEP_ID", "SLURM_STEPID"):
         return _from_slurm(env)
     return LaunchEnvironment()
 
 
-def current_launch_environment() -> LaunchEnvironment:
+def current_launch_environment(*, mpi_port: int = DEFAULT_MASTER_PORT) -> LaunchEnvironment:
     """:func:`parse_launch_environment` applied to this process's environment."""
-    return parse_launch_environment(os.environ)
+    return parse_launch_environment(os.environ, mpi_port=mpi_port)
 
 
 
@@ -329,3 +332,33 @@ def set_nccl_debug_defaults() -> None:
     """Set :data:`NCCL_DEBUG_DEFAULTS` in this process's environment, keeping any value the user set."""
     for name, value in NCCL_DEBUG_DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+# -- DeepSpeed's variables (the adapter in surge/deepspeed/ reads them through these) ---------
+
+
+def ds_accelerator_variable() -> str | None:
+    """``DS_ACCELERATOR``: DeepSpeed's override of the detected accelerator ("cuda", "cpu", "mps")."""
+    return os.environ.get("DS_ACCELERATOR") or None
+
+
+def deepspeed_timeout_minutes() -> float:
+    """``DEEPSPEED_TIMEOUT``: the minutes DeepSpeed's ``init_distributed`` waits on a collective
+    by default (30 when unset).
+
+    Raises:
+        ValueError: the variable is not a number.
+    """
+    raw = os.environ.get("DEEPSPEED_TIMEOUT", "").strip()
+    if not raw:
+        return 30.0
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable DEEPSPEED_TIMEOUT={raw!r} is not a number of minutes; unset it or "
+                         "give minutes, e.g. DEEPSPEED_TIMEOUT=30.") from None
+
+
+def allow_deprecated_fp16_variable() -> bool:
+    """``DS_ALLOW_DEPRECATED_FP16=1``: count fp16 as supported on compute capability 6.x GPUs, as DeepSpeed does."""
+    return os.environ.get("DS_ALLOW_DEPRECATED_FP16", "0") == "1"

@@ -42,6 +42,7 @@ from surge.config.kwargs import (
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
 from surge.deepspeed.dummy import DummyOptim, DummyScheduler
+from surge.deepspeed.partitioning import GatheredParameters
 from surge.precision.fp8 import (
     convert_model_to_fp8_ao,
     filter_first_and_last_linear_layers,
@@ -263,6 +264,7 @@ __all__ = [
     "FP8BackendType",
     "FP8RecipeKwargs",
     "FullyShardedDataParallelPlugin",
+    "GatheredParameters",
     "GradScalerKwargs",
     "GradientAccumulationPlugin",
     "InitProcessGroupKwargs",
