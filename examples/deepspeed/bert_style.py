@@ -12,7 +12,7 @@ import argparse
 import json
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import surge as deepspeed  # was: import deepspeed

@@ -9,11 +9,10 @@ checkpoint after every epoch; ``--resume`` continues from the newest one.
 
 import argparse
 import json
-import os
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import surge as deepspeed  # was: import deepspeed
 from surge.accelerator import get_accelerator  # was: from deepspeed.accelerator import get_accelerator
@@ -62,7 +61,7 @@ def main():
     net = Net()
     trainset = synthetic_cifar(args.samples)
     parameters = filter(lambda p: p.requires_grad, net.parameters())
-    model_engine, optimizer, trainloader, _ = deepspeed.initialize(
+    model_engine, _optimizer, trainloader, _ = deepspeed.initialize(
         args=args, model=net, model_parameters=parameters, training_data=trainset)
     local_device = get_accelerator().device_name(model_engine.local_rank)
     bf16 = model_engine.bfloat16_enabled()

@@ -10,7 +10,7 @@ import json
 import os
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 import surge as deepspeed  # was: import deepspeed
 

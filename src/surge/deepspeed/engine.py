@@ -66,6 +66,22 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+def _deepspeed_loader(dataset: Any, micro: int, collate_fn: Any, drop_last: bool, accelerator: Any) -> Any:
+    """DeepSpeed's ``DeepSpeedDataLoader`` for ``training_data``: a ``DistributedSampler``
+    over the data-parallel processes (shuffled from seed 0; DeepSpeed never calls its
+    ``set_epoch``, so every epoch has the same order unless the script calls
+    ``loader.data_sampler.set_epoch``) and batches of ``train_micro_batch_size_per_gpu``
+    (``dataloader_drop_last``), left on the CPU for the script to move, as DeepSpeed's."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler: DistributedSampler[Any] = DistributedSampler(dataset, num_replicas=accelerator.num_processes,
+                                                          rank=accelerator.process_index)
+    loader = DataLoader(dataset, batch_size=micro, sampler=sampler, collate_fn=collate_fn, drop_last=drop_last)
+    loader.data_sampler = sampler  # DeepSpeedDataLoader's name
+    return loader
+
+
 def _config_source(args: Any, config: Any, config_params: Any) -> Any:
     if config is not None and config_params is not None:
         raise ValueError("pass the DeepSpeed config as config= or config_params=, not both.")
@@ -191,22 +207,13 @@ def initialize(
     elif lr_scheduler is not None and not hasattr(lr_scheduler, "step") and callable(lr_scheduler):
         lr_scheduler = lr_scheduler(optimizer)
     loader = None
-    if training_data is not None:
-        from torch.utils.data import DataLoader
-
-        from surge.data.sampler import SeedableRandomSampler
-
-        # DeepSpeed's loader: shuffled from seed 0 + the epoch, the same order on every
-        # process, sharded over the processes.
-        loader = DataLoader(training_data, batch_size=micro, sampler=SeedableRandomSampler(training_data, data_seed=0),
-                            collate_fn=collate_fn, drop_last=settings.drop_last,
-                            generator=torch.Generator().manual_seed(0))
-    prepared = accelerator.prepare(*(x for x in (model, optimizer, lr_scheduler, loader) if x is not None))
+    if training_data is not None and micro is not None:  # (micro is known: checked above)
+        loader = _deepspeed_loader(training_data, micro, collate_fn, settings.drop_last, accelerator)
+    prepared = accelerator.prepare(*(x for x in (model, optimizer, lr_scheduler) if x is not None))
     prepared = list(prepared) if isinstance(prepared, tuple) else [prepared]
     model = prepared.pop(0)
     optimizer = prepared.pop(0) if optimizer is not None else None
     lr_scheduler = prepared.pop(0) if lr_scheduler is not None else None
-    loader = prepared.pop(0) if loader is not None else None
     if optimizer is not None:
         # The prepared optimizer, with the names DeepSpeed's optimizers add (a subclass
         # without state of its own: the object the Accelerator holds stays the same).
