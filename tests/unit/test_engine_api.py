@@ -175,3 +175,17 @@ def test_deepspeed_schedules():
         WarmupLR(opt(), warmup_type="cubic")
     with pytest.raises(ValueError, match="2 values but the optimizer has 1"):
         WarmupLR(opt(), warmup_max_lr=[0.1, 0.2])
+
+
+def test_monitor_sections_are_written_by_the_engine_without_an_unapplied_warning(tmp_path):
+    import warnings
+
+    config = {**BASE, "csv_monitor": {"enabled": True, "output_path": str(tmp_path), "job_name": "job"}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine, *_ = surge.initialize(model=nn.Linear(2, 1), config=config)
+    assert not [w for w in caught if "does not apply" in str(w.message) or "not apply" in str(w.message)]
+    engine.backward(engine(torch.ones(2, 2)).sum())
+    engine.step()
+    written = [p.name for p in (tmp_path / "job").iterdir()]
+    assert any("loss" in name.lower() for name in written), written

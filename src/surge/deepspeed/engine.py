@@ -63,6 +63,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     group.add_argument("--deepspeed", default=False, action="store_true",
                        help="Run through surge.initialize (accepted for DeepSpeed compatibility).")
     group.add_argument("--deepspeed_config", default=None, type=str, help="A DeepSpeed JSON configuration file.")
+    # DeepSpeed's deprecated spellings, still in older scripts' command lines.
+    group.add_argument("--deepscale", default=False, action="store_true", help=argparse.SUPPRESS)
+    group.add_argument("--deepscale_config", default=None, type=str, help=argparse.SUPPRESS)
     return parser
 
 
@@ -87,6 +90,8 @@ def _config_source(args: Any, config: Any, config_params: Any) -> Any:
         raise ValueError("pass the DeepSpeed config as config= or config_params=, not both.")
     config = config if config is not None else config_params
     from_args = getattr(args, "deepspeed_config", None) if args is not None else None
+    if from_args is None and args is not None:
+        from_args = getattr(args, "deepscale_config", None)  # DeepSpeed's deprecated name, still read
     if config is not None and from_args is not None:
         raise ValueError(f"the DeepSpeed config is given twice: config=... and args.deepspeed_config={from_args!r}; "
                          "keep one.")
@@ -181,7 +186,11 @@ def initialize(
         raise ValueError("surge.initialize(training_data=...) needs train_micro_batch_size_per_gpu or "
                          "train_batch_size in the DeepSpeed config (not \"auto\": there is no DataLoader to read it "
                          "from).")
-    engine_config = {k: v for k, v in data.items() if k not in ("optimizer", "scheduler")}
+    from surge.deepspeed.monitor import SECTIONS
+
+    # The engine applies the optimizer, scheduler and monitor sections itself (the Accelerator
+    # under it would call the monitor sections unapplied).
+    engine_config = {k: v for k, v in data.items() if k not in ("optimizer", "scheduler", *SECTIONS)}
     # DeepSpeed's engine advances its scheduler once per optimizer step, on any number of processes.
     accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=engine_config),
                               gradient_accumulation_steps=accumulation, scheduler_steps="once")
