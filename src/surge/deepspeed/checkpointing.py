@@ -13,17 +13,19 @@ Example:
     >>> hidden = deepspeed.checkpointing.checkpoint(layer, hidden, mask)
 
 [Note: DeepSpeed's checkpoint]
-- Reentrant, like DeepSpeed's CheckpointFunction (torch's ``use_reentrant=True``): the
-  region runs without saving anything, only its inputs are kept, and backward runs it
-  again. A zero-size input that requires grad is added, so the parameters inside a region
-  whose inputs need no gradient still get theirs (DeepSpeed silently leaves them without:
-  a plain error, not reproduced).
+- Torch's non-reentrant checkpoint: the region runs without saving its activations, only
+  its inputs are kept, and backward runs it again to rebuild them (DeepSpeed's
+  CheckpointFunction is reentrant; the numbers are the same). Non-reentrant keeps the
+  region's parameters in the autograd graph, so DDP's unused-parameter detection (ZeRO-0/1
+  under a DeepSpeed config) works with it, and the parameters inside a region whose inputs
+  need no gradient still get theirs (DeepSpeed silently leaves them without: a plain
+  error, not reproduced).
 - The recomputation sees the forward's random numbers: torch restores the CPU and device
   generators, and the states of the model-parallel RNG tracker are restored here too
   (``get_cuda_rng_tracker().fork()`` inside a region, as Megatron's dropout does).
-- ``cpu_checkpointing``: the kept inputs go through a saved-tensor hook pair (torch's
-  ``save_on_cpu`` mechanism): they wait in CPU memory (pinned on CUDA) and return to
-  their device when backward recomputes the region.
+- ``cpu_checkpointing``: the kept inputs are copies in CPU memory (pinned on CUDA), copied
+  back to their device when backward recomputes the region; the device tensors are not
+  held for backward.
 - ``partition_activations`` splits checkpoints across model-parallel ranks and
   ``contiguous_memory_optimization`` copies them into one buffer: surge has no model
   parallelism and no such buffer, so both are accepted and change nothing.
@@ -269,17 +271,35 @@ def checkpoint(function: Callable[..., Any], *args: Any) -> Any:
     tracker_states = _RNG_TRACKER.get_states()
     timing = {"calls": 0, "backward": 0.0}
 
-    def run(_anchor: torch.Tensor, *inputs: Any) -> Any:
+    # The region's inputs for the recomputation: the tensors themselves, or (cpu_checkpointing)
+    # copies in CPU memory; torch's checkpoint is handed none of them, so nothing else keeps
+    # the device copies alive.
+    on_cpu = [settings.cpu_checkpointing and isinstance(a, torch.Tensor) for a in args]
+    kept: list[Any] = [(*_pack_on_cpu(a.detach()), a.requires_grad) if cpu else a
+                       for a, cpu in zip(args, on_cpu, strict=True)]
+    first = {"args": args}
+
+    def restored() -> list[Any]:
+        out: list[Any] = []
+        for item, cpu in zip(kept, on_cpu, strict=True):
+            if cpu:
+                tensor = _unpack_from_cpu((item[0], item[1]))
+                out.append(tensor.requires_grad_(item[2]) if tensor.is_floating_point() else tensor)
+            else:
+                out.append(item)
+        return out
+
+    def run(_anchor: torch.Tensor) -> Any:
         timing["calls"] += 1
         if timing["calls"] == 1:
-            return function(*inputs)
+            return function(*first.pop("args"))
         if settings.synchronize_checkpoint_boundary:  # the start of this region's backward
             _synchronize()
         timing["backward"] = time.perf_counter()
         current = _RNG_TRACKER.get_states()
         _RNG_TRACKER.set_states(copy.copy(tracker_states))
         try:
-            return function(*inputs)
+            return function(*restored())
         finally:
             _RNG_TRACKER.set_states(current)
 
@@ -287,11 +307,7 @@ def checkpoint(function: Callable[..., Any], *args: Any) -> Any:
         _synchronize()
     started = time.perf_counter()
     anchor = torch.empty(0, requires_grad=True)
-    keep: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if settings.cpu_checkpointing:
-        keep = torch.autograd.graph.saved_tensors_hooks(_pack_on_cpu, _unpack_from_cpu)
-    with keep:
-        outputs = torch_checkpoint(run, anchor, *args, use_reentrant=True, preserve_rng_state=True)
+    outputs = torch_checkpoint(run, anchor, use_reentrant=False, preserve_rng_state=True)
     if settings.synchronize_checkpoint_boundary:
         _synchronize()
     if settings.profile:
