@@ -41,9 +41,14 @@ def test_num_gpus_num_nodes_and_machine_zero_map_onto_surge_keys():
     assert config.num_processes == 4
 
 
-def test_the_script_gets_local_rank_as_under_deepspeed_unless_told_not_to():
+def test_the_script_gets_local_rank_as_under_deepspeed_unless_told_not_to(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("parser.add_argument('--local_rank', type=int, default=-1)\n")
     assert resolve(script_args=["--deepspeed", "--deepspeed_config", "ds.json"])[1].local_rank_arg
     assert resolve(script_args=["--deepspeed_config=ds.json"])[1].local_rank_arg
+    (tmp_path / "train.py").write_text("parser.add_argument('--epochs')\n")  # not declared: not passed
+    assert not resolve(script_args=["--deepspeed", "--deepspeed_config", "ds.json"])[1].local_rank_arg
+    assert resolve("--num_gpus", "1")[1].local_rank_arg  # a deepspeed launcher flag: passed, as deepspeed does
     assert not resolve("--num_gpus", "2", "--no_local_rank")[1].local_rank_arg
     assert not resolve("--num_processes", "2")[1].local_rank_arg  # accelerate/torchrun style: LOCAL_RANK only
 

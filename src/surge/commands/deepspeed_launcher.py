@@ -6,9 +6,10 @@ ds.json``. The flags map onto surge's keys (``--num_gpus`` is the processes per 
 ``--num_nodes`` the machines, ``--master_addr/--master_port/--node_rank`` machine 0 and
 this machine, ``--hostfile/--include/--exclude`` which machines and GPUs), and, as the
 deepspeed launcher does, each process gets ``--local_rank=<n>`` before the script's own
-arguments (``--no_local_rank``: not). DeepSpeed's ways of reaching other machines (pdsh,
-MPI, ssh) have no counterpart: surge runs one launcher per machine; flags that only
-concern them are accepted and named.
+arguments (``--no_local_rank``: not); a script run without those flags but with
+``--deepspeed_config`` gets it when its source declares ``--local_rank``. DeepSpeed's ways
+of reaching other machines (pdsh, MPI, ssh) have no counterpart: surge runs one launcher
+per machine; flags that only concern them are accepted and named.
 """
 
 from __future__ import annotations
@@ -167,6 +168,22 @@ def _resources(args: argparse.Namespace, gpus: int) -> dict[str, list[int]]:
     return hosts
 
 
+def _declares_local_rank(args: argparse.Namespace) -> bool:
+    """Whether the script's source declares a ``--local_rank`` option (a script written for
+    the deepspeed launcher, run with ``--deepspeed_config``, wants it; one written for
+    torchrun or accelerate would refuse it)."""
+    import re
+
+    if getattr(args, "module", False):
+        return False
+    try:
+        with open(args.script, encoding="utf-8", errors="replace") as f:
+            source = f.read()
+    except OSError:
+        return False
+    return re.search(r"""['"]--local[_-]rank['"]""", source) is not None
+
+
 def resolve(args: argparse.Namespace, gpu_count: Any) -> DeepSpeedLaunch:
     """The surge settings the deepspeed launcher's flags in ``args`` ask for.
 
@@ -179,7 +196,7 @@ def resolve(args: argparse.Namespace, gpu_count: Any) -> DeepSpeedLaunch:
     out = DeepSpeedLaunch()
     used = [dest for dest in (*_MAPPED, *_SSH_ONLY) if getattr(args, dest, None) not in (None, False)]
     script_style = any(a.split("=", 1)[0] in _DEEPSPEED_SCRIPT_FLAGS for a in getattr(args, "script_args", []))
-    out.local_rank_arg = (bool(used) or script_style) and not args.ds_no_local_rank
+    out.local_rank_arg = (bool(used) or (script_style and _declares_local_rank(args))) and not args.ds_no_local_rank
     if not used:
         return out
     if args.ds_autotuning is not None:
