@@ -73,8 +73,9 @@ def main() -> None:
     epochs = 1 if args.smoke else args.epochs
     first = last = None
     for epoch in range(start_epoch, start_epoch + epochs):
-        loader.set_epoch(epoch)
+        loader.data_sampler.set_epoch(epoch)  # DeepSpeed's loader: a new order each epoch only when asked
         for x, y in loader:
+            x, y = x.to(engine.device), y.to(engine.device)  # DeepSpeed's loader leaves batches on the CPU
             loss = nn.functional.mse_loss(engine(x).float(), y)
             engine.backward(loss)
             engine.step()
