@@ -74,8 +74,8 @@ def main() -> None:
     first = last = None
     for epoch in range(start_epoch, start_epoch + epochs):
         loader.data_sampler.set_epoch(epoch)  # DeepSpeed's loader: a new order each epoch only when asked
-        for x, y in loader:
-            x, y = x.to(engine.device), y.to(engine.device)  # DeepSpeed's loader leaves batches on the CPU
+        for inputs, targets in loader:
+            x, y = inputs.to(engine.device), targets.to(engine.device)  # DeepSpeed's loader leaves them on the CPU
             loss = nn.functional.mse_loss(engine(x).float(), y)
             engine.backward(loss)
             engine.step()
