@@ -4,20 +4,7 @@ They live in :mod:`surge.deepspeed.partitioning`, whose module note says what a 
 parameter is under surge (an FSDP2 ``DTensor`` shard) and what each name does with it.
 """
 
-from surge.deepspeed.partitioning import (
-    GatheredParameters,
-    Init,
-    ZeroParamStatus,
-    ZeroParamType,
-    register_external_parameter,
-    unregister_external_parameter,
-)
+from surge.deepspeed import partitioning as _implementation
+from surge.deepspeed.partitioning import *  # noqa: F403  (the names are listed once, in the implementation)
 
-__all__ = [
-    "GatheredParameters",
-    "Init",
-    "ZeroParamStatus",
-    "ZeroParamType",
-    "register_external_parameter",
-    "unregister_external_parameter",
-]
+__all__ = list(_implementation.__all__)
