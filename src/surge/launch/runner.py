@@ -6,9 +6,11 @@ its path is put in ``SURGE_CONFIG_FILE`` for the workers; ``Accelerator()`` read
 (config/file.py). Nothing else passes from the launcher to the library in the workers
 but the standard torchrun variables (RANK, WORLD_SIZE, ...) and the variables torch and
 OpenMP read themselves (``OMP_NUM_THREADS``, ``TORCH_DISTRIBUTED_DEBUG`` for ``debug``).
-The worker entry point, launch/bootstrap.py, also gets three of its own, which the
-library never reads: ``SURGE_LOG_DIR`` (the job's log directory, see [Note: a failure
-report shows the user's code] in failure.py), ``SURGE_QUIET`` and ``SURGE_CPU_AFFINITY``.
+The worker entry point, launch/bootstrap.py, also gets its own, which the library never
+reads: ``SURGE_LOG_DIR`` (the job's log directory, see [Note: a failure report shows the
+user's code] in failure.py), ``SURGE_QUIET``, ``SURGE_CPU_AFFINITY``, ``SURGE_BIND_CORES``
+(the deepspeed launcher's ``--bind_cores_to_rank``) and ``SURGE_LOCAL_RANK_ARG`` (pass
+``--local_rank=<n>`` to the script, as the deepspeed launcher does).
 
 [Note: the job's log directory]
 A multi-process job has one directory for its logs: ``<log_dir>/surge-<id>/`` when
