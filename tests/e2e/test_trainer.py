@@ -14,10 +14,11 @@ SCRIPT = os.path.join(ROOT, "tests", "e2e", "scripts", "trainer_compare.py")
 
 
 def test_trainer_ddp_zero_fsdp_and_resume_match_transformers_on_accelerate():
-    """DDP losses equal transformers' Trainer on Accelerate; fsdp= and deepspeed= ZeRO-2 and
-    ZeRO-3 + offload (same AdamW, from the config's optimizer section) equal DDP; ZeRO-3's
-    save_model loads with from_pretrained and equals the gathered weights; resuming from
-    checkpoint-2 (DDP and ZeRO-3) reproduces the uninterrupted run bit for bit."""
+    """DDP losses equal transformers' Trainer on Accelerate; fsdp= and deepspeed= ZeRO-1, ZeRO-2
+    (+ optimizer offload) and ZeRO-3 + offload (same AdamW, from the config's optimizer
+    section) equal DDP; ZeRO-3's save_model loads with from_pretrained and equals the
+    gathered weights; resuming from checkpoint-2 (DDP, ZeRO-1, ZeRO-2 + offload, ZeRO-3 +
+    offload) reproduces the uninterrupted run bit for bit."""
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     ours, theirs = launch_compare(SCRIPT, "surge"), launch_compare(SCRIPT, "accelerate")
@@ -29,3 +30,6 @@ def test_trainer_ddp_zero_fsdp_and_resume_match_transformers_on_accelerate():
     assert ours["zero3_saved_equal"] is True
     assert ours["zero3_resumed"] == ours["zero3_offload"]
     assert ours["ddp_resumed"] == ours["ddp_saved"] == ours["ddp"]
+    for case in ("zero1", "zero2_offload"):
+        assert ours[case] == pytest.approx(ours["ddp"], rel=1e-5, abs=0), case
+        assert ours[case + "_resumed"] == ours[case], case

@@ -92,3 +92,29 @@ def test_mismatched_deepspeed_value_is_named(tmp_path):
                              deepspeed=config)
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         args.hf_deepspeed_config.trainer_config_finalize(args, tc.tiny_llama(), 10)
+
+
+def test_transformers_versions_outside_the_tested_range_are_refused():
+    from surge.integrations.transformers import _check_version
+
+    _check_version("5.25.0")
+    _check_version("5.30.1")
+    for version in ("4.46.0", "5.24.9", "6.0.0"):
+        with pytest.raises(ImportError, match=r"transformers>=5\.25,<6"):
+            _check_version(version)
+
+
+def test_backward_takes_accelerates_scale_wrt_gas():
+    """transformers' Trainer passes scale_wrt_gas=False to backward under DeepSpeed
+    (Accelerate forwards it to DeepSpeed's engine): the loss is not divided by the
+    accumulation steps."""
+    from surge import Accelerator
+
+    grads = []
+    for kwargs in ({}, {"scale_wrt_gas": False}):
+        accelerator = Accelerator(gradient_accumulation_steps=2, cpu=True)
+        weight = torch.nn.Parameter(torch.ones(2))
+        with accelerator.accumulate():
+            accelerator.backward((weight * 3).sum(), **kwargs)
+        grads.append(weight.grad.clone())
+    assert torch.equal(grads[0] * 2, grads[1])

@@ -33,8 +33,24 @@ from surge.deepspeed.ds_config import load_json, parse_deepspeed_config
 
 __all__ = ["SurgeDeepSpeedConfig", "Trainer", "TrainingArguments"]
 
+SUPPORTED_TRANSFORMERS = "5.25"
+"""The oldest transformers release this module is tested with (pyproject's ``trainer`` extra)."""
+
+
+def _check_version(version: str) -> None:
+    from packaging.version import Version
+
+    if Version(version) < Version(SUPPORTED_TRANSFORMERS) or Version(version).major >= 6:
+        raise ImportError(f"surge.integrations.transformers needs transformers>={SUPPORTED_TRANSFORMERS},<6 (it "
+                          f"overrides Trainer internals); transformers {version} is installed. Install "
+                          "surge[trainer], or use surge.Accelerator in your own loop.")
+
+
+_check_version(transformers.__version__)
+
 OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "scheduler.pt"
+SHARDED_OPTIMIZER_DIR = "optimizer_sharded"
 
 
 def _accelerate_hf_ds_config() -> type[Any]:
@@ -262,12 +278,22 @@ class Trainer(transformers.Trainer):
         if not _sharded(self.accelerator):
             super()._save_optimizer_and_scheduler(output_dir)
             return
-        from surge.checkpoint.fsdp_files import save_fsdp_optimizer
+        from surge.checkpoint.fsdp_files import _torch_save, save_fsdp_optimizer
 
-        # Every process gives its shards; the main process writes the gathered state.
-        save_fsdp_optimizer(_FULL, self.accelerator, self.optimizer, self.model_wrapped, output_dir)
+        inner = _strategy_optimizer(self.optimizer)
+        kind = type(inner).__name__
+        if kind == "ShardedOptimizer":  # ZeRO-1: state_dict() is a collective, whole on the main process
+            state = inner.state_dict()
+            if self.args.should_save:
+                _torch_save(state, os.path.join(output_dir, OPTIMIZER_NAME))
+        elif kind == "OffloadedOptimizer":  # its state is sharded like the parameters: each process writes its own
+            os.makedirs(os.path.join(output_dir, SHARDED_OPTIMIZER_DIR), exist_ok=True)
+            _torch_save(_local_state(inner.state_dict()), self._rank_file(output_dir))
+        else:  # an optimizer over FSDP2's DTensor parameters: gathered, written by the main process
+            save_fsdp_optimizer(_FULL, self.accelerator, self.optimizer, self.model_wrapped, output_dir)
+            if self.args.should_save:
+                os.replace(os.path.join(output_dir, "optimizer.bin"), os.path.join(output_dir, OPTIMIZER_NAME))
         if self.args.should_save:
-            os.replace(os.path.join(output_dir, "optimizer.bin"), os.path.join(output_dir, OPTIMIZER_NAME))
             torch.save(cast(Any, self.lr_scheduler).state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
         self.accelerator.wait_for_everyone()
 
@@ -277,17 +303,32 @@ class Trainer(transformers.Trainer):
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        optimizer_file = os.path.join(checkpoint, OPTIMIZER_NAME)
         scheduler_file = os.path.join(checkpoint, SCHEDULER_NAME)
-        if not (os.path.isfile(optimizer_file) and os.path.isfile(scheduler_file)):
-            return
-        state = torch.load(optimizer_file, map_location="cpu", weights_only=True)
-        module = self.accelerator.unwrap_model(self.model_wrapped)
-        inner: Any = self.optimizer
-        while hasattr(inner, "optimizer"):
-            inner = inner.optimizer
-        set_optimizer_state_dict(module, inner, state, options=StateDictOptions(full_state_dict=True))
+        optimizer_file = os.path.join(checkpoint, OPTIMIZER_NAME)
+        sharded_dir = os.path.join(checkpoint, SHARDED_OPTIMIZER_DIR)
+        if not os.path.isfile(scheduler_file) or not (os.path.isfile(optimizer_file) or os.path.isdir(sharded_dir)):
+            return  # as transformers: a checkpoint without them (save_only_model) resumes without them
+        inner = _strategy_optimizer(self.optimizer)
+        kind = type(inner).__name__
+        if kind == "OffloadedOptimizer":
+            path = self._rank_file(checkpoint)
+            if not os.path.isfile(path):
+                raise ValueError(f"{checkpoint!r} holds no optimizer state for process {self.args.process_index} "
+                                 f"({path!r}): with optimizer offload a checkpoint resumes on the number of "
+                                 "processes that wrote it.")
+            inner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        else:
+            state = torch.load(optimizer_file, map_location="cpu", weights_only=True)
+            if kind == "ShardedOptimizer":  # every process takes its partition of the whole state
+                inner.load_state_dict(state)
+            else:
+                module = self.accelerator.unwrap_model(self.model_wrapped)
+                set_optimizer_state_dict(module, inner, state, options=StateDictOptions(full_state_dict=True))
         cast(Any, self.lr_scheduler).load_state_dict(torch.load(scheduler_file, weights_only=True))
+
+    def _rank_file(self, directory: str) -> str:
+        return os.path.join(directory, SHARDED_OPTIMIZER_DIR,
+                            f"rank{self.args.process_index}-of-{self.args.world_size}.pt")
 
     def _load_best_model(self) -> None:
         if not _sharded(self.accelerator):
@@ -301,6 +342,24 @@ class Trainer(transformers.Trainer):
         state: dict[str, Any] = dict(_read_weights(best))
         set_model_state_dict(self.accelerator.unwrap_model(self.model_wrapped), state,
                              options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def _strategy_optimizer(optimizer: Any) -> Any:
+    """The optimizer surge's strategy made (AdamW over DTensors, ZeRO-1's ShardedOptimizer,
+    the optimizer-offload OffloadedOptimizer), below surge's AcceleratedOptimizer."""
+    from surge.optim import AcceleratedOptimizer
+
+    while isinstance(optimizer, AcceleratedOptimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _local_state(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict with each DTensor replaced by this process's shard."""
+    def local(value: Any) -> Any:
+        return value.to_local() if hasattr(value, "to_local") else value
+
+    return {**state, "state": {k: {n: local(v) for n, v in entry.items()} for k, entry in state["state"].items()}}
 
 
 class _FullStateDict:

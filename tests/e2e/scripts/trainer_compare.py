@@ -92,6 +92,12 @@ def main() -> None:
                     torch.equal(loaded[k], full[k]) for k in full)
             out["zero3_resumed"], _ = train(lib, os.path.join(shared, "z3"), deepspeed=zero(3, offload=True),
                                             resume=os.path.join(shared, "z3", "checkpoint-2"))
+            for name, stage, offload in (("zero1", 1, False), ("zero2_offload", 2, True)):
+                # surge's own optimizers for these: ZeRO-1's ShardedOptimizer, optimizer offload's masters
+                out[name], _ = train(lib, os.path.join(shared, name), deepspeed=zero(stage, offload),
+                                     save_strategy="steps", save_steps=2)
+                out[name + "_resumed"], _ = train(lib, os.path.join(shared, name), deepspeed=zero(stage, offload),
+                                                  resume=os.path.join(shared, name, "checkpoint-2"))
             losses, _ = train(lib, os.path.join(shared, "ddp"), save_strategy="steps", save_steps=2)
             out["ddp_saved"] = losses
             out["ddp_resumed"], _ = train(lib, os.path.join(shared, "ddp"),
