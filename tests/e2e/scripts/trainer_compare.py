@@ -35,7 +35,8 @@ class Tokens(torch.utils.data.Dataset):
         return {"input_ids": self.x[i], "labels": self.x[i]}
 
 
-def train(lib: str, output_dir: str, max_steps: int = 4, resume: str | None = None, model=None, **kwargs):
+def train(lib: str, output_dir: str, max_steps: int = 4, resume: str | None = None, model=None, eval_dataset=None,
+          **kwargs):
     """Train the tiny Llama; returns (per-step losses, the trainer)."""
     if lib == "surge":
         from surge.integrations.transformers import Trainer, TrainingArguments
@@ -46,7 +47,7 @@ def train(lib: str, output_dir: str, max_steps: int = 4, resume: str | None = No
                 "save_strategy": "no", "use_cpu": True, "seed": 0, "disable_tqdm": True}
     settings.update(kwargs)
     trainer = Trainer(model=tiny_llama() if model is None else model, args=TrainingArguments(**settings),
-                      train_dataset=Tokens())
+                      train_dataset=Tokens(), eval_dataset=eval_dataset)
     trainer.train(resume_from_checkpoint=resume)
     return [h["loss"] for h in trainer.state.log_history if "loss" in h], trainer
 
@@ -98,6 +99,14 @@ def main() -> None:
                                      save_strategy="steps", save_steps=2)
                 out[name + "_resumed"], _ = train(lib, os.path.join(shared, name), deepspeed=zero(stage, offload),
                                                   resume=os.path.join(shared, name, "checkpoint-2"))
+            # load_best_model_at_end under ZeRO-3: the best (here: highest-loss) checkpoint-2 comes back
+            _, trainer = train(lib, os.path.join(shared, "best"), deepspeed=zero(3), max_steps=6, eval_steps=2,
+                               eval_strategy="steps", save_strategy="steps", save_steps=2, save_total_limit=1,
+                               load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True,
+                               eval_dataset=Tokens(8, seed=3))
+            trainer.evaluate()
+            out["best"] = [os.path.basename(str(trainer.state.best_model_checkpoint)),
+                           [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]]
             losses, _ = train(lib, os.path.join(shared, "ddp"), save_strategy="steps", save_steps=2)
             out["ddp_saved"] = losses
             out["ddp_resumed"], _ = train(lib, os.path.join(shared, "ddp"),
