@@ -44,7 +44,8 @@ def train(lib: str, output_dir: str, max_steps: int = 4, resume: str | None = No
         Trainer, TrainingArguments = transformers.Trainer, transformers.TrainingArguments
     settings = {"output_dir": output_dir, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
                 "max_steps": max_steps, "logging_steps": 1, "learning_rate": 1e-3, "report_to": [],
-                "save_strategy": "no", "use_cpu": True, "seed": 0, "disable_tqdm": True}
+                "save_strategy": "no", "use_cpu": True, "seed": 0, "disable_tqdm": True,
+                "max_grad_norm": 0.3}  # below the gradient norms (~0.55): clipping acts at every step
     settings.update(kwargs)
     trainer = Trainer(model=tiny_llama() if model is None else model, args=TrainingArguments(**settings),
                       train_dataset=Tokens(), eval_dataset=eval_dataset)
