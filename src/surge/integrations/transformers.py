@@ -180,6 +180,9 @@ class Trainer(transformers.Trainer):
         )
 
         args: Any = self.args
+        if getattr(args, "parallelism_config", None) is not None:
+            raise ValueError("TrainingArguments(parallelism_config=...) (tensor / context parallelism) is not mapped "
+                             "to surge; shard with deepspeed= or fsdp= instead.")
         grad_acc = dict(args.accelerator_config.gradient_accumulation_kwargs or {})
         if "num_steps" in grad_acc:
             if args.gradient_accumulation_steps > 1:
@@ -278,7 +281,7 @@ class Trainer(transformers.Trainer):
         if not _sharded(self.accelerator):
             super()._save_optimizer_and_scheduler(output_dir)
             return
-        from surge.checkpoint.fsdp_files import _torch_save, save_fsdp_optimizer
+        from surge.checkpoint.fsdp_files import save_fsdp_optimizer
 
         inner = _strategy_optimizer(self.optimizer)
         kind = type(inner).__name__
@@ -360,6 +363,12 @@ def _local_state(state: dict[str, Any]) -> dict[str, Any]:
         return value.to_local() if hasattr(value, "to_local") else value
 
     return {**state, "state": {k: {n: local(v) for n, v in entry.items()} for k, entry in state["state"].items()}}
+
+
+def _torch_save(obj: Any, path: str) -> None:
+    from surge.checkpoint.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))  # never half-written (see checkpoint/atomic.py)
 
 
 class _FullStateDict:
