@@ -41,6 +41,13 @@ def test_losses_equal_transformers_trainer_and_save_model_loads(tmp_path):
     assert all(torch.equal(loaded[k], trained[k]) for k in trained)
 
 
+def test_bf16_losses_equal_transformers_trainer(tmp_path):
+    theirs, _ = tc.train("accelerate", str(tmp_path / "hf"), bf16=True)
+    ours, trainer = tc.train("surge", str(tmp_path / "surge"), bf16=True)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    assert ours == theirs
+
+
 def test_deepspeed_dict_fills_auto_without_a_deepspeed_run(tmp_path):
     config = tc.zero(3, offload=True)
     config["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
