@@ -125,3 +125,10 @@ def test_backward_takes_accelerates_scale_wrt_gas():
             accelerator.backward((weight * 3).sum(), **kwargs)
         grads.append(weight.grad.clone())
     assert torch.equal(grads[0] * 2, grads[1])
+
+
+def test_transformers_own_arguments_with_deepspeed_are_refused(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    args.deepspeed = {"zero_optimization": {"stage": 3}}  # as if transformers had accepted it (DeepSpeed installed)
+    with pytest.raises(TypeError, match=r"surge\.integrations\.transformers\.TrainingArguments"):
+        Trainer(model=tc.tiny_llama(), args=args, train_dataset=tc.Tokens())

@@ -161,12 +161,6 @@ class Trainer(transformers.Trainer):
 
     args: TrainingArguments
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, TrainingArguments) and (self.args.deepspeed or self.args.fsdp):
-            raise TypeError("surge's Trainer needs surge.integrations.transformers.TrainingArguments for "
-                            "deepspeed= / fsdp= (transformers' own would start a DeepSpeed run).")
-
     # ---- the Accelerator ----
 
     def create_accelerator_and_postprocess(self) -> None:
@@ -180,6 +174,9 @@ class Trainer(transformers.Trainer):
         )
 
         args: Any = self.args
+        if args.deepspeed and getattr(args, "surge_deepspeed_config", None) is None:
+            raise TypeError("surge's Trainer got transformers' own TrainingArguments with deepspeed=; use "
+                            "surge.integrations.transformers.TrainingArguments (it fills the config for surge).")
         if getattr(args, "parallelism_config", None) is not None:
             raise ValueError("TrainingArguments(parallelism_config=...) (tensor / context parallelism) is not mapped "
                              "to surge; shard with deepspeed= or fsdp= instead.")
