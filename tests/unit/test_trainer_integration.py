@@ -93,12 +93,12 @@ def test_unsupported_deepspeed_feature_fails_at_construction(tmp_path, section, 
         TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], deepspeed=config)
 
 
-def test_mismatched_deepspeed_value_is_named(tmp_path):
-    config = {"gradient_accumulation_steps": 3, "train_micro_batch_size_per_gpu": "auto"}
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], gradient_accumulation_steps=2,
-                             deepspeed=config)
-    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
-        args.hf_deepspeed_config.trainer_config_finalize(args, tc.tiny_llama(), 10)
+def test_mismatched_deepspeed_values_are_named_at_construction(tmp_path):
+    config = {"gradient_accumulation_steps": 3, "train_micro_batch_size_per_gpu": "auto", "bf16": {"enabled": True}}
+    with pytest.raises(ValueError, match=r"gradient_accumulation_steps=3 vs hf gradient_accumulation_steps=2\n"
+                                         r".*bf16.enabled=True"):
+        TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], gradient_accumulation_steps=2,
+                          deepspeed=config)
 
 
 def test_transformers_versions_outside_the_tested_range_are_refused():

@@ -130,6 +130,10 @@ class TrainingArguments(transformers.TrainingArguments):
                 raise ValueError("TrainingArguments: deepspeed= and fsdp= both given; choose one.")
             filled = SurgeDeepSpeedConfig(deepspeed)
             filled.trainer_config_process(self)  # type: ignore[no-untyped-call]
+            if filled.mismatches:  # transformers raises these when training starts; they are known now
+                raise ValueError("Please correct the following DeepSpeed config values that mismatch "
+                                 "TrainingArguments values:\n" + "\n".join(filled.mismatches) + "\nThe easiest "
+                                 "method is to set these DeepSpeed config values to 'auto'.")
             _check(filled.config)
             self.hf_deepspeed_config = filled
             self.surge_deepspeed_config = filled.config
