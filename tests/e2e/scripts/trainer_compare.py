@@ -35,8 +35,15 @@ class Tokens(torch.utils.data.Dataset):
         return {"input_ids": self.x[i], "labels": self.x[i]}
 
 
+def accuracy(prediction) -> dict:
+    """Next-token accuracy over every evaluated sample (counts it, so padding would show)."""
+    logits, labels = prediction.predictions, prediction.label_ids
+    hits = (logits[:, :-1].argmax(-1) == labels[:, 1:]).mean()
+    return {"accuracy": float(hits), "samples": int(labels.shape[0])}
+
+
 def train(lib: str, output_dir: str, max_steps: int = 4, resume: str | None = None, model=None, eval_dataset=None,
-          **kwargs):
+          compute_metrics=None, **kwargs):
     """Train the tiny Llama; returns (per-step losses, the trainer)."""
     if lib == "surge":
         from surge.integrations.transformers import Trainer, TrainingArguments
@@ -48,7 +55,7 @@ def train(lib: str, output_dir: str, max_steps: int = 4, resume: str | None = No
                 "max_grad_norm": 0.3}  # below the gradient norms (~0.55): clipping acts at every step
     settings.update(kwargs)
     trainer = Trainer(model=tiny_llama() if model is None else model, args=TrainingArguments(**settings),
-                      train_dataset=Tokens(), eval_dataset=eval_dataset)
+                      train_dataset=Tokens(), eval_dataset=eval_dataset, compute_metrics=compute_metrics)
     trainer.train(resume_from_checkpoint=resume)
     return [h["loss"] for h in trainer.state.log_history if "loss" in h], trainer
 
@@ -75,10 +82,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # one per process: every process writes only what it is asked
         shared = os.path.join(os.environ.get("TMPDIR", tempfile.gettempdir()),
                               f"trainer-compare-{os.environ.get('MASTER_PORT', '0')}")
-        out["ddp"], _ = train(lib, os.path.join(tmp, "ddp"))
+        out["ddp"], trainer = train(lib, os.path.join(tmp, "ddp"), eval_dataset=Tokens(10, seed=3),
+                                    compute_metrics=accuracy)
+        out["ddp_eval"] = trainer.evaluate()  # 10 samples in batches of 8 on 2 processes: gather_for_metrics trims
         if lib == "surge":
             out["fsdp"], _ = train(lib, os.path.join(tmp, "fsdp"), fsdp="full_shard auto_wrap",
                                    fsdp_config={"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "version": 2})
+            _, trainer = train(lib, os.path.join(tmp, "z3eval"), deepspeed=zero(3), eval_dataset=Tokens(10, seed=3),
+                               compute_metrics=accuracy)
+            out["zero3_eval"] = trainer.evaluate()
             out["zero2"], _ = train(lib, os.path.join(tmp, "z2"), deepspeed=zero(2))
             losses, trainer = train(lib, os.path.join(shared, "z3"), deepspeed=zero(3, offload=True),
                                     save_strategy="steps", save_steps=2)
