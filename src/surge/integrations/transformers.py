@@ -147,14 +147,10 @@ class TrainingArguments(transformers.TrainingArguments):
         finally:
             self.deepspeed = deepspeed
 
-    @property
-    def _no_sync_in_gradient_accumulation(self) -> bool:
-        return True
-
 
 def _sharded(accelerator: Any) -> bool:
-    return str(accelerator.distributed_type.value if hasattr(accelerator.distributed_type, "value")
-               else accelerator.distributed_type) in ("DEEPSPEED", "FSDP")
+    """The model is sharded underneath Trainer's plain paths (surge's DistributedType is a str enum)."""
+    return accelerator.distributed_type in ("DEEPSPEED", "FSDP")
 
 
 class Trainer(transformers.Trainer):
@@ -213,6 +209,9 @@ class Trainer(transformers.Trainer):
             deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=_for_accelerator(ds_config))
         elif args.fsdp_plugin_args is not None:
             fsdp_plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
+            if fsdp_plugin.activation_checkpointing and args.activation_checkpointing:
+                raise ValueError("`fsdp_config['activation_checkpointing']` (FSDP's own activation checkpointing) and "
+                                 "the `activation_checkpointing` training argument can't both be set to True.")
         mixed_precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
         self.accelerator = Accelerator(
             mixed_precision=mixed_precision, cpu=args.use_cpu or None, dataloader_config=dataloader_config,
@@ -344,8 +343,9 @@ class Trainer(transformers.Trainer):
         if best is None:
             return
         state: dict[str, Any] = dict(_read_weights(best))
-        set_model_state_dict(self.accelerator.unwrap_model(self.model_wrapped), state,
-                             options=StateDictOptions(full_state_dict=True, strict=False))
+        result = set_model_state_dict(self.accelerator.unwrap_model(self.model_wrapped), state,
+                                      options=StateDictOptions(full_state_dict=True, strict=False))
+        self._issue_warnings_after_load(result)  # missing / unexpected keys, tied weights re-tied
 
 
 def _strategy_optimizer(optimizer: Any) -> Any:
