@@ -413,8 +413,13 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         docs/guide.md, "Exact means over uneven micro-batches".
 
         fp16 scales the loss before backward (see precision/fp16.py).
+
+        ``scale_wrt_gas=False`` (what Accelerate passes on to DeepSpeed's engine, and what
+        transformers' Trainer sends under DeepSpeed) leaves the loss undivided by the
+        accumulation steps.
         """
-        self._backward(loss, average=True, num_items_in_batch=num_items_in_batch, **kwargs)
+        average = kwargs.pop("scale_wrt_gas", True) is not False
+        self._backward(loss, average=average, num_items_in_batch=num_items_in_batch, **kwargs)
 
     def _backward(self, loss: torch.Tensor, *, average: bool, num_items_in_batch: Any = None, **kwargs: Any) -> None:
         """:meth:`backward`'s work; ``average=False`` leaves the loss undivided by the

@@ -100,3 +100,16 @@ def test_gpu_throughput_benchmark_runs_tiny_on_cpu():
               "--warmup", 1, processes=0)
     assert re.search(r"\| PyTorch eager \| [\d,]+ \| 1.000x \| n/a \|", out), out
     assert re.search(r"\| surge eager \| [\d,]+ \| [\d.]+x \| n/a \|", out), out
+
+
+def test_trainer_example_zero3_offload(tmp_path):
+    """examples/trainer.py: transformers' Trainer with a ZeRO-3 + offload DeepSpeed dict on
+    2 processes, evaluating, keeping one checkpoint, saving a from_pretrained-loadable model."""
+    pytest.importorskip("transformers")
+    out = run(os.path.join(EXAMPLES, "trainer.py"), "--smoke", "--zero", 3, "--offload", "--output_dir", tmp_path)
+    assert "distributed type DEEPSPEED, 2 processes" in out, out
+    done = re.search(r"done: step 20, first loss ([\d.]+), last loss ([\d.]+), eval loss ([\d.]+)", out)
+    assert done, out
+    first, last, _ = map(float, done.groups())
+    assert last < first - 0.5
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-20", "final"]  # save_total_limit=1

@@ -1,0 +1,1 @@
+"""Integrations of surge with other libraries (``surge.integrations.transformers``)."""

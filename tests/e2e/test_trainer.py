@@ -1,0 +1,45 @@
+"""transformers' Trainer on surge (surge.integrations.transformers) on 2 CPU processes,
+against transformers' own Trainer on HF Accelerate: one launch per library."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from e2e_util import ROOT, launch_compare
+
+pytestmark = pytest.mark.e2e
+SCRIPT = os.path.join(ROOT, "tests", "e2e", "scripts", "trainer_compare.py")
+
+
+def test_trainer_ddp_zero_fsdp_and_resume_match_transformers_on_accelerate():
+    """DDP losses and evaluation (compute_metrics over gather_for_metrics) equal transformers'
+    Trainer on Accelerate, evaluation under ZeRO-3 too; fsdp= and deepspeed= ZeRO-1, ZeRO-2
+    (+ optimizer offload) and ZeRO-3 + offload (same AdamW, from the config's optimizer
+    section) equal DDP; ZeRO-3's save_model loads with from_pretrained and equals the
+    gathered weights; resuming from checkpoint-2 (DDP, ZeRO-1, ZeRO-2 + offload, ZeRO-3 +
+    offload) reproduces the uninterrupted run bit for bit; load_best_model_at_end under ZeRO-3
+    brings the best checkpoint's weights back."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    ours, theirs = launch_compare(SCRIPT, "surge"), launch_compare(SCRIPT, "accelerate")
+    assert len(theirs["ddp"]) == 4
+    assert ours["ddp"] == theirs["ddp"]
+    # evaluation with compute_metrics: the same loss and metrics, over exactly the 10 samples
+    evaluation = {k: v for k, v in theirs["ddp_eval"].items() if not k.endswith(("runtime", "per_second"))}
+    assert evaluation["eval_samples"] == 10
+    for case in ("ddp_eval", "zero3_eval"):
+        assert {k: ours[case][k] for k in evaluation} == pytest.approx(evaluation, rel=1e-5), case
+    for case in ("fsdp", "zero2", "zero3_offload"):
+        assert ours[case] == pytest.approx(ours["ddp"], rel=1e-5, abs=0), case
+    assert ours["zero3_sharded"][:2] == ["DEEPSPEED", "DTensor"]
+    assert ours["zero3_saved_equal"] is True
+    assert ours["zero3_resumed"] == ours["zero3_offload"]
+    assert ours["ddp_resumed"] == ours["ddp_saved"] == ours["ddp"]
+    best, evaluations = ours["best"]
+    assert best == "checkpoint-2" and len(evaluations) == 4  # 3 during training, 1 after loading the best
+    assert evaluations[-1] == evaluations[0] != evaluations[2]
+    for case in ("zero1", "zero2_offload"):
+        assert ours[case] == pytest.approx(ours["ddp"], rel=1e-5, abs=0), case
+        assert ours[case + "_resumed"] == ours[case], case
