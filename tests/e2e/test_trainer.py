@@ -3,11 +3,14 @@ against transformers' own Trainer on HF Accelerate: one launch per library."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 
 import pytest
 
-from e2e_util import ROOT, launch_compare
+from e2e_util import PYTHON, ROOT, clean_env, launch_compare
+from surge.testing import free_port
 
 pytestmark = pytest.mark.e2e
 SCRIPT = os.path.join(ROOT, "tests", "e2e", "scripts", "trainer_compare.py")
@@ -43,3 +46,10 @@ def test_trainer_ddp_zero_fsdp_and_resume_match_transformers_on_accelerate():
     for case in ("zero1", "zero2_offload"):
         assert ours[case] == pytest.approx(ours["ddp"], rel=1e-5, abs=0), case
         assert ours[case + "_resumed"] == ours[case], case
+    # Under plain torchrun (no surge launcher) the same script trains the same.
+    result = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(free_port()), SCRIPT, "--lib", "surge", "--ddp_only"], cwd=ROOT, env=clean_env(),
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    assert json.loads(line.removeprefix("RESULT "))["ddp"] == theirs["ddp"]

@@ -77,7 +77,9 @@ def zero(stage: int, offload: bool = False) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lib", choices=["surge", "accelerate"], required=True)
-    lib = parser.parse_args().lib
+    parser.add_argument("--ddp_only", action="store_true", help="only the DDP case (the torchrun check)")
+    options = parser.parse_args()
+    lib = options.lib
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:  # one per process: every process writes only what it is asked
         shared = os.path.join(os.environ.get("TMPDIR", tempfile.gettempdir()),
@@ -85,7 +87,7 @@ def main() -> None:
         out["ddp"], trainer = train(lib, os.path.join(tmp, "ddp"), eval_dataset=Tokens(10, seed=3),
                                     compute_metrics=accuracy)
         out["ddp_eval"] = trainer.evaluate()  # 10 samples in batches of 8 on 2 processes: gather_for_metrics trims
-        if lib == "surge":
+        if lib == "surge" and not options.ddp_only:
             out["fsdp"], _ = train(lib, os.path.join(tmp, "fsdp"), fsdp="full_shard auto_wrap",
                                    fsdp_config={"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "version": 2})
             _, trainer = train(lib, os.path.join(tmp, "z3eval"), deepspeed=zero(3), eval_dataset=Tokens(10, seed=3),
