@@ -1,0 +1,160 @@
+"""Two gloo processes: Ulysses sequence parallelism equals one process on the full sequence.
+
+One spawn runs every check (see surge.testing.harness). Each rank computes the single-process
+reference itself, on the full inputs, so no tensor has to be gathered for the comparison.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from surge.parallel import UlyssesAttention, apply_ulysses, sequence_parallel_loss, shard_sequence
+from surge.testing import distributed_test
+
+pytestmark = pytest.mark.distributed
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+SEQ = 16
+
+
+def _attention_parity(layout: str) -> None:
+    rank, sp = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    b, s, h, kv_h, d = 2, 8, 4, 2, 3  # GQA: 2 query heads per kv head
+    q_full = torch.randn(b, h, s, d, dtype=torch.float64, requires_grad=True)
+    k_full = torch.randn(b, kv_h, s, d, dtype=torch.float64, requires_grad=True)
+    v_full = torch.randn(b, kv_h, s, d, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(b, h, s, d, dtype=torch.float64)
+
+    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if layout == "bshd":
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return out.transpose(1, 2) if layout == "bshd" else out
+
+    ref = F.scaled_dot_product_attention(q_full, k_full, v_full, is_causal=True, enable_gqa=True)
+    ref.backward(grad_out)
+
+    local = s // sp
+    seq_dim = 2 if layout == "bhsd" else 1
+
+    def shard(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach() if layout == "bhsd" else t.detach().transpose(1, 2)
+        return t.narrow(seq_dim, rank * local, local).clone().requires_grad_(True)
+
+    q, k, v = shard(q_full), shard(k_full), shard(v_full)
+    out = UlyssesAttention(sdpa, None, layout=layout)(q, k, v)  # type: ignore[arg-type]
+    g = grad_out if layout == "bhsd" else grad_out.transpose(1, 2)
+    out.backward(g.narrow(seq_dim, rank * local, local))
+
+    def mine(t: torch.Tensor) -> torch.Tensor:
+        return t if layout == "bhsd" else t.transpose(1, 2)
+
+    expect = ref.detach().narrow(2, rank * local, local)
+    torch.testing.assert_close(mine(out.detach()), expect, **TOL)
+    for got, full in ((q, q_full), (k, k_full), (v, v_full)):
+        assert got.grad is not None and full.grad is not None
+        torch.testing.assert_close(mine(got.grad), full.grad.narrow(2, rank * local, local), **TOL)
+
+
+def check_attention_bshd() -> None:
+    _attention_parity("bshd")
+
+
+def check_attention_bhsd() -> None:
+    _attention_parity("bhsd")
+
+
+def _llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).float()
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 64, (2, SEQ), generator=g)
+    labels = ids.clone()
+    labels[1, -3:] = -100  # ignored tokens at the end of one sequence
+    return {"input_ids": ids, "labels": labels}
+
+
+def _sp_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    shard = shard_sequence(batch, None)
+    logits = model(input_ids=shard["input_ids"], position_ids=shard["position_ids"]).logits
+    return sequence_parallel_loss(logits, shard["shift_labels"], None)
+
+
+def _sum_grads(model: torch.nn.Module) -> None:
+    # [Note: sequence-parallel gradients]: the full gradient is the sum over the sp group.
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+
+
+def check_llama_loss_and_grads() -> None:
+    batch = _batch()
+    ref = _llama()
+    ref_loss = ref(**batch).loss
+    ref_loss.backward()
+
+    model = apply_ulysses(_llama(), None)
+    assert model.config._attn_implementation == "surge_ulysses"
+    loss = _sp_loss(model, batch)
+    loss.backward()
+    _sum_grads(model)
+    torch.testing.assert_close(loss.detach(), ref_loss.detach(), **TOL)
+    named_ref = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, named_ref[name].grad, **TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def check_llama_sgd_steps() -> None:
+    batch = _batch()
+    ref, model = _llama(), apply_ulysses(_llama(), None)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        ref_loss = ref(**batch).loss
+        ref_loss.backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+        loss = _sp_loss(model, batch)
+        loss.backward()
+        _sum_grads(model)
+        opt.step()
+        opt.zero_grad()
+        torch.testing.assert_close(loss.detach(), ref_loss.detach(), **TOL)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), **TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def check_llama_heads_not_divisible() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=1, max_position_embeddings=64,
+    )
+    with pytest.raises(ValueError, match=r"1 key/value heads \(num_key_value_heads\) are not divisible by sp size 2"):
+        apply_ulysses(LlamaForCausalLM(config), None)
+
+
+CHECKS = [
+    check_attention_bshd,
+    check_attention_bhsd,
+    check_llama_loss_and_grads,
+    check_llama_sgd_steps,
+    check_llama_heads_not_divisible,
+]
+
+test_ulysses = distributed_test(CHECKS, world_size=2)
