@@ -18,7 +18,7 @@ def test_no_module_is_over_600_lines():
         MAX_LINES, ", ".join(f"src/surge/{name} ({n} lines)" for name, n in offenders.items()))
 
 
-@pytest.mark.parametrize("package", ["surge", "surge.deepspeed"])
+@pytest.mark.parametrize("package", ["surge", "surge.deepspeed", "surge.parallel"])
 def test_lazy_packages_export_every_lazy_name(package):
     module = importlib.import_module(package)
     assert set(module.__all__) - {"__version__"} == set(module._LAZY)

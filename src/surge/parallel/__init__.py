@@ -1,16 +1,36 @@
-"""Model parallelism that is not data parallelism: Ulysses sequence parallelism.
+"""Model parallelism beyond data parallelism: Ulysses sequence parallelism.
 
-Names load lazily (PEP 562) so that ``import surge.parallel`` imports neither
-torch.distributed nor transformers.
+Names load on first use (PEP 562, through surge._lazy), so ``import surge.parallel``
+imports neither torch nor transformers.
 
 Example:
-    >>> from surge.parallel import UlyssesAttention, apply_ulysses, shard_sequence
+    >>> from surge.parallel import UlyssesAttention, apply_ulysses, sequence_parallel_loss, shard_sequence
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from surge._lazy import lazy_names
+
+_ULYSSES = "surge.parallel.ulysses"
+_LAZY = {
+    "ULYSSES_ATTENTION": _ULYSSES,
+    "UlyssesAttention": _ULYSSES,
+    "apply_ulysses": _ULYSSES,
+    "sequence_parallel_loss": _ULYSSES,
+    "shard_sequence": _ULYSSES,
+    "shard_sequence_for_rank": _ULYSSES,
+}
+
+__all__ = [
+    "ULYSSES_ATTENTION",
+    "UlyssesAttention",
+    "apply_ulysses",
+    "sequence_parallel_loss",
+    "shard_sequence",
+    "shard_sequence_for_rank",
+]
 
 if TYPE_CHECKING:
     from surge.parallel.ulysses import (
@@ -22,21 +42,5 @@ if TYPE_CHECKING:
         shard_sequence_for_rank,
     )
 
-__all__ = [
-    "ULYSSES_ATTENTION",
-    "UlyssesAttention",
-    "apply_ulysses",
-    "sequence_parallel_loss",
-    "shard_sequence",
-    "shard_sequence_for_rank",
-]
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("surge.parallel.ulysses"), name)
-    raise AttributeError(f"module 'surge.parallel' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names("surge.parallel", _LAZY, globals())
