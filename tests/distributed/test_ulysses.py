@@ -138,6 +138,24 @@ def check_llama_sgd_steps() -> None:
         torch.testing.assert_close(p.detach(), q.detach(), **TOL, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def check_llama_subgroup_with_right_padding_mask() -> None:
+    """An explicit sp group (not the default one) and a right-padded attention_mask given to the model."""
+    group = dist.new_group([0, 1])
+    batch = _batch()
+    mask = torch.ones_like(batch["input_ids"])
+    mask[1, -3:] = 0  # the ignored tail of sequence 1 is padding
+    ref = _llama()
+    ref_loss = ref(**batch, attention_mask=mask).loss
+    model = apply_ulysses(_llama(), group)
+    shard = shard_sequence({**batch, "attention_mask": mask}, group)
+    logits = model(
+        input_ids=shard["input_ids"], position_ids=shard["position_ids"], attention_mask=shard["attention_mask"]
+    ).logits
+    loss = sequence_parallel_loss(logits, shard["shift_labels"], group)
+    torch.testing.assert_close(loss.detach(), ref_loss.detach(), **TOL)
+    dist.destroy_process_group(group)
+
+
 def check_llama_heads_not_divisible() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -154,6 +172,7 @@ CHECKS = [
     check_attention_bhsd,
     check_llama_loss_and_grads,
     check_llama_sgd_steps,
+    check_llama_subgroup_with_right_padding_mask,
     check_llama_heads_not_divisible,
 ]
 
