@@ -21,7 +21,10 @@ What this module offers, standalone (the Accelerator does not wire it yet):
 only its own shard's share of the loss (its token-loss sum over the global token count);
 the all-to-alls carry the cotangents back to the ranks whose tokens produced q, k and v.
 The full gradient is therefore the SUM of the ranks' gradients over the sp group
-(``dist.all_reduce(p.grad, group=sp_group)``), not their mean.
+(``dist.all_reduce(p.grad, group=sp_group)``), not their mean. A data-parallel wrapper
+that averages over all ``dp * sp`` ranks (DDP over the whole world) therefore gives the
+full gradient divided by ``dp`` only if the loss is multiplied by ``sp`` first; whoever wires
+this into the Accelerator must pick one of the two.
 """
 
 from __future__ import annotations
