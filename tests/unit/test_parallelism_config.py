@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from surge import ParallelismConfig
 from surge.config.resolve import MeshSpec, StrategySpec, apply_parallelism, settle_parallelism
@@ -45,8 +46,9 @@ def test_settle_against_the_world_size():
     with pytest.raises(ValueError, match=r"dp_replicate_size=1 x dp_shard_size=2 x tp_size=1 x cp_size=1 x "
                                          r"sp_size=1\) multiply to 2, but the job has 4 processes"):
         settle_parallelism(ParallelismConfig(dp_shard_size=2), {}, 4)
-    with pytest.raises(ValueError, match=r"tp_size=2.*not offered yet"):
-        settle_parallelism(ParallelismConfig(dp_shard_size=2, tp_size=2), {}, 4)
+    with pytest.raises(ValueError, match=r"cp_size=2.*not offered yet"):
+        settle_parallelism(ParallelismConfig(dp_shard_size=2, cp_size=2), {}, 4)
+    assert settle_parallelism(ParallelismConfig(dp_shard_size=2, tp_size=2), {}, 4) is not None
     with pytest.raises(TypeError, match="ParallelismConfig"):
         settle_parallelism({"tp_size": 2}, {}, 2)
 
@@ -71,6 +73,10 @@ def test_apply_to_the_strategy_spec():
     assert apply_parallelism(fsdp, None) is fsdp
     with pytest.raises(ValueError, match="no dimension to shard over"):
         apply_parallelism(fsdp, ParallelismConfig(dp_replicate_size=4))
+    tp = apply_parallelism(fsdp, ParallelismConfig(dp_shard_size=2, tp_size=2, tp_plan={"a": "colwise"}))
+    assert tp.mesh == MeshSpec(dp_shard=2, tp=2) and tp.tp_plan == {"a": "colwise"} and not tp.hybrid
+    with pytest.raises(ValueError, match="fsdp_plugin"):
+        apply_parallelism(ddp, ParallelismConfig(dp_shard_size=2, tp_size=2))
 
 
 def test_one_process_accelerator():
@@ -100,3 +106,34 @@ def test_config_file_sizes_that_do_not_fit_the_run_are_ignored_with_a_warning(tm
     with pytest.warns(UserWarning, match=r"parallelism_config sizes are ignored.*dp_shard_size=4"):
         acc = Accelerator(cpu=True)
     assert acc.parallelism_config is None
+
+
+def test_tensor_parallel_plans_from_transformers_and_users():
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from surge.strategies.tensor_parallel import model_plan, resolve_plan, style_from_string
+
+    assert type(style_from_string("colwise")) is ColwiseParallel
+    assert style_from_string("colwise_rep").output_layouts == (Replicate(),)
+    assert type(style_from_string("rowwise")) is RowwiseParallel
+    assert style_from_string("rowwise_rep").input_layouts == (Replicate(),)
+    assert type(style_from_string("sequence_parallel")) is SequenceParallel
+    assert style_from_string("replicate") is None
+    with pytest.raises(ValueError, match="'moe_tp_experts' is not mapped"):
+        style_from_string("moe_tp_experts")
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    plan = model_plan(model)
+    assert plan["model.layers.*.self_attn.q_proj"] == "colwise" and plan["lm_head"] == "colwise_gather_output"
+    assert plan["model.embed_tokens"] == "embedding_rowwise"
+    resolved = resolve_plan(model, None)
+    assert type(resolved["model.layers.1.mlp.down_proj"]) is RowwiseParallel
+    assert len(resolved) == 2 * 7 + 2  # + lm_head, embed_tokens
+    mine = ColwiseParallel()
+    assert resolve_plan(model, {"model.layers.0.mlp.up_proj": mine}) == {"model.layers.0.mlp.up_proj": mine}
+    with pytest.raises(ValueError, match="names no module"):
+        resolve_plan(model, {"model.layers.*.nope": "colwise"})
+    with pytest.raises(ValueError, match="has no tensor-parallel plan"):
+        resolve_plan(torch.nn.Linear(2, 2), None)

@@ -10,8 +10,9 @@ the worker through its config file, read when a plan is settled: see
 
 What runs today (issue 20): the data-parallel dims. ``dp_replicate x dp_shard`` under an
 FSDP plugin is FSDP2's HYBRID_SHARD mesh; without a sharding plugin the job is DDP over
-every process (the same numbers). ``tp_size``, ``cp_size`` and ``sp_size`` above 1 are
-refused by the Accelerator until tensor / context / sequence parallelism are built.
+every process (the same numbers). ``tp_size`` above 1 under an FSDP plugin is tensor
+parallelism composed with FSDP2 (strategies/tensor_parallel.py). ``cp_size`` and
+``sp_size`` above 1 are refused by the Accelerator until they are built.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class ParallelismConfig:
     dp_shard_size: int | None = None
     """Processes that shard the model's parameters, gradients and optimizer state; None: 1."""
     tp_size: int | None = None
-    """Tensor-parallel degree; None: 1. Above 1 is not offered yet."""
+    """Tensor-parallel degree; None: 1. Above 1 needs an FSDP plugin (FSDP2 x TP)."""
     cp_size: int | None = None
     """Context-parallel degree; None: 1. Above 1 is not offered yet."""
     cp_backend: str | None = None
@@ -62,6 +63,10 @@ class ParallelismConfig:
     """Context-parallel settings (Accelerate's ``TorchContextParallelConfig``)."""
     sp_handler: Any = None
     """Sequence-parallel settings (Accelerate's ``DeepSpeedSequenceParallelConfig``)."""
+    tp_plan: dict[str, Any] | None = None
+    """surge's addition: module-name patterns ("layers.*.mlp.up_proj") to torch
+    ``ParallelStyle`` objects or transformers' style strings ("colwise", "rowwise", ...).
+    None: the model's own plan (``config.base_model_tp_plan`` / ``_tp_plan``)."""
     device_mesh: Any = field(default=None, repr=False, compare=False)
     """The ``DeviceMesh`` built by :meth:`get_device_mesh` (None until then)."""
 

@@ -120,6 +120,8 @@ class StrategySpec:
     """Run on every submodule of a model that is on the meta device on every process."""
     offload_pin_memory: bool | None = None
     """Pin offloaded parameter shards (None: when the device is a GPU)."""
+    tp_plan: Any = None
+    """With ``mesh.tp > 1``: the user's tensor-parallel plan (None: the model's own)."""
 
     @property
     def zero_fills_grads(self) -> bool:
@@ -434,11 +436,11 @@ def settle_parallelism(asked: Any, file_values: dict[str, Any], world_size: int)
         named = " x ".join(f"{d}_size={getattr(pc, f'{d}_size')}" for d in _DIMS)
         raise ValueError(f"ParallelismConfig's sizes ({named}) multiply to {pc.total_size}, but the job has "
                          f"{world_size} processes; change the sizes so their product is {world_size}.")
-    later = [f"{d}_size={getattr(pc, f'{d}_size')}" for d in ("tp", "cp", "sp") if getattr(pc, f"{d}_size") > 1]
+    later = [f"{d}_size={getattr(pc, f'{d}_size')}" for d in ("cp", "sp") if getattr(pc, f"{d}_size") > 1]
     if later:
-        raise ValueError(f"ParallelismConfig({', '.join(later)}): tensor / context / sequence parallelism is not "
-                         "offered yet (issue 20); surge runs the data-parallel dimensions (dp_replicate_size, "
-                         "dp_shard_size). Set these sizes to 1.")
+        raise ValueError(f"ParallelismConfig({', '.join(later)}): context / sequence parallelism is not "
+                         "offered yet (issue 20); surge runs the data-parallel dimensions and tp_size under FSDP. "
+                         "Set these sizes to 1.")
     return pc
 
 
@@ -451,6 +453,9 @@ def apply_parallelism(spec: StrategySpec, pc: ParallelismConfig | None) -> Strat
         ValueError: FSDP with no dimension to shard over (``dp_shard_size`` and
             ``cp_size`` both 1 on several processes).
     """
+    if pc is not None and pc.tp_enabled and spec.family != "fsdp":
+        raise ValueError(f"ParallelismConfig(tp_size={pc.tp_size}): tensor parallelism composes with FSDP2; pass "
+                         "fsdp_plugin=FullyShardedDataParallelPlugin() (or --use_fsdp) with dp_shard_size > 1.")
     if pc is None or spec.family != "fsdp":
         return spec
     if not pc.dp_shard_enabled and not pc.cp_enabled and pc.total_size > 1:
@@ -459,7 +464,7 @@ def apply_parallelism(spec: StrategySpec, pc: ParallelismConfig | None) -> Strat
                          "dp_shard_size > 1, or drop the FSDP plugin for plain data parallelism.")
     mesh = MeshSpec(dp_replicate=pc.size("dp_replicate"), dp_shard=pc.size("dp_shard"), tp=pc.size("tp"),
                     cp=pc.size("cp"), sp=pc.size("sp"))
-    return dataclasses.replace(spec, mesh=mesh, hybrid=pc.dp_replicate_enabled)
+    return dataclasses.replace(spec, mesh=mesh, hybrid=pc.dp_replicate_enabled, tp_plan=pc.tp_plan)
 
 
 def accumulation_settings(plugin: GradientAccumulationPlugin | None, steps: int | None) -> dict[str, bool]:

@@ -47,7 +47,7 @@ class FSDP(Strategy):
         self.hybrid = self.spec.hybrid  # HYBRID_SHARD: shard within a machine, replicate across machines
         self._distributed_type = DistributedType.DEEPSPEED if self.spec.family == "deepspeed" else DistributedType.FSDP
         mesh = self.spec.mesh
-        if self.hybrid and mesh.dp_replicate * mesh.dp_shard != topology.world_size:
+        if self.hybrid and mesh.dp_replicate * mesh.dp_shard * mesh.tp != topology.world_size:
             raise ValueError(f"HYBRID_SHARD's mesh {mesh.dp_replicate} x {mesh.dp_shard} (replicas x shard size) does "
                              f"not cover the job's {topology.world_size} processes; build the StrategySpec with "
                              "config.resolve.strategy_spec, which derives it from the machines.")
@@ -87,6 +87,13 @@ class FSDP(Strategy):
         if self.precision.sharded_param_dtype is None:
             self.precision.wrap_forward(model)  # fp16 (and fp8) autocast; a no-op for fp32
         mesh = init_device_mesh(self.device.type, self._mesh_shape(), mesh_dim_names=self._mesh_names())
+        if self.spec.mesh.tp > 1:
+            from surge.strategies.tensor_parallel import apply_tensor_parallel
+
+            # torchtitan's order: tensor-parallel first (parameters become DTensors on "tp"),
+            # then FSDP2 shards them over the data-parallel dims of the same mesh.
+            apply_tensor_parallel(model, mesh["tp"], self.spec.tp_plan)
+            mesh = mesh[self._mesh_names()[:-1]]
         kwargs = {"mesh": mesh, "reshard_after_forward": self.reshard_after_forward, "mp_policy": self._mp_policy()}
         if self.offload_params:
             from torch.distributed.fsdp import CPUOffloadPolicy
@@ -139,10 +146,13 @@ class FSDP(Strategy):
         """(processes,) or, for HYBRID_SHARD, the plan's (replicas, shard size): parameters
         are sharded within each replica group (a machine) and replicated across them."""
         mesh = self.spec.mesh
+        if mesh.tp > 1:  # tp innermost: a tp group is neighbouring ranks (one machine)
+            return (mesh.dp_replicate, mesh.dp_shard, mesh.tp) if self.hybrid else (mesh.dp_shard, mesh.tp)
         return (mesh.dp_replicate, mesh.dp_shard) if self.hybrid else (self.topology.world_size,)
 
     def _mesh_names(self) -> tuple[str, ...]:
-        return ("replicate", "shard") if self.hybrid else ("shard",)
+        names = ("replicate", "shard") if self.hybrid else ("shard",)
+        return (*names, "tp") if self.spec.mesh.tp > 1 else names
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Rebind ``optimizer`` to the sharded parameters (see the module note)."""

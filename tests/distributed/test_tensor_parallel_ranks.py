@@ -1,0 +1,108 @@
+"""Four gloo processes: tensor parallelism composed with FSDP2 (dp_shard 2 x tp 2) trains a
+tiny transformers Llama like one process on the same global batch (fp32, SGD with
+momentum, <= 1e-5), from the model's own plan and from a user's plan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from surge import Accelerator, FullyShardedDataParallelPlugin, ParallelismConfig
+from surge.testing import distributed_test
+
+pytestmark = pytest.mark.distributed
+
+STEPS, GLOBAL_BATCH, SEQ = 3, 8, 8
+
+
+def _llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                         attn_implementation="eager")
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+def _data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 64, (STEPS * GLOBAL_BATCH, SEQ), generator=g)
+
+
+def _reference() -> dict[str, torch.Tensor]:
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for batch in _data().split(GLOBAL_BATCH):
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _full(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in model.named_parameters():
+        t = p.detach()
+        out[name] = t.full_tensor() if hasattr(t, "full_tensor") else t
+    return out
+
+
+def _train(pc: ParallelismConfig) -> tuple[Accelerator, dict[str, torch.Tensor]]:
+    """Train under ``pc``; the q_proj weight is checked to be sharded over both dims."""
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin())
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // pc.data_parallel_size)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    for batch in loader:
+        acc.backward(model(input_ids=batch, labels=batch).loss)
+        opt.step()
+        opt.zero_grad()
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert q.device_mesh.mesh_dim_names == ("shard", "tp") and q.to_local().shape == (8, 32), q.to_local().shape
+    return acc, _full(model)
+
+
+def _compare(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+    assert ref.keys() == got.keys()
+    assert (ref["lm_head.weight"] - _llama().lm_head.weight).abs().max() > 1e-2  # training moved it
+    diff = max((ref[n] - got[n]).abs().max().item() for n in ref)
+    assert diff <= 1e-5, diff
+
+
+def check_llama_plan_dp_shard_2_x_tp_2():
+    ref = _reference()
+    acc, got = _train(ParallelismConfig(dp_shard_size=2, tp_size=2))
+    rank = dist.get_rank()
+    assert (acc.tensor_parallel_rank, acc.data_parallel_shard_rank) == (rank % 2, rank // 2)
+    assert acc.torch_device_mesh.mesh_dim_names == ("dp_shard", "tp")
+    _compare(ref, got)
+
+
+def check_user_plan_strings_and_styles():
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    plan = {"model.layers.*.self_attn.q_proj": ColwiseParallel(), "model.layers.*.self_attn.k_proj": "colwise",
+            "model.layers.*.self_attn.v_proj": "colwise", "model.layers.*.self_attn.o_proj": RowwiseParallel(),
+            "model.layers.*.mlp.gate_proj": "colwise", "model.layers.*.mlp.up_proj": "colwise",
+            "model.layers.*.mlp.down_proj": "rowwise"}
+    ref = _reference()
+    _, got = _train(ParallelismConfig(dp_shard_size=2, tp_size=2, tp_plan=plan))
+    _compare(ref, got)
+
+
+def check_tp_needs_fsdp():
+    try:
+        Accelerator(parallelism_config=ParallelismConfig(dp_shard_size=2, tp_size=2))
+    except ValueError as error:
+        assert "fsdp_plugin" in str(error), error
+    else:
+        raise AssertionError("tp_size=2 without FSDP was accepted")
+
+
+CHECKS = [check_llama_plan_dp_shard_2_x_tp_2, check_user_plan_strings_and_styles, check_tp_needs_fsdp]
+
+test_four_processes = distributed_test(CHECKS, world_size=4)
