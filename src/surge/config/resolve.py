@@ -420,7 +420,7 @@ def settle_parallelism(asked: Any, file_values: dict[str, Any], world_size: int)
     Raises:
         TypeError: ``asked`` is not a ParallelismConfig.
         ValueError: the sizes do not multiply to ``world_size`` (each size is named), or
-            tp / cp / sp above 1 (not offered yet).
+            cp / sp above 1 (not offered yet).
     """
     if asked is not None and not isinstance(asked, ParallelismConfig):
         raise TypeError(f"parallelism_config={asked!r} must be a surge.ParallelismConfig.")
