@@ -569,6 +569,11 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             size, keep = gs.epoch_samples, gs.epoch_samples - gs.epoch_padding
         if size is not None and keep < size:
             input_data = _trim_first_dim(input_data, size, keep)
+        pc = self.plan.parallelism
+        if pc is not None and self.process_index % pc.non_data_parallel_size:
+            # A tensor-parallel group reads one batch: only its first process's values count.
+            input_data = input_data[:0] if isinstance(input_data, list) else tree_map(
+                lambda t: t.reshape(1)[:0] if t.dim() == 0 else t[:0], input_data, _is_tensor)
         if use_gather_object or not tree_leaves(input_data, _is_tensor):
             return ops.gather_object(input_data)
         return ops.gather(input_data)

@@ -68,7 +68,6 @@ def _train(pc: ParallelismConfig) -> tuple[Accelerator, dict[str, torch.Tensor]]
 
 def _compare(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
     assert ref.keys() == got.keys()
-    assert (ref["lm_head.weight"] - _llama().lm_head.weight).abs().max() > 1e-2  # training moved it
     diff = max((ref[n] - got[n]).abs().max().item() for n in ref)
     assert diff <= 1e-5, diff
 
@@ -79,6 +78,7 @@ def check_llama_plan_dp_shard_2_x_tp_2():
     rank = dist.get_rank()
     assert (acc.tensor_parallel_rank, acc.data_parallel_shard_rank) == (rank % 2, rank // 2)
     assert acc.torch_device_mesh.mesh_dim_names == ("dp_shard", "tp")
+    assert (ref["lm_head.weight"] - _llama().lm_head.weight).abs().max() > 1e-2  # training moved it
     _compare(ref, got)
 
 
@@ -103,6 +103,43 @@ def check_tp_needs_fsdp():
         raise AssertionError("tp_size=2 without FSDP was accepted")
 
 
-CHECKS = [check_llama_plan_dp_shard_2_x_tp_2, check_user_plan_strings_and_styles, check_tp_needs_fsdp]
+def check_accumulation_clipping_and_metrics():
+    """Accumulation 2, clipping at 0.5 (the norm over the whole model, DTensor-aware), and
+    gather_for_metrics returning each sample once."""
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    norms = []
+    for batch in _data().split(GLOBAL_BATCH):
+        model(input_ids=batch, labels=batch).loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).item())
+        opt.step()
+        opt.zero_grad()
+    ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    pc = ParallelismConfig(dp_shard_size=2, tp_size=2)
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(),
+                      gradient_accumulation_steps=2)
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // 4)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    got_norms, seen = [], []
+    for batch in loader:
+        with acc.accumulate(model):
+            acc.backward(model(input_ids=batch, labels=batch).loss)
+            if acc.sync_gradients:
+                got_norms.append(acc.clip_grad_norm_(model.parameters(), 0.5).item())
+            opt.step()
+            opt.zero_grad()
+        seen.append(acc.gather_for_metrics(batch))
+    _compare(ref, _full(model))
+    assert max(abs(a - b) for a, b in zip(norms, got_norms, strict=True)) < 1e-5, (norms, got_norms)
+    gathered = torch.cat(seen)
+    assert gathered.shape == _data().shape and sorted(map(tuple, gathered.tolist())) == sorted(
+        map(tuple, _data().tolist()))
+
+
+CHECKS = [check_llama_plan_dp_shard_2_x_tp_2, check_accumulation_clipping_and_metrics,
+          check_user_plan_strings_and_styles, check_tp_needs_fsdp]
 
 test_four_processes = distributed_test(CHECKS, world_size=4)

@@ -167,6 +167,8 @@ class FSDP(Strategy):
         return _gradient_sync_off(model)
 
     def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        if self.spec.mesh.tp > 1:
+            return _clip_across_meshes(parameters, max_norm, norm_type)
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
         # The norm of sharded gradients is a DTensor; users expect a plain tensor.
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -178,6 +180,29 @@ class FSDP(Strategy):
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return cast(dict[str, torch.Tensor], state)  # full state dicts hold plain tensors
+
+
+def _clip_across_meshes(parameters: Any, max_norm: float, norm_type: float) -> torch.Tensor:
+    """torch's clip over gradients that are DTensors on different meshes (tensor-parallel
+    ones on (dp, tp), the rest on dp alone), which one torch call cannot stack: the norm of
+    each mesh's gradients is completed (a collective per mesh), then combined (torchtitan's
+    approach). Returns the plain total norm."""
+    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    groups: dict[Any, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
+    norms = []
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None], norm_type)
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if not norms:
+        return torch.zeros(())
+    stacked = torch.stack([n.float() for n in norms])
+    total = stacked.max() if norm_type == float("inf") else stacked.pow(norm_type).sum().pow(1.0 / norm_type)
+    for group in groups.values():  # one foreach per mesh: DTensors of two meshes cannot meet in one op
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total
 
 
 @contextlib.contextmanager
