@@ -121,9 +121,9 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             numbers: every loss divided by gradient_accumulation_steps); see [Note: the short
             cycle] in accumulation.py.
         parallelism_config: A :class:`~surge.ParallelismConfig` (Accelerate's mesh sizes;
-            their product must be the number of processes). Today the data-parallel sizes
-            run: ``dp_replicate_size x dp_shard_size`` is FSDP2's hybrid mesh under an FSDP
-            plugin; tp / cp / sp above 1 raise. None: the config file's
+            their product must be the number of processes). ``dp_replicate_size x
+            dp_shard_size`` is FSDP2's hybrid mesh under an FSDP plugin; ``tp_size > 1``
+            (with an FSDP plugin) is tensor parallel x FSDP2; cp / sp above 1 raise. None: the config file's
             ``parallelism_config_*_size`` keys, if any is above 1.
         log_with: Experiment trackers: "jsonl", "tensorboard", "wandb", "mlflow", "all"
             (every installed one), a list of names and ``GeneralTracker`` objects, or None.
