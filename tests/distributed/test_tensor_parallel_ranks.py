@@ -4,6 +4,11 @@ momentum, <= 1e-5), from the model's own plan and from a user's plan."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from typing import Any
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -139,7 +144,45 @@ def check_accumulation_clipping_and_metrics():
         map(tuple, _data().tolist()))
 
 
-CHECKS = [check_llama_plan_dp_shard_2_x_tp_2, check_accumulation_clipping_and_metrics,
+def _prepared(pc: ParallelismConfig, project_dir: str) -> tuple[Accelerator, nn.Module, Any, Any]:
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(), project_dir=project_dir)
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // pc.data_parallel_size)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    return acc, model, opt, loader
+
+
+def _steps(acc: Accelerator, model: nn.Module, opt: Any, batches: list[torch.Tensor]) -> None:
+    for batch in batches:
+        acc.backward(model(input_ids=batch, labels=batch).loss)
+        opt.step()
+        opt.zero_grad()
+
+
+def check_save_state_and_reshard_into_4_x_1():
+    """A 2 x 2 save_state resumes at 2 x 2 and at dp_shard 4 x tp 1 (another mesh), each
+    continuing exactly as one uninterrupted process."""
+    ref = _reference()
+    holder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder)
+    folder = os.path.join(holder[0], "ckpt")
+    acc, model, opt, loader = _prepared(ParallelismConfig(dp_shard_size=2, tp_size=2), holder[0])
+    batches = list(loader)
+    _steps(acc, model, opt, batches[:1])
+    acc.save_state(folder)
+    for pc in (ParallelismConfig(dp_shard_size=2, tp_size=2), ParallelismConfig(dp_shard_size=4)):
+        acc, model, opt, loader = _prepared(pc, holder[0])
+        acc.load_state(folder)
+        _steps(acc, model, opt, list(loader)[1:])
+        _compare(ref, _full(model))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(holder[0])
+
+
+CHECKS = [check_llama_plan_dp_shard_2_x_tp_2, check_save_state_and_reshard_into_4_x_1,
+          check_accumulation_clipping_and_metrics,
           check_user_plan_strings_and_styles, check_tp_needs_fsdp]
 
 test_four_processes = distributed_test(CHECKS, world_size=4)
