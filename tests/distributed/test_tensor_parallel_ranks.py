@@ -176,8 +176,19 @@ def check_save_state_and_reshard_into_4_x_1():
         acc.load_state(folder)
         _steps(acc, model, opt, list(loader)[1:])
         _compare(ref, _full(model))
+    export = os.path.join(holder[0], "export")
+    acc.save_model(model, export)  # from the 4 x 1 run; then the 2 x 2 one below
+    acc, model, opt, loader = _prepared(ParallelismConfig(dp_shard_size=2, tp_size=2), holder[0])
+    acc.load_state(folder)
+    acc.save_model(model, os.path.join(holder[0], "export_tp"))
+    full = _full(model)
     dist.barrier()
     if dist.get_rank() == 0:
+        from safetensors.torch import load_file
+
+        written = load_file(os.path.join(holder[0], "export_tp", "model.safetensors"))
+        assert set(written) >= set(full) - {"lm_head.weight"}, sorted(set(full) - set(written))
+        assert max((written[n] - full[n]).abs().max().item() for n in written) == 0.0
         shutil.rmtree(holder[0])
 
 
