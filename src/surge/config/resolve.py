@@ -52,10 +52,10 @@ def resolve_timeout(explicit: timedelta | None, file_values: dict[str, Any] | No
 class MeshSpec:
     """The device-mesh dimensions of a job (Accelerate's ``ParallelismConfig`` names).
 
-    Today surge composes data parallelism only: ``dp_replicate`` machines (or a
-    ``ParallelismConfig``'s ``dp_replicate_size``) x ``dp_shard`` processes for HYBRID_SHARD,
-    else one dimension. ``tp``, ``cp`` and ``sp`` are the room the N-D strategies will use;
-    they are 1 until then (see :func:`settle_parallelism`).
+    ``dp_replicate`` machines (or a ``ParallelismConfig``'s ``dp_replicate_size``) x
+    ``dp_shard`` processes for HYBRID_SHARD, else one dimension; ``tp`` > 1 under FSDP is
+    tensor parallel x FSDP2 (tp innermost). ``cp`` and ``sp`` are the room context and
+    sequence parallelism will use; they are 1 until then (see :func:`settle_parallelism`).
     """
 
     dp_replicate: int = 1
