@@ -32,6 +32,7 @@ _LAZY = {
     "DeepSpeedPlugin": "surge.config.plugins",
     "FullyShardedDataParallelPlugin": "surge.config.plugins",
     "TorchDynamoPlugin": "surge.config.plugins",
+    "ParallelismConfig": "surge.config.parallelism",
     "initialize": "surge.deepspeed.engine",
     "Engine": "surge.deepspeed.engine",
     "add_config_arguments": "surge.deepspeed.engine",
@@ -68,6 +69,7 @@ __all__ = [
     "GradScalerKwargs",
     "GradientAccumulationPlugin",
     "InitProcessGroupKwargs",
+    "ParallelismConfig",
     "PartialState",
     "ProfileKwargs",
     "ProjectConfiguration",
@@ -107,6 +109,7 @@ if TYPE_CHECKING:  # pragma: no cover
         InitProcessGroupKwargs,
         ProfileKwargs,
     )
+    from surge.config.parallelism import ParallelismConfig
     from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
     from surge.config.project import ProjectConfiguration
     from surge.data_loader import prepare_data_loader, skip_first_batches

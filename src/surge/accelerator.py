@@ -37,6 +37,7 @@ from surge.accumulation import AccumulateContext, GradientState
 from surge.checkpoint.methods import CheckpointingMixin
 from surge.config.dataloader import DataLoaderConfiguration
 from surge.config.kwargs import GradientAccumulationPlugin
+from surge.config.parallelism import ParallelismConfig
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
 from surge.config.resolve import BatchSizes, fill_batch_sizes, resolve_plan
@@ -119,6 +120,11 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             of the data is the true mean of its micro-batches) or "num_steps" (HF Accelerate's
             numbers: every loss divided by gradient_accumulation_steps); see [Note: the short
             cycle] in accumulation.py.
+        parallelism_config: A :class:`~surge.ParallelismConfig` (Accelerate's mesh sizes;
+            their product must be the number of processes). ``dp_replicate_size x
+            dp_shard_size`` is FSDP2's hybrid mesh under an FSDP plugin; ``tp_size > 1``
+            (with an FSDP plugin) is tensor parallel x FSDP2; cp / sp above 1 raise. None: the config file's
+            ``parallelism_config_*_size`` keys, if any is above 1.
         log_with: Experiment trackers: "jsonl", "tensorboard", "wandb", "mlflow", "all"
             (every installed one), a list of names and ``GeneralTracker`` objects, or None.
             They start at :meth:`init_trackers`, on the main process only.
@@ -155,6 +161,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         nonfinite: str | None = None,
         gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
         accumulation_divisor: str = "cycle",
+        parallelism_config: ParallelismConfig | None = None,
     ) -> None:
         # 1. Settle every input into one plan; no side effects until this succeeded.
         plan, self.project_configuration = resolve_plan(
@@ -166,7 +173,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin, log_with=log_with,
             dynamo_backend=dynamo_backend, dynamo_plugin=dynamo_plugin, nonfinite=nonfinite,
             gradient_accumulation_plugin=gradient_accumulation_plugin, accumulation_divisor=accumulation_divisor,
-            dataloader_config=dataloader_config,
+            dataloader_config=dataloader_config, parallelism_config=parallelism_config,
         )
         # Pure too: fp8 on a machine that cannot run it fails here, before any side effect.
         precision = select_precision(plan.config.mixed_precision, torch.device(plan.topology.device),
@@ -182,6 +189,9 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             for note in plan.warnings:
                 warnings.warn(note, stacklevel=2)
         self.strategy = select_strategy(plan.topology, plan.config, precision, plan.strategy)
+        if plan.parallelism is not None:
+            # Every process builds it (it creates the mesh's process groups), as Accelerate does.
+            plan.parallelism.get_device_mesh(torch.device(plan.topology.device).type)
         c = plan.config
         self.gradient_state = GradientState(c.gradient_accumulation_steps, sync_each_batch=c.sync_each_batch,
                                             sync_with_dataloader=c.sync_with_dataloader,
@@ -559,6 +569,11 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             size, keep = gs.epoch_samples, gs.epoch_samples - gs.epoch_padding
         if size is not None and keep < size:
             input_data = _trim_first_dim(input_data, size, keep)
+        pc = self.plan.parallelism
+        if pc is not None and self.process_index % pc.non_data_parallel_size:
+            # A tensor-parallel group reads one batch: only its first process's values count.
+            input_data = input_data[:0] if isinstance(input_data, list) else tree_map(
+                lambda t: t.reshape(1)[:0] if t.dim() == 0 else t[:0], input_data, _is_tensor)
         if use_gather_object or not tree_leaves(input_data, _is_tensor):
             return ops.gather_object(input_data)
         return ops.gather(input_data)

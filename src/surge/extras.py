@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from surge.config.accelerator_config import AcceleratorConfig
     from surge.config.enums import FP8BackendType
     from surge.config.kwargs import ProfileKwargs
+    from surge.config.parallelism import ParallelismConfig
     from surge.config.project import ProjectConfiguration
+    from surge.config.resolve import Plan
     from surge.data.loader import PreparedDataLoader
     from surge.optim import AcceleratedOptimizer
     from surge.strategies.base import Strategy
@@ -44,10 +46,11 @@ def keep_compiled(model: nn.Module, inner: nn.Module) -> nn.Module:
 
 class ExtrasMixin(ProcessQueries):
     """Needs ``strategy``, ``config``, ``project_configuration``, ``_dataloaders``,
-    ``_optimizers``, ``distributed_type`` and ``mixed_precision`` (set by the Accelerator)."""
+    ``_optimizers``, ``plan``, ``distributed_type`` and ``mixed_precision`` (set by the Accelerator)."""
 
     strategy: Strategy
     config: AcceleratorConfig
+    plan: Plan
     project_configuration: ProjectConfiguration
     _dataloaders: list[PreparedDataLoader]
     _optimizers: list[AcceleratedOptimizer]
@@ -96,6 +99,73 @@ class ExtrasMixin(ProcessQueries):
         """Whether this process writes model files in Accelerate's scheme: each machine's
         local main process (Accelerate's answer without N-D parallelism)."""
         return self.is_local_main_process
+
+    # -- N-D parallelism (Accelerate's names; see config/parallelism.py) --------------------
+
+    @property
+    def parallelism_config(self) -> ParallelismConfig | None:
+        """The :class:`~surge.ParallelismConfig` this Accelerator runs with (given, or from
+        the config file / launcher); None without one."""
+        return self.plan.parallelism
+
+    @property
+    def torch_device_mesh(self) -> Any:
+        """The ``DeviceMesh`` the ``parallelism_config`` built (dims named "dp_replicate",
+        "dp_shard", "cp", "sp", "tp" and flattened "dp", "dp_shard_cp", "dp_cp"); None
+        without a parallelism config or on one process."""
+        pc = self.plan.parallelism
+        return pc.device_mesh if pc is not None else None
+
+    @property
+    def is_composable_parallelism_enabled(self) -> bool:
+        """True under FSDP (FSDP2, the strategy N-D parallelism composes with), as Accelerate."""
+        return self.is_fsdp2
+
+    def _mesh_rank(self, dim: str, what: str) -> int:
+        pc = self.plan.parallelism
+        if pc is None:
+            raise RuntimeError(f"{what} is not configured. Pass Accelerator(parallelism_config=ParallelismConfig(...)) "
+                               "first.")
+        if pc.size(dim) == 1 or pc.device_mesh is None:
+            return 0
+        return int(pc.device_mesh.get_local_rank(dim))
+
+    @property
+    def data_parallel_rank(self) -> int:
+        """This process's index along "dp_replicate" (0 when that size is 1).
+
+        Raises:
+            RuntimeError: no ``parallelism_config``, as in Accelerate.
+        """
+        return self._mesh_rank("dp_replicate", "Data parallelism")
+
+    @property
+    def data_parallel_shard_rank(self) -> int:
+        """This process's index along "dp_shard" (0 when that size is 1).
+
+        Raises:
+            RuntimeError: no ``parallelism_config``.
+        """
+        return self._mesh_rank("dp_shard", "Shard-based data parallelism")
+
+    @property
+    def tensor_parallel_rank(self) -> int:
+        """This process's index along "tp" (0 when ``tp_size`` is 1).
+
+        Raises:
+            RuntimeError: no ``parallelism_config``.
+        """
+        return self._mesh_rank("tp", "Tensor parallelism")
+
+    @property
+    def context_parallel_rank(self) -> int:
+        """This process's index along "cp" (0 when ``cp_size`` is 1; Accelerate 1.15 raises
+        NotImplementedError here).
+
+        Raises:
+            RuntimeError: no ``parallelism_config``.
+        """
+        return self._mesh_rank("cp", "Context parallelism")
 
     @property
     def pipeline_parallel_rank(self) -> int:

@@ -402,6 +402,16 @@ class AcceleratorState(PartialState):
         return self._plugins["dynamo"]
 
     @property
+    def parallelism_config(self) -> Any:
+        """The running Accelerator's ``ParallelismConfig`` (None without one)."""
+        return self._accelerator.parallelism_config if self._accelerator is not None else None
+
+    @property
+    def device_mesh(self) -> Any:
+        """The running Accelerator's ``DeviceMesh`` (``accelerator.torch_device_mesh``)."""
+        return self._accelerator.torch_device_mesh if self._accelerator is not None else None
+
+    @property
     def is_fsdp2(self) -> bool:
         """True under FSDP: surge's FSDP is FSDP2 (``fully_shard``)."""
         return self.distributed_type == DistributedType.FSDP
@@ -413,7 +423,6 @@ class AcceleratorState(PartialState):
 
     megatron_lm_plugin = None
     torch_tp_plugin = None
-    parallelism_config = None
     use_ipex = False
 
     def __repr__(self) -> str:

@@ -439,3 +439,20 @@ def test_older_files_and_unused_section_keys_read_as_accelerate_reads_them():
     short = from_accelerate({"distributed_type": "FSDP", "num_processes": 2,
                              "fsdp_config": {"version": 2, "offload_params": "true"}}, "cfg.yaml")
     assert short.values["fsdp_version"] == 2 and short.values["fsdp_offload_params"] is True
+
+
+def test_tensor_parallel_sizes_go_through_to_the_worker(isolated):
+    from surge.config.resolve import settle_parallelism
+
+    config, _ = resolve_config(build_parser().parse_args(
+        ["launch", "--num_processes", "4", "--parallelism_config_dp_shard_size", "2",
+         "--parallelism_config_tp_size", "2", "train.py"]))
+    assert config.use_fsdp and config.parallelism_config_tp_size == 2
+    pc = settle_parallelism(None, {k: getattr(config, k) for k in ("parallelism_config_dp_shard_size",
+                                                                   "parallelism_config_tp_size")}, 4)
+    assert pc is not None and (pc.dp_shard_size, pc.tp_size) == (2, 2)
+    for flags, words in ((["--parallelism_config_tp_size", "4"], "composes with FSDP2"),
+                         (["--parallelism_config_dp_shard_size", "2", "--parallelism_config_cp_size", "2"],
+                          "cp_size=2: context and sequence parallelism are not offered")):
+        with pytest.raises(ConfigError, match=words):
+            resolve_config(build_parser().parse_args(["launch", "--num_processes", "4", *flags, "train.py"]))

@@ -25,6 +25,7 @@ from surge.config.accelerator_config import DEFAULT_TIMEOUT, AcceleratorConfig
 from surge.config.dataloader import DataLoaderConfiguration, settle_dataloader_config
 from surge.config.file import active_values, resolve_accelerator_args
 from surge.config.kwargs import GradientAccumulationPlugin, GradScalerKwargs
+from surge.config.parallelism import ParallelismConfig
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
 from surge.deepspeed.ds_config import DeepSpeedSettings, resolve_batch_sizes
@@ -51,9 +52,10 @@ def resolve_timeout(explicit: timedelta | None, file_values: dict[str, Any] | No
 class MeshSpec:
     """The device-mesh dimensions of a job (Accelerate's ``ParallelismConfig`` names).
 
-    Today surge composes data parallelism only: ``dp_replicate`` machines x ``dp_shard``
-    processes for HYBRID_SHARD, else one dimension. ``tp`` and ``cp`` are the room the
-    N-D strategies will use; they are 1 until then.
+    ``dp_replicate`` machines (or a ``ParallelismConfig``'s ``dp_replicate_size``) x
+    ``dp_shard`` processes for HYBRID_SHARD, else one dimension; ``tp`` > 1 under FSDP is
+    tensor parallel x FSDP2 (tp innermost). ``cp`` and ``sp`` are the room context and
+    sequence parallelism will use; they are 1 until then (see :func:`settle_parallelism`).
     """
 
     dp_replicate: int = 1
@@ -63,11 +65,13 @@ class MeshSpec:
     tp: int = 1
     """Tensor-parallel degree."""
     cp: int = 1
-    """Context (sequence) parallel degree."""
+    """Context (ring-attention) parallel degree."""
+    sp: int = 1
+    """Sequence (Ulysses) parallel degree."""
 
     @property
     def size(self) -> int:
-        return self.dp_replicate * self.dp_shard * self.tp * self.cp
+        return self.dp_replicate * self.dp_shard * self.tp * self.cp * self.sp
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ class StrategySpec:
     """Run on every submodule of a model that is on the meta device on every process."""
     offload_pin_memory: bool | None = None
     """Pin offloaded parameter shards (None: when the device is a GPU)."""
+    tp_plan: Any = None
+    """With ``mesh.tp > 1``: the user's tensor-parallel plan (None: the model's own)."""
 
     @property
     def zero_fills_grads(self) -> bool:
@@ -210,6 +216,9 @@ class Plan:
     """The plugins as given (or built from the config file), for the user to read back."""
     warnings: tuple[str, ...] = ()
     """What the main process reports once the plan is acted on."""
+    parallelism: ParallelismConfig | None = None
+    """The mesh sizes (given, or from the config file / launcher), checked against the
+    world size; the Accelerator builds its ``DeviceMesh``. None: no ParallelismConfig."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +284,7 @@ def resolve_plan(
     gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
     accumulation_divisor: str = "cycle",
     dataloader_config: DataLoaderConfiguration | None = None,
+    parallelism_config: ParallelismConfig | None = None,
 ) -> tuple[Plan, ProjectConfiguration]:
     """The Accelerator's arguments, settled (see the module docstring). Reads the
     environment and the config file, starts nothing; changes nothing but, once every
@@ -371,19 +381,90 @@ def resolve_plan(
         note = _deepspeed_warning(ds)
         if note is not None:
             notes.append(note)
+    spec = strategy_spec(deepspeed_plugin, fsdp_plugin, topology.num_nodes, topology.world_size)
+    try:
+        parallelism = settle_parallelism(parallelism_config, active[0], topology.world_size)
+        spec = apply_parallelism(spec, parallelism)
+    except ValueError as error:
+        if parallelism_config is not None:
+            raise
+        # Sizes from a config file that does not fit this run (`python train.py` with a
+        # default config written for 4 processes): the launcher checks them when it starts
+        # the job; here the run goes on as it did before ParallelismConfig existed.
+        notes.append(f"the config file's parallelism_config sizes are ignored: {error}")
+        parallelism = None
     plan = Plan(
         config=config, topology=topology, timeout=resolve_timeout(config.timeout, active[0]),
-        strategy=strategy_spec(deepspeed_plugin, fsdp_plugin, topology.num_nodes, topology.world_size),
+        strategy=spec,
         max_grad_norm=deepspeed_plugin.effective_gradient_clipping() if deepspeed_plugin is not None else None,
         nonfinite=nonfinite_mode, dynamo=dynamo, log_with=tuple(chosen_trackers),
         trackers_missing=tuple(trackers_missing), deepspeed=ds, deepspeed_plugin=deepspeed_plugin,
-        fsdp_plugin=fsdp_plugin, warnings=tuple(notes),
+        fsdp_plugin=fsdp_plugin, warnings=tuple(notes), parallelism=parallelism,
     )
     # Last, once nothing can fail: the user's ProjectConfiguration is the one object changed.
     project = project_config if project_config is not None else ProjectConfiguration()
     if project_dir is not None:
         project.set_directories(project_dir)
     return plan, project
+
+
+_DIMS = ("dp_replicate", "dp_shard", "tp", "cp", "sp")
+
+
+def settle_parallelism(asked: Any, file_values: dict[str, Any], world_size: int) -> ParallelismConfig | None:
+    """The job's ``ParallelismConfig`` (pure): ``asked``, else one built from the config
+    file's / launcher's ``parallelism_config_*_size`` keys when any is above 1, else None.
+    An all-ones config on several processes becomes ``dp_replicate_size = world_size``
+    (Accelerate's rule; a copy: the user's object is not changed).
+
+    Raises:
+        TypeError: ``asked`` is not a ParallelismConfig.
+        ValueError: the sizes do not multiply to ``world_size`` (each size is named), or
+            cp / sp above 1 (not offered yet).
+    """
+    if asked is not None and not isinstance(asked, ParallelismConfig):
+        raise TypeError(f"parallelism_config={asked!r} must be a surge.ParallelismConfig.")
+    if asked is None:
+        sizes = {f"{d}_size": file_values.get(f"parallelism_config_{d}_size") for d in _DIMS}
+        if all(v in (None, 1) for v in sizes.values()):
+            return None
+        asked = ParallelismConfig(**sizes)
+    pc: ParallelismConfig = asked
+    if pc.total_size == 1 and world_size > 1:
+        pc = dataclasses.replace(pc, dp_replicate_size=world_size, device_mesh=None)
+    if pc.total_size != world_size:
+        named = " x ".join(f"{d}_size={getattr(pc, f'{d}_size')}" for d in _DIMS)
+        raise ValueError(f"ParallelismConfig's sizes ({named}) multiply to {pc.total_size}, but the job has "
+                         f"{world_size} processes; change the sizes so their product is {world_size}.")
+    later = [f"{d}_size={getattr(pc, f'{d}_size')}" for d in ("cp", "sp") if getattr(pc, f"{d}_size") > 1]
+    if later:
+        raise ValueError(f"ParallelismConfig({', '.join(later)}): context / sequence parallelism is not "
+                         "offered yet (issue 20); surge runs the data-parallel dimensions and tp_size under FSDP. "
+                         "Set these sizes to 1.")
+    return pc
+
+
+def apply_parallelism(spec: StrategySpec, pc: ParallelismConfig | None) -> StrategySpec:
+    """``spec`` with the mesh ``pc`` asks for (pure). Under FSDP the data-parallel sizes
+    are the FSDP2 mesh (``dp_replicate_size > 1``: HYBRID_SHARD); DDP and DeepSpeed keep
+    one dimension over every process (the mesh is reported, the numbers are the same).
+
+    Raises:
+        ValueError: FSDP with no dimension to shard over (``dp_shard_size`` and
+            ``cp_size`` both 1 on several processes).
+    """
+    if pc is not None and pc.tp_enabled and spec.family != "fsdp":
+        raise ValueError(f"ParallelismConfig(tp_size={pc.tp_size}): tensor parallelism composes with FSDP2; pass "
+                         "fsdp_plugin=FullyShardedDataParallelPlugin() (or --use_fsdp) with dp_shard_size > 1.")
+    if pc is None or spec.family != "fsdp":
+        return spec
+    if not pc.dp_shard_enabled and not pc.cp_enabled and pc.total_size > 1:
+        raise ValueError(f"FSDP is enabled but the ParallelismConfig has no dimension to shard over "
+                         f"(dp_replicate_size={pc.dp_replicate_size}, dp_shard_size=1, cp_size=1). Set "
+                         "dp_shard_size > 1, or drop the FSDP plugin for plain data parallelism.")
+    mesh = MeshSpec(dp_replicate=pc.size("dp_replicate"), dp_shard=pc.size("dp_shard"), tp=pc.size("tp"),
+                    cp=pc.size("cp"), sp=pc.size("sp"))
+    return dataclasses.replace(spec, mesh=mesh, hybrid=pc.dp_replicate_enabled, tp_plan=pc.tp_plan)
 
 
 def accumulation_settings(plugin: GradientAccumulationPlugin | None, steps: int | None) -> dict[str, bool]:

@@ -34,6 +34,15 @@ class DataLoadingMixin:
         def process_index(self) -> int: ...
         def _fill_deepspeed_batch_sizes(self, loader: DataLoader[Any]) -> None: ...
 
+    def _data_shards(self) -> tuple[int, int]:
+        """(shards, this process's shard): one per data-parallel index. The processes of a
+        tensor-parallel group (the mesh's innermost dims) read the same batches."""
+        pc = getattr(self, "plan", None)
+        pc = pc.parallelism if pc is not None else None
+        if pc is None or pc.non_data_parallel_size == 1:
+            return self.num_processes, self.process_index
+        return pc.data_parallel_size, self.process_index // pc.non_data_parallel_size
+
     @property
     def dataloader_config(self) -> DataLoaderConfiguration:
         """The prepared loaders' settings (``Accelerator(dataloader_config=...)``)."""
@@ -77,7 +86,7 @@ class DataLoadingMixin:
         self._fill_deepspeed_batch_sizes(data_loader)
         dl = self.config.dataloader
         prepared = shard_dataloader(
-            data_loader, num_shards=self.num_processes, shard_index=self.process_index,
+            data_loader, num_shards=self._data_shards()[0], shard_index=self._data_shards()[1],
             device=self.device if place else None, gradient_state=self.gradient_state,
             split_batches=dl.split_batches, even_batches=dl.even_batches, dispatch_batches=dl.dispatch_batches,
             use_seedable_sampler=dl.use_seedable_sampler, data_seed=dl.data_seed, non_blocking=dl.non_blocking,

@@ -47,7 +47,7 @@ class FSDP(Strategy):
         self.hybrid = self.spec.hybrid  # HYBRID_SHARD: shard within a machine, replicate across machines
         self._distributed_type = DistributedType.DEEPSPEED if self.spec.family == "deepspeed" else DistributedType.FSDP
         mesh = self.spec.mesh
-        if self.hybrid and mesh.dp_replicate * mesh.dp_shard != topology.world_size:
+        if self.hybrid and mesh.dp_replicate * mesh.dp_shard * mesh.tp != topology.world_size:
             raise ValueError(f"HYBRID_SHARD's mesh {mesh.dp_replicate} x {mesh.dp_shard} (replicas x shard size) does "
                              f"not cover the job's {topology.world_size} processes; build the StrategySpec with "
                              "config.resolve.strategy_spec, which derives it from the machines.")
@@ -87,6 +87,13 @@ class FSDP(Strategy):
         if self.precision.sharded_param_dtype is None:
             self.precision.wrap_forward(model)  # fp16 (and fp8) autocast; a no-op for fp32
         mesh = init_device_mesh(self.device.type, self._mesh_shape(), mesh_dim_names=self._mesh_names())
+        if self.spec.mesh.tp > 1:
+            from surge.strategies.tensor_parallel import apply_tensor_parallel
+
+            # torchtitan's order: tensor-parallel first (parameters become DTensors on "tp"),
+            # then FSDP2 shards them over the data-parallel dims of the same mesh.
+            apply_tensor_parallel(model, mesh["tp"], self.spec.tp_plan)
+            mesh = mesh[self._mesh_names()[:-1]]
         kwargs = {"mesh": mesh, "reshard_after_forward": self.reshard_after_forward, "mp_policy": self._mp_policy()}
         if self.offload_params:
             from torch.distributed.fsdp import CPUOffloadPolicy
@@ -139,10 +146,13 @@ class FSDP(Strategy):
         """(processes,) or, for HYBRID_SHARD, the plan's (replicas, shard size): parameters
         are sharded within each replica group (a machine) and replicated across them."""
         mesh = self.spec.mesh
+        if mesh.tp > 1:  # tp innermost: a tp group is neighbouring ranks (one machine)
+            return (mesh.dp_replicate, mesh.dp_shard, mesh.tp) if self.hybrid else (mesh.dp_shard, mesh.tp)
         return (mesh.dp_replicate, mesh.dp_shard) if self.hybrid else (self.topology.world_size,)
 
     def _mesh_names(self) -> tuple[str, ...]:
-        return ("replicate", "shard") if self.hybrid else ("shard",)
+        names = ("replicate", "shard") if self.hybrid else ("shard",)
+        return (*names, "tp") if self.spec.mesh.tp > 1 else names
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Rebind ``optimizer`` to the sharded parameters (see the module note)."""
@@ -157,6 +167,8 @@ class FSDP(Strategy):
         return _gradient_sync_off(model)
 
     def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        if self.spec.mesh.tp > 1:
+            return _clip_across_meshes(parameters, max_norm, norm_type)
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
         # The norm of sharded gradients is a DTensor; users expect a plain tensor.
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -168,6 +180,29 @@ class FSDP(Strategy):
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return cast(dict[str, torch.Tensor], state)  # full state dicts hold plain tensors
+
+
+def _clip_across_meshes(parameters: Any, max_norm: float, norm_type: float) -> torch.Tensor:
+    """torch's clip over gradients that are DTensors on different meshes (tensor-parallel
+    ones on (dp, tp), the rest on dp alone), which one torch call cannot stack: the norm of
+    each mesh's gradients is completed (a collective per mesh), then combined (torchtitan's
+    approach). Returns the plain total norm."""
+    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    groups: dict[Any, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
+    norms = []
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None], norm_type)
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if not norms:
+        return torch.zeros(())
+    stacked = torch.stack([n.float() for n in norms])
+    total = stacked.max() if norm_type == float("inf") else stacked.pow(norm_type).sum().pow(1.0 / norm_type)
+    for group in groups.values():  # one foreach per mesh: DTensors of two meshes cannot meet in one op
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total
 
 
 @contextlib.contextmanager

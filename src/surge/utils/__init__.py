@@ -39,6 +39,7 @@ from surge.config.kwargs import (
     KwargsHandler,
     ProfileKwargs,
 )
+from surge.config.parallelism import ParallelismConfig
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
 from surge.deepspeed.dummy import DummyOptim, DummyScheduler
@@ -272,6 +273,7 @@ __all__ = [
     "LoggerType",
     "MSAMPRecipeKwargs",
     "MegatronLMPlugin",
+    "ParallelismConfig",
     "PrecisionType",
     "ProfileKwargs",
     "ProgressBar",

@@ -1,0 +1,105 @@
+"""Tensor-parallel plans: a transformers model's (or the user's) plan as torch ParallelStyles.
+
+A plan maps module-name patterns ("layers.*.self_attn.q_proj", "*" one name atom) to a
+style. transformers writes the styles as strings (``config.base_model_tp_plan``, relative
+to the base model, and the head model's ``_tp_plan``); transformers implements them with
+its own classes, surge maps each to PyTorch's own ``ParallelStyle`` (torchtitan's recipe):
+the model is then parallelised by ``torch.distributed.tensor.parallel.parallelize_module``
+on the mesh's "tp" dimension, before FSDP2 shards it over the data-parallel dimensions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from torch import nn
+
+# transformers' style names -> (torch style, its keyword arguments as layouts)
+_STRING_STYLES = ("colwise", "colwise_rep", "colwise_gather_output", "rowwise", "rowwise_rep", "rowwise_split_input",
+                  "sequence_parallel", "embedding_rowwise", "embedding_colwise", "replicate")
+
+
+def style_from_string(name: str) -> Any:
+    """PyTorch's ``ParallelStyle`` for a transformers plan string; None for "replicate"
+    (the module stays whole on every tp rank).
+
+    Raises:
+        ValueError: a style surge does not map (the mapped ones are listed).
+    """
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+
+    if name == "colwise":
+        return ColwiseParallel()  # Replicate in, Shard(-1) out (local)
+    if name in ("colwise_rep", "colwise_gather_output"):
+        return ColwiseParallel(output_layouts=Replicate())
+    if name == "rowwise":
+        return RowwiseParallel()  # Shard(-1) in, Replicate out (all-reduce)
+    if name in ("rowwise_rep", "rowwise_split_input"):
+        return RowwiseParallel(input_layouts=Replicate())
+    if name == "sequence_parallel":
+        return SequenceParallel()
+    if name == "embedding_rowwise":
+        return RowwiseParallel(input_layouts=Replicate())  # an nn.Embedding split by rows (vocabulary)
+    if name == "embedding_colwise":
+        return ColwiseParallel(output_layouts=Replicate())  # an nn.Embedding split by columns
+    if name == "replicate":
+        return None
+    raise ValueError(f"tensor-parallel style {name!r} is not mapped to a torch ParallelStyle; surge maps "
+                     f"{list(_STRING_STYLES)}. Give the module a ParallelStyle object in tp_plan instead.")
+
+
+def model_plan(model: nn.Module) -> dict[str, str]:
+    """A transformers model's plan, keys relative to ``model``: the config's
+    ``base_model_tp_plan`` under ``base_model_prefix``, then the model's own ``_tp_plan``
+    (the head, e.g. ``lm_head``). Empty for a model without one."""
+    plan: dict[str, str] = {}
+    config = getattr(model, "config", None)
+    base = getattr(config, "base_model_tp_plan", None) or {}
+    prefix = getattr(model, "base_model_prefix", "")
+    has_base = bool(prefix) and isinstance(getattr(model, prefix, None), nn.Module)
+    for key, style in dict(base).items():
+        plan[f"{prefix}.{key}" if has_base else key] = style
+    plan.update(dict(getattr(model, "_tp_plan", None) or {}))
+    return plan
+
+
+def resolve_plan(model: nn.Module, plan: dict[str, Any] | None) -> dict[str, Any]:
+    """Module name -> torch ParallelStyle for every module of ``model`` a pattern of
+    ``plan`` (the model's own when None) names. Pure: the model is not changed.
+
+    Raises:
+        ValueError: no plan (the model has none and none was given), a pattern that names
+            no module, or an unmapped style string.
+    """
+    patterns = dict(plan) if plan is not None else model_plan(model)
+    if not patterns:
+        raise ValueError(f"{type(model).__name__} has no tensor-parallel plan (no config.base_model_tp_plan or "
+                         "_tp_plan); pass one: tp_plan={'module.name.pattern': ColwiseParallel(), ...}.")
+    names = [name for name, _ in model.named_modules() if name]
+    resolved: dict[str, Any] = {}
+    for pattern, style in patterns.items():
+        regex = re.compile("^" + re.escape(pattern).replace(r"\*", r"[^.]+") + "$")
+        matched = [n for n in names if regex.match(n)]
+        if not matched:
+            raise ValueError(f"tp_plan pattern {pattern!r} names no module of {type(model).__name__}.")
+        torch_style = style_from_string(style) if isinstance(style, str) else style
+        if torch_style is None:
+            continue
+        for name in matched:
+            resolved[name] = torch_style
+    return resolved
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh: Any, plan: dict[str, Any] | None) -> nn.Module:
+    """Parallelise ``model`` in place on ``tp_mesh`` (a 1-D DeviceMesh): each planned
+    module's parameters become DTensors sharded across it (a collective on the tp group).
+
+    Raises:
+        ValueError: see :func:`resolve_plan`.
+    """
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    parallelize_module(model, tp_mesh, resolve_plan(model, plan))
+    return model

@@ -1,0 +1,215 @@
+"""Four gloo processes: tensor parallelism composed with FSDP2 (dp_shard 2 x tp 2) trains a
+tiny transformers Llama like one process on the same global batch (fp32, SGD with
+momentum, <= 1e-5), from the model's own plan and from a user's plan."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from surge import Accelerator, FullyShardedDataParallelPlugin, ParallelismConfig
+from surge.testing import distributed_test
+
+pytestmark = pytest.mark.distributed
+
+STEPS, GLOBAL_BATCH, SEQ = 3, 8, 8
+
+
+def _llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                         attn_implementation="eager")
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+def _data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 64, (STEPS * GLOBAL_BATCH, SEQ), generator=g)
+
+
+def _reference() -> dict[str, torch.Tensor]:
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for batch in _data().split(GLOBAL_BATCH):
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _full(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in model.named_parameters():
+        t = p.detach()
+        out[name] = t.full_tensor() if hasattr(t, "full_tensor") else t
+    return out
+
+
+def _train(pc: ParallelismConfig) -> tuple[Accelerator, dict[str, torch.Tensor]]:
+    """Train under ``pc``; the q_proj weight is checked to be sharded over both dims."""
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin())
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // pc.data_parallel_size)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    for batch in loader:
+        acc.backward(model(input_ids=batch, labels=batch).loss)
+        opt.step()
+        opt.zero_grad()
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert q.device_mesh.mesh_dim_names == ("shard", "tp") and q.to_local().shape == (8, 32), q.to_local().shape
+    return acc, _full(model)
+
+
+def _compare(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+    assert ref.keys() == got.keys()
+    diff = max((ref[n] - got[n]).abs().max().item() for n in ref)
+    assert diff <= 1e-5, diff
+
+
+def check_llama_plan_dp_shard_2_x_tp_2():
+    ref = _reference()
+    acc, got = _train(ParallelismConfig(dp_shard_size=2, tp_size=2))
+    rank = dist.get_rank()
+    assert (acc.tensor_parallel_rank, acc.data_parallel_shard_rank) == (rank % 2, rank // 2)
+    assert acc.torch_device_mesh.mesh_dim_names == ("dp_shard", "tp")
+    assert (ref["lm_head.weight"] - _llama().lm_head.weight).abs().max() > 1e-2  # training moved it
+    _compare(ref, got)
+
+
+def check_user_plan_strings_and_styles():
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    plan = {"model.layers.*.self_attn.q_proj": ColwiseParallel(), "model.layers.*.self_attn.k_proj": "colwise",
+            "model.layers.*.self_attn.v_proj": "colwise", "model.layers.*.self_attn.o_proj": RowwiseParallel(),
+            "model.layers.*.mlp.gate_proj": "colwise", "model.layers.*.mlp.up_proj": "colwise",
+            "model.layers.*.mlp.down_proj": "rowwise"}
+    ref = _reference()
+    _, got = _train(ParallelismConfig(dp_shard_size=2, tp_size=2, tp_plan=plan))
+    _compare(ref, got)
+
+
+def check_bf16_runs_close_to_fp32():
+    """bf16 (FSDP2's bf16 parameters, fp32 gradient reduction) composes with tp: it trains
+    within bf16's rounding of the fp32 reference."""
+    ref = _reference()
+    pc = ParallelismConfig(dp_shard_size=2, tp_size=2)
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(), mixed_precision="bf16")
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // 2)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    _steps(acc, model, opt, list(loader))
+    got = _full(model)
+    diff = max((ref[n] - got[n]).abs().max().item() for n in ref)
+    assert 1e-5 < diff < 5e-3, diff  # bf16 rounding moved it (measured 2.8e-4), within parity.py's bf16 bound
+
+
+def check_tp_needs_fsdp():
+    try:
+        Accelerator(parallelism_config=ParallelismConfig(dp_shard_size=2, tp_size=2))
+    except ValueError as error:
+        assert "fsdp_plugin" in str(error), error
+    else:
+        raise AssertionError("tp_size=2 without FSDP was accepted")
+
+
+def check_accumulation_clipping_and_metrics():
+    """Accumulation 2, clipping at 0.5 (the norm over the whole model, DTensor-aware), and
+    gather_for_metrics returning each sample once."""
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    norms = []
+    for batch in _data().split(GLOBAL_BATCH):
+        model(input_ids=batch, labels=batch).loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).item())
+        opt.step()
+        opt.zero_grad()
+    ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    pc = ParallelismConfig(dp_shard_size=2, tp_size=2)
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(),
+                      gradient_accumulation_steps=2)
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // 4)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    got_norms, seen = [], []
+    for batch in loader:
+        with acc.accumulate(model):
+            acc.backward(model(input_ids=batch, labels=batch).loss)
+            if acc.sync_gradients:
+                got_norms.append(acc.clip_grad_norm_(model.parameters(), 0.5).item())
+            opt.step()
+            opt.zero_grad()
+        seen.append(acc.gather_for_metrics(batch))
+    _compare(ref, _full(model))
+    assert max(abs(a - b) for a, b in zip(norms, got_norms, strict=True)) < 1e-5, (norms, got_norms)
+    gathered = torch.cat(seen)
+    assert gathered.shape == _data().shape and sorted(map(tuple, gathered.tolist())) == sorted(
+        map(tuple, _data().tolist()))
+
+
+def _prepared(pc: ParallelismConfig, project_dir: str) -> tuple[Accelerator, nn.Module, Any, Any]:
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(), project_dir=project_dir)
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // pc.data_parallel_size)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    return acc, model, opt, loader
+
+
+def _steps(acc: Accelerator, model: nn.Module, opt: Any, batches: list[torch.Tensor]) -> None:
+    for batch in batches:
+        acc.backward(model(input_ids=batch, labels=batch).loss)
+        opt.step()
+        opt.zero_grad()
+
+
+def check_save_state_and_reshard_into_4_x_1():
+    """A 2 x 2 save_state resumes at 2 x 2 and at dp_shard 4 x tp 1 (another mesh), each
+    continuing exactly as one uninterrupted process."""
+    ref = _reference()
+    holder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder)
+    folder = os.path.join(holder[0], "ckpt")
+    acc, model, opt, loader = _prepared(ParallelismConfig(dp_shard_size=2, tp_size=2), holder[0])
+    batches = list(loader)
+    _steps(acc, model, opt, batches[:1])
+    acc.save_state(folder)
+    for pc in (ParallelismConfig(dp_shard_size=2, tp_size=2), ParallelismConfig(dp_shard_size=4)):
+        acc, model, opt, loader = _prepared(pc, holder[0])
+        acc.load_state(folder)
+        _steps(acc, model, opt, list(loader)[1:])
+        _compare(ref, _full(model))
+    export = os.path.join(holder[0], "export")
+    acc.save_model(model, export)  # from the 4 x 1 run; then the 2 x 2 one below
+    acc, model, opt, loader = _prepared(ParallelismConfig(dp_shard_size=2, tp_size=2), holder[0])
+    acc.load_state(folder)
+    acc.save_model(model, os.path.join(holder[0], "export_tp"))
+    full = _full(model)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        from safetensors.torch import load_file
+
+        written = load_file(os.path.join(holder[0], "export_tp", "model.safetensors"))
+        assert set(written) >= set(full) - {"lm_head.weight"}, sorted(set(full) - set(written))
+        assert max((written[n] - full[n]).abs().max().item() for n in written) == 0.0
+        shutil.rmtree(holder[0])
+
+
+CHECKS = [check_llama_plan_dp_shard_2_x_tp_2, check_save_state_and_reshard_into_4_x_1,
+          check_accumulation_clipping_and_metrics,
+          check_user_plan_strings_and_styles, check_bf16_runs_close_to_fp32, check_tp_needs_fsdp]
+
+test_four_processes = distributed_test(CHECKS, world_size=4)

@@ -1,0 +1,139 @@
+"""ParallelismConfig (Accelerate's fields and checks) and how a plan settles it: pure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from surge import ParallelismConfig
+from surge.config.resolve import MeshSpec, StrategySpec, apply_parallelism, settle_parallelism
+
+
+def test_defaults_and_sizes():
+    pc = ParallelismConfig()
+    assert (pc.dp_replicate_size, pc.dp_shard_size, pc.tp_size, pc.cp_size, pc.sp_size) == (1, 1, 1, 1, 1)
+    assert (pc.cp_backend, pc.sp_backend, pc.total_size, pc.active_mesh_dims) == ("torch", "deepspeed", 1, [])
+    pc = ParallelismConfig(dp_replicate_size=2, dp_shard_size=3, tp_size=4)
+    assert (pc.total_size, pc.data_parallel_size, pc.non_data_parallel_size) == (24, 6, 4)
+    assert pc.dp_dim_names == ["dp_replicate", "dp_shard"] and pc.non_dp_dim_names == ["tp"]
+    assert pc.dp_shard_cp_dim_names == ["dp_shard"] and pc.dp_cp_dim_names == ["dp_replicate", "dp_shard"]
+    assert pc.fsdp_dim_names == ["dp_replicate", "dp_shard_cp"]
+    assert pc.mesh_layout() == (("dp_replicate", "dp_shard", "tp"), (2, 3, 4))
+    assert ParallelismConfig(dp_shard_size=2, cp_size=2).mesh_layout() == (("dp_shard", "cp"), (2, 2))
+    assert ParallelismConfig().build_device_mesh("cpu") is None  # no enabled dim: no mesh, no collective
+    assert ParallelismConfig(tp_size=2).to_json()["tp_size"] == 2
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"tp_size": 0}, "tp_size"),
+    ({"dp_shard_size": 1.5}, "dp_shard_size"),
+    ({"cp_size": 2, "sp_size": 2}, "mutually exclusive"),
+    ({"tp_size": 2, "dp_replicate_size": 2}, "pure data parallelism"),
+    ({"cp_backend": "ring"}, "cp_backend"),
+    ({"sp_backend": "torch"}, "sp_backend"),
+])
+def test_bad_configs_raise_naming_the_value(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        ParallelismConfig(**kwargs)
+
+
+def test_settle_against_the_world_size():
+    assert settle_parallelism(None, {}, 4) is None
+    asked = ParallelismConfig()
+    pc = settle_parallelism(asked, {}, 4)
+    assert pc is not None and pc.dp_replicate_size == 4 and asked.dp_replicate_size == 1  # a copy, Accelerate's rule
+    assert settle_parallelism(asked, {}, 1) is asked
+    with pytest.raises(ValueError, match=r"dp_replicate_size=1 x dp_shard_size=2 x tp_size=1 x cp_size=1 x "
+                                         r"sp_size=1\) multiply to 2, but the job has 4 processes"):
+        settle_parallelism(ParallelismConfig(dp_shard_size=2), {}, 4)
+    with pytest.raises(ValueError, match=r"cp_size=2.*not offered yet"):
+        settle_parallelism(ParallelismConfig(dp_shard_size=2, cp_size=2), {}, 4)
+    assert settle_parallelism(ParallelismConfig(dp_shard_size=2, tp_size=2), {}, 4) is not None
+    with pytest.raises(TypeError, match="ParallelismConfig"):
+        settle_parallelism({"tp_size": 2}, {}, 2)
+
+
+def test_settle_from_the_config_file_keys():
+    file_values = {"parallelism_config_dp_replicate_size": 2, "parallelism_config_dp_shard_size": 2,
+                   "parallelism_config_tp_size": 1}
+    pc = settle_parallelism(None, file_values, 4)
+    assert pc is not None and (pc.dp_replicate_size, pc.dp_shard_size) == (2, 2)
+    assert settle_parallelism(None, {"parallelism_config_tp_size": 1}, 4) is None
+    explicit = ParallelismConfig(dp_shard_size=4)
+    assert settle_parallelism(explicit, file_values, 4) is explicit  # the argument wins
+
+
+def test_apply_to_the_strategy_spec():
+    fsdp = StrategySpec(family="fsdp", shard_degree=3, mesh=MeshSpec(dp_shard=4))
+    hsdp = apply_parallelism(fsdp, ParallelismConfig(dp_replicate_size=2, dp_shard_size=2))
+    assert hsdp.hybrid and hsdp.mesh == MeshSpec(dp_replicate=2, dp_shard=2) and hsdp.shard_degree == 3
+    assert not apply_parallelism(fsdp, ParallelismConfig(dp_shard_size=4)).hybrid
+    ddp = StrategySpec(mesh=MeshSpec(dp_shard=4))
+    assert apply_parallelism(ddp, ParallelismConfig(dp_replicate_size=4)) is ddp
+    assert apply_parallelism(fsdp, None) is fsdp
+    with pytest.raises(ValueError, match="no dimension to shard over"):
+        apply_parallelism(fsdp, ParallelismConfig(dp_replicate_size=4))
+    tp = apply_parallelism(fsdp, ParallelismConfig(dp_shard_size=2, tp_size=2, tp_plan={"a": "colwise"}))
+    assert tp.mesh == MeshSpec(dp_shard=2, tp=2) and tp.tp_plan == {"a": "colwise"} and not tp.hybrid
+    with pytest.raises(ValueError, match="fsdp_plugin"):
+        apply_parallelism(ddp, ParallelismConfig(dp_shard_size=2, tp_size=2))
+
+
+def test_one_process_accelerator():
+    from surge import Accelerator
+
+    acc = Accelerator(cpu=True)
+    assert acc.parallelism_config is None and acc.torch_device_mesh is None
+    with pytest.raises(RuntimeError, match="parallelism_config"):
+        _ = acc.tensor_parallel_rank
+    pc = ParallelismConfig()
+    acc = Accelerator(cpu=True, parallelism_config=pc)
+    assert acc.parallelism_config is pc and acc.torch_device_mesh is None and acc.state.parallelism_config is pc
+    assert (acc.data_parallel_rank, acc.data_parallel_shard_rank, acc.tensor_parallel_rank,
+            acc.context_parallel_rank) == (0, 0, 0, 0)
+    assert acc.is_composable_parallelism_enabled is False
+    with pytest.raises(ValueError, match="multiply to 2, but the job has 1 processes"):
+        Accelerator(cpu=True, parallelism_config=ParallelismConfig(dp_shard_size=2))
+
+
+def test_config_file_sizes_that_do_not_fit_the_run_are_ignored_with_a_warning(tmp_path, monkeypatch):
+    from surge import Accelerator
+    from surge.config.file import write_config
+
+    path = tmp_path / "config.yaml"
+    write_config({"parallelism_config_dp_shard_size": 4}, str(path))
+    monkeypatch.setenv("SURGE_CONFIG_FILE", str(path))
+    with pytest.warns(UserWarning, match=r"parallelism_config sizes are ignored.*dp_shard_size=4"):
+        acc = Accelerator(cpu=True)
+    assert acc.parallelism_config is None
+
+
+def test_tensor_parallel_plans_from_transformers_and_users():
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from surge.strategies.tensor_parallel import model_plan, resolve_plan, style_from_string
+
+    assert type(style_from_string("colwise")) is ColwiseParallel
+    assert style_from_string("colwise_rep").output_layouts == (Replicate(),)
+    assert type(style_from_string("rowwise")) is RowwiseParallel
+    assert style_from_string("rowwise_rep").input_layouts == (Replicate(),)
+    assert type(style_from_string("sequence_parallel")) is SequenceParallel
+    assert style_from_string("replicate") is None
+    with pytest.raises(ValueError, match="'moe_tp_experts' is not mapped"):
+        style_from_string("moe_tp_experts")
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    plan = model_plan(model)
+    assert plan["model.layers.*.self_attn.q_proj"] == "colwise" and plan["lm_head"] == "colwise_gather_output"
+    assert plan["model.embed_tokens"] == "embedding_rowwise"
+    resolved = resolve_plan(model, None)
+    assert type(resolved["model.layers.1.mlp.down_proj"]) is RowwiseParallel
+    assert len(resolved) == 2 * 7 + 2  # + lm_head, embed_tokens
+    mine = ColwiseParallel()
+    assert resolve_plan(model, {"model.layers.0.mlp.up_proj": mine}) == {"model.layers.0.mlp.up_proj": mine}
+    with pytest.raises(ValueError, match="names no module"):
+        resolve_plan(model, {"model.layers.*.nope": "colwise"})
+    with pytest.raises(ValueError, match="has no tensor-parallel plan"):
+        resolve_plan(torch.nn.Linear(2, 2), None)
