@@ -3,15 +3,14 @@ device_abstraction.py)."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 
-from surge.deepspeed.device_abstraction import DeepSpeedAccelerator
+from surge.deepspeed.device_abstraction import DeepSpeedAccelerator, NoStreams
 
 
-class CpuAccelerator(DeepSpeedAccelerator):
+class CpuAccelerator(NoStreams, DeepSpeedAccelerator):
     """The CPU (DeepSpeed's ``CPU_Accelerator``): memory queries answer with the process's
     resident memory, the peak being the largest value seen by a query since the last reset."""
 
@@ -80,15 +79,7 @@ class CpuAccelerator(DeepSpeedAccelerator):
     def default_generator(self, device_index: int | None = None) -> torch.Generator:
         return torch.default_generator
 
-    # no streams or events on the CPU (Stream and Event are None)
-    def stream(self, stream: Any) -> Any:
-        return contextlib.nullcontext()
-
-    def current_stream(self, device_index: int | None = None) -> None:
-        return None
-
-    def default_stream(self, device_index: int | None = None) -> None:
-        return None
+    # no streams or events on the CPU (Stream and Event are None): NoStreams
 
     # memory: the process's resident set
     def empty_cache(self) -> None:

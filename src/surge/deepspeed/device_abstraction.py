@@ -313,6 +313,20 @@ class DeepSpeedAccelerator(ABC):
         self._compile_backend = backend
 
 
+class NoStreams:
+    """Streams for devices without them (CPU, MPS, as DeepSpeed's accelerators answer):
+    ``stream(...)`` is a no-op context, the current and default stream None."""
+
+    def stream(self, stream: Any) -> Any:
+        return contextlib.nullcontext()
+
+    def current_stream(self, device_index: int | None = None) -> None:
+        return None
+
+    def default_stream(self, device_index: int | None = None) -> None:
+        return None
+
+
 _CURRENT: list[DeepSpeedAccelerator] = []  # the process's accelerator once detected or set (DeepSpeed keeps one)
 
 

@@ -3,15 +3,12 @@ device_abstraction.py)."""
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
 import torch
 
-from surge.deepspeed.device_abstraction import DeepSpeedAccelerator
+from surge.deepspeed.device_abstraction import DeepSpeedAccelerator, NoStreams
 
 
-class MpsAccelerator(DeepSpeedAccelerator):
+class MpsAccelerator(NoStreams, DeepSpeedAccelerator):
     """Apple's GPUs (DeepSpeed's ``MPS_Accelerator``): one device, no collective backend."""
 
     _name = "mps"
@@ -61,15 +58,6 @@ class MpsAccelerator(DeepSpeedAccelerator):
         return None
 
     def default_generator(self, device_index: int | None = None) -> None:
-        return None
-
-    def stream(self, stream: Any) -> Any:
-        return contextlib.nullcontext()
-
-    def current_stream(self, device_index: int | None = None) -> None:
-        return None
-
-    def default_stream(self, device_index: int | None = None) -> None:
         return None
 
     def empty_cache(self) -> None:
