@@ -36,6 +36,7 @@ thread's Python stack when the process is aborted or crashes.
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import json
 import os
@@ -73,6 +74,7 @@ class _State:
         self.lock = threading.Lock()  # orders the thread's answer and the main thread's own record
         self.store_id = 0  # which default store the thread listens to
         self.thread: threading.Thread = threading.Thread()
+        self.stop = threading.Event()  # set when the group goes: the thread returns at its next look
 
 
 _state: _State | None = None
@@ -107,6 +109,7 @@ def install(rank: int, world_size: int, timeout: timedelta | None) -> None:
         listener = store.clone()  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError, ValueError):
         return  # a store without clone(): the plain timeout error stays
+    uninstall()  # a thread of an earlier group ends first
     state = _State(rank, world_size, timeout)
     state.store_id = id(store)
     state.thread = threading.Thread(target=_answer, args=(listener, state), name="surge-hang-diagnosis", daemon=True)
@@ -114,6 +117,7 @@ def install(rank: int, world_size: int, timeout: timedelta | None) -> None:
     state.thread.start()
     if not _hooked:
         _hooked = True
+        atexit.register(uninstall)  # [Note: no thread in a store call at exit]
         previous = sys.excepthook
 
         def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
@@ -125,9 +129,24 @@ def install(rank: int, world_size: int, timeout: timedelta | None) -> None:
 
 
 def uninstall() -> None:
-    """Forget the group (it is being destroyed); the thread ends with its connection."""
+    """Forget the group (it is being destroyed) and wait for the thread to end.
+
+    [Note: no thread in a store call at exit]
+    The thread's store request releases the GIL inside C++ (pybind11). A daemon thread
+    that takes the GIL back while the interpreter is finalising is ended by
+    ``pthread_exit``, whose unwinding through pybind11's noexcept destructor aborts the
+    process ("terminate called without an active exception", SIGABRT) after the script
+    already finished. So the thread is stopped and joined here, while Python is alive:
+    at exit (process_group's teardown, and an atexit hook of our own), and before a
+    group is destroyed.
+    """
     global _state
-    _state = None
+    state, _state = _state, None
+    if state is None:
+        return
+    state.stop.set()
+    if state.thread.is_alive() and state.thread is not threading.current_thread():
+        state.thread.join(timeout=_POLL_S + 5.0)  # one store request at most (its own timeout bounds it)
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -263,7 +282,8 @@ def _answer(listener: Any, state: _State) -> None:
     store request; a blocking wait could not be interrupted when the job ends), answer it,
     then make sure this process does not outlive the job."""
     while True:
-        time.sleep(_POLL_S)
+        if state.stop.wait(_POLL_S):
+            return  # the group is being destroyed (see [Note: no thread in a store call at exit])
         if _state is not state or sys.is_finalizing():
             return  # the group was destroyed or replaced
         try:
@@ -285,7 +305,8 @@ def _answer(listener: Any, state: _State) -> None:
         except Exception:
             return
     grace = _grace(state.timeout)
-    time.sleep(grace)
+    if state.stop.wait(grace):
+        return
     if _state is state and not state.diagnosing:
         print(f"surge: rank {state.rank} stops: another rank reported a collective timeout (see its report) and "
               f"nothing stopped this process within {grace:.0f} s", file=sys.stderr, flush=True)

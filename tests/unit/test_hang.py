@@ -3,6 +3,7 @@ who did not answer; what counts as a collective timeout."""
 
 from __future__ import annotations
 
+import time
 import traceback
 from datetime import timedelta
 
@@ -81,3 +82,31 @@ def test_stacks_start_at_the_users_code():
                                                (dist.distributed_c10d.__file__, 3, "barrier", "")])
     assert hang._format(list(frames)).splitlines()[0] == '  File "/home/me/train.py", line 9, in <module>'
     assert hang._where(list(frames)) == "train.py:9 in <module>"
+
+
+def test_the_listener_thread_is_joined_when_the_group_goes(monkeypatch):
+    """[Note: no thread in a store call at exit]: uninstall (run at exit and before a group
+    is destroyed) stops and joins the thread, so no daemon thread is inside a C++ store
+    call while the interpreter finalises (that aborted a finished job with SIGABRT)."""
+    calls = []
+
+    class Store:
+        def clone(self):
+            return self
+
+        def check(self, keys):
+            calls.append(keys)
+            return False
+
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", Store)
+    monkeypatch.setattr(hang, "_POLL_S", 0.01)
+    monkeypatch.setattr(hang, "_hooked", True)  # leave sys.excepthook and atexit alone
+    hang.install(0, 2, None)
+    thread = hang._state.thread
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls and thread.is_alive()
+    hang.uninstall()
+    assert not thread.is_alive() and hang._state is None
+    hang.uninstall()  # twice is harmless
