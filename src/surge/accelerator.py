@@ -341,6 +341,11 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         if not isinstance(model, nn.Module):
             raise TypeError(f"prepare_model expects a torch.nn.Module; got {type(model).__name__}.")
         place = self.config.device_placement if device_placement is None else device_placement
+        pc = self.plan.parallelism
+        if pc is not None and pc.sp_enabled:
+            from surge.parallel import wiring
+
+            wiring.prepare_model(model, pc)  # attention under Ulysses (the loader cuts the sequences)
         prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
         self._models.append(prepared)  # checkpoints see the module without compile's wrapper
         if self.plan.dynamo is not None:
@@ -401,7 +406,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             return
         self.deepspeed_batch_sizes, note = fill_batch_sizes(
             ds, loader.batch_size, split_batches=self.config.split_batches,
-            gradient_accumulation_steps=self.gradient_accumulation_steps, world_size=self.num_processes)
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            world_size=self.plan.parallelism.data_parallel_size if self.plan.parallelism else self.num_processes)
         if note is not None:
             warnings.warn(note, stacklevel=3)
 

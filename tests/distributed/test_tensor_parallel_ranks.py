@@ -1,6 +1,7 @@
-"""Four gloo processes: tensor parallelism composed with FSDP2 (dp_shard 2 x tp 2) trains a
-tiny transformers Llama like one process on the same global batch (fp32, SGD with
-momentum, <= 1e-5), from the model's own plan and from a user's plan."""
+"""Four gloo processes: tensor parallelism composed with FSDP2 (dp_shard 2 x tp 2) and with
+Ulysses sequence parallelism (tp 2 x sp 2) trains a tiny transformers Llama like one
+process on the same global batch (fp32, SGD with momentum, <= 1e-5), from the model's own
+plan and from a user's plan."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ pytestmark = pytest.mark.distributed
 STEPS, GLOBAL_BATCH, SEQ = 3, 8, 8
 
 
-def _llama() -> nn.Module:
+def _llama(heads: int = 4, kv_heads: int = 2) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32,
                          attn_implementation="eager")
     torch.manual_seed(0)
     return LlamaForCausalLM(config)
@@ -208,7 +209,51 @@ def check_save_state_and_reshard_into_4_x_1():
         shutil.rmtree(holder[0])
 
 
-CHECKS = [check_llama_plan_dp_shard_2_x_tp_2, check_save_state_and_reshard_into_4_x_1,
+def _labelled(rows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    ids = torch.stack(rows)
+    labels = ids.clone()
+    labels[::3, -3:] = -100  # some sequences end in ignored tokens: the shards count different tokens
+    return {"input_ids": ids, "labels": labels}
+
+
+def check_tp_2_x_sp_2():
+    """tp 2 x sp 2: every rank reads the one global batch, keeps its half of each sequence
+    (Ulysses: all-to-all over the heads its tensor-parallel rank holds), and FSDP2 averages
+    gradients over the sp ranks. 8 query / 4 key-value heads: 2 / 1 per rank."""
+    from surge.parallel import sequence_parallel_loss
+
+    model = _llama(8, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for rows in _data().split(GLOBAL_BATCH):
+        model(**_labelled(list(rows))).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    pc = ParallelismConfig(tp_size=2, sp_size=2)
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin())
+    rank = dist.get_rank()
+    assert acc.torch_device_mesh.mesh_dim_names == ("sp", "tp")
+    assert (acc.tensor_parallel_rank, acc.torch_device_mesh.get_local_rank("sp")) == (rank % 2, rank // 2)
+    model = _llama(8, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(list(_data()), batch_size=GLOBAL_BATCH, collate_fn=_labelled)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    group = acc.torch_device_mesh["sp"].get_group()
+    losses = []
+    for batch in loader:
+        assert batch["input_ids"].shape == (GLOBAL_BATCH, SEQ // 2) and "labels" not in batch
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        loss = sequence_parallel_loss(logits, batch["shift_labels"], group)
+        acc.backward(loss)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert len(losses) == STEPS and len({round(v, 6) for v in acc.gather(torch.tensor(losses[-1:])).tolist()}) == 1
+    _compare(ref, _full(model))
+
+
+CHECKS = [check_tp_2_x_sp_2, check_llama_plan_dp_shard_2_x_tp_2, check_save_state_and_reshard_into_4_x_1,
           check_accumulation_clipping_and_metrics,
           check_user_plan_strings_and_styles, check_bf16_runs_close_to_fp32, check_tp_needs_fsdp]
 

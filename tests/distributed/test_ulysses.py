@@ -93,11 +93,12 @@ def _sp_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return sequence_parallel_loss(logits, shard["shift_labels"], None)
 
 
-def _sum_grads(model: torch.nn.Module) -> None:
-    # [Note: sequence-parallel gradients]: the full gradient is the sum over the sp group.
+def _average_grads(model: torch.nn.Module) -> None:
+    # [Note: sequence-parallel gradients]: the full gradient is the mean over the sp group.
     for p in model.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
 
 
 def check_llama_loss_and_grads() -> None:
@@ -110,7 +111,7 @@ def check_llama_loss_and_grads() -> None:
     assert model.config._attn_implementation == "surge_ulysses"
     loss = _sp_loss(model, batch)
     loss.backward()
-    _sum_grads(model)
+    _average_grads(model)
     torch.testing.assert_close(loss.detach(), ref_loss.detach(), **TOL)
     named_ref = dict(ref.named_parameters())
     for name, p in model.named_parameters():
@@ -130,7 +131,7 @@ def check_llama_sgd_steps() -> None:
         ref_opt.zero_grad()
         loss = _sp_loss(model, batch)
         loss.backward()
-        _sum_grads(model)
+        _average_grads(model)
         opt.step()
         opt.zero_grad()
         torch.testing.assert_close(loss.detach(), ref_loss.detach(), **TOL)
@@ -167,7 +168,96 @@ def check_llama_heads_not_divisible() -> None:
         apply_ulysses(LlamaForCausalLM(config), None)
 
 
+def _accelerated(plugin: str, accumulation: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Train through the Accelerator with ParallelismConfig(sp_size=2): the loader hands
+    each rank its half of every sequence; DDP or FSDP2 averages gradients over the 2 ranks."""
+    from surge import Accelerator, FullyShardedDataParallelPlugin, ParallelismConfig
+
+    kwargs: dict = {"fsdp_plugin": FullyShardedDataParallelPlugin()} if plugin == "fsdp" else {}
+    acc = Accelerator(parallelism_config=ParallelismConfig(sp_size=2), gradient_accumulation_steps=accumulation,
+                      **kwargs)
+    assert acc.torch_device_mesh.mesh_dim_names == ("sp",)
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rows = [_batch()["input_ids"][i % 2] for i in range(8)]
+    loader = torch.utils.data.DataLoader(rows, batch_size=4 // accumulation, collate_fn=_collate)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    assert len(loader) == 2 * accumulation  # sharded over the data-parallel dims only (none here)
+    group = acc.torch_device_mesh["sp"].get_group()
+    norms = []
+    for batch in loader:
+        with acc.accumulate(model):
+            assert batch["input_ids"].shape[1] == SEQ // 2
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+            acc.backward(sequence_parallel_loss(logits, batch["shift_labels"], group))
+            if acc.sync_gradients:
+                norms.append(float(acc.clip_grad_norm_(model.parameters(), 0.5)))
+            opt.step()
+            opt.zero_grad()
+    state = acc.get_state_dict(model)
+    return norms, {n: t.detach() for n, t in state.items()}
+
+
+def _collate(rows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    ids = torch.stack(rows)
+    labels = ids.clone()
+    labels[0, -5:] = -100  # one sequence's second half has fewer tokens to learn from
+    return {"input_ids": ids, "labels": labels}
+
+
+def _reference_steps() -> tuple[list[float], dict[str, torch.Tensor]]:
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rows = [_batch()["input_ids"][i % 2] for i in range(8)]
+    norms = []
+    for step in range(2):
+        full = _collate(rows[4 * step:4 * step + 4])
+        for half in (slice(0, 2), slice(2, 4)):  # accumulation 2 over the same 4 rows: the mean of two halves
+            part = {k: v[half] for k, v in full.items()}
+            tokens = (part["labels"][:, 1:] != -100).sum() / (full["labels"][:, 1:] != -100).sum()
+            (model(**part).loss * tokens).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)))
+        opt.step()
+        opt.zero_grad()
+    return norms, {n: p.detach() for n, p in model.state_dict().items()}
+
+
+def check_accelerator_sp_ddp_and_fsdp() -> None:
+    """sp_size=2 under DDP (accumulation 1, then FSDP2 sharding over the sp ranks) equals one
+    process on the same batches; clipping sees the whole model's norm."""
+    ref_norms, ref = _reference_steps()
+    for plugin in ("ddp", "fsdp"):
+        norms, got = _accelerated(plugin, accumulation=1)
+        if dist.get_rank() == 0:
+            for name, value in ref.items():
+                torch.testing.assert_close(got[name], value, **TOL, msg=lambda m, n=name, k=plugin: f"{k} {n}: {m}")
+            assert max(abs(a - b) for a, b in zip(norms, ref_norms, strict=True)) < 1e-5, (plugin, norms, ref_norms)
+
+
+def check_accelerator_sp_accumulation_weights_tokens() -> None:
+    """Accumulation 2: each micro-batch's mean is over its own tokens (Accelerate's rule), so
+    the reference weights its halves the same way; the loader's micro-batches are halves."""
+    norms, got = _accelerated("ddp", accumulation=2)
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rows = [_batch()["input_ids"][i % 2] for i in range(8)]
+    ref_norms = []
+    for step in range(2):
+        for half in range(2):
+            part = _collate(rows[4 * step + 2 * half:4 * step + 2 * half + 2])
+            (model(**part).loss / 2).backward()
+        ref_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)))
+        opt.step()
+        opt.zero_grad()
+    if dist.get_rank() == 0:
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(got[name], value, **TOL, msg=lambda m, n=name: f"{n}: {m}")
+    assert max(abs(a - b) for a, b in zip(norms, ref_norms, strict=True)) < 1e-5, (norms, ref_norms)
+
+
 CHECKS = [
+    check_accelerator_sp_ddp_and_fsdp,
+    check_accelerator_sp_accumulation_weights_tokens,
     check_attention_bshd,
     check_attention_bhsd,
     check_llama_loss_and_grads,

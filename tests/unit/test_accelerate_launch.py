@@ -451,8 +451,17 @@ def test_tensor_parallel_sizes_go_through_to_the_worker(isolated):
     pc = settle_parallelism(None, {k: getattr(config, k) for k in ("parallelism_config_dp_shard_size",
                                                                    "parallelism_config_tp_size")}, 4)
     assert pc is not None and (pc.dp_shard_size, pc.tp_size) == (2, 2)
+    # Ulysses: sp alone keeps the strategy (DDP here); tp x sp shards over sp with FSDP2.
+    sp, _ = resolve_config(build_parser().parse_args(
+        ["launch", "--num_processes", "2", "--parallelism_config_sp_size", "2", "train.py"]))
+    assert not sp.use_fsdp and sp.parallelism_config_sp_size == 2
+    tp_sp, _ = resolve_config(build_parser().parse_args(
+        ["launch", "--num_processes", "4", "--parallelism_config_sp_size", "2", "--parallelism_config_tp_size", "2",
+         "train.py"]))
+    assert tp_sp.use_fsdp
     for flags, words in ((["--parallelism_config_tp_size", "4"], "composes with FSDP2"),
+                         (["--parallelism_config_sp_size", "2"], r"sp_size=2 = 2 must equal num_processes=4"),
                          (["--parallelism_config_dp_shard_size", "2", "--parallelism_config_cp_size", "2"],
-                          "cp_size=2: context and sequence parallelism are not offered")):
+                          "cp_size=2: context parallelism is not offered")):
         with pytest.raises(ConfigError, match=words):
             resolve_config(build_parser().parse_args(["launch", "--num_processes", "4", *flags, "train.py"]))

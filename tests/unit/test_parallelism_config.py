@@ -49,6 +49,7 @@ def test_settle_against_the_world_size():
     with pytest.raises(ValueError, match=r"cp_size=2.*not offered yet"):
         settle_parallelism(ParallelismConfig(dp_shard_size=2, cp_size=2), {}, 4)
     assert settle_parallelism(ParallelismConfig(dp_shard_size=2, tp_size=2), {}, 4) is not None
+    assert settle_parallelism(ParallelismConfig(sp_size=2, tp_size=2), {}, 4) is not None
     with pytest.raises(TypeError, match="ParallelismConfig"):
         settle_parallelism({"tp_size": 2}, {}, 2)
 
@@ -77,6 +78,59 @@ def test_apply_to_the_strategy_spec():
     assert tp.mesh == MeshSpec(dp_shard=2, tp=2) and tp.tp_plan == {"a": "colwise"} and not tp.hybrid
     with pytest.raises(ValueError, match="fsdp_plugin"):
         apply_parallelism(ddp, ParallelismConfig(dp_shard_size=2, tp_size=2))
+    # Ulysses: sp is a dimension FSDP shards over (tp x sp needs no dp_shard); DDP keeps its world.
+    tp_sp = apply_parallelism(fsdp, ParallelismConfig(sp_size=2, tp_size=2))
+    assert tp_sp.mesh == MeshSpec(sp=2, tp=2)
+    assert apply_parallelism(ddp, ParallelismConfig(sp_size=4)) is ddp
+
+
+def test_fsdp_mesh_shards_over_dp_shard_times_sp():
+    import torch
+
+    from surge.config.accelerator_config import AcceleratorConfig
+    from surge.precision import Precision
+    from surge.strategies.fsdp import FSDP
+    from surge.topology import LaunchEnvironment, Topology
+
+    def shape(world: int, pc: ParallelismConfig) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        spec = apply_parallelism(StrategySpec(family="fsdp", shard_degree=3, mesh=MeshSpec(dp_shard=world)), pc)
+        topology = Topology(launch=LaunchEnvironment("env", rank=0, world_size=world, local_rank=0,
+                                                     local_world_size=world))
+        strategy = FSDP(topology, AcceleratorConfig(), Precision(torch.device("cpu")), spec)
+        return strategy._mesh_shape(), strategy._mesh_names()
+
+    assert shape(4, ParallelismConfig(sp_size=2, tp_size=2)) == ((2, 2), ("shard", "tp"))
+    assert shape(8, ParallelismConfig(dp_shard_size=2, sp_size=2, tp_size=2)) == ((4, 2), ("shard", "tp"))
+    assert shape(8, ParallelismConfig(dp_replicate_size=2, dp_shard_size=2, sp_size=2)) == (
+        (2, 4), ("replicate", "shard"))
+
+
+def test_sequence_parallel_handlers_and_batches():
+    import torch
+
+    from surge.config.parallelism import DeepSpeedSequenceParallelConfig, TorchContextParallelConfig
+    from surge.parallel.wiring import SequenceShards
+
+    pc = ParallelismConfig(sp_size=2)
+    assert isinstance(pc.sp_handler, DeepSpeedSequenceParallelConfig)  # Accelerate's default handler
+    assert pc.sp_handler.sp_attn_implementation == "sdpa" and pc.sp_handler.sp_seq_length_is_variable
+    assert pc.shard_size == 2 and ParallelismConfig(dp_shard_size=2, sp_size=2, tp_size=2).shard_size == 4
+    with pytest.raises(ValueError, match="needs sp_seq_length"):
+        DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=False)
+    with pytest.raises(ValueError, match=r"sp_attn_implementation='flash_attention_2'.*use 'sdpa'"):
+        DeepSpeedSequenceParallelConfig(sp_attn_implementation="flash_attention_2")
+    with pytest.raises(ValueError, match="cp_comm_strategy='ring'"):
+        TorchContextParallelConfig(cp_comm_strategy="ring")
+    ids = torch.arange(16).reshape(2, 8)
+    second = SequenceShards(1, 2, pc.sp_handler)({"input_ids": ids, "labels": ids})
+    assert second["input_ids"].tolist() == [[4, 5, 6, 7], [12, 13, 14, 15]]
+    assert second["shift_labels"].tolist() == [[5, 6, 7, -100], [13, 14, 15, -100]]  # shifted before the cut
+    assert second["position_ids"].tolist() == [[4, 5, 6, 7]] * 2 and "labels" not in second
+    with pytest.raises(TypeError, match="needs dict batches.*got tuple"):
+        SequenceShards(0, 2, None)((ids, ids))
+    fixed = SequenceShards(0, 2, DeepSpeedSequenceParallelConfig(sp_seq_length=6, sp_seq_length_is_variable=False))
+    with pytest.raises(ValueError, match="sequence length 8, but sp_seq_length=6"):
+        fixed({"input_ids": ids})
 
 
 def test_one_process_accelerator():

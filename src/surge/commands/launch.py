@@ -250,38 +250,39 @@ def resolve_config(args: argparse.Namespace) -> tuple[SurgeConfig, dict[str, Any
 
 def _parallelism(values: dict[str, Any]) -> None:
     """Accelerate's ParallelismConfig sizes: data-parallel ones map to surge's strategies,
-    tp composes with FSDP2 (the worker's Accelerator reads the sizes from the handed-over
-    config); context/sequence parallel sizes above 1 are refused until surge composes them.
+    tp composes with FSDP2, sp (Ulysses) with any strategy (the worker's Accelerator reads
+    the sizes from the handed-over config); context parallel sizes above 1 are refused
+    until surge composes them.
 
     Raises:
-        ConfigError: cp/sp above 1, tp above 1 without FSDP and dp_shard_size > 1, or
-            sizes that do not multiply to the world size.
+        ConfigError: cp above 1, tp above 1 without FSDP or with nothing to shard over,
+            or sizes that do not multiply to the world size.
     """
     size = {k: values.get(f"parallelism_config_{k}_size", 1) for k in ("dp_replicate", "dp_shard", "tp", "cp", "sp")}
-    over = [f"{k}_size={v}" for k, v in size.items() if k in ("cp", "sp") and v > 1]
-    if over:
-        raise ConfigError(f"parallelism_config {', '.join(over)}: context and sequence parallelism are not offered "
-                          "yet; set them to 1 and use dp_shard_size / dp_replicate_size / tp_size, --use_fsdp or "
-                          "--use_deepspeed")
-    replicate, shard, tp = size["dp_replicate"], size["dp_shard"], size["tp"]
-    if replicate * shard * tp == 1:
+    if size["cp"] > 1:
+        raise ConfigError(f"parallelism_config cp_size={size['cp']}: context parallelism is not offered yet; set it "
+                          "to 1 and use --parallelism_config_sp_size (Ulysses) for long sequences")
+    replicate, shard, tp, sp = size["dp_replicate"], size["dp_shard"], size["tp"], size["sp"]
+    total = replicate * shard * tp * sp
+    if total == 1:
         return
     processes = values.get("num_processes", 1)
-    if replicate * shard * tp != processes:
-        raise ConfigError(f"parallelism_config dp_replicate_size={replicate} x dp_shard_size={shard} x tp_size={tp} "
-                          f"= {replicate * shard * tp} must equal num_processes={processes}")
-    if tp > 1 and (shard == 1 or values.get("use_deepspeed")):
+    if total != processes:
+        raise ConfigError(f"parallelism_config dp_replicate_size={replicate} x dp_shard_size={shard} x tp_size={tp} x "
+                          f"sp_size={sp} = {total} must equal num_processes={processes}")
+    if tp > 1 and (shard * sp == 1 or values.get("use_deepspeed")):
         raise ConfigError(f"parallelism_config tp_size={tp}: tensor parallelism composes with FSDP2 over "
-                          f"dp_shard_size > 1 (got dp_shard_size={shard}); set dp_shard_size and --use_fsdp")
+                          f"dp_shard_size or sp_size > 1 (got dp_shard_size={shard}, sp_size={sp}); set one of them "
+                          "and --use_fsdp")
     if replicate > 1 and shard > 1:
         per_machine = processes // values.get("num_machines", 1)
-        if shard * tp != per_machine:
-            raise ConfigError(f"parallelism_config dp_shard_size={shard} x tp_size={tp} must be the processes per "
-                              f"machine ({per_machine}) when dp_replicate_size={replicate} > 1: surge shards within "
-                              "a machine and replicates across machines (HYBRID_SHARD)")
+        if shard * sp * tp != per_machine:
+            raise ConfigError(f"parallelism_config dp_shard_size={shard} x sp_size={sp} x tp_size={tp} must be the "
+                              f"processes per machine ({per_machine}) when dp_replicate_size={replicate} > 1: surge "
+                              "shards within a machine and replicates across machines (HYBRID_SHARD)")
         values.setdefault("fsdp_sharding_strategy", "HYBRID_SHARD")
-    elif shard > 1 and not values.get("use_deepspeed"):
-        values["use_fsdp"] = True  # dp_shard over every process: FSDP (FULL_SHARD)
+    elif (shard > 1 or tp > 1) and not values.get("use_deepspeed"):
+        values["use_fsdp"] = True  # dp_shard (x sp) over every process: FSDP (FULL_SHARD)
 
 
 def _check_runnable(config: SurgeConfig) -> None:

@@ -8,11 +8,13 @@ and ``dp_cp`` flattened from them. Sizes left as None are 1 (Accelerate reads
 the worker through its config file, read when a plan is settled: see
 ``surge.config.resolve.settle_parallelism``).
 
-What runs today (issue 20): the data-parallel dims. ``dp_replicate x dp_shard`` under an
-FSDP plugin is FSDP2's HYBRID_SHARD mesh; without a sharding plugin the job is DDP over
-every process (the same numbers). ``tp_size`` above 1 under an FSDP plugin is tensor
-parallelism composed with FSDP2 (strategies/tensor_parallel.py). ``cp_size`` and
-``sp_size`` above 1 are refused by the Accelerator until they are built.
+What runs: ``dp_replicate x dp_shard`` under an FSDP plugin is FSDP2's HYBRID_SHARD mesh;
+without a sharding plugin the job is DDP over every process (the same numbers).
+``tp_size`` above 1 under an FSDP plugin is tensor parallelism composed with FSDP2
+(strategies/tensor_parallel.py). ``sp_size`` above 1 is Ulysses sequence parallelism
+(surge.parallel.ulysses) under any strategy: see [Note: sequence parallelism in the
+Accelerator] in surge/parallel/wiring.py. ``cp_size`` above 1 (ring attention, CUDA
+only) is refused by the Accelerator until it is built.
 """
 
 from __future__ import annotations
@@ -23,6 +25,57 @@ from typing import Any
 from surge.config._validate import check_int
 
 _MESH_ORDER = ("dp_replicate", "dp_shard", "cp", "sp", "tp")
+_SP_ATTENTION = ("sdpa",)
+
+
+@dataclass
+class TorchTensorParallelConfig:
+    """Accelerate's tensor-parallel settings (``ParallelismConfig(tp_handler=...)``)."""
+
+    enable_async_tp: bool = False
+    """torch's asynchronous tensor parallelism (CUDA, compiled); not used on the CPU."""
+
+
+@dataclass
+class TorchContextParallelConfig:
+    """Accelerate's context-parallel settings (``ParallelismConfig(cp_handler=...)``)."""
+
+    cp_comm_strategy: str = "allgather"
+    """How ring attention exchanges keys and values: "allgather" or "alltoall"."""
+
+    def __post_init__(self) -> None:
+        if self.cp_comm_strategy not in ("allgather", "alltoall"):
+            raise ValueError(f"cp_comm_strategy={self.cp_comm_strategy!r} must be 'allgather' or 'alltoall'.")
+
+
+@dataclass
+class DeepSpeedSequenceParallelConfig:
+    """Accelerate's Ulysses settings (``ParallelismConfig(sp_handler=...)``).
+
+    surge's Ulysses splits each batch along the sequence whatever its length (the
+    length must divide by ``sp_size``), so ``sp_seq_length`` is only checked.
+    """
+
+    sp_seq_length: int | None = None
+    """The sequence length when every batch has the same one (checked on each batch
+    when ``sp_seq_length_is_variable`` is False)."""
+    sp_seq_length_is_variable: bool | None = None
+    """True (the default): batches may have different lengths."""
+    sp_attn_implementation: str | None = None
+    """The attention Ulysses runs on each rank's heads: "sdpa" (the default)."""
+
+    def __post_init__(self) -> None:
+        if self.sp_seq_length_is_variable is None:
+            self.sp_seq_length_is_variable = True
+        if not self.sp_seq_length_is_variable and self.sp_seq_length is None:
+            raise ValueError("DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=False) needs sp_seq_length "
+                             "(the length of every batch's sequences).")
+        if self.sp_attn_implementation is None:
+            self.sp_attn_implementation = "sdpa"
+        if self.sp_attn_implementation not in _SP_ATTENTION:
+            raise ValueError(f"sp_attn_implementation={self.sp_attn_implementation!r}: surge's Ulysses runs "
+                             f"{list(_SP_ATTENTION)} on each rank's heads (flash attention under Ulysses is not "
+                             "built yet); use 'sdpa'.")
 
 
 @dataclass
@@ -54,7 +107,8 @@ class ParallelismConfig:
     cp_backend: str | None = None
     """The context-parallel backend: "torch" (the default)."""
     sp_size: int | None = None
-    """Sequence-parallel (Ulysses) degree; None: 1. Above 1 is not offered yet."""
+    """Sequence-parallel (Ulysses) degree; None: 1. The processes of an sp group read the
+    same batches, each a contiguous part of every sequence."""
     sp_backend: str | None = None
     """The sequence-parallel backend: "deepspeed" (the default, Accelerate's name for ALST/Ulysses)."""
     tp_handler: Any = None
@@ -87,6 +141,8 @@ class ParallelismConfig:
             raise ValueError(f"cp_backend must be one of ['torch'], but got {self.cp_backend!r}.")
         if self.sp_backend != "deepspeed":
             raise ValueError(f"sp_backend must be one of ['deepspeed'], but got {self.sp_backend!r}.")
+        if self.sp_enabled and self.sp_handler is None:
+            self.sp_handler = DeepSpeedSequenceParallelConfig()
         if self.cp_enabled and self.sp_enabled:
             raise ValueError(f"Context parallelism and sequence parallelism are mutually exclusive: got "
                              f"cp_size={self.cp_size} and sp_size={self.sp_size}. Set one of them to 1.")
@@ -168,6 +224,13 @@ class ParallelismConfig:
     def dp_cp_dim_names(self) -> list[str]:
         """The enabled dimensions the loss is averaged over (flattened into ``dp_cp``)."""
         return [d for d in ("dp_replicate", "dp_shard", "cp") if self.size(d) > 1]
+
+    @property
+    def shard_size(self) -> int:
+        """The processes FSDP shards over (and averages gradients over) in one replica:
+        ``dp_shard * cp * sp`` (sequence- and context-parallel ranks hold parts of the
+        same sequences, so their gradients average like data-parallel ones)."""
+        return self.size("dp_shard") * self.size("cp") * self.size("sp")
 
     @property
     def fsdp_dim_names(self) -> list[str]:

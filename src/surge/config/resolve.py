@@ -54,8 +54,9 @@ class MeshSpec:
 
     ``dp_replicate`` machines (or a ``ParallelismConfig``'s ``dp_replicate_size``) x
     ``dp_shard`` processes for HYBRID_SHARD, else one dimension; ``tp`` > 1 under FSDP is
-    tensor parallel x FSDP2 (tp innermost). ``cp`` and ``sp`` are the room context and
-    sequence parallelism will use; they are 1 until then (see :func:`settle_parallelism`).
+    tensor parallel x FSDP2 (tp innermost). FSDP shards over ``dp_shard x cp x sp`` (the
+    ranks of a sequence share the model and average gradients like data-parallel ones);
+    ``cp`` is 1 until context parallelism is built (see :func:`settle_parallelism`).
     """
 
     dp_replicate: int = 1
@@ -420,7 +421,7 @@ def settle_parallelism(asked: Any, file_values: dict[str, Any], world_size: int)
     Raises:
         TypeError: ``asked`` is not a ParallelismConfig.
         ValueError: the sizes do not multiply to ``world_size`` (each size is named), or
-            cp / sp above 1 (not offered yet).
+            cp above 1 (not offered yet).
     """
     if asked is not None and not isinstance(asked, ParallelismConfig):
         raise TypeError(f"parallelism_config={asked!r} must be a surge.ParallelismConfig.")
@@ -436,11 +437,10 @@ def settle_parallelism(asked: Any, file_values: dict[str, Any], world_size: int)
         named = " x ".join(f"{d}_size={getattr(pc, f'{d}_size')}" for d in _DIMS)
         raise ValueError(f"ParallelismConfig's sizes ({named}) multiply to {pc.total_size}, but the job has "
                          f"{world_size} processes; change the sizes so their product is {world_size}.")
-    later = [f"{d}_size={getattr(pc, f'{d}_size')}" for d in ("cp", "sp") if getattr(pc, f"{d}_size") > 1]
-    if later:
-        raise ValueError(f"ParallelismConfig({', '.join(later)}): context / sequence parallelism is not "
-                         "offered yet (issue 20); surge runs the data-parallel dimensions and tp_size under FSDP. "
-                         "Set these sizes to 1.")
+    if pc.cp_enabled:
+        raise ValueError(f"ParallelismConfig(cp_size={pc.cp_size}): context parallelism (ring attention, CUDA only) is "
+                         "not offered yet; use Ulysses sequence parallelism (sp_size) for long sequences, or set "
+                         "cp_size=1.")
     return pc
 
 
@@ -450,17 +450,17 @@ def apply_parallelism(spec: StrategySpec, pc: ParallelismConfig | None) -> Strat
     one dimension over every process (the mesh is reported, the numbers are the same).
 
     Raises:
-        ValueError: FSDP with no dimension to shard over (``dp_shard_size`` and
-            ``cp_size`` both 1 on several processes).
+        ValueError: FSDP with no dimension to shard over (``dp_shard_size``, ``cp_size``
+            and ``sp_size`` all 1 on several processes); ``tp_size > 1`` without FSDP.
     """
     if pc is not None and pc.tp_enabled and spec.family != "fsdp":
         raise ValueError(f"ParallelismConfig(tp_size={pc.tp_size}): tensor parallelism composes with FSDP2; pass "
-                         "fsdp_plugin=FullyShardedDataParallelPlugin() (or --use_fsdp) with dp_shard_size > 1.")
+                         "fsdp_plugin=FullyShardedDataParallelPlugin() (or --use_fsdp) with dp_shard_size or sp_size > 1.")
     if pc is None or spec.family != "fsdp":
         return spec
-    if not pc.dp_shard_enabled and not pc.cp_enabled and pc.total_size > 1:
+    if pc.shard_size == 1 and pc.total_size > 1:
         raise ValueError(f"FSDP is enabled but the ParallelismConfig has no dimension to shard over "
-                         f"(dp_replicate_size={pc.dp_replicate_size}, dp_shard_size=1, cp_size=1). Set "
+                         f"(dp_replicate_size={pc.dp_replicate_size}, dp_shard_size=1, cp_size=1, sp_size=1). Set "
                          "dp_shard_size > 1, or drop the FSDP plugin for plain data parallelism.")
     mesh = MeshSpec(dp_replicate=pc.size("dp_replicate"), dp_shard=pc.size("dp_shard"), tp=pc.size("tp"),
                     cp=pc.size("cp"), sp=pc.size("sp"))

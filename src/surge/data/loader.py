@@ -108,6 +108,9 @@ class PreparedDataLoader(DataLoader[Any]):
         self._batches_seen = 0
         self._epoch_rng: torch.Tensor | None = None
         self._epoch_generators: dict[str, torch.Tensor] = {}
+        self.batch_transform: Callable[[Any], Any] | None = None
+        """Applied to each batch after it reached the device (sequence parallelism cuts
+        this rank's part of every sequence: see parallel/wiring.py)."""
 
     @property
     def epoch(self) -> int:
@@ -254,11 +257,12 @@ class PreparedDataLoader(DataLoader[Any]):
                 gs.end_of_dataloader = last
                 self._batches_seen += 1
                 if prefetch is not None:
-                    yield prefetch.ready(staged)
+                    out = prefetch.ready(staged)
                 elif move and device is not None:
-                    yield send_to_device(current, device, self._non_blocking)
+                    out = send_to_device(current, device, self._non_blocking)
                 else:
-                    yield current
+                    out = current
+                yield out if self.batch_transform is None else self.batch_transform(out)
                 current, staged = upcoming, staged_next
             gs.epoch_samples, gs.epoch_padding = samples, samples - real_samples
             self.iteration += 1

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
 
     from surge.accumulation import GradientState
+    from surge.config.parallelism import ParallelismConfig
     from surge.config.accelerator_config import AcceleratorConfig
     from surge.config.dataloader import DataLoaderConfiguration
 
@@ -34,11 +35,14 @@ class DataLoadingMixin:
         def process_index(self) -> int: ...
         def _fill_deepspeed_batch_sizes(self, loader: DataLoader[Any]) -> None: ...
 
+    def _parallelism(self) -> ParallelismConfig | None:
+        plan = getattr(self, "plan", None)
+        return plan.parallelism if plan is not None else None
+
     def _data_shards(self) -> tuple[int, int]:
         """(shards, this process's shard): one per data-parallel index. The processes of a
-        tensor-parallel group (the mesh's innermost dims) read the same batches."""
-        pc = getattr(self, "plan", None)
-        pc = pc.parallelism if pc is not None else None
+        tensor- or sequence-parallel group (the mesh's innermost dims) read the same batches."""
+        pc = self._parallelism()
         if pc is None or pc.non_data_parallel_size == 1:
             return self.num_processes, self.process_index
         return pc.data_parallel_size, self.process_index // pc.non_data_parallel_size
@@ -91,6 +95,13 @@ class DataLoadingMixin:
             split_batches=dl.split_batches, even_batches=dl.even_batches, dispatch_batches=dl.dispatch_batches,
             use_seedable_sampler=dl.use_seedable_sampler, data_seed=dl.data_seed, non_blocking=dl.non_blocking,
         )
+        pc = self._parallelism()
+        if pc is not None and pc.sp_enabled:
+            from surge.parallel.wiring import SequenceShards
+
+            # Every rank of an sp group read the same batch; each keeps its part of the sequences.
+            sp_rank = int(pc.device_mesh.get_local_rank("sp")) if pc.device_mesh is not None else 0
+            prepared.batch_transform = SequenceShards(sp_rank, pc.size("sp"), pc.sp_handler)
         self._dataloaders.append(prepared)
         return prepared
 

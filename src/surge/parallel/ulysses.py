@@ -9,7 +9,8 @@ second all-to-all turns its output back into sequence shards. The communication 
 layer is 4 all-to-alls of the activations (q, k, v, out), each ``1/sp`` of them crossing
 to each peer; memory for activations falls by ``sp``.
 
-What this module offers, standalone (the Accelerator does not wire it yet):
+What this module offers (standalone; ``ParallelismConfig(sp_size=N)`` wires it into the
+Accelerator: see [Note: sequence parallelism in the Accelerator] in parallel/wiring.py):
 
 * :class:`UlyssesAttention`: wraps any local attention function.
 * :func:`apply_ulysses`: makes a transformers Llama-family model attend under Ulysses.
@@ -18,13 +19,14 @@ What this module offers, standalone (the Accelerator does not wire it yet):
 * :func:`sequence_parallel_loss`: the mean token loss over the whole sequence.
 
 [Note: sequence-parallel gradients]: every rank holds the full model and backpropagates
-only its own shard's share of the loss (its token-loss sum over the global token count);
-the all-to-alls carry the cotangents back to the ranks whose tokens produced q, k and v.
-The full gradient is therefore the SUM of the ranks' gradients over the sp group
-(``dist.all_reduce(p.grad, group=sp_group)``), not their mean. A data-parallel wrapper
-that averages over all ``dp * sp`` ranks (DDP over the whole world) therefore gives the
-full gradient divided by ``dp`` only if the loss is multiplied by ``sp`` first; whoever wires
-this into the Accelerator must pick one of the two.
+only its own shard's tokens; the all-to-alls carry the cotangents back to the ranks whose
+tokens produced q, k and v. :func:`sequence_parallel_loss` returns the global token mean
+whose gradient is ``sp`` times this rank's share (its token-loss sum over the global token
+count), so the full gradient is the MEAN of the ranks' gradients over the sp group: what
+DDP or FSDP over ``dp x sp`` processes computes (the mean over dp of each group's full
+gradient), and what Accelerate's ALST recipe gives (an autograd all-gather of per-shard
+losses sums ``sp`` equal cotangents). Standalone, average gradients over the group
+(``dist.all_reduce(p.grad, group=sp_group); p.grad /= sp``).
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ def apply_ulysses(model: torch.nn.Module, group: ProcessGroup | None = None) -> 
     Registers the attention implementation ``"surge_ulysses"`` (sdpa on full sequences,
     causal) in transformers' ``AttentionInterface`` and sets ``model.config._attn_implementation``
     to it. Feed the model batches from :func:`shard_sequence` and compute the loss with
-    :func:`sequence_parallel_loss`; sum gradients over the group (see
+    :func:`sequence_parallel_loss`; average gradients over the group (see
     [Note: sequence-parallel gradients]).
 
     Args:
@@ -341,9 +343,10 @@ def sequence_parallel_loss(
         ignore_index: Label value that counts as no token.
 
     Returns:
-        The global mean loss (the same value on every rank). Its gradient is this rank's
-        share only, so that summing gradients over the group gives the full gradient
-        ([Note: sequence-parallel gradients]). Two all-reduces of one scalar each.
+        The global mean loss (the same value on every rank). Its gradient is ``sp`` times
+        this rank's share, so that averaging gradients over the group (as DDP or FSDP over
+        the sp ranks does) gives the full gradient ([Note: sequence-parallel gradients]).
+        One all-reduce of two scalars.
     """
     token_sum = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
@@ -354,5 +357,6 @@ def sequence_parallel_loss(
     stats = torch.stack([token_sum.detach(), (shift_labels != ignore_index).sum().to(token_sum)])
     dist.all_reduce(stats, group=group)
     total_sum, count = stats[0], stats[1].clamp(min=1)
-    # Value: the global mean; gradient: d(local sum)/count.
-    return (token_sum + (total_sum - token_sum.detach())) / count
+    scaled = token_sum * _group_size(group)
+    # Value: the global mean; gradient: sp * d(local sum) / count.
+    return (scaled + (total_sum - scaled.detach())) / count

@@ -47,7 +47,7 @@ class FSDP(Strategy):
         self.hybrid = self.spec.hybrid  # HYBRID_SHARD: shard within a machine, replicate across machines
         self._distributed_type = DistributedType.DEEPSPEED if self.spec.family == "deepspeed" else DistributedType.FSDP
         mesh = self.spec.mesh
-        if self.hybrid and mesh.dp_replicate * mesh.dp_shard * mesh.tp != topology.world_size:
+        if self.hybrid and mesh.size != topology.world_size:
             raise ValueError(f"HYBRID_SHARD's mesh {mesh.dp_replicate} x {mesh.dp_shard} (replicas x shard size) does "
                              f"not cover the job's {topology.world_size} processes; build the StrategySpec with "
                              "config.resolve.strategy_spec, which derives it from the machines.")
@@ -144,11 +144,16 @@ class FSDP(Strategy):
 
     def _mesh_shape(self) -> tuple[int, ...]:
         """(processes,) or, for HYBRID_SHARD, the plan's (replicas, shard size): parameters
-        are sharded within each replica group (a machine) and replicated across them."""
+        are sharded within each replica group (a machine) and replicated across them.
+
+        The shard dimension is ``dp_shard x cp x sp``: in ParallelismConfig's mesh order
+        (dp_replicate, dp_shard, cp, sp, tp) those dims are neighbours, so their flattened
+        index is one contiguous dimension (torchtitan's ``dp_shard_cp``)."""
         mesh = self.spec.mesh
+        shard = mesh.dp_shard * mesh.cp * mesh.sp
         if mesh.tp > 1:  # tp innermost: a tp group is neighbouring ranks (one machine)
-            return (mesh.dp_replicate, mesh.dp_shard, mesh.tp) if self.hybrid else (mesh.dp_shard, mesh.tp)
-        return (mesh.dp_replicate, mesh.dp_shard) if self.hybrid else (self.topology.world_size,)
+            return (mesh.dp_replicate, shard, mesh.tp) if self.hybrid else (shard, mesh.tp)
+        return (mesh.dp_replicate, shard) if self.hybrid else (self.topology.world_size,)
 
     def _mesh_names(self) -> tuple[str, ...]:
         names = ("replicate", "shard") if self.hybrid else ("shard",)
