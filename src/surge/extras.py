@@ -61,6 +61,8 @@ class ExtrasMixin(ProcessQueries):
         @property
         def distributed_type(self) -> DistributedType: ...
 
+        def prepare_data_loader(self, data_loader: Any, device_placement: bool | None = None) -> Any: ...
+
         @property
         def mixed_precision(self) -> str: ...
 
@@ -172,6 +174,37 @@ class ExtrasMixin(ProcessQueries):
         """0: surge has no pipeline parallelism, so every process is in the one stage.
         (Accelerate 1.15 raises NotImplementedError here.)"""
         return 0
+
+    @property
+    def sequence_parallel_rank(self) -> int:
+        """This process's index along "sp", the part of each sequence it holds (0 when
+        ``sp_size`` is 1; surge's addition).
+
+        Raises:
+            RuntimeError: no ``parallelism_config``.
+        """
+        return self._mesh_rank("sp", "Sequence parallelism")
+
+    @contextlib.contextmanager
+    def maybe_context_parallel(self, buffers: list[torch.Tensor] | None = None,
+                               buffer_seq_dims: list[int] | None = None,
+                               no_restore_buffers: set[torch.Tensor] | None = None) -> Iterator[None]:
+        """Accelerate's context-parallel region. Context parallelism (``cp_size > 1``) is
+        refused at construction, so here, as in Accelerate whenever cp is off, it has no
+        effect (the buffers stay whole)."""
+        yield
+
+    def deepspeed_ulysses_dl_adapter(self, dl: Any, model: nn.Module | None = None) -> Any:
+        """Accelerate's hook for a DataLoader prepared apart from the model under Ulysses
+        (transformers' Trainer calls it): surge's prepared loaders already hand each rank
+        its part of the sequences, so a prepared loader comes back as it is and a plain one
+        is prepared. Without ``sp_size > 1`` the loader comes back unchanged."""
+        pc = self.plan.parallelism
+        if pc is None or not pc.sp_enabled:
+            return dl
+        from surge.data.loader import PreparedDataLoader
+
+        return dl if isinstance(dl, PreparedDataLoader) else self.prepare_data_loader(dl)
 
     @staticmethod
     def verify_device_map(model: nn.Module) -> bool:

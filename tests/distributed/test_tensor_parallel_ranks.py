@@ -23,7 +23,7 @@ pytestmark = pytest.mark.distributed
 STEPS, GLOBAL_BATCH, SEQ = 3, 8, 8
 
 
-def _llama(heads: int = 4, kv_heads: int = 2) -> nn.Module:
+def _llama(heads: int = 8, kv_heads: int = 4) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -170,6 +170,27 @@ def _prepared(pc: ParallelismConfig, project_dir: str) -> tuple[Accelerator, nn.
     return acc, model, opt, loader
 
 
+def _resume_under_sequence_parallel(folder: str, project_dir: str, ref: dict[str, torch.Tensor]) -> None:
+    from surge.parallel import sequence_parallel_loss
+
+    pc = ParallelismConfig(tp_size=2, sp_size=2)
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(), project_dir=project_dir)
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(list(_data()), batch_size=GLOBAL_BATCH,
+                                         collate_fn=lambda rows: {"input_ids": torch.stack(rows),
+                                                                  "labels": torch.stack(rows)})
+    model, opt, loader = acc.prepare(model, opt, loader)
+    acc.load_state(folder)
+    group = acc.torch_device_mesh["sp"].get_group()
+    for batch in list(loader)[1:]:
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        acc.backward(sequence_parallel_loss(logits, batch["shift_labels"], group))
+        opt.step()
+        opt.zero_grad()
+    _compare(ref, _full(model))
+
+
 def _steps(acc: Accelerator, model: nn.Module, opt: Any, batches: list[torch.Tensor]) -> None:
     for batch in batches:
         acc.backward(model(input_ids=batch, labels=batch).loss)
@@ -178,8 +199,9 @@ def _steps(acc: Accelerator, model: nn.Module, opt: Any, batches: list[torch.Ten
 
 
 def check_save_state_and_reshard_into_4_x_1():
-    """A 2 x 2 save_state resumes at 2 x 2 and at dp_shard 4 x tp 1 (another mesh), each
-    continuing exactly as one uninterrupted process."""
+    """A 2 x 2 save_state resumes at 2 x 2, at dp_shard 4 x tp 1 and at dp_shard 1 x tp 2
+    (with sp 2 on the other two processes: Ulysses), each continuing exactly as one
+    uninterrupted process."""
     ref = _reference()
     holder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(holder)
@@ -193,6 +215,7 @@ def check_save_state_and_reshard_into_4_x_1():
         acc.load_state(folder)
         _steps(acc, model, opt, list(loader)[1:])
         _compare(ref, _full(model))
+    _resume_under_sequence_parallel(folder, holder[0], ref)
     export = os.path.join(holder[0], "export")
     acc.save_model(model, export)  # from the 4 x 1 run; then the 2 x 2 one below
     acc, model, opt, loader = _prepared(ParallelismConfig(dp_shard_size=2, tp_size=2), holder[0])
@@ -222,7 +245,7 @@ def check_tp_2_x_sp_2():
     gradients over the sp ranks. 8 query / 4 key-value heads: 2 / 1 per rank."""
     from surge.parallel import sequence_parallel_loss
 
-    model = _llama(8, 4)
+    model = _llama()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for rows in _data().split(GLOBAL_BATCH):
         model(**_labelled(list(rows))).loss.backward()
@@ -235,7 +258,7 @@ def check_tp_2_x_sp_2():
     rank = dist.get_rank()
     assert acc.torch_device_mesh.mesh_dim_names == ("sp", "tp")
     assert (acc.tensor_parallel_rank, acc.torch_device_mesh.get_local_rank("sp")) == (rank % 2, rank // 2)
-    model = _llama(8, 4)
+    model = _llama()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loader = torch.utils.data.DataLoader(list(_data()), batch_size=GLOBAL_BATCH, collate_fn=_labelled)
     model, opt, loader = acc.prepare(model, opt, loader)

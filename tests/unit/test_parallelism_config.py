@@ -126,7 +126,7 @@ def test_sequence_parallel_handlers_and_batches():
     assert second["input_ids"].tolist() == [[4, 5, 6, 7], [12, 13, 14, 15]]
     assert second["shift_labels"].tolist() == [[5, 6, 7, -100], [13, 14, 15, -100]]  # shifted before the cut
     assert second["position_ids"].tolist() == [[4, 5, 6, 7]] * 2 and "labels" not in second
-    with pytest.raises(TypeError, match="needs dict batches.*got tuple"):
+    with pytest.raises(TypeError, match=r"needs dict batches.*got tuple"):
         SequenceShards(0, 2, None)((ids, ids))
     fixed = SequenceShards(0, 2, DeepSpeedSequenceParallelConfig(sp_seq_length=6, sp_seq_length_is_variable=False))
     with pytest.raises(ValueError, match="sequence length 8, but sp_seq_length=6"):

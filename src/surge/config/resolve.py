@@ -455,7 +455,8 @@ def apply_parallelism(spec: StrategySpec, pc: ParallelismConfig | None) -> Strat
     """
     if pc is not None and pc.tp_enabled and spec.family != "fsdp":
         raise ValueError(f"ParallelismConfig(tp_size={pc.tp_size}): tensor parallelism composes with FSDP2; pass "
-                         "fsdp_plugin=FullyShardedDataParallelPlugin() (or --use_fsdp) with dp_shard_size or sp_size > 1.")
+                         "fsdp_plugin=FullyShardedDataParallelPlugin() (or --use_fsdp) with dp_shard_size or "
+                         "sp_size > 1.")
     if pc is None or spec.family != "fsdp":
         return spec
     if pc.shard_size == 1 and pc.total_size > 1:

@@ -12,9 +12,9 @@ if TYPE_CHECKING:
     import torch
 
     from surge.accumulation import GradientState
-    from surge.config.parallelism import ParallelismConfig
     from surge.config.accelerator_config import AcceleratorConfig
     from surge.config.dataloader import DataLoaderConfiguration
+    from surge.config.parallelism import ParallelismConfig
 
 
 class DataLoadingMixin:

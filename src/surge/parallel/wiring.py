@@ -52,9 +52,9 @@ def prepare_model(model: nn.Module, pc: ParallelismConfig) -> nn.Module:
 
     config = getattr(model, "config", None)
     if config is None:
-        raise TypeError(f"ParallelismConfig(sp_size={pc.sp_size}): Ulysses sequence parallelism works on transformers "
-                        f"models (with a .config); {type(model).__name__} has none. Use surge.parallel.UlyssesAttention "
-                        "in your own attention instead, with sp_size=1 here.")
+        raise TypeError(f"ParallelismConfig(sp_size={pc.sp_size}): Ulysses sequence parallelism works on "
+                        f"transformers models (with a .config); {type(model).__name__} has none. Use "
+                        "surge.parallel.UlyssesAttention in your own attention instead, with sp_size=1 here.")
     tp, sp = pc.size("tp"), pc.size("sp")
     for what, heads in (("attention heads (num_attention_heads)", getattr(config, "num_attention_heads", None)),
                         ("key/value heads (num_key_value_heads)", getattr(config, "num_key_value_heads", None))):
@@ -80,9 +80,9 @@ class SequenceShards:
         from surge.parallel.ulysses import shard_sequence_for_rank
 
         if not isinstance(batch, Mapping):
-            raise TypeError(f"with sp_size={self.sp_size} the prepared DataLoader splits each batch along the sequence, "
-                            f"which needs dict batches (input_ids, labels, ...); got {type(batch).__name__}. Return a "
-                            "dict from the collate_fn.")
+            raise TypeError(f"with sp_size={self.sp_size} the prepared DataLoader splits each batch along the "
+                            f"sequence, which needs dict batches (input_ids, labels, ...); got "
+                            f"{type(batch).__name__}. Return a dict from the collate_fn.")
         if self.fixed_length is not None:
             ref = batch.get("input_ids", batch.get("labels"))
             if ref is not None and ref.shape[1] != self.fixed_length:

@@ -39,7 +39,12 @@ from surge.config.kwargs import (
     KwargsHandler,
     ProfileKwargs,
 )
-from surge.config.parallelism import ParallelismConfig
+from surge.config.parallelism import (
+    DeepSpeedSequenceParallelConfig,
+    ParallelismConfig,
+    TorchContextParallelConfig,
+    TorchTensorParallelConfig,
+)
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 from surge.config.project import ProjectConfiguration
 from surge.deepspeed.dummy import DummyOptim, DummyScheduler
@@ -257,6 +262,7 @@ __all__ = [
     "DDPCommunicationHookType",
     "DataLoaderConfiguration",
     "DeepSpeedPlugin",
+    "DeepSpeedSequenceParallelConfig",
     "DistributedDataParallelKwargs",
     "DistributedType",
     "DummyOptim",
@@ -282,7 +288,9 @@ __all__ = [
     "SageMakerDistributedType",
     "TERecipeKwargs",
     "TensorInformation",
+    "TorchContextParallelConfig",
     "TorchDynamoPlugin",
+    "TorchTensorParallelConfig",
     "TorchTensorParallelPlugin",
     "UnsupportedError",
     "are_libraries_initialized",
