@@ -113,3 +113,25 @@ def test_trainer_example_zero3_offload(tmp_path):
     first, last, _ = map(float, done.groups())
     assert last < first - 0.5
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-20", "final"]  # save_total_limit=1
+
+
+def test_long_sequences_example_sp_matches_one_process():
+    """`surge launch --parallelism_config_sp_size 2`: the launcher's size reaches the
+    Accelerator, each process trains on half of every sequence (Ulysses), and the losses
+    are those of one process on the whole sequences."""
+    pytest.importorskip("transformers")
+    script = os.path.join(EXAMPLES, "by_feature", "long_sequences.py")
+
+    def losses(out):
+        found = re.search(r"(\d+) steps, loss ([\d. ]+)", out)
+        assert found, out
+        return [float(v) for v in found.group(2).split()]
+
+    one = losses(run(script, "--smoke", processes=0))
+    command = ["surge", "launch", "--num_processes", "2", "--parallelism_config_sp_size", "2", script, "--smoke"]
+    result = subprocess.run(command, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sp_size 2, tp_size 1, 2 processes, sequences of 64 (32 per process)" in result.stdout, result.stdout
+    two = losses(result.stdout)
+    assert len(one) == len(two) == 16 and one[-1] < one[0] - 1.0
+    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-4, (one, two)
