@@ -15,6 +15,17 @@ variance); fp32 training keeps 4-byte parameters and gradients plus 8 bytes of s
 Offloading the optimizer moves its sharded state to CPU memory; offloading
 parameters (ZeRO-3) moves the parameter shards too. Activations, temporary buffers
 and the communication buckets come on top and are not counted.
+
+On an N-D mesh (:func:`mesh_model_state_bytes`) tensor parallelism first divides the
+Ψ_tp parameters its plan splits by tp (the rest, Ψ_rep: embeddings left whole, norms,
+stay on every tp rank); FSDP2 then shards what each rank holds over ``dp_shard x sp``
+(replicas, ``dp_replicate``, divide nothing):
+
+    per rank = (Ψ_rep + Ψ_tp / tp) x (p + g + o) / shard      (FULL_SHARD, ZeRO-3)
+
+FSDP2 keeps its sharded parameters, gradients and optimizer state in fp32 under bf16
+(it casts a gathered copy for compute), so p = g = 4 bytes; o is the optimizer's state
+(Adam 8, SGD with momentum 4).
 """
 
 from __future__ import annotations
@@ -74,6 +85,47 @@ def model_state_bytes(
         gpu -= params
         cpu += params
     return gpu, cpu
+
+
+def mesh_model_state_bytes(num_params: float, tp_params: float, *, tp: int, shard: int,
+                           optimizer_state_bytes: float = 8.0) -> float:
+    """Device bytes of model states on each rank of an FSDP2 (FULL_SHARD) x tensor-parallel
+    mesh: ``num_params`` in all, ``tp_params`` of them split by the tp plan (see the
+    module docstring; 4-byte parameters and gradients, ``optimizer_state_bytes`` per
+    parameter of optimizer state).
+
+    Raises:
+        ValueError: sizes below 1, or more tp parameters than parameters.
+    """
+    if tp < 1 or shard < 1:
+        raise ValueError(f"tp={tp} and shard={shard} must be >= 1.")
+    if not 0 <= tp_params <= num_params:
+        raise ValueError(f"tp_params={tp_params} must be between 0 and num_params={num_params}.")
+    per_rank = (num_params - tp_params) + tp_params / tp
+    return per_rank * (4 + 4 + optimizer_state_bytes) / shard
+
+
+def tensor_parallel_parameters(model: Any, plan: dict[str, Any] | None = None) -> int:
+    """How many of ``model``'s parameters its tensor-parallel plan (the model's own when
+    ``plan`` is None) splits: the weights of column- and row-wise modules and the biases
+    of column-wise ones (a row-wise bias is added after the all-reduce, whole). Works on
+    the meta device.
+
+    Raises:
+        ValueError: see :func:`surge.strategies.tensor_parallel.resolve_plan`.
+    """
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    from surge.strategies.tensor_parallel import resolve_plan
+
+    total = 0
+    for name, style in resolve_plan(model, plan).items():
+        module = model.get_submodule(name)
+        if isinstance(style, (ColwiseParallel, RowwiseParallel)) and getattr(module, "weight", None) is not None:
+            total += module.weight.numel()
+            if isinstance(style, ColwiseParallel) and getattr(module, "bias", None) is not None:
+                total += module.bias.numel()
+    return total
 
 
 def count_parameters(model: object) -> int:

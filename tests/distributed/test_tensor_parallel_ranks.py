@@ -69,7 +69,29 @@ def _train(pc: ParallelismConfig) -> tuple[Accelerator, dict[str, torch.Tensor]]
         opt.zero_grad()
     q = model.model.layers[0].self_attn.q_proj.weight
     assert q.device_mesh.mesh_dim_names == ("shard", "tp") and q.to_local().shape == (8, 32), q.to_local().shape
+    _check_memory_formula(model, opt, pc)
     return acc, _full(model)
+
+
+def _check_memory_formula(model: nn.Module, opt: Any, pc: ParallelismConfig) -> None:
+    """What this rank holds (parameters, gradients, SGD momentum: the local shards) is
+    surge.memory's per-rank formula for the mesh (what `surge estimate-memory --tp_size`
+    prints), to the byte."""
+    from surge.memory import (
+        count_parameters,
+        measured_model_state_bytes,
+        mesh_model_state_bytes,
+        tensor_parallel_parameters,
+    )
+
+    whole = _llama()
+    for p in model.parameters():  # gradients exist between backward and zero_grad: make them
+        p.grad = torch.zeros_like(p)
+    measured = measured_model_state_bytes(model, opt)["total"]
+    opt.zero_grad()
+    expected = mesh_model_state_bytes(count_parameters(whole), tensor_parallel_parameters(whole, pc.tp_plan),
+                                      tp=pc.tp_size, shard=pc.shard_size, optimizer_state_bytes=4)
+    assert measured == expected, (measured, expected)
 
 
 def _compare(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:

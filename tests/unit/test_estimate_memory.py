@@ -94,3 +94,26 @@ def test_timm_architectures_are_built_on_meta_without_weights(capsys, monkeypatc
     assert out["sizes"][0]["largest_layer"] == (8 * 16 + 16) * 4
     assert main(["estimate-memory", "not_a_net", "--library_name", "timm"]) == 1
     assert "neither a timm architecture" in capsys.readouterr().err
+
+
+def test_per_process_memory_of_a_mesh(tmp_path, capsys):
+    """--dp_shard_size / --sp_size / --tp_size: the Llama plan's split parameters divided by
+    tp, everything then by dp_shard x sp (fp32 parameters and gradients, Adam state); the
+    4-process test (tests/distributed/test_tensor_parallel_ranks.py) measures the formula."""
+    from surge.memory import count_parameters, mesh_model_state_bytes, tensor_parallel_parameters
+
+    CONFIGS["llama"]().save_pretrained(tmp_path)
+    report = json.loads(surge_out(capsys, tmp_path, "--json", "--dp_shard_size", 2, "--sp_size", 2, "--tp_size", 2))
+    mesh = report["mesh"]
+    assert (mesh["layout"], mesh["num_processes"], mesh["shard"]) == ("dp_shard 2 x sp 2 x tp 2", 8, 4)
+    with __import__("torch").device("meta"):
+        model = transformers.LlamaModel(CONFIGS["llama"]())
+    # Every linear layer of the 2 blocks and the embedding split; the 5 norms (64 each) stay whole.
+    assert mesh["tp_parameters"] == count_parameters(model) - 5 * 64 == tensor_parallel_parameters(model)
+    whole = report["parameters"]
+    assert mesh["gpu_gb"] * 1e9 == pytest.approx(((whole - 320) / 2 + 320) * (4 + 4 + 8) / 4)
+    assert mesh_model_state_bytes(1000, 600, tp=2, shard=4, optimizer_state_bytes=4) == (400 + 300) * 12 / 4
+    text = surge_out(capsys, tmp_path, "--tp_size", 2, "--dp_shard_size", 4)
+    assert "N-D mesh dp_shard 4 x tp 2 (8 processes)" in " ".join(text.split())
+    assert main(["estimate-memory", "--params", "1e9", "--tp_size", "2"]) == 1
+    assert "--tp_size needs the model" in capsys.readouterr().err

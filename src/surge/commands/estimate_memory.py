@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory", "--gpu_memory", dest="gpu_memory", type=float, default=None,
                         help="GB per GPU; configurations that fit are marked.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
+    mesh = parser.add_argument_group("an N-D mesh (ParallelismConfig's sizes): per-process memory under FSDP2 x tp")
+    for dim, what in (("dp_replicate", "replicas"), ("dp_shard", "processes sharding the model"),
+                      ("sp", "sequence-parallel degree (shards like dp_shard)"),
+                      ("tp", "tensor-parallel degree (the model's plan splits its layers)")):
+        mesh.add_argument(f"--{dim}_size", f"--{dim.replace('_', '-')}-size", dest=f"{dim}_size", type=int,
+                          default=None, help=f"The {what}.")
 
 
 def _not_local(name: str) -> ValueError:
@@ -235,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = accelerate_sizes(model, args.dtypes or ACCELERATE_DTYPES) if model is not None else None
     name = args.model_name if args.model_name is not None else args.model
     num = args.params if model is None else count_parameters(model)
+    mesh = _mesh(args, model, num)
     rows: list[_Row] = []
     for strategy in STRATEGIES:
         cells: list[_Cell] = []
@@ -244,7 +251,9 @@ def run(args: argparse.Namespace) -> int:
             cells.append({"num_processes": n, "gpu_gb": gpu / 1e9, "cpu_gb": cpu / 1e9, "fits": fits})
         rows.append({"strategy": strategy.name, "per_process": cells})
     if args.json:
-        extra = {} if sizes is None else {"model": name, "sizes": sizes}
+        extra: dict[str, Any] = {} if sizes is None else {"model": name, "sizes": sizes}
+        if mesh is not None:
+            extra["mesh"] = mesh
         print(json.dumps({"parameters": num, "precision": args.precision, "rows": rows, **extra}, indent=2))
         return 0
     if sizes is not None:
@@ -269,4 +278,36 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if args.gpu_memory is not None:
         console.print(f"✓ fits in {args.gpu_memory:g} GB per GPU (model states only; activations come on top).")
+    if mesh is not None:
+        console.print(f"N-D mesh {mesh['layout']} ({mesh['num_processes']} processes), FSDP2 FULL_SHARD x tp, "
+                      f"{args.precision} + Adam: {mesh['gpu_gb']:.3g} GB per process ({mesh['tp_parameters']:,} of "
+                      f"{num:,.0f} parameters split by tp, the rest sharded over dp_shard x sp = {mesh['shard']})")
     return 0
+
+
+def _mesh(args: argparse.Namespace, model: torch.nn.Module | None, num: float) -> dict[str, Any] | None:
+    """The per-process memory of the mesh the ``--*_size`` flags describe (None without them).
+
+    Raises:
+        ValueError: a size below 1, ``--tp_size`` without a model (its plan decides what
+            splits), or a model without a tensor-parallel plan.
+    """
+    from surge.memory import mesh_model_state_bytes, tensor_parallel_parameters
+
+    given = {d: getattr(args, f"{d}_size") for d in ("dp_replicate", "dp_shard", "sp", "tp")}
+    if all(v is None for v in given.values()):
+        return None
+    sizes = {d: 1 if v is None else v for d, v in given.items()}
+    bad = [f"--{d}_size {v}" for d, v in sizes.items() if v < 1]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: mesh sizes must be >= 1.")
+    if sizes["tp"] > 1 and model is None:
+        raise ValueError("--tp_size needs the model (a directory or --model), not --params: its tensor-parallel plan "
+                         "decides which parameters split.")
+    tp_params = tensor_parallel_parameters(model) if sizes["tp"] > 1 and model is not None else 0
+    shard = sizes["dp_shard"] * sizes["sp"]
+    gpu = mesh_model_state_bytes(num, tp_params, tp=sizes["tp"], shard=shard)
+    layout = " x ".join(f"{d} {v}" for d, v in sizes.items() if v > 1) or "one process"
+    processes = sizes["dp_replicate"] * shard * sizes["tp"]
+    return {**{f"{d}_size": v for d, v in sizes.items()}, "layout": layout, "num_processes": processes,
+            "shard": shard, "tp_parameters": tp_params, "gpu_gb": gpu / 1e9}
