@@ -147,6 +147,37 @@ def check_tp_needs_fsdp():
         raise AssertionError("tp_size=2 without FSDP was accepted")
 
 
+def check_tp_alone_with_clipping_and_a_presplit_model():
+    """tp 4 on 4 processes, no plugin: every rank reads the global batch, the split weights
+    are quarters, clipping sees the whole model's norm; a model already split (as
+    transformers' tp_plan="auto" leaves it) is taken as it is."""
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    norms = []
+    for batch in _data().split(GLOBAL_BATCH):
+        model(input_ids=batch, labels=batch).loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).item())
+        opt.step()
+        opt.zero_grad()
+    ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+    acc = Accelerator(parallelism_config=ParallelismConfig(tp_size=4))
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    assert model.model.layers[0].mlp.up_proj.weight.to_local().shape == (16, 32)
+    got = []
+    for batch in loader:
+        acc.backward(model(input_ids=batch, labels=batch).loss)
+        got.append(acc.clip_grad_norm_(model.parameters(), 0.5).item())
+        opt.step()
+        opt.zero_grad()
+    _compare(ref, _full(model))
+    assert max(abs(a - b) for a, b in zip(norms, got, strict=True)) < 1e-5, (norms, got)
+    again = Accelerator(parallelism_config=ParallelismConfig(tp_size=4))
+    assert again.prepare(model) is model  # split already: left as it is
+
+
 def check_accumulation_clipping_and_metrics():
     """Accumulation 2, clipping at 0.5 (the norm over the whole model, DTensor-aware), and
     gather_for_metrics returning each sample once."""
@@ -184,7 +215,8 @@ def check_accumulation_clipping_and_metrics():
 
 
 def _prepared(pc: ParallelismConfig, project_dir: str) -> tuple[Accelerator, nn.Module, Any, Any]:
-    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(), project_dir=project_dir)
+    fsdp = FullyShardedDataParallelPlugin() if pc.tp_size < pc.total_size else None  # tp alone: no plugin
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=fsdp, project_dir=project_dir)
     model = _llama()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // pc.data_parallel_size)
@@ -221,9 +253,9 @@ def _steps(acc: Accelerator, model: nn.Module, opt: Any, batches: list[torch.Ten
 
 
 def check_save_state_and_reshard_into_4_x_1():
-    """A 2 x 2 save_state resumes at 2 x 2, at dp_shard 4 x tp 1 and at dp_shard 1 x tp 2
-    (with sp 2 on the other two processes: Ulysses), each continuing exactly as one
-    uninterrupted process."""
+    """A 2 x 2 save_state resumes at 2 x 2, at dp_shard 4 x tp 1, at tp 4 alone (no data
+    parallelism: the TensorParallel strategy) and at dp_shard 1 x tp 2 (with sp 2 on the
+    other two processes: Ulysses), each continuing exactly as one uninterrupted process."""
     ref = _reference()
     holder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(holder)
@@ -232,11 +264,13 @@ def check_save_state_and_reshard_into_4_x_1():
     batches = list(loader)
     _steps(acc, model, opt, batches[:1])
     acc.save_state(folder)
-    for pc in (ParallelismConfig(dp_shard_size=2, tp_size=2), ParallelismConfig(dp_shard_size=4)):
+    for pc in (ParallelismConfig(dp_shard_size=2, tp_size=2), ParallelismConfig(dp_shard_size=4),
+               ParallelismConfig(tp_size=4)):
         acc, model, opt, loader = _prepared(pc, holder[0])
         acc.load_state(folder)
         _steps(acc, model, opt, list(loader)[1:])
         _compare(ref, _full(model))
+    assert acc.strategy.name == "tp" and acc.tensor_parallel_rank == dist.get_rank()
     _resume_under_sequence_parallel(folder, holder[0], ref)
     export = os.path.join(holder[0], "export")
     acc.save_model(model, export)  # from the 4 x 1 run; then the 2 x 2 one below
@@ -300,6 +334,7 @@ def check_tp_2_x_sp_2():
 
 CHECKS = [check_tp_2_x_sp_2, check_llama_plan_dp_shard_2_x_tp_2, check_save_state_and_reshard_into_4_x_1,
           check_accumulation_clipping_and_metrics,
-          check_user_plan_strings_and_styles, check_bf16_runs_close_to_fp32, check_tp_needs_fsdp]
+          check_user_plan_strings_and_styles, check_bf16_runs_close_to_fp32, check_tp_needs_fsdp,
+          check_tp_alone_with_clipping_and_a_presplit_model]
 
 test_four_processes = distributed_test(CHECKS, world_size=4)

@@ -272,7 +272,7 @@ def test_surge_launch_finds_accelerates_default_config_and_says_so(isolated, mon
     ({"distributed_type": "MEGATRON_LM", "num_processes": 2}, "Megatron-LM"),
     ({"distributed_type": "MULTI_XPU", "num_processes": 2}, "another accelerator"),
     ({"distributed_type": "MULTI_CPU", "num_processes": 2, "mpirun_config": {"mpirun_hostfile": "~/hosts"}}, "mpirun"),
-    ({"distributed_type": "MULTI_GPU", "num_processes": 2,
+    ({"distributed_type": "DEEPSPEED", "num_processes": 2, "deepspeed_config": {"zero_stage": 2},
       "parallelism_config": {"parallelism_config_tp_size": 2}}, "tp_size=2"),
     ({"distributed_type": "DEEPSPEED", "num_processes": 4, "num_machines": 2, "main_process_ip": "10.0.0.1",
       "deepspeed_config": {"zero_stage": 2, "deepspeed_multinode_launcher": "pdsh"}}, "one launcher per machine"),
@@ -459,7 +459,12 @@ def test_tensor_parallel_sizes_go_through_to_the_worker(isolated):
         ["launch", "--num_processes", "4", "--parallelism_config_sp_size", "2", "--parallelism_config_tp_size", "2",
          "train.py"]))
     assert tp_sp.use_fsdp
-    for flags, words in ((["--parallelism_config_tp_size", "4"], "composes with FSDP2"),
+    alone, _ = resolve_config(build_parser().parse_args(
+        ["launch", "--num_processes", "4", "--parallelism_config_tp_size", "4", "train.py"]))
+    assert not alone.use_fsdp and alone.parallelism_config_tp_size == 4  # tensor parallelism alone
+    for flags, words in ((["--parallelism_config_tp_size", "4", "--use_deepspeed"], "composes with FSDP2"),
+                         (["--parallelism_config_tp_size", "2", "--parallelism_config_dp_replicate_size", "2"],
+                          "composes with FSDP2"),
                          (["--parallelism_config_sp_size", "2"], r"sp_size=2 = 2 must equal num_processes=4"),
                          (["--parallelism_config_dp_shard_size", "2", "--parallelism_config_cp_size", "2"],
                           "cp_size=2: context parallelism is not offered")):

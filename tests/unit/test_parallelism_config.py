@@ -82,6 +82,10 @@ def test_apply_to_the_strategy_spec():
     tp_sp = apply_parallelism(fsdp, ParallelismConfig(sp_size=2, tp_size=2))
     assert tp_sp.mesh == MeshSpec(sp=2, tp=2)
     assert apply_parallelism(ddp, ParallelismConfig(sp_size=4)) is ddp
+    alone = apply_parallelism(ddp, ParallelismConfig(tp_size=4, tp_plan={"a": "colwise"}))  # no plugin: tp alone
+    assert alone.mesh == MeshSpec(tp=4) and alone.tp_plan == {"a": "colwise"} and alone.family == "none"
+    with pytest.raises(ValueError, match="fsdp_plugin"):
+        apply_parallelism(StrategySpec(family="deepspeed", shard_degree=1), ParallelismConfig(tp_size=4))
 
 
 def test_fsdp_mesh_shards_over_dp_shard_times_sp():

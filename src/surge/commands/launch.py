@@ -270,10 +270,12 @@ def _parallelism(values: dict[str, Any]) -> None:
     if total != processes:
         raise ConfigError(f"parallelism_config dp_replicate_size={replicate} x dp_shard_size={shard} x tp_size={tp} x "
                           f"sp_size={sp} = {total} must equal num_processes={processes}")
+    if tp == total and not values.get("use_deepspeed") and not values.get("use_fsdp"):
+        return  # tensor parallelism alone, over every process
     if tp > 1 and (shard * sp == 1 or values.get("use_deepspeed")):
         raise ConfigError(f"parallelism_config tp_size={tp}: tensor parallelism composes with FSDP2 over "
-                          f"dp_shard_size or sp_size > 1 (got dp_shard_size={shard}, sp_size={sp}); set one of them "
-                          "and --use_fsdp")
+                          f"dp_shard_size or sp_size > 1 (got dp_shard_size={shard}, sp_size={sp}), or runs alone "
+                          f"on every process (tp_size = num_processes, no --use_fsdp / --use_deepspeed)")
     if replicate > 1 and shard > 1:
         per_machine = processes // values.get("num_machines", 1)
         if shard * sp * tp != per_machine:

@@ -453,6 +453,10 @@ def apply_parallelism(spec: StrategySpec, pc: ParallelismConfig | None) -> Strat
         ValueError: FSDP with no dimension to shard over (``dp_shard_size``, ``cp_size``
             and ``sp_size`` all 1 on several processes); ``tp_size > 1`` without FSDP.
     """
+    if pc is not None and pc.tp_enabled and spec.family == "none" and spec.shard_degree == 0 \
+            and pc.tp_size == pc.total_size:
+        # tp over every process, nothing else: the TensorParallel strategy (Accelerate's pure TP).
+        return dataclasses.replace(spec, mesh=MeshSpec(tp=pc.size("tp")), tp_plan=pc.tp_plan)
     if pc is not None and pc.tp_enabled and spec.family != "fsdp":
         raise ValueError(f"ParallelismConfig(tp_size={pc.tp_size}): tensor parallelism composes with FSDP2; pass "
                          "fsdp_plugin=FullyShardedDataParallelPlugin() (or --use_fsdp) with dp_shard_size or "

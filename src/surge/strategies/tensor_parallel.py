@@ -5,15 +5,23 @@ style. transformers writes the styles as strings (``config.base_model_tp_plan``,
 to the base model, and the head model's ``_tp_plan``); transformers implements them with
 its own classes, surge maps each to PyTorch's own ``ParallelStyle`` (torchtitan's recipe):
 the model is then parallelised by ``torch.distributed.tensor.parallel.parallelize_module``
-on the mesh's "tp" dimension, before FSDP2 shards it over the data-parallel dimensions.
+on the mesh's "tp" dimension, before FSDP2 shards it over the data-parallel dimensions;
+alone (no data parallelism) it is the :class:`TensorParallel` strategy.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
+
+from surge.config.accelerator_config import AcceleratorConfig
+from surge.config.resolve import StrategySpec
+from surge.precision.base import Precision
+from surge.strategies.base import Strategy
+from surge.topology import DistributedType, Topology
 
 # transformers' style names -> (torch style, its keyword arguments as layouts)
 _STRING_STYLES = ("colwise", "colwise_rep", "colwise_gather_output", "rowwise", "rowwise_rep", "rowwise_split_input",
@@ -103,3 +111,60 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: Any, plan: dict[str, Any] |
 
     parallelize_module(model, tp_mesh, resolve_plan(model, plan))
     return model
+
+
+class TensorParallel(Strategy):
+    """Tensor parallelism alone (``ParallelismConfig(tp_size=N)`` on N processes, no data
+    parallelism): each planned module's parameters are DTensors split over every process;
+    the rest (norms, unplanned modules) are whole on each and receive the same gradient on
+    each, so nothing is averaged. Accelerate accepts only a model transformers already split
+    (``from_pretrained(tp_plan="auto")``); surge takes that one as it is and splits any
+    other by its plan here."""
+
+    name = "tp"
+    sharded_checkpoint = True
+
+    def __init__(self, topology: Topology, config: AcceleratorConfig, precision: Precision,
+                 spec: StrategySpec | None = None) -> None:
+        super().__init__(topology, config, precision, spec)
+        self._param_map: dict[int, nn.Parameter] = {}
+
+    @property
+    def distributed_type(self) -> DistributedType:  # type: ignore[override]
+        return self.topology.distributed_type
+
+    def prepare_model(self, model: nn.Module, *, device_placement: bool, evaluation_mode: bool = False) -> nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor import DTensor
+
+        names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+        model = super().prepare_model(model, device_placement=device_placement, evaluation_mode=evaluation_mode)
+        if any(isinstance(p, DTensor) for p in model.parameters()):
+            return model  # split already (transformers' tp_plan="auto", or prepared before)
+        mesh = init_device_mesh(self.device.type, (self.topology.world_size,), mesh_dim_names=("tp",))
+        apply_tensor_parallel(model, mesh, self.spec.tp_plan)
+        new = dict(model.named_parameters(remove_duplicate=False))
+        self._param_map.update({old: new[name] for old, name in names.items() if name in new})
+        return model
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Rebind ``optimizer`` to the split parameters (as FSDP does for its shards)."""
+        if optimizer.state:
+            raise ValueError("the optimizer already has state; prepare it before its first step under tensor "
+                             "parallelism (its state must be created for the split parameters).")
+        for group in optimizer.param_groups:
+            group["params"] = [self._param_map.get(id(p), p) for p in group["params"]]
+        return super().prepare_optimizer(optimizer)
+
+    def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        from surge.strategies.fsdp import _clip_across_meshes
+
+        return _clip_across_meshes(parameters, max_norm, norm_type)
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The full state dict, gathered to the CPU (a collective: every rank calls it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.unwrap_model(model),
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return cast(dict[str, torch.Tensor], state)
