@@ -446,8 +446,11 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             self._guard.observe_loss(loss)
         if num_items_in_batch is not None:
             # Gradients are averaged over processes by the strategy; undo that mean so
-            # the result is sum(all items) / num_items_in_batch.
-            loss = loss * (self.num_processes / num_items_in_batch)
+            # the result is sum(all items) / num_items_in_batch. (With a mesh, over the
+            # processes that see different tokens: tensor-parallel ranks share theirs.)
+            pc = self.plan.parallelism
+            averaged = pc.data_parallel_size * pc.size("sp") * pc.size("cp") if pc is not None else self.num_processes
+            loss = loss * (averaged / num_items_in_batch)
         elif average and gs.num_steps > 1 and self.config.accumulation_divisor == "num_steps":
             loss = loss / gs.num_steps  # Accelerate's numbers (see [Note: the short cycle])
         elif average and gs.num_steps > 1:

@@ -147,6 +147,34 @@ def check_tp_needs_fsdp():
         raise AssertionError("tp_size=2 without FSDP was accepted")
 
 
+def check_loss_parallel():
+    """TorchTensorParallelConfig(loss_parallel=True): the head's logits stay split over the
+    vocabulary (a DTensor) and the model's own cross-entropy runs on them; the training is
+    one process's, with num_items_in_batch (the Trainer's form) counting dp processes only."""
+    from torch.distributed.tensor import DTensor
+
+    from surge.utils import TorchTensorParallelConfig
+
+    ref = _reference()
+    pc = ParallelismConfig(dp_shard_size=2, tp_size=2, tp_handler=TorchTensorParallelConfig(loss_parallel=True))
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin())
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // 2)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    for step, batch in enumerate(loader):
+        out = model(input_ids=batch, labels=batch)
+        assert isinstance(out.logits, DTensor) and out.logits.to_local().shape[-1] == 32  # half the vocabulary
+        if step % 2:
+            acc.backward(out.loss)
+        else:  # the Trainer's form: this process's token sum, over every data-parallel process's tokens
+            tokens = batch.shape[0] * (batch.shape[1] - 1)
+            acc.backward(out.loss * tokens, num_items_in_batch=tokens * 2)
+        opt.step()
+        opt.zero_grad()
+    _compare(ref, _full(model))
+
+
 def check_tp_alone_with_clipping_and_a_presplit_model():
     """tp 4 on 4 processes, no plugin: every rank reads the global batch, the split weights
     are quarters, clipping sees the whole model's norm; a model already split (as
@@ -335,6 +363,6 @@ def check_tp_2_x_sp_2():
 CHECKS = [check_tp_2_x_sp_2, check_llama_plan_dp_shard_2_x_tp_2, check_save_state_and_reshard_into_4_x_1,
           check_accumulation_clipping_and_metrics,
           check_user_plan_strings_and_styles, check_bf16_runs_close_to_fp32, check_tp_needs_fsdp,
-          check_tp_alone_with_clipping_and_a_presplit_model]
+          check_tp_alone_with_clipping_and_a_presplit_model, check_loss_parallel]
 
 test_four_processes = distributed_test(CHECKS, world_size=4)

@@ -34,6 +34,13 @@ class TorchTensorParallelConfig:
 
     enable_async_tp: bool = False
     """torch's asynchronous tensor parallelism (CUDA, compiled); not used on the CPU."""
+    loss_parallel: bool = False
+    """surge's addition: compute the cross-entropy on the vocabulary-split logits (torch's
+    ``loss_parallel``) instead of gathering them first. The output head (transformers'
+    ``get_output_embeddings()``) then returns logits as a DTensor split over the vocabulary;
+    the model's own loss (``labels=``) and ``accelerator.backward`` run under the context.
+    A loss computed outside the model needs ``torch.distributed.tensor.parallel.loss_parallel()``
+    around it."""
 
 
 @dataclass

@@ -122,6 +122,8 @@ class StrategySpec:
     offload_pin_memory: bool | None = None
     """Pin offloaded parameter shards (None: when the device is a GPU)."""
     tp_plan: Any = None
+    loss_parallel: bool = False
+    """With ``mesh.tp > 1``: the loss on vocabulary-split logits (``TorchTensorParallelConfig``)."""
     """With ``mesh.tp > 1``: the user's tensor-parallel plan (None: the model's own)."""
 
     @property
@@ -456,7 +458,8 @@ def apply_parallelism(spec: StrategySpec, pc: ParallelismConfig | None) -> Strat
     if pc is not None and pc.tp_enabled and spec.family == "none" and spec.shard_degree == 0 \
             and pc.tp_size == pc.total_size:
         # tp over every process, nothing else: the TensorParallel strategy (Accelerate's pure TP).
-        return dataclasses.replace(spec, mesh=MeshSpec(tp=pc.size("tp")), tp_plan=pc.tp_plan)
+        return dataclasses.replace(spec, mesh=MeshSpec(tp=pc.size("tp")), tp_plan=pc.tp_plan,
+                                   loss_parallel=_loss_parallel(pc))
     if pc is not None and pc.tp_enabled and spec.family != "fsdp":
         raise ValueError(f"ParallelismConfig(tp_size={pc.tp_size}): tensor parallelism composes with FSDP2; pass "
                          "fsdp_plugin=FullyShardedDataParallelPlugin() (or --use_fsdp) with dp_shard_size or "
@@ -469,7 +472,12 @@ def apply_parallelism(spec: StrategySpec, pc: ParallelismConfig | None) -> Strat
                          "dp_shard_size > 1, or drop the FSDP plugin for plain data parallelism.")
     mesh = MeshSpec(dp_replicate=pc.size("dp_replicate"), dp_shard=pc.size("dp_shard"), tp=pc.size("tp"),
                     cp=pc.size("cp"), sp=pc.size("sp"))
-    return dataclasses.replace(spec, mesh=mesh, hybrid=pc.dp_replicate_enabled, tp_plan=pc.tp_plan)
+    return dataclasses.replace(spec, mesh=mesh, hybrid=pc.dp_replicate_enabled, tp_plan=pc.tp_plan,
+                               loss_parallel=pc.tp_enabled and _loss_parallel(pc))
+
+
+def _loss_parallel(pc: ParallelismConfig) -> bool:
+    return bool(getattr(pc.tp_handler, "loss_parallel", False))
 
 
 def accumulation_settings(plugin: GradientAccumulationPlugin | None, steps: int | None) -> dict[str, bool]:

@@ -140,6 +140,12 @@ class Strategy:
         return inner if keep_fp32_wrapper else remove_autocast_forward(inner)
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        if self.spec.loss_parallel:  # the loss came from vocabulary-split logits (TorchTensorParallelConfig)
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            with loss_parallel():
+                self.precision.backward(loss, **kwargs)
+            return
         self.precision.backward(loss, **kwargs)
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:

@@ -92,7 +92,7 @@ class FSDP(Strategy):
 
             # torchtitan's order: tensor-parallel first (parameters become DTensors on "tp"),
             # then FSDP2 shards them over the data-parallel dims of the same mesh.
-            apply_tensor_parallel(model, mesh["tp"], self.spec.tp_plan)
+            apply_tensor_parallel(model, mesh["tp"], self.spec.tp_plan, loss_parallel=self.spec.loss_parallel)
             mesh = mesh[self._mesh_names()[:-1]]
         kwargs = {"mesh": mesh, "reshard_after_forward": self.reshard_after_forward, "mp_policy": self._mp_policy()}
         if self.offload_params:

@@ -100,17 +100,49 @@ def resolve_plan(model: nn.Module, plan: dict[str, Any] | None) -> dict[str, Any
     return resolved
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh: Any, plan: dict[str, Any] | None) -> nn.Module:
+def apply_tensor_parallel(model: nn.Module, tp_mesh: Any, plan: dict[str, Any] | None, *,
+                          loss_parallel: bool = False) -> nn.Module:
     """Parallelise ``model`` in place on ``tp_mesh`` (a 1-D DeviceMesh): each planned
     module's parameters become DTensors sharded across it (a collective on the tp group).
 
+    ``loss_parallel``: the output head keeps its logits split over the vocabulary (a
+    DTensor) and the model's forward runs under torch's ``loss_parallel`` context, so its
+    cross-entropy never gathers them.
+
     Raises:
-        ValueError: see :func:`resolve_plan`.
+        ValueError: see :func:`resolve_plan`; ``loss_parallel`` on a model without an
+            output head (transformers' ``get_output_embeddings``).
     """
     from torch.distributed.tensor.parallel import parallelize_module
 
-    parallelize_module(model, tp_mesh, resolve_plan(model, plan))
+    resolved = resolve_plan(model, plan)
+    if loss_parallel:
+        from torch.distributed.tensor import Shard
+        from torch.distributed.tensor.parallel import ColwiseParallel
+
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        name = next((n for n, m in model.named_modules() if head is not None and m is head), None)
+        if name is None:
+            raise ValueError(f"TorchTensorParallelConfig(loss_parallel=True): {type(model).__name__} has no output "
+                             "head (get_output_embeddings()) to split over the vocabulary; turn loss_parallel off.")
+        resolved[name] = ColwiseParallel(output_layouts=Shard(-1), use_local_output=False)
+        if not isinstance(model.__dict__.get("forward"), LossParallelForward):
+            model.forward = LossParallelForward(model.forward)
+    parallelize_module(model, tp_mesh, resolved)
     return model
+
+
+class LossParallelForward:
+    """A module's forward run under ``torch.distributed.tensor.parallel.loss_parallel``."""
+
+    def __init__(self, forward: Any) -> None:
+        self.forward = forward
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        with loss_parallel():
+            return self.forward(*args, **kwargs)
 
 
 class TensorParallel(Strategy):
@@ -142,7 +174,7 @@ class TensorParallel(Strategy):
         if any(isinstance(p, DTensor) for p in model.parameters()):
             return model  # split already (transformers' tp_plan="auto", or prepared before)
         mesh = init_device_mesh(self.device.type, (self.topology.world_size,), mesh_dim_names=("tp",))
-        apply_tensor_parallel(model, mesh, self.spec.tp_plan)
+        apply_tensor_parallel(model, mesh, self.spec.tp_plan, loss_parallel=self.spec.loss_parallel)
         new = dict(model.named_parameters(remove_duplicate=False))
         self._param_map.update({old: new[name] for old, name in names.items() if name in new})
         return model
