@@ -120,7 +120,8 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: Any, plan: dict[str, Any] |
         from torch.distributed.tensor import Shard
         from torch.distributed.tensor.parallel import ColwiseParallel
 
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        find_head = getattr(model, "get_output_embeddings", None)
+        head = find_head() if callable(find_head) else None
         name = next((n for n, m in model.named_modules() if head is not None and m is head), None)
         if name is None:
             raise ValueError(f"TorchTensorParallelConfig(loss_parallel=True): {type(model).__name__} has no output "
