@@ -195,3 +195,19 @@ def test_tensor_parallel_plans_from_transformers_and_users():
         resolve_plan(model, {"model.layers.*.nope": "colwise"})
     with pytest.raises(ValueError, match="has no tensor-parallel plan"):
         resolve_plan(torch.nn.Linear(2, 2), None)
+
+
+def test_loss_parallel_needs_an_output_head_and_reaches_the_spec():
+    from torch import nn
+
+    from surge.config.parallelism import TorchTensorParallelConfig
+    from surge.strategies.tensor_parallel import apply_tensor_parallel
+
+    net = nn.Sequential()
+    net.add_module("fc", nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"loss_parallel=True\): Sequential has no output head"):
+        apply_tensor_parallel(net, None, {"fc": "colwise"}, loss_parallel=True)  # refused before any collective
+    fsdp = StrategySpec(family="fsdp", shard_degree=3, mesh=MeshSpec(dp_shard=4))
+    handler = TorchTensorParallelConfig(loss_parallel=True)
+    assert apply_parallelism(fsdp, ParallelismConfig(dp_shard_size=2, tp_size=2, tp_handler=handler)).loss_parallel
+    assert not apply_parallelism(fsdp, ParallelismConfig(dp_shard_size=2, tp_size=2)).loss_parallel
