@@ -34,7 +34,7 @@ class NonFiniteGuard:
 
     def observe_loss(self, loss: torch.Tensor) -> None:
         """Remember whether ``loss`` is finite (on the device: no sync here)."""
-        bad = ~torch.isfinite(loss.detach()).all()
+        bad = ~torch.isfinite(_local(loss.detach())).all()  # a DTensor loss (loss parallel) is replicated
         self._loss_bad = bad if self._loss_bad is None else self._loss_bad | bad
 
     def reset(self) -> None:

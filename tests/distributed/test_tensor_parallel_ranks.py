@@ -157,7 +157,7 @@ def check_loss_parallel():
 
     ref = _reference()
     pc = ParallelismConfig(dp_shard_size=2, tp_size=2, tp_handler=TorchTensorParallelConfig(loss_parallel=True))
-    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin())
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(), nonfinite="skip")
     model = _llama()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // 2)
@@ -173,6 +173,15 @@ def check_loss_parallel():
         opt.step()
         opt.zero_grad()
     _compare(ref, _full(model))
+    # The non-finite guard reads the (DTensor) loss and the gradient shards: a NaN loss on one
+    # tp rank skips the step on every rank.
+    before = _full(model)
+    out = model(input_ids=_data()[:4], labels=_data()[:4])
+    acc.backward(out.loss * (float("nan") if dist.get_rank() == 1 else 1.0))
+    opt.step()
+    opt.zero_grad()
+    assert acc.optimizer_step_was_skipped
+    _compare(before, _full(model))
 
 
 def check_tp_alone_with_clipping_and_a_presplit_model():
