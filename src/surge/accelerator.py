@@ -31,8 +31,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from surge import ops
-from surge._tree import tree_leaves, tree_map
 from surge.accumulation import AccumulateContext, GradientState
 from surge.checkpoint.methods import CheckpointingMixin
 from surge.config.dataloader import DataLoaderConfiguration
@@ -59,17 +57,6 @@ __all__ = ["Accelerator", "get_accelerator", "set_accelerator"]  # the last two:
 _LR_SCHEDULER_TYPES: tuple[type, ...] = (torch.optim.lr_scheduler.LRScheduler,)
 if hasattr(torch.optim.lr_scheduler, "ReduceLROnPlateau"):
     _LR_SCHEDULER_TYPES += (torch.optim.lr_scheduler.ReduceLROnPlateau,)
-
-
-def _is_tensor(x: Any) -> bool:
-    return isinstance(x, torch.Tensor)
-
-
-def _trim_first_dim(data: Any, size: int, keep: int) -> Any:
-    """Cut tensors (and a top-level list) whose first dimension is ``size`` to ``keep``."""
-    if isinstance(data, list) and len(data) == size:
-        return data[:keep]
-    return tree_map(lambda t: t[:keep] if t.dim() and t.shape[0] == size else t, data, _is_tensor)
 
 
 class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMixin, ProcessQueries):
@@ -123,8 +110,13 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         parallelism_config: A :class:`~surge.ParallelismConfig` (Accelerate's mesh sizes;
             their product must be the number of processes). ``dp_replicate_size x
             dp_shard_size`` is FSDP2's hybrid mesh under an FSDP plugin; ``tp_size > 1``
-            (with an FSDP plugin) is tensor parallel x FSDP2; cp / sp above 1 raise. None: the config file's
-            ``parallelism_config_*_size`` keys, if any is above 1.
+            (with an FSDP plugin, or alone) is tensor parallel; ``sp_size > 1`` is Ulysses sequence
+            parallel; cp above 1 raises. None: the config file's ``parallelism_config_*_size`` keys.
+        strategy: "auto": ``prepare`` chooses the lightest strategy whose model states fit
+            (DDP, ZeRO-1/2/3, activation checkpointing, offload) from the model, precision,
+            optimizer, processes and free memory, and prints it (strategies/auto.py). None:
+            the plugins and config file decide.
+        memory_budget_gb: GB each process may use, for ``strategy="auto"`` (None: free memory).
         log_with: Experiment trackers: "jsonl", "tensorboard", "wandb", "mlflow", "all"
             (every installed one), a list of names and ``GeneralTracker`` objects, or None.
             They start at :meth:`init_trackers`, on the main process only.
@@ -162,6 +154,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
         accumulation_divisor: str = "cycle",
         parallelism_config: ParallelismConfig | None = None,
+        strategy: str | None = None,
+        memory_budget_gb: float | None = None,
     ) -> None:
         # 1. Settle every input into one plan; no side effects until this succeeded.
         plan, self.project_configuration = resolve_plan(
@@ -173,7 +167,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin, log_with=log_with,
             dynamo_backend=dynamo_backend, dynamo_plugin=dynamo_plugin, nonfinite=nonfinite,
             gradient_accumulation_plugin=gradient_accumulation_plugin, accumulation_divisor=accumulation_divisor,
-            dataloader_config=dataloader_config, parallelism_config=parallelism_config,
+            dataloader_config=dataloader_config, parallelism_config=parallelism_config, strategy=strategy,
+            memory_budget_gb=memory_budget_gb,
         )
         # Pure too: fp8 on a machine that cannot run it fails here, before any side effect.
         precision = select_precision(plan.config.mixed_precision, torch.device(plan.topology.device),
@@ -312,6 +307,10 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         from surge.deepspeed.dummy import swap_config_objects
 
         args, finish = swap_config_objects(self, args)  # DummyOptim / DummyScheduler: the DeepSpeed config's
+        if self.plan.auto_strategy and not self._models:
+            from surge.strategies.auto import choose_for
+
+            choose_for(self, args)  # strategy "auto": chosen from the first model prepared
         result = list(args)
         for kinds in ((nn.Module, DataLoader), (torch.optim.Optimizer,), _LR_SCHEDULER_TYPES):
             for i, obj in enumerate(args):
@@ -341,6 +340,10 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         if not isinstance(model, nn.Module):
             raise TypeError(f"prepare_model expects a torch.nn.Module; got {type(model).__name__}.")
         place = self.config.device_placement if device_placement is None else device_placement
+        if self.plan.auto_strategy and not self._models:
+            from surge.strategies.auto import choose_for
+
+            choose_for(self, [model])
         pc = self.plan.parallelism
         if pc is not None and pc.sp_enabled:
             from surge.parallel import wiring
@@ -551,45 +554,6 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         return tuple(None for _ in objects)
 
     clear = free_memory
-
-    # -- collectives ----------------------------------------------------------------------
-
-    def gather(self, tensor: Any) -> Any:
-        """Concatenate tensors from all processes along dim 0 (see :func:`surge.ops.gather`)."""
-        return ops.gather(tensor)
-
-    def gather_for_metrics(self, input_data: Any, use_gather_object: bool = False) -> Any:
-        """Gather values computed on a prepared loader's batches without the samples
-        repeated to even out the last batches, so a metric sees every sample once.
-
-        Two patterns are exact: call it on each batch inside the loop (the repeats of
-        the batch just yielded are dropped), or collect this process's values for the
-        whole loop and call it once after the loop (the repeats at the end of the
-        epoch are dropped). The second also works with ``even_batches=False``, where a
-        per-batch call would leave the process with fewer batches out of the collective.
-        Only values whose first dimension matches the batch (or the epoch's sample
-        count) are trimmed. Tensors are gathered with :meth:`gather`, anything else (or
-        ``use_gather_object=True``) with ``gather_object``.
-        """
-        gs = self.gradient_state
-        if gs.batch_real_count is not None:
-            size, keep = gs.batch_size, gs.batch_real_count
-        else:
-            size, keep = gs.epoch_samples, gs.epoch_samples - gs.epoch_padding
-        if size is not None and keep < size:
-            input_data = _trim_first_dim(input_data, size, keep)
-        pc = self.plan.parallelism
-        if pc is not None and self.process_index % pc.non_data_parallel_size:
-            # A tensor-parallel group reads one batch: only its first process's values count.
-            input_data = input_data[:0] if isinstance(input_data, list) else tree_map(
-                lambda t: t.reshape(1)[:0] if t.dim() == 0 else t[:0], input_data, _is_tensor)
-        if use_gather_object or not tree_leaves(input_data, _is_tensor):
-            return ops.gather_object(input_data)
-        return ops.gather(input_data)
-
-    def pad_across_processes(self, tensor: Any, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
-        """Pad tensors along ``dim`` to the largest size on any process."""
-        return ops.pad_across_processes(tensor, dim=dim, pad_index=pad_index, pad_first=pad_first)
 
     def __repr__(self) -> str:
         t = self.topology

@@ -61,9 +61,12 @@ STRATEGIES = (
 
 
 def model_state_bytes(
-    num_params: float, strategy: Strategy, world_size: int, precision: str = "bf16"
+    num_params: float, strategy: Strategy, world_size: int, precision: str = "bf16", optimizer_states: int = 2
 ) -> tuple[float, float]:
     """(accelerator bytes, CPU bytes) of model states on each process.
+
+    ``optimizer_states``: fp32 tensors the optimizer keeps per parameter (Adam 2, SGD with
+    momentum 1, plain SGD 0); mixed precision adds the fp32 master copy.
 
     Raises:
         ValueError: unknown precision, or a world size < 1.
@@ -72,7 +75,9 @@ def model_state_bytes(
         raise ValueError(f"precision={precision!r} is not supported; choose one of {', '.join(map(repr, _BYTES))}.")
     if world_size < 1:
         raise ValueError(f"world_size={world_size} must be >= 1.")
-    p, g, o = (b * num_params for b in _BYTES[precision])
+    p_bytes, g_bytes, _ = _BYTES[precision]
+    o_bytes = 4 * optimizer_states + (4 if p_bytes == 2 else 0)  # fp32 state (+ fp32 masters under mixed precision)
+    p, g, o = (b * num_params for b in (p_bytes, g_bytes, o_bytes))
     n = world_size
     params = p / n if strategy.stage >= 3 else p
     grads = g / n if strategy.stage >= 2 else g
@@ -85,6 +90,129 @@ def model_state_bytes(
         gpu -= params
         cpu += params
     return gpu, cpu
+
+
+# [Note: strategy "auto"]
+# The lightest strategy whose model states fit, in this order (each rung trades speed for
+# memory: sharding adds communication, activation checkpointing recomputes the forward,
+# offload moves state over PCIe). Model states may use STATE_SHARE of the budget; the
+# rest is left to activations, temporary buffers and communication buckets, which
+# activation checkpointing shrinks, so its rungs may use AC_STATE_SHARE.
+STATE_SHARE = 0.7
+AC_STATE_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class Rung:
+    strategy: Strategy
+    activation_checkpointing: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.strategy.name + (" + activation checkpointing" if self.activation_checkpointing else "")
+
+
+def ladder(world_size: int) -> tuple[Rung, ...]:
+    """The rungs "auto" tries, lightest first. One process has nothing to shard over: its
+    rungs are the plain model, activation checkpointing, and optimizer offload."""
+    by_name = {s.name: s for s in STRATEGIES}
+    if world_size == 1:
+        one = Strategy("one process", 0)
+        return (Rung(one), Rung(one, True), Rung(Strategy("one process + offload optimizer", 0, True), True))
+    return (Rung(by_name["DDP"]), Rung(by_name["ZeRO-1"]), Rung(by_name["ZeRO-2"]), Rung(by_name["ZeRO-3"]),
+            Rung(by_name["ZeRO-3"], True), Rung(by_name["ZeRO-3 + offload optimizer"], True),
+            Rung(by_name["ZeRO-3 + offload optimizer and params"], True))
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What strategy "auto" chose, and the numbers behind it."""
+
+    rung: Rung
+    fits: bool
+    """False when even the last rung does not fit (it is chosen anyway)."""
+    device_bytes: float
+    cpu_bytes: float
+    budget_bytes: float
+    num_params: float
+    world_size: int
+    precision: str
+    optimizer_states: int
+    tried: tuple[tuple[str, float], ...]
+    """The lighter rungs that did not fit: (name, device bytes)."""
+
+    def explain(self) -> str:
+        size = human_bytes
+        share = AC_STATE_SHARE if self.rung.activation_checkpointing else STATE_SHARE
+        optimizer = {0: "plain SGD", 1: "a 1-state optimizer (SGD momentum)", 2: "Adam"}.get(
+            self.optimizer_states, f"a {self.optimizer_states}-state optimizer")
+        head = (f"strategy auto: {self.rung.name} for {human_count(self.num_params)} parameters ({self.precision}, "
+                f"{optimizer}) on {self.world_size} process{'es' if self.world_size > 1 else ''} with "
+                f"{size(self.budget_bytes)} each: model states {size(self.device_bytes)} per process")
+        if self.cpu_bytes:
+            head += f" (+ {size(self.cpu_bytes)} on the CPU)"
+        head += (f" fit in {share:.0%} of it" if self.fits
+                 else f" do NOT fit in {share:.0%} of it (nothing does; the lightest-memory choice is taken)")
+        if self.tried:
+            head += "; lighter choices need " + ", ".join(f"{n} {size(b)}" for n, b in self.tried)
+        return head
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as "1.23 GB" / "45.6 MB" / "789 KB" (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def human_count(n: float) -> str:
+    """``n`` as "1.3B" / "124M" / "33.3K"."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def recommend(num_params: float, world_size: int, budget_bytes: float, precision: str = "bf16",
+              optimizer_states: int = 2) -> Recommendation:
+    """The lightest rung of :func:`ladder` whose model states fit ``budget_bytes`` per
+    process (see [Note: strategy "auto"]). Pure arithmetic.
+
+    Raises:
+        ValueError: a budget that is not positive (or see :func:`model_state_bytes`).
+    """
+    if not budget_bytes > 0:
+        raise ValueError(f"memory budget {budget_bytes} bytes must be positive.")
+    tried: list[tuple[str, float]] = []
+    rungs = ladder(world_size)
+    for rung in rungs:
+        gpu, cpu = model_state_bytes(num_params, rung.strategy, world_size, precision, optimizer_states)
+        share = AC_STATE_SHARE if rung.activation_checkpointing else STATE_SHARE
+        if gpu <= share * budget_bytes:
+            return Recommendation(rung, True, gpu, cpu, budget_bytes, num_params, world_size, precision,
+                                  optimizer_states, tuple(tried))
+        tried.append((rung.name, gpu))
+    last = rungs[-1]
+    gpu, cpu = model_state_bytes(num_params, last.strategy, world_size, precision, optimizer_states)
+    return Recommendation(last, False, gpu, cpu, budget_bytes, num_params, world_size, precision, optimizer_states,
+                          tuple(tried[:-1]))
+
+
+def optimizer_states(optimizer: Any) -> int:
+    """fp32 state tensors ``optimizer`` keeps per parameter (by its class, as the ZeRO
+    arithmetic counts them): Adam-family 2, SGD with momentum / RMSprop / Adagrad / Lion 1,
+    plain SGD 0; anything unknown counts as Adam."""
+    if optimizer is None:
+        return 2
+    inner = getattr(optimizer, "optimizer", optimizer)
+    name = type(inner).__name__.lower()
+    defaults = getattr(inner, "defaults", {})
+    if name == "sgd":
+        return 1 if defaults.get("momentum", 0) else 0
+    if name in ("rmsprop", "adagrad", "lion", "adafactor", "sgdw"):
+        return 1
+    return 2
 
 
 def mesh_model_state_bytes(num_params: float, tp_params: float, *, tp: int, shard: int,

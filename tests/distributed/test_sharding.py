@@ -414,7 +414,36 @@ def check_sync_module_states_uses_rank0_weights():
     assert all(torch.equal(p.full_tensor(), reference[n]) for n, p in model.named_parameters())
 
 
+def check_strategy_auto_reaches_every_rung_and_trains_the_same():
+    """strategy="auto" with a declared budget: each rung of the ladder (DDP, ZeRO-1/2/3,
+    + activation checkpointing, + offload) is chosen at the budget that fits it and no
+    lighter one, runs as that strategy, and trains like one process."""
+    from surge.memory import AC_STATE_SHARE, STATE_SHARE, count_parameters, ladder, model_state_bytes, recommend
+
+    data = make_dataset(64)
+    ref = reference_run(data, 16, "no", model_fn=BlockModel)
+    params = count_parameters(BlockModel())
+    expected = {"DDP": ("ddp", False, False, False), "ZeRO-1": ("zero1", False, False, False),
+                "ZeRO-2": ("fsdp", False, False, False), "ZeRO-3": ("fsdp", False, False, False),
+                "ZeRO-3 + activation checkpointing": ("fsdp", True, False, False),
+                "ZeRO-3 + offload optimizer + activation checkpointing": ("fsdp", True, True, False),
+                "ZeRO-3 + offload optimizer and params + activation checkpointing": ("fsdp", True, False, True)}
+    for rung in ladder(2):
+        device, _ = model_state_bytes(params, rung.strategy, 2, "fp32", optimizer_states=1)  # SGD with momentum
+        budget = device / (AC_STATE_SHARE if rung.activation_checkpointing else STATE_SHARE) * 1.001
+        assert recommend(params, 2, budget, "fp32", 1).rung == rung
+        acc = Accelerator(strategy="auto", memory_budget_gb=budget / 1e9)
+        got = surge_run(acc, data, 8, model_fn=BlockModel)
+        name, checkpointing, offload_optimizer, offload_params = expected[rung.name]
+        strategy = acc.strategy
+        assert (strategy.name, strategy.activation_checkpointing, strategy.offload_optimizer,
+                getattr(strategy, "offload_params", False)) == (name, checkpointing, offload_optimizer,
+                                                                offload_params), rung.name
+        assert max_difference(ref, got) <= TOLERANCE["no"], rung.name
+
+
 CHECKS = [
+    check_strategy_auto_reaches_every_rung_and_trains_the_same,
     check_meta_models_receive_rank0_weights,
     check_meta_model_errors_and_init_fn,
     check_sync_module_states_uses_rank0_weights,

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory", "--gpu_memory", dest="gpu_memory", type=float, default=None,
                         help="GB per GPU; configurations that fit are marked.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
+    parser.add_argument("--recommend", action="store_true",
+                        help="Print the strategy `strategy: auto` would choose at each --num_processes for "
+                             "--gpu-memory GB per process (the same choice and numbers it prints at prepare()).")
     mesh = parser.add_argument_group("an N-D mesh (ParallelismConfig's sizes): per-process memory under FSDP2 x tp")
     for dim, what in (("dp_replicate", "replicas"), ("dp_shard", "processes sharding the model"),
                       ("sp", "sequence-parallel degree (shards like dp_shard)"),
@@ -242,6 +245,13 @@ def run(args: argparse.Namespace) -> int:
     name = args.model_name if args.model_name is not None else args.model
     num = args.params if model is None else count_parameters(model)
     mesh = _mesh(args, model, num)
+    if args.recommend and args.gpu_memory is None:
+        raise ValueError("--recommend needs --gpu-memory GB: the memory each process may use (strategy auto reads the "
+                         "free memory when the job runs).")
+    from surge.memory import recommend
+
+    choices = [recommend(num, n, args.gpu_memory * 1e9, args.precision) for n in args.num_processes] \
+        if args.recommend else []
     rows: list[_Row] = []
     for strategy in STRATEGIES:
         cells: list[_Cell] = []
@@ -254,6 +264,10 @@ def run(args: argparse.Namespace) -> int:
         extra: dict[str, Any] = {} if sizes is None else {"model": name, "sizes": sizes}
         if mesh is not None:
             extra["mesh"] = mesh
+        if choices:
+            extra["recommend"] = [{"num_processes": c.world_size, "strategy": c.rung.name, "fits": c.fits,
+                                   "gpu_gb": c.device_bytes / 1e9, "cpu_gb": c.cpu_bytes / 1e9,
+                                   "explain": c.explain()} for c in choices]
         print(json.dumps({"parameters": num, "precision": args.precision, "rows": rows, **extra}, indent=2))
         return 0
     if sizes is not None:
@@ -278,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if args.gpu_memory is not None:
         console.print(f"✓ fits in {args.gpu_memory:g} GB per GPU (model states only; activations come on top).")
+    for choice in choices:
+        console.print(choice.explain(), highlight=False, soft_wrap=True)
     if mesh is not None:
         console.print(f"N-D mesh {mesh['layout']} ({mesh['num_processes']} processes), FSDP2 FULL_SHARD x tp, "
                       f"{args.precision} + Adam: {mesh['gpu_gb']:.3g} GB per process ({mesh['tp_parameters']:,} of "

@@ -291,6 +291,9 @@ def _check_runnable(config: SurgeConfig) -> None:
     """Refuse, before starting any process, what every worker would refuse."""
     from surge.config.plugins import plugins_from_config
 
+    if config.strategy == "auto" and (config.use_deepspeed or config.use_fsdp):
+        raise ConfigError("--strategy auto chooses the strategy itself, but --use_deepspeed / --use_fsdp (or the "
+                          "config file) chooses one too; drop one of them")
     path = config.deepspeed_config_file
     if path is not None and not os.path.isfile(path):
         raise ConfigError(f"deepspeed_config_file={path!r} does not exist; give the path of a DeepSpeed JSON config")

@@ -122,9 +122,9 @@ class StrategySpec:
     offload_pin_memory: bool | None = None
     """Pin offloaded parameter shards (None: when the device is a GPU)."""
     tp_plan: Any = None
+    """With ``mesh.tp > 1``: the user's tensor-parallel plan (None: the model's own)."""
     loss_parallel: bool = False
     """With ``mesh.tp > 1``: the loss on vocabulary-split logits (``TorchTensorParallelConfig``)."""
-    """With ``mesh.tp > 1``: the user's tensor-parallel plan (None: the model's own)."""
 
     @property
     def zero_fills_grads(self) -> bool:
@@ -222,6 +222,10 @@ class Plan:
     parallelism: ParallelismConfig | None = None
     """The mesh sizes (given, or from the config file / launcher), checked against the
     world size; the Accelerator builds its ``DeviceMesh``. None: no ParallelismConfig."""
+    auto_strategy: bool = False
+    """Strategy "auto": ``prepare`` chooses the strategy from the model (strategies/auto.py)."""
+    memory_budget_gb: float | None = None
+    """GB each process may use, for strategy "auto" (None: the free memory)."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,8 @@ def resolve_plan(
     dynamo_plugin: TorchDynamoPlugin | None,
     nonfinite: str | None,
     gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
+    strategy: str | None = None,
+    memory_budget_gb: float | None = None,
     accumulation_divisor: str = "cycle",
     dataloader_config: DataLoaderConfiguration | None = None,
     parallelism_config: ParallelismConfig | None = None,
@@ -329,9 +335,12 @@ def resolve_plan(
     active = active_values()  # the config file (or the launcher's handoff), read once
     resolved, conflicts, sharding = resolve_accelerator_args(
         {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu,
-         "dynamo_backend": dynamo_backend, "nonfinite": nonfinite}, active
+         "dynamo_backend": dynamo_backend, "nonfinite": nonfinite, "strategy": strategy,
+         "memory_budget_gb": memory_budget_gb}, active
     )
     nonfinite_mode = check_mode(resolved.pop("nonfinite"))
+    auto_strategy = _check_strategy(resolved.pop("strategy"))
+    budget = _check_budget(resolved.pop("memory_budget_gb"))
     dynamo = _dynamo_plugin(resolved.pop("dynamo_backend"), dynamo_plugin)
     if dynamo is not None and dynamo_plugin is None:
         # The config file's / launcher's compile settings (--dynamo_mode, --dynamo_use_fullgraph, ...).
@@ -385,6 +394,11 @@ def resolve_plan(
         if note is not None:
             notes.append(note)
     spec = strategy_spec(deepspeed_plugin, fsdp_plugin, topology.num_nodes, topology.world_size)
+    if auto_strategy and (deepspeed_plugin is not None or fsdp_plugin is not None or parallelism_config is not None):
+        given = "a DeepSpeed plugin/config" if deepspeed_plugin is not None else (
+            "an FSDP plugin" if fsdp_plugin is not None else "a ParallelismConfig")
+        raise ValueError(f"strategy='auto' chooses the strategy itself, but {given} chooses one too; drop one of them "
+                         "(strategy=None keeps yours).")
     try:
         parallelism = settle_parallelism(parallelism_config, active[0], topology.world_size)
         spec = apply_parallelism(spec, parallelism)
@@ -402,7 +416,8 @@ def resolve_plan(
         max_grad_norm=deepspeed_plugin.effective_gradient_clipping() if deepspeed_plugin is not None else None,
         nonfinite=nonfinite_mode, dynamo=dynamo, log_with=tuple(chosen_trackers),
         trackers_missing=tuple(trackers_missing), deepspeed=ds, deepspeed_plugin=deepspeed_plugin,
-        fsdp_plugin=fsdp_plugin, warnings=tuple(notes), parallelism=parallelism,
+        fsdp_plugin=fsdp_plugin, warnings=tuple(notes), parallelism=parallelism, auto_strategy=auto_strategy,
+        memory_budget_gb=budget,
     )
     # Last, once nothing can fail: the user's ProjectConfiguration is the one object changed.
     project = project_config if project_config is not None else ProjectConfiguration()
@@ -476,8 +491,36 @@ def apply_parallelism(spec: StrategySpec, pc: ParallelismConfig | None) -> Strat
                                loss_parallel=pc.tp_enabled and _loss_parallel(pc))
 
 
+def _check_strategy(value: Any) -> bool:
+    """True for strategy "auto"; None is the strategy the plugins say.
+
+    Raises:
+        ValueError: any other value.
+    """
+    if value is None or value == "auto":
+        return value is not None
+    raise ValueError(f"strategy={value!r}: surge chooses with 'auto' (or None: the plugins and config decide); "
+                     "name a strategy with DeepSpeedPlugin / FullyShardedDataParallelPlugin or --use_deepspeed / "
+                     "--use_fsdp instead.")
+
+
+def _check_budget(value: Any) -> float | None:
+    """The memory budget in GB (None: the free memory).
+
+    Raises:
+        TypeError / ValueError: not a positive number.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"memory_budget_gb={value!r} must be a number of GB, e.g. 40.")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"memory_budget_gb={value!r} must be a positive number of GB, e.g. 40.")
+    return float(value)
+
+
 def _loss_parallel(pc: ParallelismConfig) -> bool:
-    return bool(getattr(pc.tp_handler, "loss_parallel", False))
+    return getattr(pc.tp_handler, "loss_parallel", False) is True
 
 
 def accumulation_settings(plugin: GradientAccumulationPlugin | None, steps: int | None) -> dict[str, bool]:

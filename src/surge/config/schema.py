@@ -61,6 +61,13 @@ class SurgeConfig:
     gradient_accumulation_steps: int = _key(1, "Micro-batches per optimizer step.", minimum=1)
     nonfinite: str = _key("ignore", "At each optimizer step, on a NaN/inf loss or gradient: ignore, skip (the step) "
                                     "or raise.", choices=("ignore", "skip", "raise"))
+    strategy: str | None = _key(None, "auto: choose the lightest strategy whose model states fit (DDP, ZeRO-1/2/3, "
+                                      "activation checkpointing, CPU offload) at prepare(), from the model, precision, "
+                                      "optimizer, processes and free memory; printed with its numbers.",
+                                choices=("auto",))
+    memory_budget_gb: float | None = _key(None, "GB of memory each process may use, for strategy auto (default: the "
+                                                "GPU's free memory, or the host's available memory shared by the "
+                                                "machine's processes).", kind="float", positive=True)
     collective_timeout: float = _key(600.0, "Seconds a collective may wait for the other ranks before every rank "
                                             "stops with a report of who waited where and who never arrived.",
                                      positive=True, maximum=7 * 24 * 3600)

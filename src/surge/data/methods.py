@@ -4,21 +4,34 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch.utils.data import DataLoader
 
+from surge import ops
+from surge._tree import tree_leaves, tree_map
 from surge.data.loader import PreparedDataLoader, SkipFirstBatches, shard_dataloader
 
 if TYPE_CHECKING:
-    import torch
-
     from surge.accumulation import GradientState
     from surge.config.accelerator_config import AcceleratorConfig
     from surge.config.dataloader import DataLoaderConfiguration
     from surge.config.parallelism import ParallelismConfig
 
 
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _trim_first_dim(data: Any, size: int, keep: int) -> Any:
+    """Cut tensors (and a top-level list) whose first dimension is ``size`` to ``keep``."""
+    if isinstance(data, list) and len(data) == size:
+        return data[:keep]
+    return tree_map(lambda t: t[:keep] if t.dim() and t.shape[0] == size else t, data, _is_tensor)
+
+
 class DataLoadingMixin:
-    """``prepare_data_loader``, ``skip_first_batches`` and the loader settings, with
+    """``prepare_data_loader``, ``skip_first_batches``, the loader settings and the
+    collectives on batches (``gather``, ``gather_for_metrics``, ``pad_across_processes``), with
     HF Accelerate's names (see [Note: the loader's randomness is Accelerate's] in
     data/loader.py)."""
 
@@ -111,3 +124,42 @@ class DataLoadingMixin:
         not loaded, the draws are the epoch's own, and the loader's epoch advances as
         after a full iteration."""
         return SkipFirstBatches(dataloader, num_batches)
+
+    # -- collectives ----------------------------------------------------------------------
+
+    def gather(self, tensor: Any) -> Any:
+        """Concatenate tensors from all processes along dim 0 (see :func:`surge.ops.gather`)."""
+        return ops.gather(tensor)
+
+    def gather_for_metrics(self, input_data: Any, use_gather_object: bool = False) -> Any:
+        """Gather values computed on a prepared loader's batches without the samples
+        repeated to even out the last batches, so a metric sees every sample once.
+
+        Two patterns are exact: call it on each batch inside the loop (the repeats of
+        the batch just yielded are dropped), or collect this process's values for the
+        whole loop and call it once after the loop (the repeats at the end of the
+        epoch are dropped). The second also works with ``even_batches=False``, where a
+        per-batch call would leave the process with fewer batches out of the collective.
+        Only values whose first dimension matches the batch (or the epoch's sample
+        count) are trimmed. Tensors are gathered with :meth:`gather`, anything else (or
+        ``use_gather_object=True``) with ``gather_object``.
+        """
+        gs = self.gradient_state
+        if gs.batch_real_count is not None:
+            size, keep = gs.batch_size, gs.batch_real_count
+        else:
+            size, keep = gs.epoch_samples, gs.epoch_samples - gs.epoch_padding
+        if size is not None and keep < size:
+            input_data = _trim_first_dim(input_data, size, keep)
+        pc = self._parallelism()
+        if pc is not None and self.process_index % pc.non_data_parallel_size:
+            # A tensor-parallel group reads one batch: only its first process's values count.
+            input_data = input_data[:0] if isinstance(input_data, list) else tree_map(
+                lambda t: t.reshape(1)[:0] if t.dim() == 0 else t[:0], input_data, _is_tensor)
+        if use_gather_object or not tree_leaves(input_data, _is_tensor):
+            return ops.gather_object(input_data)
+        return ops.gather(input_data)
+
+    def pad_across_processes(self, tensor: Any, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
+        """Pad tensors along ``dim`` to the largest size on any process."""
+        return ops.pad_across_processes(tensor, dim=dim, pad_index=pad_index, pad_first=pad_first)
