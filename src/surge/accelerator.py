@@ -307,10 +307,13 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         from surge.deepspeed.dummy import swap_config_objects
 
         args, finish = swap_config_objects(self, args)  # DummyOptim / DummyScheduler: the DeepSpeed config's
-        if self.plan.auto_strategy and not self._models:
-            from surge.strategies.auto import choose_for
+        if not self._models and any(isinstance(a, nn.Module) for a in args):
+            from surge.strategies import auto
 
-            choose_for(self, args)  # strategy "auto": chosen from the first model prepared
+            if self.plan.auto_strategy:
+                auto.choose_for(self, args)  # strategy "auto": chosen from the first model prepared
+            elif (advice := auto.heavier_than_needed(self, args)) is not None and self.is_main_process:
+                warnings.warn(advice, stacklevel=2)
         result = list(args)
         for kinds in ((nn.Module, DataLoader), (torch.optim.Optimizer,), _LR_SCHEDULER_TYPES):
             for i, obj in enumerate(args):

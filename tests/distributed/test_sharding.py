@@ -442,8 +442,30 @@ def check_strategy_auto_reaches_every_rung_and_trains_the_same():
         assert max_difference(ref, got) <= TOLERANCE["no"], rung.name
 
 
+def check_strategy_far_heavier_than_needed_is_named():
+    """ZeRO-3 for a model whose DDP model states take a sliver of the declared memory: one
+    warning, on the main process, with the numbers; silent when DDP would need more than a
+    tenth of it."""
+    import warnings
+
+    from surge.memory import STRATEGIES, count_parameters, model_state_bytes
+
+    ddp, _ = model_state_bytes(count_parameters(BlockModel()), STRATEGIES[0], 2, "fp32", 1)
+    for budget_gb, expected in ((1.0, 1), (ddp * 5 / 1e9, 0)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            acc = Accelerator(deepspeed_plugin={"zero_stage": 3}, memory_budget_gb=budget_gb)
+            model = BlockModel()
+            acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        advice = [str(w.message) for w in caught if "only add communication" in str(w.message)]
+        assert len(advice) == (expected if dist.get_rank() == 0 else 0), advice
+        if advice:
+            assert advice[0].startswith("ZeRO-3 for a ") and "of the 1 GB each process has" in advice[0], advice[0]
+
+
 CHECKS = [
     check_strategy_auto_reaches_every_rung_and_trains_the_same,
+    check_strategy_far_heavier_than_needed_is_named,
     check_meta_models_receive_rank0_weights,
     check_meta_model_errors_and_init_fn,
     check_sync_module_states_uses_rank0_weights,

@@ -93,3 +93,35 @@ def choose_for(accelerator: Any, objects: Any) -> Recommendation | None:
     if plan.topology.is_main_process:
         print(f"surge: {choice.explain()}", flush=True)
     return choice
+
+
+def heavier_than_needed(accelerator: Any, objects: Any) -> str | None:
+    """The advice when the configured strategy is far heavier than the model needs:
+    ZeRO-3 or CPU offload while plain DDP's model states would take at most a tenth of
+    the memory (on a GPU, or wherever ``memory_budget_gb`` declares the memory). None
+    otherwise. Every process must call it (the budget is agreed on)."""
+    spec = accelerator.plan.strategy
+    heavy = spec.shard_degree >= 3 or spec.offload_optimizer or spec.offload_params
+    topology = accelerator.plan.topology
+    budget_gb = accelerator.plan.memory_budget_gb
+    if not heavy or not topology.is_distributed or (budget_gb is None and not topology.device.startswith("cuda")):
+        return None
+    model = next((o for o in objects if isinstance(o, nn.Module)), None)
+    if model is None:
+        return None
+    optimizer = next((o for o in objects if isinstance(o, torch.optim.Optimizer)), None)
+    budget = agreed_budget(topology, budget_gb)
+    params = count_parameters(model)
+    precision = _PRECISION_BYTES.get(accelerator.plan.config.mixed_precision, "fp32")
+    from surge.memory import STRATEGIES, human_bytes, human_count, model_state_bytes
+
+    ddp, _ = model_state_bytes(params, STRATEGIES[0], topology.world_size, precision, optimizer_states(optimizer))
+    if ddp > 0.1 * budget:
+        return None
+    what = "ZeRO-3" if spec.shard_degree >= 3 else f"ZeRO-{spec.shard_degree}"
+    if spec.offload_optimizer or spec.offload_params:
+        what += " with CPU offload"
+    return (f"{what} for a {human_count(params)}-parameter model whose model states under plain DDP take "
+            f"{human_bytes(ddp)} per process, {ddp / budget:.1%} of the {human_bytes(budget)} each process has: "
+            "sharding and offload only add communication here. Drop the DeepSpeed/FSDP plugin (DDP), or let surge "
+            "choose with strategy='auto'.")
