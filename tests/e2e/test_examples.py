@@ -135,3 +135,17 @@ def test_long_sequences_example_sp_matches_one_process():
     two = losses(result.stdout)
     assert len(one) == len(two) == 16 and one[-1] < one[0] - 1.0
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-4, (one, two)
+
+
+def test_sharding_example_strategy_auto_through_the_launcher(tmp_path):
+    """`surge launch --strategy auto --memory_budget_gb`: the workers choose from the model
+    (the heaviest rung at a tiny budget), print why, and train with it."""
+    script = os.path.join(EXAMPLES, "by_feature", "sharding.py")
+    command = ["surge", "launch", "--num_processes", "2", "--strategy", "auto", "--memory_budget_gb", "0.0005",
+               script, "--smoke"]
+    result = subprocess.run(command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert out.count("surge: strategy auto: ZeRO-3 + offload optimizer and params + activation checkpointing for "
+                     "528K parameters (fp32, Adam) on 2 processes with 500 KB each") == 1, out
+    assert "fsdp on 2 processes: loss" in out, out
