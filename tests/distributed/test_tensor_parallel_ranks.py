@@ -184,10 +184,8 @@ def check_loss_parallel():
     _compare(before, _full(model))
 
 
-def check_tp_alone_with_clipping_and_a_presplit_model():
-    """tp 4 on 4 processes, no plugin: every rank reads the global batch, the split weights
-    are quarters, clipping sees the whole model's norm; a model already split (as
-    transformers' tp_plan="auto" leaves it) is taken as it is."""
+def _clipped_reference() -> tuple[dict[str, torch.Tensor], list[float]]:
+    """One process on the global batches, clipping at 0.5: final parameters and norms."""
     model = _llama()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     norms = []
@@ -196,7 +194,14 @@ def check_tp_alone_with_clipping_and_a_presplit_model():
         norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).item())
         opt.step()
         opt.zero_grad()
-    ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, norms
+
+
+def check_tp_alone_with_clipping_and_a_presplit_model():
+    """tp 4 on 4 processes, no plugin: every rank reads the global batch, the split weights
+    are quarters, clipping sees the whole model's norm; a model already split (as
+    transformers' tp_plan="auto" leaves it) is taken as it is."""
+    ref, norms = _clipped_reference()
     acc = Accelerator(parallelism_config=ParallelismConfig(tp_size=4))
     model = _llama()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -218,15 +223,7 @@ def check_tp_alone_with_clipping_and_a_presplit_model():
 def check_accumulation_clipping_and_metrics():
     """Accumulation 2, clipping at 0.5 (the norm over the whole model, DTensor-aware), and
     gather_for_metrics returning each sample once."""
-    model = _llama()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    norms = []
-    for batch in _data().split(GLOBAL_BATCH):
-        model(input_ids=batch, labels=batch).loss.backward()
-        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).item())
-        opt.step()
-        opt.zero_grad()
-    ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ref, norms = _clipped_reference()
 
     pc = ParallelismConfig(dp_shard_size=2, tp_size=2)
     acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(),

@@ -158,3 +158,18 @@ class Strategy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.topology.device!r}, world_size={self.topology.world_size})"
+
+
+def rebind_parameters(optimizer: torch.optim.Optimizer, new: dict[int, nn.Parameter], what: str) -> None:
+    """Point ``optimizer``'s groups at the parameters that replaced the user's (``new``: id
+    of the old one -> its replacement), keeping each group's settings. FSDP2 and tensor
+    parallelism replace parameters with DTensors; the optimizer was built before.
+
+    Raises:
+        ValueError: the optimizer already has state (it would belong to the old tensors).
+    """
+    if optimizer.state:
+        raise ValueError(f"the optimizer already has state; prepare it before its first step {what} (its state must "
+                         "be created for the new parameters).")
+    for group in optimizer.param_groups:
+        group["params"] = [new.get(id(p), p) for p in group["params"]]

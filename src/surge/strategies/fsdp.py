@@ -24,7 +24,7 @@ from torch import nn
 from surge.config.accelerator_config import AcceleratorConfig
 from surge.config.resolve import StrategySpec
 from surge.precision.base import Precision
-from surge.strategies.base import Strategy
+from surge.strategies.base import Strategy, rebind_parameters
 from surge.strategies.blocks import find_blocks, find_blocks_by_size
 from surge.topology import DistributedType, Topology
 
@@ -161,11 +161,7 @@ class FSDP(Strategy):
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Rebind ``optimizer`` to the sharded parameters (see the module note)."""
-        if optimizer.state:
-            raise ValueError("the optimizer already has state; prepare it before its first step when sharding "
-                             "(its state must be created for the parameter shards).")
-        for group in optimizer.param_groups:
-            group["params"] = [self._param_map.get(id(p), p) for p in group["params"]]
+        rebind_parameters(optimizer, self._param_map, "when sharding")
         return super().prepare_optimizer(optimizer)
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:

@@ -20,7 +20,7 @@ from torch import nn
 from surge.config.accelerator_config import AcceleratorConfig
 from surge.config.resolve import StrategySpec
 from surge.precision.base import Precision
-from surge.strategies.base import Strategy
+from surge.strategies.base import Strategy, rebind_parameters
 from surge.topology import DistributedType, Topology
 
 # transformers' style names -> (torch style, its keyword arguments as layouts)
@@ -182,11 +182,7 @@ class TensorParallel(Strategy):
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Rebind ``optimizer`` to the split parameters (as FSDP does for its shards)."""
-        if optimizer.state:
-            raise ValueError("the optimizer already has state; prepare it before its first step under tensor "
-                             "parallelism (its state must be created for the split parameters).")
-        for group in optimizer.param_groups:
-            group["params"] = [self._param_map.get(id(p), p) for p in group["params"]]
+        rebind_parameters(optimizer, self._param_map, "under tensor parallelism")
         return super().prepare_optimizer(optimizer)
 
     def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
