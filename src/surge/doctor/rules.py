@@ -1,0 +1,157 @@
+"""The mistakes ``surge doctor`` knows: one table, read by the checker (the messages), by
+``surge doctor --json`` (the ids) and by docs/mistakes.md (generated from it by
+``python -m surge.doctor.docs``; a unit test keeps the two equal).
+
+Each rule's id is stable: editors and CI configurations refer to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One mistake: what it is, how to fix it, and a minimal example of both."""
+
+    id: str
+    title: str
+    what: str  # one clause: what is wrong (a finding's message, unless the checker names the objects)
+    fix: str  # one clause: the fix (every finding of the rule gives it)
+    mistake: str  # a few lines of a script with the mistake
+    fixed: str  # the same lines, fixed
+    severity: str = "warning"  # "warning": exit code 1; "info": printed, exit code unchanged
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        id="manual-device-placement",
+        title="Moving what the accelerator already placed",
+        what="the accelerator already puts this model or batch on its device",
+        fix="drop the .to(...)/.cuda() call (or pass device_placement=False to the Accelerator and place it "
+            "yourself)",
+        mistake=("model, optimizer, loader = accelerator.prepare(model, optimizer, loader)\n"
+                 "for x, y in loader:\n"
+                 "    x, y = x.cuda(), y.cuda()"),
+        fixed=("model, optimizer, loader = accelerator.prepare(model, optimizer, loader)\n"
+               "for x, y in loader:  # already on accelerator.device\n"
+               "    ..."),
+    ),
+    Rule(
+        id="tensor-backward",
+        title="loss.backward() instead of accelerator.backward(loss)",
+        what="loss.backward() skips the accelerator (loss scaling, accumulation, sharded gradients)",
+        fix="call accelerator.backward(loss)",
+        mistake=("model, optimizer = accelerator.prepare(model, optimizer)\n"
+                 "loss = model(x).sum()\n"
+                 "loss.backward()"),
+        fixed=("model, optimizer = accelerator.prepare(model, optimizer)\n"
+               "loss = model(x).sum()\n"
+               "accelerator.backward(loss)"),
+    ),
+    Rule(
+        id="accumulate-missing",
+        title="Gradient accumulation without accelerator.accumulate",
+        what="gradient accumulation is on but no step runs under `with accelerator.accumulate(model):`, so the "
+             "optimizer steps on every micro-batch with a divided loss",
+        fix="wrap the forward, backward and optimizer step in `with accelerator.accumulate(model):`",
+        mistake=("accelerator = Accelerator(gradient_accumulation_steps=4)\n"
+                 "for x, y in loader:\n"
+                 "    accelerator.backward(loss_fn(model(x), y))\n"
+                 "    optimizer.step()\n"
+                 "    optimizer.zero_grad()"),
+        fixed=("accelerator = Accelerator(gradient_accumulation_steps=4)\n"
+               "for x, y in loader:\n"
+               "    with accelerator.accumulate(model):\n"
+               "        accelerator.backward(loss_fn(model(x), y))\n"
+               "        optimizer.step()\n"
+               "        optimizer.zero_grad()"),
+    ),
+    Rule(
+        id="save-wrapped-model",
+        title="Saving the wrapped model",
+        what="this saves the prepared (wrapped, possibly sharded) model: its keys carry the wrapper's prefix, a "
+             "sharded model saves only this process's shard, and the wrapper has no save_pretrained",
+        fix="save accelerator.unwrap_model(model), or use accelerator.save_model(model, dir) / "
+            "accelerator.get_state_dict(model)",
+        mistake=("model = accelerator.prepare(model)\n"
+                 "torch.save(model.state_dict(), \"model.pt\")"),
+        fixed=("model = accelerator.prepare(model)\n"
+               "accelerator.save_model(model, \"out\")  # or torch.save(accelerator.get_state_dict(model), ...)"),
+    ),
+    Rule(
+        id="not-prepared",
+        title="An optimizer or DataLoader left out of prepare()",
+        what="this object is used for training but never passed to accelerator.prepare() while the model is",
+        fix="pass it to accelerator.prepare() together with the model",
+        mistake=("optimizer = torch.optim.AdamW(model.parameters())\n"
+                 "model, loader = accelerator.prepare(model, loader)"),
+        fixed=("optimizer = torch.optim.AdamW(model.parameters())\n"
+               "model, optimizer, loader = accelerator.prepare(model, optimizer, loader)"),
+    ),
+    Rule(
+        id="hard-coded-rank",
+        title="Hard-coded device, rank or world size",
+        what="a hard-coded device index or rank read breaks on other process counts and launchers",
+        fix="use accelerator.device, accelerator.process_index, accelerator.local_process_index and "
+            "accelerator.num_processes",
+        mistake=("device = torch.device(\"cuda:0\")\n"
+                 "rank = int(os.environ[\"RANK\"])"),
+        fixed=("device = accelerator.device\n"
+               "rank = accelerator.process_index"),
+    ),
+    Rule(
+        id="no-mixed-precision",
+        title="A CUDA script without mixed precision",
+        what="the script targets CUDA, but neither the Accelerator nor the config turns on mixed precision, so "
+             "it trains in fp32",
+        fix="pass mixed_precision=\"bf16\" (or \"fp16\") to the Accelerator or set mixed_precision in the config",
+        mistake=("accelerator = Accelerator()\n"
+                 "x = x.to(\"cuda\")"),
+        fixed=("accelerator = Accelerator(mixed_precision=\"bf16\")\n"
+               "x = x.to(accelerator.device)"),
+        severity="info",
+    ),
+    Rule(
+        id="zero3-small-model",
+        title="ZeRO-3 for a small model",
+        what="ZeRO-3 shards the parameters of a small model: gathering them at every layer costs more time "
+             "than the memory it saves",
+        fix="use ZeRO stage 2 (or 1, or plain data parallelism) for models under a billion parameters",
+        mistake=("plugin = DeepSpeedPlugin(zero_stage=3)\n"
+                 "model = AutoModelForCausalLM.from_pretrained(\"gpt2\")"),
+        fixed=("plugin = DeepSpeedPlugin(zero_stage=2)\n"
+               "model = AutoModelForCausalLM.from_pretrained(\"gpt2\")"),
+        severity="info",
+    ),
+    Rule(
+        id="zero-stage-mismatch",
+        title="Loading a checkpoint under another ZeRO stage than it was saved with",
+        what="this script saves and loads state under Accelerators with different ZeRO stages",
+        fix="load with the ZeRO stage the state was saved with (or convert the checkpoint with `surge "
+            "merge-weights` and load the model weights)",
+        mistake=("saver = Accelerator(deepspeed_plugin=DeepSpeedPlugin(zero_stage=2))\n"
+                 "saver.save_state(\"ckpt\")\n"
+                 "loader = Accelerator(deepspeed_plugin=DeepSpeedPlugin(zero_stage=3))\n"
+                 "loader.load_state(\"ckpt\")"),
+        fixed=("saver = Accelerator(deepspeed_plugin=DeepSpeedPlugin(zero_stage=3))\n"
+               "saver.save_state(\"ckpt\")\n"
+               "loader = Accelerator(deepspeed_plugin=DeepSpeedPlugin(zero_stage=3))\n"
+               "loader.load_state(\"ckpt\")"),
+    ),
+    Rule(
+        id="collective-on-main-process",
+        title="A collective call on the main process only",
+        what="every process must make this call; under a rank check the other processes never arrive and the "
+             "job hangs (sharded strategies gather across processes here)",
+        fix="call it on every process (it writes files on the main process only by itself), outside the "
+            "`if accelerator.is_main_process:`",
+        mistake=("if accelerator.is_main_process:\n"
+                 "    accelerator.save_state(\"ckpt\")"),
+        fixed=("accelerator.save_state(\"ckpt\")  # on every process\n"
+               "if accelerator.is_main_process:\n"
+               "    print(\"saved\")"),
+    ),
+)
+
+RULE_BY_ID = {rule.id: rule for rule in RULES}
