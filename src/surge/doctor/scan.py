@@ -91,6 +91,12 @@ class Scanner:
         self.evidence = _model_evidence(tree)
         self._pending: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, Env]] = []
         self._guard = 0  # > 0: under a rank check
+        self._scope = id(tree)  # the function (or module) being walked
+        self._accelerated: set[int] = set()  # scopes where an Accelerator is in reach
+        self._backward: list[tuple[int, int]] = []  # (scope, line)
+        self._rank_reads: list[tuple[int, int, str]] = []
+        self._optimizers: list[tuple[int, Value]] = []
+        self._loaders: list[tuple[int, Value]] = []
 
     # ---- scopes -------------------------------------------------------------------------
     def run(self) -> Facts:
@@ -100,10 +106,20 @@ class Scanner:
             local = _local_names(node)
             env = {name: value for name, value in outer.items() if name not in local}
             guarded = any(self._is_main_only_decorator(d, outer) for d in node.decorator_list)
+            self._scope = id(node)
+            if any(value.kind == ACCELERATOR for value in env.values()):
+                self._accelerated.add(self._scope)
             self._guard += guarded
             self.block(node.body, env)
             self._guard -= guarded
-        return self.facts
+        # Mistakes that need an Accelerator count only in scopes that have one (a plain-torch
+        # helper in the same file may call loss.backward() or read RANK as it likes).
+        facts, kept = self.facts, self._accelerated
+        facts.tensor_backward = [line for scope, line in self._backward if scope in kept]
+        facts.rank_reads = [(line, what) for scope, line, what in self._rank_reads if scope in kept]
+        facts.raw_optimizers = [value for scope, value in self._optimizers if scope in kept]
+        facts.raw_loaders = [value for scope, value in self._loaders if scope in kept]
+        return facts
 
     def block(self, body: list[ast.stmt], env: Env) -> None:
         for stmt in body:
@@ -360,6 +376,8 @@ class Scanner:
         value = self.value(iterable, env)
         if isinstance(value, Value) and value.kind == LOADER:
             return Value(BATCH, placed=value.placed)
+        if isinstance(value, Value) and value.kind == BATCH:
+            return value
         return None
 
     def accelerator_info(self, call: ast.Call, env: Env) -> AcceleratorInfo:
@@ -425,9 +443,10 @@ class Scanner:
             info = self.accelerator_info(call, env)
             if info not in facts.accelerators:
                 facts.accelerators.append(info)
+            self._accelerated.add(self._scope)
         made = self.call_value(call, env)
-        if isinstance(made, Value) and made.kind == RAW_OPTIMIZER and made not in facts.raw_optimizers:
-            facts.raw_optimizers.append(made)
+        if isinstance(made, Value) and made.kind == RAW_OPTIMIZER and (self._scope, made) not in self._optimizers:
+            self._optimizers.append((self._scope, made))
         if name == "torch.device":
             self.note_device(call, call.args[0] if call.args else keyword(call, "type"), call.args[1:2])
         if name is not None and name.startswith("torch.distributed.") and name.rsplit(".", 1)[1] in TORCH_COLLECTIVES \
@@ -453,7 +472,7 @@ class Scanner:
             self.accelerator_method(call, method, receiver, env)
             return
         if method == "backward" and not call.args:
-            facts.tensor_backward.append(call.lineno)
+            self._backward.append((self._scope, call.lineno))
         if method in ("to", "cuda"):
             target = call.args[0] if call.args else keyword(call, "device")
             device = method == "cuda" or (target is not None and self.is_device(target, env))
@@ -463,15 +482,15 @@ class Scanner:
                 facts.cuda_lines.append(call.lineno)
                 index = literal(call.args[0]) if call.args else ...
                 if isinstance(index, int) and not isinstance(index, bool):
-                    facts.rank_reads.append((call.lineno, f".cuda({index}) names a device by index"))
+                    self._rank_reads.append((self._scope, call.lineno, f".cuda({index}) names a device by index"))
             if device and isinstance(receiver, Value) and receiver.placed and kind in (MODEL, BATCH):
                 what = "the prepared model" if kind == MODEL else "a batch from a prepared DataLoader"
                 facts.found.append((call.lineno, "manual-device-placement",
-                                    (f"{_source(call.func)}(...) moves {what}, which the accelerator already puts on "
+                                    (f"{_source(call)} moves {what}, which the accelerator already puts on "
                                     "its device")))
         if method == "save_pretrained" and kind == MODEL:
             facts.found.append((call.lineno, "save-wrapped-model",
-                                f"{_source(call.func)}(...) saves the prepared (wrapped) model"))
+                                f"{_source(call)} saves the prepared (wrapped) model"))
         if method == "step" and kind == RAW_OPTIMIZER:
             assert isinstance(receiver, Value)
             facts.stepped.add(receiver.key)
@@ -524,7 +543,7 @@ class Scanner:
         number = literal(index[0]) if index else ...
         if _INDEXED_DEVICE.match(text) or (text in ("cuda", "xpu", "npu", "hpu") and isinstance(number, int)):
             shown = text if _INDEXED_DEVICE.match(text) else f"{text}, {number}"
-            self.facts.rank_reads.append((call.lineno, f"device \"{shown}\" is hard-coded"))
+            self._rank_reads.append((self._scope, call.lineno, f"device \"{shown}\" is hard-coded"))
 
     def is_device(self, node: ast.expr, env: Env) -> bool:
         value = self.value(node, env)
@@ -553,7 +572,7 @@ class Scanner:
     def note_rank_read(self, node: ast.expr) -> None:
         what = self._rank_read(node)
         if what is not None:
-            self.facts.rank_reads.append((node.lineno, f"{what} reads the rank or world size directly"))
+            self._rank_reads.append((self._scope, node.lineno, f"{what} reads the rank or world size directly"))
 
     def is_rank_guard(self, test: ast.expr, env: Env) -> bool:
         """Only some processes pass ``test`` (``accelerator.is_main_process``, ``rank == 0``, and ``and``s of it)."""
@@ -591,8 +610,8 @@ class Scanner:
         if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward"
                for stmt in loop.body for n in ast.walk(stmt)):
             self.facts.trained_on.add(value.key)
-        if value not in self.facts.raw_loaders:
-            self.facts.raw_loaders.append(value)
+        if (self._scope, value) not in self._loaders:
+            self._loaders.append((self._scope, value))
 
 
 def _model_evidence(tree: ast.Module) -> set[str]:
