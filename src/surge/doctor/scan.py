@@ -14,25 +14,17 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from surge.doctor.names import Env, Names, is_model_class, source_text, tail
 from surge.doctor.values import (
     ACCELERATOR,
     ACCELERATOR_NAMES,
-    ACCUMULATION_PLUGIN_NAMES,
     BATCH,
-    DATALOADER_NAMES,
     DEVICE,
-    LOADER,
     MODEL,
-    MODULE,
     MODULE_BASES,
-    OPTIMIZER,
-    PLUGIN,
-    PLUGIN_NAMES,
     RANK,
     RAW_LOADER,
     RAW_OPTIMIZER,
-    RAW_SCHEDULER,
-    SCHEDULER,
     STATE_DICT,
     AcceleratorInfo,
     Bound,
@@ -40,10 +32,8 @@ from surge.doctor.values import (
     Value,
     keyword,
     literal,
-    opaque,
 )
 
-Env = dict[str, Value]
 # Accelerator methods every process must call (collectives, or gathers under sharding).
 COLLECTIVE_METHODS = frozenset({"save_state", "load_state", "save_model", "get_state_dict", "wait_for_everyone",
                                 "gather", "gather_for_metrics", "reduce", "pad_across_processes"})
@@ -51,10 +41,8 @@ TORCH_COLLECTIVES = frozenset({"barrier", "all_reduce", "all_gather", "all_gathe
                                "broadcast", "broadcast_object_list", "reduce", "reduce_scatter",
                                "reduce_scatter_tensor", "all_to_all", "all_to_all_single", "gather", "scatter",
                                "gather_object", "scatter_object_list", "monitored_barrier"})
-RANK_VARIABLES = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK"})
 RANK_GUARDS = frozenset({"is_main_process", "is_local_main_process", "is_last_process"})
 RANK_INDEXES = frozenset({"process_index", "local_process_index"})
-_DEVICE_TEXT = re.compile(r"^(cuda|cpu|mps|xpu|npu|hpu)(:\d+)?$")
 _INDEXED_DEVICE = re.compile(r"^(cuda|xpu|npu|hpu):\d+$")
 
 
@@ -82,13 +70,11 @@ class Facts:
     checkpointing: bool = False  # gradient_checkpointing_enable() or torch.utils.checkpoint
 
 
-class Scanner:
+class Scanner(Names):
     def __init__(self, tree: ast.Module) -> None:
+        super().__init__(tree)
         self.tree = tree
-        self.imports: dict[str, str] = {}  # local name -> qualified name
         self.facts = Facts()
-        self.modules: set[str] = set()  # classes defined here that are nn.Modules
-        self.evidence = _model_evidence(tree)
         self._pending: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, Env]] = []
         self._guard = 0  # > 0: under a rank check
         self._scope = id(tree)  # the function (or module) being walked
@@ -143,7 +129,7 @@ class Scanner:
             self._pending.append((node, env))  # walked later, with env as it is then
             env.pop(node.name, None)
         elif isinstance(node, ast.ClassDef):
-            if any(self.qualname(base) in MODULE_BASES or _tail(base) in ("Module", "PreTrainedModel")
+            if any(self.qualname(base) in MODULE_BASES or tail(base) in ("Module", "PreTrainedModel")
                    or (isinstance(base, ast.Name) and base.id in self.modules) for base in node.bases):
                 self.modules.add(node.name)
             self.block(node.body, dict(env))
@@ -233,178 +219,6 @@ class Scanner:
         elif isinstance(target, ast.Starred):
             self.bind(target.value, None, env)
 
-    # ---- names ----------------------------------------------------------------------------
-    def qualname(self, node: ast.AST) -> str | None:
-        """``torch.optim.AdamW`` for ``optim.AdamW`` after ``from torch import optim``."""
-        parts: list[str] = []
-        while isinstance(node, ast.Attribute):
-            parts.append(node.attr)
-            node = node.value
-        if not isinstance(node, ast.Name) or node.id not in self.imports:
-            return None
-        return ".".join([self.imports[node.id], *reversed(parts)])
-
-    def accelerator_of(self, node: ast.expr, env: Env) -> Value | None:
-        value = self.value(node, env)
-        return value if isinstance(value, Value) and value.kind == ACCELERATOR else None
-
-    def accelerator_call(self, call: ast.Call, env: Env) -> tuple[str, Value] | None:
-        """``("prepare", acc)`` for ``acc.prepare(...)`` on a known Accelerator."""
-        if isinstance(call.func, ast.Attribute):
-            accelerator = self.accelerator_of(call.func.value, env)
-            if accelerator is not None:
-                return call.func.attr, accelerator
-        return None
-
-    # ---- values ---------------------------------------------------------------------------
-    def value(self, node: ast.expr, env: Env) -> Bound:
-        if isinstance(node, ast.Name):
-            return env.get(node.id)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and _DEVICE_TEXT.match(node.value):
-            return Value(DEVICE)
-        if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant) \
-                and str(node.values[0].value).startswith("cuda"):
-            return Value(DEVICE)
-        if isinstance(node, ast.IfExp):
-            body, orelse = self.value(node.body, env), self.value(node.orelse, env)
-            return body if body == orelse else None
-        if isinstance(node, ast.Tuple):
-            return Several(tuple(v if isinstance(v := self.value(e, env), Value) else None for e in node.elts))
-        if isinstance(node, (ast.Subscript, ast.Attribute)):
-            if self.is_rank_read(node):
-                return Value(RANK)
-            inner = self.value(node.value, env)
-            if isinstance(inner, Value) and inner.kind == BATCH:
-                return inner
-            if isinstance(node, ast.Subscript) and isinstance(inner, Several):
-                index = literal(node.slice)
-                if isinstance(index, int) and -len(inner.items) <= index < len(inner.items):
-                    return inner.items[index]
-            return None
-        if isinstance(node, ast.Call):
-            return self.call_value(node, env)
-        return None
-
-    def call_value(self, call: ast.Call, env: Env) -> Bound:
-        name = self.qualname(call.func)
-        if name in ACCELERATOR_NAMES:
-            return Value(ACCELERATOR, accelerator=self.accelerator_info(call, env))
-        if name in PLUGIN_NAMES:
-            stage = literal(keyword(call, "zero_stage"))
-            return Value(PLUGIN, stage=stage) if isinstance(stage, int) and not opaque(call) else None
-        if name in DATALOADER_NAMES:
-            return Value(RAW_LOADER, key=id(call), line=call.lineno)
-        if name is not None and name.startswith("torch.optim.lr_scheduler."):
-            return Value(RAW_SCHEDULER)
-        if name is not None and name.startswith("torch.optim.") and name.count(".") == 2 \
-                and name.rsplit(".", 1)[1][:1].isupper():
-            source = _parameters_of(call.args[0] if call.args else keyword(call, "params"))
-            return Value(RAW_OPTIMIZER, key=id(call), line=call.lineno, source=source,
-                         source_kind=env[source].kind if source in env else None)
-        if name == "torch.device":
-            return Value(DEVICE)
-        if isinstance(call.func, ast.Name) and call.func.id == "int" and call.args:
-            inner = self.value(call.args[0], env)
-            return inner if isinstance(inner, Value) and inner.kind == RANK else None
-        if self.is_rank_read(call):
-            return Value(RANK)
-        if name is not None and name.startswith("torch.nn.") and name.rsplit(".", 1)[1][:1].isupper():
-            return Value(MODULE)
-        if isinstance(call.func, ast.Name) and call.func.id in self.modules:
-            return Value(MODULE)
-        if isinstance(call.func, ast.Attribute):
-            method, receiver = call.func.attr, self.value(call.func.value, env)
-            accelerator = receiver if isinstance(receiver, Value) and receiver.kind == ACCELERATOR else None
-            if accelerator is not None:
-                return self.accelerator_method_value(method, call, accelerator, env)
-            if method == "from_pretrained" and _is_model_class(call.func.value):
-                return Value(MODULE)
-            if isinstance(receiver, Value):
-                if method == "state_dict" and receiver.kind == MODEL:
-                    return Value(STATE_DICT)
-                if method in ("to", "cuda", "float", "half", "bfloat16") and receiver.kind in (BATCH, MODULE):
-                    return receiver
-        return None
-
-    def accelerator_method_value(self, method: str, call: ast.Call, accelerator: Value, env: Env) -> Bound:
-        info = accelerator.accelerator
-        assert info is not None
-        placement = keyword(call, "device_placement") is None and info.device_placement is True
-        if method == "prepare":
-            if opaque(call):
-                return None
-            items = tuple(self.prepared(arg, placement, env) for arg in call.args)
-            return items[0] if len(items) == 1 else Several(items)
-        kinds = {"prepare_model": MODEL, "prepare_optimizer": OPTIMIZER, "prepare_data_loader": LOADER,
-                 "prepare_scheduler": SCHEDULER}
-        if method in kinds and call.args:
-            return Value(kinds[method], placed=placement and kinds[method] in (MODEL, LOADER))
-        if method == "skip_first_batches" and call.args:
-            inner = self.value(call.args[0], env)
-            return inner if isinstance(inner, Value) and inner.kind == LOADER else None
-        return None
-
-    def prepared(self, arg: ast.expr, placement: bool, env: Env) -> Value | None:
-        """What ``prepare`` returns for one argument, when the checker is sure."""
-        value = self.value(arg, env)
-        kind = value.kind if isinstance(value, Value) else None
-        if kind in (RAW_OPTIMIZER, OPTIMIZER):
-            return Value(OPTIMIZER)
-        if kind in (RAW_LOADER, LOADER):
-            return Value(LOADER, placed=placement)
-        if kind in (RAW_SCHEDULER, SCHEDULER):
-            return Value(SCHEDULER)
-        if kind in (MODULE, MODEL) or (isinstance(arg, ast.Name) and arg.id in self.evidence and kind is None):
-            return Value(MODEL, placed=placement)
-        return None
-
-    def element(self, iterable: ast.expr, env: Env) -> Bound:
-        """What a ``for`` over ``iterable`` binds."""
-        if isinstance(iterable, ast.Call):
-            func = iterable.func
-            if isinstance(func, ast.Name) and func.id == "enumerate" and iterable.args:
-                inner = self.element(iterable.args[0], env)
-                return Several((None, inner)) if isinstance(inner, Value) else None
-            if ((isinstance(func, ast.Name) and func.id == "tqdm") or self.qualname(func) in ("tqdm.tqdm",
-                                                                                            "tqdm.auto.tqdm")) \
-                    and iterable.args:
-                return self.element(iterable.args[0], env)
-            if isinstance(func, ast.Attribute) and func.attr in ("items", "values") and not iterable.args:
-                inner = self.value(func.value, env)
-                if isinstance(inner, Value) and inner.kind == BATCH:
-                    return Several((None, inner)) if func.attr == "items" else inner
-        value = self.value(iterable, env)
-        if isinstance(value, Value) and value.kind == LOADER:
-            return Value(BATCH, placed=value.placed)
-        if isinstance(value, Value) and value.kind == BATCH:
-            return value
-        return None
-
-    def accelerator_info(self, call: ast.Call, env: Env) -> AcceleratorInfo:
-        placement = keyword(call, "device_placement")
-        placed = literal(placement) if placement is not None else (None if opaque(call) else True)
-        steps_node = keyword(call, "gradient_accumulation_steps")
-        plugin_node = keyword(call, "gradient_accumulation_plugin")
-        steps: int | None = 0
-        if steps_node is not None:
-            steps = value if isinstance(value := literal(steps_node), int) else None
-        elif plugin_node is not None:
-            steps = None
-            if isinstance(plugin_node, ast.Call) and self.qualname(plugin_node.func) in ACCUMULATION_PLUGIN_NAMES:
-                num = literal(keyword(plugin_node, "num_steps"))
-                steps = num if isinstance(num, int) else None
-        ds = keyword(call, "deepspeed_plugin")
-        stage: int | None = None
-        if ds is not None:
-            plugin = self.value(ds, env)
-            if isinstance(plugin, Value) and plugin.kind == PLUGIN:
-                stage = plugin.stage
-        return AcceleratorInfo(
-            line=call.lineno, device_placement=placed if isinstance(placed, bool) else None, accumulation=steps,
-            mixed_precision=keyword(call, "mixed_precision") is not None,
-            sharding_plugin=ds is not None or keyword(call, "fsdp_plugin") is not None, zero_stage=stage,
-            opaque=opaque(call))
-
     # ---- what the walk meets ----------------------------------------------------------------
     def expr(self, node: ast.expr, env: Env) -> None:
         """Record what ``node`` does (its calls, reads), in evaluation order roughly."""
@@ -452,7 +266,7 @@ class Scanner:
         if name is not None and name.startswith("torch.distributed.") and name.rsplit(".", 1)[1] in TORCH_COLLECTIVES \
                 and self._guard:
             facts.found.append((call.lineno, "collective-on-main-process",
-                                f"{_source(call.func)}() under a rank check: every process must call it"))
+                                f"{source_text(call.func)}() under a rank check: every process must call it"))
         if name in ("torch.save", "safetensors.torch.save_file", "safetensors.torch.save_model") and call.args:
             self.note_save(call, call.args[0], env)
         if name == "torch.utils.checkpoint.checkpoint" or (name or "").startswith("torch.utils.checkpoint."):
@@ -486,15 +300,15 @@ class Scanner:
             if device and isinstance(receiver, Value) and receiver.placed and kind in (MODEL, BATCH):
                 what = "the prepared model" if kind == MODEL else "a batch from a prepared DataLoader"
                 facts.found.append((call.lineno, "manual-device-placement",
-                                    (f"{_source(call)} moves {what}, which the accelerator already puts on "
+                                    (f"{source_text(call)} moves {what}, which the accelerator already puts on "
                                     "its device")))
         if method == "save_pretrained" and kind == MODEL:
             facts.found.append((call.lineno, "save-wrapped-model",
-                                f"{_source(call)} saves the prepared (wrapped) model"))
+                                f"{source_text(call)} saves the prepared (wrapped) model"))
         if method == "step" and kind == RAW_OPTIMIZER:
             assert isinstance(receiver, Value)
             facts.stepped.add(receiver.key)
-        if method == "from_pretrained" and _is_model_class(receiver_node):
+        if method == "from_pretrained" and is_model_class(receiver_node):
             first = literal(call.args[0]) if call.args else literal(keyword(call, "pretrained_model_name_or_path"))
             facts.pretrained.append((call.lineno, first if isinstance(first, str) else None))
         if method == "gradient_checkpointing_enable":
@@ -504,7 +318,7 @@ class Scanner:
         facts = self.facts
         if method in COLLECTIVE_METHODS and self._guard:
             facts.found.append((call.lineno, "collective-on-main-process",
-                                f"{_source(call.func)}() under a rank check: every process must call it"))
+                                f"{source_text(call.func)}() under a rank check: every process must call it"))
         if method == "backward":
             facts.accelerator_backward.append(call.lineno)
         elif method in ("accumulate", "no_sync"):
@@ -532,7 +346,7 @@ class Scanner:
         if isinstance(value, Value) and value.kind in (STATE_DICT, MODEL):
             what = "the prepared model's state_dict()" if value.kind == STATE_DICT else "the prepared model"
             self.facts.found.append((call.lineno, "save-wrapped-model",
-                                     f"{_source(call.func)}({_source(saved)}, ...) saves {what}"))
+                                     f"{source_text(call.func)}({source_text(saved)}, ...) saves {what}"))
 
     def note_device(self, call: ast.Call, device: ast.expr | None, index: list[ast.expr]) -> None:
         text = literal(device)
@@ -551,23 +365,6 @@ class Scanner:
             return True
         number = literal(node)
         return isinstance(number, int) and not isinstance(number, bool)
-
-    def is_rank_read(self, node: ast.expr) -> bool:
-        return self._rank_read(node) is not None
-
-    def _rank_read(self, node: ast.expr) -> str | None:
-        if isinstance(node, ast.Subscript) and self.qualname(node.value) == "os.environ":
-            key = literal(node.slice)
-            if key in RANK_VARIABLES:
-                return f"os.environ[{key!r}]"
-        if isinstance(node, ast.Call):
-            name = self.qualname(node.func)
-            if name in ("os.environ.get", "os.getenv") and node.args and literal(node.args[0]) in RANK_VARIABLES:
-                return f"{_source(node.func)}({literal(node.args[0])!r})"
-            if name in ("torch.distributed.get_rank", "torch.distributed.get_world_size",
-                        "torch.distributed.get_local_rank"):
-                return f"{_source(node.func)}()"
-        return None
 
     def note_rank_read(self, node: ast.expr) -> None:
         what = self._rank_read(node)
@@ -612,50 +409,6 @@ class Scanner:
             self.facts.trained_on.add(value.key)
         if (self._scope, value) not in self._loaders:
             self._loaders.append((self._scope, value))
-
-
-def _model_evidence(tree: ast.Module) -> set[str]:
-    """Names used as models somewhere (``x.parameters()``, ``x.train()``, ``accelerator.accumulate(x)``)."""
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            receiver = node.func.value
-            if isinstance(receiver, ast.Name) and node.func.attr in ("parameters", "named_parameters", "train",
-                                                                     "eval", "gradient_checkpointing_enable",
-                                                                     "named_modules", "modules"):
-                names.add(receiver.id)
-            if node.func.attr in ("accumulate", "unwrap_model", "save_model") and node.args and \
-                    isinstance(node.args[0], ast.Name):
-                names.add(node.args[0].id)
-    return names
-
-
-def _parameters_of(node: ast.expr | None) -> str | None:
-    """``model`` for ``model.parameters()`` / ``model.named_parameters()``."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-            node.func.attr in ("parameters", "named_parameters") and isinstance(node.func.value, ast.Name):
-        return node.func.value.id
-    return None
-
-
-def _is_model_class(node: ast.expr) -> bool:
-    """``AutoModelForCausalLM``, ``GPT2LMHeadModel``, ``transformers.BertForMaskedLM`` (not tokenizers, configs)."""
-    name = _tail(node)
-    return name is not None and ("Model" in name or "For" in name) and "Tokenizer" not in name \
-        and "Config" not in name and "Processor" not in name
-
-
-def _tail(node: ast.expr) -> str | None:
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    if isinstance(node, ast.Name):
-        return node.id
-    return None
-
-
-def _source(node: ast.expr) -> str:
-    text = ast.unparse(node)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _keep_agreed(env: Env, before: Env) -> None:
