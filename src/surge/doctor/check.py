@@ -16,7 +16,7 @@ from typing import Any
 
 from surge.doctor.rules import RULE_BY_ID
 from surge.doctor.scan import Facts, Scanner
-from surge.doctor.values import AcceleratorInfo
+from surge.doctor.values import MODEL, AcceleratorInfo
 
 # Parameter counts (millions) of well-known checkpoints; other names are read from a size
 # in the name ("opt-125m", "Qwen2.5-0.5B"), else the model's size is unknown.
@@ -190,7 +190,8 @@ def _whole_script(facts: Facts, settings: Settings | None) -> list[tuple[int, st
         for optimizer in facts.raw_optimizers:
             if optimizer.key in facts.prepared_keys or optimizer.key not in facts.stepped:
                 continue
-            if optimizer.source in facts.prepared_names or optimizer.source_kind == "model":
+            # the very model it optimizes was prepared (not another one bound to the same name later)
+            if (optimizer.source_key and optimizer.source_key in facts.prepared_keys) or optimizer.source_kind == MODEL:
                 found.append((optimizer.line, "not-prepared",
                               (f"this optimizer of {optimizer.source}'s parameters is stepped but never passed to "
                               "accelerator.prepare()")))
@@ -204,12 +205,12 @@ def _whole_script(facts: Facts, settings: Settings | None) -> list[tuple[int, st
 
 
 def _accumulation(facts: Facts, settings: Settings | None) -> list[tuple[int, str, str]]:
-    if facts.accumulates or not facts.accelerator_backward:
+    if facts.accumulates:
         return []
-    for info in facts.accelerators:
+    for info, line in facts.accelerator_backward:
         steps = _steps(info, settings)
         if steps is not None and steps > 1:
-            return [(facts.accelerator_backward[0], "accumulate-missing",
+            return [(line, "accumulate-missing",
                      (f"gradient_accumulation_steps={steps} but accelerator.backward() runs outside "
                      "`with accelerator.accumulate(model):`, so the optimizer steps on every micro-batch"))]
     return []

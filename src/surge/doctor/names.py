@@ -19,6 +19,7 @@ from surge.doctor.values import (
     MODEL,
     MODULE,
     OPTIMIZER,
+    OUTPUT,
     PLUGIN,
     PLUGIN_NAMES,
     RANK,
@@ -99,7 +100,7 @@ class Names:
             if self.is_rank_read(node):
                 return Value(RANK)
             inner = self.value(node.value, env)
-            if isinstance(inner, Value) and inner.kind == BATCH:
+            if isinstance(inner, Value) and inner.kind in (BATCH, OUTPUT):
                 return inner
             if isinstance(node, ast.Subscript) and isinstance(inner, Several):
                 index = literal(node.slice)
@@ -108,6 +109,8 @@ class Names:
             return None
         if isinstance(node, ast.Call):
             return self.call_value(node, env)
+        if isinstance(node, ast.BinOp) and Value(OUTPUT) in (self.value(node.left, env), self.value(node.right, env)):
+            return Value(OUTPUT)
         return None
 
     def call_value(self, call: ast.Call, env: Env) -> Bound:
@@ -125,7 +128,8 @@ class Names:
                 and name.rsplit(".", 1)[1][:1].isupper():
             source = parameters_of(call.args[0] if call.args else keyword(call, "params"))
             return Value(RAW_OPTIMIZER, key=id(call), line=call.lineno, source=source,
-                         source_kind=env[source].kind if source in env else None)
+                         source_kind=env[source].kind if source in env else None,
+                         source_key=env[source].key if source in env else 0)
         if name == "torch.device":
             return Value(DEVICE)
         if isinstance(call.func, ast.Name) and call.func.id == "int" and call.args:
@@ -134,21 +138,35 @@ class Names:
         if self.is_rank_read(call):
             return Value(RANK)
         if name is not None and name.startswith("torch.nn.") and name.rsplit(".", 1)[1][:1].isupper():
-            return Value(MODULE)
+            return Value(MODULE, key=id(call), line=call.lineno)
         if isinstance(call.func, ast.Name) and call.func.id in self.modules:
-            return Value(MODULE)
+            return Value(MODULE, key=id(call), line=call.lineno)
         if isinstance(call.func, ast.Attribute):
             method, receiver = call.func.attr, self.value(call.func.value, env)
             accelerator = receiver if isinstance(receiver, Value) and receiver.kind == ACCELERATOR else None
             if accelerator is not None:
                 return self.accelerator_method_value(method, call, accelerator, env)
             if method == "from_pretrained" and is_model_class(call.func.value):
-                return Value(MODULE)
+                return Value(MODULE, key=id(call), line=call.lineno)
             if isinstance(receiver, Value):
                 if method == "state_dict" and receiver.kind == MODEL:
                     return Value(STATE_DICT)
                 if method in ("to", "cuda", "float", "half", "bfloat16") and receiver.kind in (BATCH, MODULE):
                     return receiver
+                if receiver.kind == OUTPUT:
+                    return receiver  # loss.mean(), outputs.loss.float()
+        return self.output_of(call, env)
+
+    def output_of(self, call: ast.Call, env: Env) -> Value | None:
+        """``model(x)`` on a prepared model, or a function of such an output (``loss_fn(model(x), y)``)."""
+        if isinstance(call.func, (ast.Name, ast.Attribute)):
+            called = self.value(call.func, env)
+            if isinstance(called, Value) and called.kind == MODEL:
+                return Value(OUTPUT)
+        arguments = [*call.args, *(kw.value for kw in call.keywords)]
+        if any(self.value(arg.value if isinstance(arg, ast.Starred) else arg, env) == Value(OUTPUT)
+               for arg in arguments):
+            return Value(OUTPUT)
         return None
 
     def accelerator_method_value(self, method: str, call: ast.Call, accelerator: Value, env: Env) -> Bound:

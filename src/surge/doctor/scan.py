@@ -22,6 +22,7 @@ from surge.doctor.values import (
     DEVICE,
     MODEL,
     MODULE_BASES,
+    OUTPUT,
     RANK,
     RAW_LOADER,
     RAW_OPTIMIZER,
@@ -54,14 +55,13 @@ class Facts:
     accelerators: list[AcceleratorInfo] = field(default_factory=list)
     prepared_model: bool = False  # some prepare() returned a model
     prepared_keys: set[int] = field(default_factory=set)  # raw objects passed to prepare
-    prepared_names: set[str] = field(default_factory=set)  # names passed to prepare as models
     raw_optimizers: list[Value] = field(default_factory=list)
     stepped: set[int] = field(default_factory=set)  # raw optimizers whose step() was called
     raw_loaders: list[Value] = field(default_factory=list)
     trained_on: set[int] = field(default_factory=set)  # raw loaders iterated by a loop that calls backward()
     tensor_backward: list[int] = field(default_factory=list)  # lines of x.backward()
-    accelerator_backward: list[int] = field(default_factory=list)  # lines of accelerator.backward(...)
-    accumulates: bool = False  # accelerator.accumulate / no_sync used somewhere
+    accelerator_backward: list[tuple[AcceleratorInfo, int]] = field(default_factory=list)  # accelerator.backward()
+    accumulates: bool = False  # x.accumulate(...) / x.no_sync(...) called somewhere
     rank_reads: list[tuple[int, str]] = field(default_factory=list)  # (line, what) for hard-coded-rank
     cuda_lines: list[int] = field(default_factory=list)  # where the script targets CUDA explicitly
     pretrained: list[tuple[int, str | None]] = field(default_factory=list)  # model from_pretrained(<literal or None>)
@@ -285,7 +285,9 @@ class Scanner(Names):
             assert isinstance(receiver, Value)
             self.accelerator_method(call, method, receiver, env)
             return
-        if method == "backward" and not call.args:
+        if method in ("accumulate", "no_sync"):
+            self.facts.accumulates = True  # on whatever object: manual accumulation may be going on
+        if method == "backward" and not call.args and kind == OUTPUT:
             self._backward.append((self._scope, call.lineno))
         if method in ("to", "cuda"):
             target = call.args[0] if call.args else keyword(call, "device")
@@ -320,7 +322,8 @@ class Scanner(Names):
             facts.found.append((call.lineno, "collective-on-main-process",
                                 f"{source_text(call.func)}() under a rank check: every process must call it"))
         if method == "backward":
-            facts.accelerator_backward.append(call.lineno)
+            assert accelerator.accelerator is not None
+            facts.accelerator_backward.append((accelerator.accelerator, call.lineno))
         elif method in ("accumulate", "no_sync"):
             facts.accumulates = True
         elif method == "save_state":
@@ -337,8 +340,6 @@ class Scanner(Names):
                 prepared = self.prepared(arg, False, env) if method == "prepare" else None
                 if method == "prepare_model" or (prepared is not None and prepared.kind == MODEL):
                     facts.prepared_model = True
-                    if isinstance(arg, ast.Name):
-                        facts.prepared_names.add(arg.id)
 
     # ---- small judgements -------------------------------------------------------------------
     def note_save(self, call: ast.Call, saved: ast.expr, env: Env) -> None:
@@ -404,8 +405,11 @@ class Scanner(Names):
         value = self.value(iterable, env)
         if not (isinstance(value, Value) and value.kind == RAW_LOADER):
             return
-        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward"
-               for stmt in loop.body for n in ast.walk(stmt)):
+        models = {name for name, bound in env.items() if bound.kind == MODEL}
+        calls = [n for stmt in loop.body for n in ast.walk(stmt) if isinstance(n, ast.Call)]
+        # the prepared model is trained on its batches: it is called, and something calls backward
+        if any(isinstance(n.func, ast.Attribute) and n.func.attr == "backward" for n in calls) and \
+                any(isinstance(n.func, ast.Name) and n.func.id in models for n in calls):
             self.facts.trained_on.add(value.key)
         if (self._scope, value) not in self._loaders:
             self._loaders.append((self._scope, value))

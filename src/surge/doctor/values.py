@@ -37,6 +37,7 @@ MODULE = "module"  # an nn.Module built here, not prepared
 DEVICE = "device"  # a device written out: "cuda", torch.device(...)
 RANK = "rank"  # a rank or world size read from the environment or torch.distributed
 STATE_DICT = "state dict"  # a prepared model's state_dict()
+OUTPUT = "output"  # computed from a prepared model's output (a loss)
 PLUGIN = "plugin"  # a DeepSpeedPlugin with a literal zero stage
 
 
@@ -62,6 +63,7 @@ class Value:
     line: int = 0  # raw objects: where it was built
     source: str | None = None  # RAW_OPTIMIZER: the name whose parameters it optimizes
     source_kind: str | None = None  # ... and what that name held then
+    source_key: int = 0  # ... and that object's identity (a model built here)
     stage: int | None = None  # PLUGIN
 
 
