@@ -75,8 +75,10 @@ class Scanner(Names):
         super().__init__(tree)
         self.tree = tree
         self.facts = Facts()
+        self.functions = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
         self._pending: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, Env]] = []
-        self._guard = 0  # > 0: under a rank check
+        # Collectives met under rank checks, innermost check last: (line, collective, message).
+        self._guarded: list[list[tuple[int, str, str]]] = []
         self._scope = id(tree)  # the function (or module) being walked
         self._accelerated: set[int] = set()  # scopes where an Accelerator is in reach
         self._backward: list[tuple[int, int]] = []  # (scope, line)
@@ -95,9 +97,12 @@ class Scanner(Names):
             self._scope = id(node)
             if any(value.kind == ACCELERATOR for value in env.values()):
                 self._accelerated.add(self._scope)
-            self._guard += guarded
+            if guarded:
+                self._guarded.append([])
             self.block(node.body, env)
-            self._guard -= guarded
+            if guarded:
+                hits = self._guarded.pop()
+                self._report_guarded(hits, [], hits, [])
         # Mistakes that need an Accelerator count only in scopes that have one (a plain-torch
         # helper in the same file may call loss.backward() or read RANK as it likes).
         facts, kept = self.facts, self._accelerated
@@ -162,11 +167,18 @@ class Scanner(Names):
         elif isinstance(node, ast.If):
             self.expr(node.test, env)
             guard = self.is_rank_guard(node.test, env)
-            self._guard += guard
             then, other = dict(env), dict(env)
+            if guard:
+                self._guarded.append([])
             self.block(node.body, then)
+            if guard:
+                self._guarded[-1:] = [self._guarded[-1], []]
             self.block(node.orelse, other)
-            self._guard -= guard
+            if guard:
+                other_hits, then_hits = self._guarded.pop(), self._guarded.pop()
+                # a side that runs this file's own functions may make the matching call inside them
+                self._report_guarded([] if self._runs_local(node.orelse) else then_hits,
+                                     [] if self._runs_local(node.body) else other_hits, then_hits, other_hits)
             env.clear()
             env.update({k: v for k, v in then.items() if other.get(k) == v})
         elif isinstance(node, (ast.With, ast.AsyncWith)):
@@ -263,10 +275,8 @@ class Scanner(Names):
             self._optimizers.append((self._scope, made))
         if name == "torch.device":
             self.note_device(call, call.args[0] if call.args else keyword(call, "type"), call.args[1:2])
-        if name is not None and name.startswith("torch.distributed.") and name.rsplit(".", 1)[1] in TORCH_COLLECTIVES \
-                and self._guard:
-            facts.found.append((call.lineno, "collective-on-main-process",
-                                f"{source_text(call.func)}() under a rank check: every process must call it"))
+        if name is not None and name.startswith("torch.distributed.") and name.rsplit(".", 1)[1] in TORCH_COLLECTIVES:
+            self._collective(call, name)
         if name in ("torch.save", "safetensors.torch.save_file", "safetensors.torch.save_model") and call.args:
             self.note_save(call, call.args[0], env)
         if name == "torch.utils.checkpoint.checkpoint" or (name or "").startswith("torch.utils.checkpoint."):
@@ -318,9 +328,8 @@ class Scanner(Names):
 
     def accelerator_method(self, call: ast.Call, method: str, accelerator: Value, env: Env) -> None:
         facts = self.facts
-        if method in COLLECTIVE_METHODS and self._guard:
-            facts.found.append((call.lineno, "collective-on-main-process",
-                                f"{source_text(call.func)}() under a rank check: every process must call it"))
+        if method in COLLECTIVE_METHODS:
+            self._collective(call, f"accelerator.{method}")
         if method == "backward":
             assert accelerator.accelerator is not None
             facts.accelerator_backward.append((accelerator.accelerator, call.lineno))
@@ -371,6 +380,26 @@ class Scanner(Names):
         what = self._rank_read(node)
         if what is not None:
             self._rank_reads.append((self._scope, node.lineno, f"{what} reads the rank or world size directly"))
+
+    def _collective(self, call: ast.Call, name: str) -> None:
+        if self._guarded:
+            self._guarded[-1].append((call.lineno, name, (f"{source_text(call.func)}() under a rank check: every "
+                                                         "process must call it")))
+
+    def _report_guarded(self, then: list[tuple[int, str, str]], other: list[tuple[int, str, str]],
+                        all_then: list[tuple[int, str, str]], all_other: list[tuple[int, str, str]]) -> None:
+        """A collective that only one side of a rank check calls (both sides calling it is the
+        broadcast pattern: rank 0 sends, the others receive)."""
+        then_names, other_names = {hit[1] for hit in all_then}, {hit[1] for hit in all_other}
+        for line, name, message in then:
+            if name not in other_names:
+                self.facts.found.append((line, "collective-on-main-process", message))
+        for line, name, message in other:
+            if name not in then_names:
+                self.facts.found.append((line, "collective-on-main-process", message))
+
+    def _runs_local(self, body: list[ast.stmt]) -> bool:
+        return any(isinstance(n, ast.Name) and n.id in self.functions for stmt in body for n in ast.walk(stmt))
 
     def is_rank_guard(self, test: ast.expr, env: Env) -> bool:
         """Only some processes pass ``test`` (``accelerator.is_main_process``, ``rank == 0``, and ``and``s of it)."""

@@ -27,3 +27,9 @@ accelerator.wait_for_everyone()  # every process: right
 state = accelerator.get_state_dict(model)
 if accelerator.is_main_process:
     torch.save(state, "model.pt")  # right: the state was gathered by every process
+if accelerator.is_main_process:
+    payload = [state]
+    dist.broadcast_object_list(payload, src=0)  # both sides of the check call it: the broadcast pattern
+else:
+    payload = [None]
+    dist.broadcast_object_list(payload, src=0)
