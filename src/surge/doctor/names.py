@@ -109,6 +109,11 @@ class Names:
             return None
         if isinstance(node, ast.Call):
             return self.call_value(node, env)
+        if isinstance(node, (ast.ListComp, ast.DictComp, ast.GeneratorExp, ast.SetComp)):
+            # {k: v.to(...) for k, v in batch.items()} is still the batch
+            element = self.element(node.generators[0].iter, env)
+            parts = element.items if isinstance(element, Several) else (element,)
+            return next((part for part in parts if part is not None and part.kind == BATCH), None)
         if isinstance(node, ast.BinOp) and Value(OUTPUT) in (self.value(node.left, env), self.value(node.right, env)):
             return Value(OUTPUT)
         return None

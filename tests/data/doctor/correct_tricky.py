@@ -61,3 +61,31 @@ def setup() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     home = os.environ.get("HOME", ".")
     print(home, os.environ["PATH"])
+
+
+def two_accelerators(model: nn.Module, data: TensorDataset) -> None:
+    """Accumulation is set on an Accelerator that never steps; the one that steps has none."""
+    stepping = Accelerator(mixed_precision="bf16")
+    Accelerator(gradient_accumulation_steps=4, mixed_precision="bf16")
+    model, loader = stepping.prepare(model, DataLoader(data))
+    for x, y in loader:
+        stepping.backward(nn.functional.mse_loss(model(x), y))
+
+
+def reference_then_accelerator(data: TensorDataset) -> None:
+    """A plain-torch reference run before the Accelerator exists, on its own model, loader and optimizer."""
+    reference = nn.Linear(4, 1)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for x, y in DataLoader(data):
+        nn.functional.mse_loss(reference(x), y).backward()
+        reference_optimizer.step()
+    accelerator = Accelerator(mixed_precision="bf16")
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(data))
+    reference = nn.Linear(4, 1)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for x, y in loader:
+        accelerator.backward(nn.functional.mse_loss(model(x), y))
+        optimizer.step()
+        reference_optimizer.step()  # another model's optimizer: not one left out

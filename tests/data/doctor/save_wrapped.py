@@ -16,3 +16,4 @@ safetensors.torch.save_file(state, "model.safetensors")  # doctor: expect save-w
 accelerator.unwrap_model(model).save_pretrained("out")  # right
 unwrapped = accelerator.unwrap_model(model)
 torch.save(unwrapped.state_dict(), "model.pt")  # right
+accelerator.save(model.state_dict(), "model.bin")  # doctor: expect save-wrapped-model
