@@ -13,6 +13,7 @@ from surge.doctor.values import (
     ACCELERATOR_NAMES,
     ACCUMULATION_PLUGIN_NAMES,
     BATCH,
+    CPU,
     DATALOADER_NAMES,
     DEVICE,
     LOADER,
@@ -87,13 +88,16 @@ class Names:
         if isinstance(node, ast.Name):
             return env.get(node.id)
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and _DEVICE_TEXT.match(node.value):
-            return Value(DEVICE)
+            return Value(CPU if node.value == "cpu" else DEVICE)
         if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant) \
                 and str(node.values[0].value).startswith("cuda"):
             return Value(DEVICE)
         if isinstance(node, ast.IfExp):
             body, orelse = self.value(node.body, env), self.value(node.orelse, env)
-            return body if body == orelse else None
+            if body == orelse:
+                return body
+            # "cuda" if torch.cuda.is_available() else "cpu": an accelerator device where there is one
+            return Value(DEVICE) if {body, orelse} == {Value(DEVICE), Value(CPU)} else None
         if isinstance(node, ast.Tuple):
             return Several(tuple(v if isinstance(v := self.value(e, env), Value) else None for e in node.elts))
         if isinstance(node, (ast.Subscript, ast.Attribute)):
@@ -136,7 +140,8 @@ class Names:
                          source_kind=env[source].kind if source in env else None,
                          source_key=env[source].key if source in env else 0)
         if name == "torch.device":
-            return Value(DEVICE)
+            first = call.args[0] if call.args else keyword(call, "type")
+            return Value(CPU) if literal(first) == "cpu" else self.value(first, env) if first is not None else None
         if isinstance(call.func, ast.Name) and call.func.id == "int" and call.args:
             inner = self.value(call.args[0], env)
             return inner if isinstance(inner, Value) and inner.kind == RANK else None

@@ -22,3 +22,7 @@ for x, y in loader:
     optimizer.zero_grad()
 for i, batch in enumerate(loader):
     batch = [t.to("cuda") for t in batch]  # doctor: expect manual-device-placement
+    labels = batch[1].to("cpu")  # to the CPU, for metrics: not reported
+target = "cuda" if torch.cuda.is_available() else "cpu"
+for x, _ in accelerator.skip_first_batches(loader, 2):
+    x.to(target)  # doctor: expect manual-device-placement
