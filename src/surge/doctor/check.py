@@ -30,6 +30,7 @@ KNOWN_SIZES = {"gpt2": 124, "distilgpt2": 82, "gpt2-medium": 355, "gpt2-large": 
                "distilbert/distilbert-base-uncased": 66, "google/vit-base-patch16-224": 86}
 _SIZE_IN_NAME = re.compile(r"(?:^|[-_.])(\d+(?:\.\d+)?)([mMbB])(?:$|[-_.])")
 SMALL = 1000  # millions of parameters: below this, ZeRO-3's gathering costs more than it saves
+LARGE = 6000  # millions: from here, 16 bytes a parameter (~100 GB) fill a GPU before any activation
 
 
 class DoctorError(Exception):
@@ -62,6 +63,7 @@ class Settings:
     accumulation: int | None = None
     zero_stage: int | None = None
     cpu: bool = False
+    sharded: bool = False  # ZeRO (any stage above 0) or FSDP
 
 
 def read_settings(path: str) -> Settings:
@@ -82,9 +84,11 @@ def read_settings(path: str) -> Settings:
     stage = values.get("zero_stage")
     if stage is None and values.get("use_deepspeed"):
         stage = 2
+    shard_size = values.get("parallelism_config_dp_shard_size")
+    sharded = bool(stage) or bool(values.get("use_fsdp")) or (isinstance(shard_size, int) and shard_size > 1)
     settings = Settings(mixed_precision=_text(values.get("mixed_precision")),
                         accumulation=values.get("gradient_accumulation_steps"), zero_stage=stage,
-                        cpu=bool(values.get("use_cpu")))
+                        cpu=bool(values.get("use_cpu")), sharded=sharded)
     ds_file = values.get("deepspeed_config_file")
     if isinstance(ds_file, str):
         for candidate in (ds_file, os.path.join(os.path.dirname(path), ds_file)):
@@ -94,7 +98,7 @@ def read_settings(path: str) -> Settings:
                 return Settings(mixed_precision=settings.mixed_precision or inner.mixed_precision,
                                 accumulation=settings.accumulation or inner.accumulation,
                                 zero_stage=inner.zero_stage if inner.zero_stage is not None else stage,
-                                cpu=settings.cpu)
+                                cpu=settings.cpu, sharded=settings.sharded or bool(inner.zero_stage))
     return settings
 
 
@@ -122,7 +126,7 @@ def _deepspeed_settings(data: dict[str, Any]) -> Settings:
             precision = name
     steps = data.get("gradient_accumulation_steps")
     return Settings(mixed_precision=precision, accumulation=steps if isinstance(steps, int) else None,
-                    zero_stage=stage if isinstance(stage, int) else None)
+                    zero_stage=stage if isinstance(stage, int) else None, sharded=isinstance(stage, int) and stage > 0)
 
 
 def model_size(name: str) -> int | None:
@@ -257,6 +261,7 @@ def _zero(facts: Facts, settings: Settings | None) -> list[tuple[int, str, str]]
             found.append((line, "zero3-small-model",
                           (f"ZeRO-3 shards {name!r} (about {size}M parameters): gathering them at every layer costs "
                           "more than the memory it saves")))
+    found += _unsharded(facts, settings)
     literal_stages = [(info.line, info.zero_stage) for info in facts.accelerators if info.zero_stage is not None]
     if facts.saves_state and facts.loads_state and len({stage for _, stage in literal_stages}) > 1:
         first = literal_stages[0][1]
@@ -265,3 +270,19 @@ def _zero(facts: Facts, settings: Settings | None) -> list[tuple[int, str, str]]
                       (f"this Accelerator uses ZeRO stage {stage} but another in the script uses stage {first}, and "
                       "the script both saves and loads state")))
     return found
+
+
+def _unsharded(facts: Facts, settings: Settings | None) -> list[tuple[int, str, str]]:
+    """A large model (its size read from its name) trained with no sharding at all."""
+    if settings is None or settings.sharded or not facts.accelerator_backward or not facts.pretrained:
+        return []
+    if any(info.sharding_plugin or info.opaque for info in facts.accelerators):
+        return []
+    sizes = [(size, line, name) for line, name in facts.pretrained
+             if name is not None and (size := model_size(name)) is not None and size >= LARGE]
+    if not sizes:
+        return []
+    size, line, name = max(sizes)
+    return [(line, "large-model-unsharded",
+             (f"{name!r} (about {size / 1000:g}B parameters) is trained unsharded: every process holds about "
+             f"{size * 16 // 1000} GB of training state before any activation"))]

@@ -125,6 +125,22 @@ RULES: tuple[Rule, ...] = (
         severity="info",
     ),
     Rule(
+        id="large-model-unsharded",
+        title="A large model trained unsharded",
+        what="every process holds this model's full training state (about 16 bytes a parameter with Adam: "
+             "fp32 weights, gradients and two moments) before any activation",
+        fix="shard it (zero_stage: 3, or FSDP), offload the optimizer (offload_optimizer_device: cpu) and turn "
+            "on activation checkpointing (model.gradient_checkpointing_enable())",
+        mistake=("# config: mixed_precision: bf16 (no zero_stage, no FSDP)\n"
+                 "model = AutoModelForCausalLM.from_pretrained(\"meta-llama/Llama-2-7b-hf\")\n"
+                 "model, optimizer = accelerator.prepare(model, optimizer)"),
+        fixed=("# config: mixed_precision: bf16, zero_stage: 3, offload_optimizer_device: cpu\n"
+               "model = AutoModelForCausalLM.from_pretrained(\"meta-llama/Llama-2-7b-hf\")\n"
+               "model.gradient_checkpointing_enable()\n"
+               "model, optimizer = accelerator.prepare(model, optimizer)"),
+        severity="info",
+    ),
+    Rule(
         id="zero-stage-mismatch",
         title="Loading a checkpoint under another ZeRO stage than it was saved with",
         what="this script saves and loads state under Accelerators with different ZeRO stages",
