@@ -267,8 +267,8 @@ def _zero(facts: Facts, settings: Settings | None) -> list[tuple[int, str, str]]
         first = literal_stages[0][1]
         line, stage = next((line, stage) for line, stage in literal_stages if stage != first)
         found.append((line, "zero-stage-mismatch",
-                      (f"this Accelerator uses ZeRO stage {stage} but another in the script uses stage {first}, and "
-                      "the script both saves and loads state")))
+                      (f"this Accelerator uses ZeRO stage {stage}, another in the script stage {first}, and the "
+                      "script both saves and loads state: surge reshards it, Accelerate and DeepSpeed cannot")))
     return found
 
 

@@ -70,8 +70,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         id="save-wrapped-model",
         title="Saving the wrapped model",
-        what="this saves the prepared (wrapped, possibly sharded) model: its keys carry the wrapper's prefix, a "
-             "sharded model saves only this process's shard, and the wrapper has no save_pretrained",
+        what="this saves the prepared model, which is wrapped or sharded on several processes: under DDP its keys "
+             "get a `module.` prefix and it has no save_pretrained, under ZeRO-3/FSDP each process saves only its "
+             "shard",
         fix="save accelerator.unwrap_model(model), or use accelerator.save_model(model, dir) / "
             "accelerator.get_state_dict(model)",
         mistake=("model = accelerator.prepare(model)\n"
@@ -143,9 +144,10 @@ RULES: tuple[Rule, ...] = (
     Rule(
         id="zero-stage-mismatch",
         title="Loading a checkpoint under another ZeRO stage than it was saved with",
-        what="this script saves and loads state under Accelerators with different ZeRO stages",
-        fix="load with the ZeRO stage the state was saved with (or convert the checkpoint with `surge "
-            "merge-weights` and load the model weights)",
+        what="this script saves and loads state under Accelerators with different ZeRO stages: surge reshards "
+             "the checkpoint (any layout loads into any stage), but Accelerate and DeepSpeed cannot load it",
+        fix="keep one ZeRO stage for saving and loading if the script must also run under Accelerate or "
+            "DeepSpeed (or move the weights with `surge merge-weights`)",
         mistake=("saver = Accelerator(deepspeed_plugin=DeepSpeedPlugin(zero_stage=2))\n"
                  "saver.save_state(\"ckpt\")\n"
                  "loader = Accelerator(deepspeed_plugin=DeepSpeedPlugin(zero_stage=3))\n"
@@ -154,6 +156,7 @@ RULES: tuple[Rule, ...] = (
                "saver.save_state(\"ckpt\")\n"
                "loader = Accelerator(deepspeed_plugin=DeepSpeedPlugin(zero_stage=3))\n"
                "loader.load_state(\"ckpt\")"),
+        severity="info",
     ),
     Rule(
         id="collective-on-main-process",
