@@ -29,7 +29,9 @@ def render() -> str:
     parts += [f"| [`{rule.id}`](#{rule.id}) | {rule.title}{' (info)' if rule.severity == 'info' else ''} |\n"
               for rule in RULES]
     for rule in RULES:
-        parts.append(f"\n## {rule.id}\n\n**{rule.title}.** {_sentence(rule.what)} Fix: {_sentence(rule.fix)}\n")
+        advice = " *(info: advice, the exit code stays 0)*" if rule.severity == "info" else ""
+        parts.append(f"\n## {rule.id}\n\n**{rule.title}.**{advice} {_sentence(rule.what)}\n\n"
+                     f"**Fix:** {rule.fix}.\n\n**Reported when** {rule.when}.\n")
         parts.append(f"\nThe mistake:\n\n```python\n{rule.mistake}\n```\n")
         parts.append(f"\nThe fix:\n\n```python\n{rule.fixed}\n```\n")
     return "".join(parts)
