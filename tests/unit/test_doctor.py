@@ -170,6 +170,10 @@ def test_cli_exit_codes_and_output(tmp_path, capsys):
     assert main(["doctor", "--json", str(CORPUS / "correct_basic.py")]) == 0
     assert json.loads(capsys.readouterr().out) == []
 
+    # a directory: every .py file under it
+    assert main(["doctor", str(ROOT / "examples")]) == 0
+    assert capsys.readouterr().out == f"surge doctor: no mistakes found in {len(_examples())} scripts\n"
+
     broken = tmp_path / "broken.py"
     broken.write_text("def f(:\n    pass\n")
     for argv in (["doctor", str(broken)], ["doctor", str(tmp_path / "missing.py")],

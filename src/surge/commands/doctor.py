@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scripts", nargs="+", metavar="script.py", help="The training script(s) to check.")
+    parser.add_argument("scripts", nargs="+", metavar="script.py",
+                        help="The training script(s) to check; a directory means every .py file under it.")
     parser.add_argument("--config", default=None, metavar="PATH",
                         help="The config file the script is launched with (surge or Accelerate format, as `surge "
                              "launch --config_file` reads, or a DeepSpeed JSON): findings that depend on mixed "
@@ -29,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from surge.doctor import DoctorError, check_file, read_settings
 
     findings: list[Finding] = []
+    scripts = [found for path in args.scripts for found in _scripts(path)]
     try:
         settings = read_settings(args.config) if args.config is not None else None
-        for script in args.scripts:
+        for script in scripts:
             findings += check_file(script, settings)
     except DoctorError as exc:
         print(f"surge doctor: error: {exc}", file=sys.stderr)
@@ -41,8 +44,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         for finding in findings:
             print(finding.text())
-        print(summary(findings, len(args.scripts)))
+        print(summary(findings, len(scripts)))
     return 1 if any(finding.severity != "info" for finding in findings) else 0
+
+
+def _scripts(path: str) -> list[str]:
+    """``path``, or the .py files under it (sorted) when it is a directory."""
+    if not os.path.isdir(path):
+        return [path]
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        found += [os.path.join(root, name) for name in sorted(files) if name.endswith(".py")]
+    return found
 
 
 def summary(findings: list[Finding], scripts: int) -> str:
