@@ -50,6 +50,7 @@ class Names:
         self.imports: dict[str, str] = {}  # local name -> qualified name
         self.modules: set[str] = set()  # classes defined here that are nn.Modules
         self.evidence = _model_evidence(tree)
+        self.iterated = _iterated(tree) - self.evidence  # names a for loop runs over: data loaders
 
     def is_rank_read(self, node: ast.expr) -> bool:
         return self._rank_read(node) is not None
@@ -209,6 +210,9 @@ class Names:
             return Value(SCHEDULER)
         if kind in (MODULE, MODEL) or (isinstance(arg, ast.Name) and arg.id in self.evidence and kind is None):
             return Value(MODEL, placed=placement)
+        if kind is None and isinstance(arg, ast.Name) and arg.id in self.iterated:
+            # of what prepare takes (models, optimizers, loaders, schedulers) only loaders are looped over
+            return Value(LOADER, placed=placement)
         return None
 
     def element(self, iterable: ast.expr, env: Env) -> Bound:
@@ -257,6 +261,18 @@ class Names:
             mixed_precision=keyword(call, "mixed_precision") is not None,
             sharding_plugin=ds is not None or keyword(call, "fsdp_plugin") is not None, zero_stage=stage,
             opaque=opaque(call))
+
+
+def _iterated(tree: ast.Module) -> set[str]:
+    """Names a ``for`` loop (or comprehension) runs over, directly or through enumerate / tqdm."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        iterable = node.iter if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) else None
+        while isinstance(iterable, ast.Call) and iterable.args and tail(iterable.func) in ("enumerate", "tqdm"):
+            iterable = iterable.args[0]
+        if isinstance(iterable, ast.Name):
+            names.add(iterable.id)
+    return names
 
 
 def _model_evidence(tree: ast.Module) -> set[str]:

@@ -33,7 +33,8 @@ RULES: tuple[Rule, ...] = (
             "yourself)",
         when=("`.cuda()`, or `.to(<device>)` with a device written in the script (\"cuda\", "
               "`torch.device(...)`, a name bound to one, an index), is called on a model returned by `prepare`, "
-              "or on a batch (or part of one) from a DataLoader returned by `prepare`, and neither the "
+              "or on a batch (or part of one) from a DataLoader returned by `prepare` (an argument built by "
+              "`DataLoader(...)`, or one the script loops over), and neither the "
               "Accelerator nor that `prepare` call turns device placement off. Moving to the CPU, to a dtype or "
               "to `accelerator.device` is not reported"),
         mistake=("model, optimizer, loader = accelerator.prepare(model, optimizer, loader)\n"
