@@ -199,9 +199,9 @@ RULES: tuple[Rule, ...] = (
         when=("`save_state`, `load_state`, `save_model`, `get_state_dict`, `wait_for_everyone`, `gather`, "
               "`gather_for_metrics`, `reduce` or `pad_across_processes` of an Accelerator, or a "
               "`torch.distributed` collective, is called under `if <x>.is_main_process:` / "
-              "`is_local_main_process` / `process_index == 0` (or in a function decorated with "
-              "`on_main_process`), and the other side of the check does not make the same call nor run the "
-              "script's own functions"),
+              "`is_local_main_process` / `process_index == 0` (their `not`, their `and`; after `if not "
+              "<x>.is_main_process: return`; in a function decorated with `on_main_process`), and the other "
+              "side of the check does not make the same call nor run the script's own functions"),
         mistake=("if accelerator.is_main_process:\n"
                  "    accelerator.save_state(\"ckpt\")"),
         fixed=("accelerator.save_state(\"ckpt\")  # on every process\n"

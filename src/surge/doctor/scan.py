@@ -113,8 +113,27 @@ class Scanner(Names):
         return facts
 
     def block(self, body: list[ast.stmt], env: Env) -> None:
-        for stmt in body:
+        for i, stmt in enumerate(body):
+            if isinstance(stmt, ast.If) and not stmt.orelse and stmt.body and \
+                    isinstance(stmt.body[-1], (ast.Return, ast.Raise, ast.Continue, ast.Break)) and \
+                    self.is_rank_guard(stmt.test, env):
+                # `if not accelerator.is_main_process: return`: the rest of the block is the other side
+                self.expr(stmt.test, env)
+                self._rank_split(stmt.body, body[i + 1:], dict(env), env)
+                return
             self.stmt(stmt, env)
+
+    def _rank_split(self, then: list[ast.stmt], other: list[ast.stmt], then_env: Env, other_env: Env) -> None:
+        """Walk the two sides of a rank check; report a collective only one side makes."""
+        self._guarded.append([])
+        self.block(then, then_env)
+        then_hits = self._guarded.pop()
+        self._guarded.append([])
+        self.block(other, other_env)
+        other_hits = self._guarded.pop()
+        # a side that runs this file's own functions may make the matching call inside them
+        self._report_guarded([] if self._runs_local(other) else then_hits,
+                             [] if self._runs_local(then) else other_hits, then_hits, other_hits)
 
     def stmt(self, node: ast.stmt, env: Env) -> None:
         if isinstance(node, ast.Import):
@@ -166,19 +185,12 @@ class Scanner(Names):
             _keep_agreed(env, before)
         elif isinstance(node, ast.If):
             self.expr(node.test, env)
-            guard = self.is_rank_guard(node.test, env)
             then, other = dict(env), dict(env)
-            if guard:
-                self._guarded.append([])
-            self.block(node.body, then)
-            if guard:
-                self._guarded[-1:] = [self._guarded[-1], []]
-            self.block(node.orelse, other)
-            if guard:
-                other_hits, then_hits = self._guarded.pop(), self._guarded.pop()
-                # a side that runs this file's own functions may make the matching call inside them
-                self._report_guarded([] if self._runs_local(node.orelse) else then_hits,
-                                     [] if self._runs_local(node.body) else other_hits, then_hits, other_hits)
+            if self.is_rank_guard(node.test, env):
+                self._rank_split(node.body, node.orelse, then, other)
+            else:
+                self.block(node.body, then)
+                self.block(node.orelse, other)
             env.clear()
             env.update({k: v for k, v in then.items() if other.get(k) == v})
         elif isinstance(node, (ast.With, ast.AsyncWith)):

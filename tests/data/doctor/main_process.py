@@ -33,3 +33,17 @@ if accelerator.is_main_process:
 else:
     payload = [None]
     dist.broadcast_object_list(payload, src=0)
+
+
+def save_on_main() -> None:
+    if not accelerator.is_main_process:
+        return
+    accelerator.save_state("ckpt")  # doctor: expect collective-on-main-process
+
+
+def matched() -> None:
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return
+    print("main")
+    accelerator.wait_for_everyone()  # the other processes wait above: matched
