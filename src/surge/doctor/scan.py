@@ -76,7 +76,8 @@ class Scanner(Names):
         self.tree = tree
         self.facts = Facts()
         self.functions = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-        self._pending: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, Env]] = []
+        # functions to walk after their scope: (def, the scope's names (live), its names at the def)
+        self._pending: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, Env, Env]] = []
         # Collectives met under rank checks, innermost check last: (line, collective, message).
         self._guarded: list[list[tuple[int, str, str]]] = []
         self._scope = id(tree)  # the function (or module) being walked
@@ -90,9 +91,12 @@ class Scanner(Names):
     def run(self) -> Facts:
         self.block(self.tree.body, {})
         while self._pending:
-            node, outer = self._pending.pop(0)
+            node, outer, at_def = self._pending.pop(0)
             local = _local_names(node)
-            env = {name: value for name, value in outer.items() if name not in local}
+            # A global is read when the function is called: after the scope ran (its final value)
+            # unless that value changed after the def (a call may come in between; not sure, unknown).
+            env = {name: value for name, value in outer.items()
+                   if name not in local and at_def.get(name, value) == value}
             guarded = any(self._is_main_only_decorator(d, outer) for d in node.decorator_list)
             self._scope = id(node)
             if any(value.kind == ACCELERATOR for value in env.values()):
@@ -150,7 +154,7 @@ class Scanner(Names):
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for decorator in node.decorator_list:
                 self.expr(decorator, env)
-            self._pending.append((node, env))  # walked later, with env as it is then
+            self._pending.append((node, env, dict(env)))  # walked after this scope
             env.pop(node.name, None)
         elif isinstance(node, ast.ClassDef):
             if any(self.qualname(base) in MODULE_BASES or tail(base) in ("Module", "PreTrainedModel")

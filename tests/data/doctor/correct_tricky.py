@@ -89,3 +89,15 @@ def reference_then_accelerator(data: TensorDataset) -> None:
         accelerator.backward(nn.functional.mse_loss(model(x), y))
         optimizer.step()
         reference_optimizer.step()  # another model's optimizer: not one left out
+
+
+global_model = nn.Linear(4, 1)
+
+
+def warm_up() -> None:
+    global_model.cuda()  # may run before the prepare below: not reported
+
+
+warm_up()
+global_accelerator = Accelerator(mixed_precision="bf16")
+global_model = global_accelerator.prepare(global_model)
