@@ -80,10 +80,6 @@ class Names:
             return None
         return ".".join([self.imports[node.id], *reversed(parts)])
 
-    def accelerator_of(self, node: ast.expr, env: Env) -> Value | None:
-        value = self.value(node, env)
-        return value if isinstance(value, Value) and value.kind == ACCELERATOR else None
-
     # ---- values ---------------------------------------------------------------------------
     def value(self, node: ast.expr, env: Env) -> Bound:
         if isinstance(node, ast.Name):

@@ -67,7 +67,6 @@ class Facts:
     pretrained: list[tuple[int, str | None]] = field(default_factory=list)  # model from_pretrained(<literal or None>)
     saves_state: bool = False
     loads_state: bool = False
-    checkpointing: bool = False  # gradient_checkpointing_enable() or torch.utils.checkpoint
 
 
 class Scanner(Names):
@@ -295,8 +294,6 @@ class Scanner(Names):
             self._collective(call, name)
         if name in ("torch.save", "safetensors.torch.save_file", "safetensors.torch.save_model") and call.args:
             self.note_save(call, call.args[0], env)
-        if name == "torch.utils.checkpoint.checkpoint" or (name or "").startswith("torch.utils.checkpoint."):
-            facts.checkpointing = True
         if isinstance(call.func, ast.Attribute):
             self.method_call(call, call.func.attr, call.func.value, env)
         kw_device = keyword(call, "device")
@@ -339,8 +336,6 @@ class Scanner(Names):
         if method == "from_pretrained" and is_model_class(receiver_node):
             first = literal(call.args[0]) if call.args else literal(keyword(call, "pretrained_model_name_or_path"))
             facts.pretrained.append((call.lineno, first if isinstance(first, str) else None))
-        if method == "gradient_checkpointing_enable":
-            facts.checkpointing = True
 
     def accelerator_method(self, call: ast.Call, method: str, accelerator: Value, env: Env) -> None:
         facts = self.facts
