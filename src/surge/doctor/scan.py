@@ -6,6 +6,15 @@ on; a loop's bindings count inside it. Functions are walked after the code aroun
 seeing its final names (a script's ``main()`` runs after the module's imports). What the
 walk meets is recorded as facts (``Facts``); doctor/check.py turns facts into findings.
 Nothing is executed and nothing is imported.
+
+[Note: the doctor reports only what it is sure of]
+A finding is a claim about the script, so every doubt counts as "unknown", never as a
+guess: a name bound differently on two branches, an argument of a function, a global that
+changed after a function was defined, ``Accelerator(**kwargs)``, a setting the launch
+config could supply when no ``--config`` was given. Rules that need an Accelerator count
+only in the scopes that have one in reach (a plain-torch reference in the same file may do
+as it likes). tests/unit/test_doctor.py runs every rule over examples/ and the docs' code
+and requires silence.
 """
 
 from __future__ import annotations
