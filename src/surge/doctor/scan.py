@@ -105,6 +105,7 @@ class Scanner(Names):
             # unless that value changed after the def (a call may come in between; not sure, unknown).
             env = {name: value for name, value in outer.items()
                    if name not in local and at_def.get(name, value) == value}
+            env.update(self._annotated_accelerators(node))
             guarded = any(self._is_main_only_decorator(d, outer) for d in node.decorator_list)
             self._scope = id(node)
             if any(value.kind == ACCELERATOR for value in env.values()):
@@ -123,6 +124,22 @@ class Scanner(Names):
         facts.raw_optimizers = [value for scope, value in self._optimizers if scope in kept]
         facts.raw_loaders = [value for scope, value in self._loaders if scope in kept]
         return facts
+
+    def _annotated_accelerators(self, function: ast.FunctionDef | ast.AsyncFunctionDef) -> Env:
+        """Parameters annotated ``Accelerator``: an Accelerator whose arguments are unknown."""
+        unknown = AcceleratorInfo(line=function.lineno, device_placement=None, accumulation=None,
+                                  mixed_precision=False, sharding_plugin=False, zero_stage=None, opaque=True)
+        found: Env = {}
+        for arg in (*function.args.posonlyargs, *function.args.args, *function.args.kwonlyargs):
+            annotation = arg.annotation
+            if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+                try:
+                    annotation = ast.parse(annotation.value, mode="eval").body
+                except SyntaxError:
+                    continue
+            if annotation is not None and self.qualname(annotation) in ACCELERATOR_NAMES:
+                found[arg.arg] = Value(ACCELERATOR, accelerator=unknown)
+        return found
 
     def block(self, body: list[ast.stmt], env: Env) -> None:
         for i, stmt in enumerate(body):
