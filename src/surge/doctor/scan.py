@@ -212,6 +212,9 @@ class Scanner(Names):
             self.block(node.body, env)
             self.block(node.orelse, env)
             _keep_agreed(env, before)
+        elif isinstance(node, ast.If) and _is_main_guard(node.test):
+            self.block(node.body, env)  # a script runs as __main__: its body is the script's own code
+            self.block(node.orelse, dict(env))
         elif isinstance(node, ast.If):
             self.expr(node.test, env)
             then, other = dict(env), dict(env)
@@ -479,6 +482,12 @@ class Scanner(Names):
             self.facts.trained_on.add(value.key)
         if (self._scope, value) not in self._loaders:
             self._loaders.append((self._scope, value))
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    """``if __name__ == "__main__":``"""
+    return isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__" and \
+        len(test.comparators) == 1 and literal(test.comparators[0]) == "__main__"
 
 
 def _keep_agreed(env: Env, before: Env) -> None:
