@@ -268,7 +268,7 @@ def _zero(facts: Facts, settings: Settings | None) -> list[tuple[int, str, str]]
         line, stage = next((line, stage) for line, stage in literal_stages if stage != first)
         found.append((line, "zero-stage-mismatch",
                       (f"this Accelerator uses ZeRO stage {stage}, another in the script stage {first}, and the "
-                      "script both saves and loads state: surge reshards it, Accelerate and DeepSpeed cannot")))
+                      "script both saves and loads state: surge reshards it, DeepSpeed under Accelerate does not")))
     return found
 
 

@@ -174,7 +174,8 @@ RULES: tuple[Rule, ...] = (
         id="zero-stage-mismatch",
         title="Loading a checkpoint under another ZeRO stage than it was saved with",
         what="this script saves and loads state under Accelerators with different ZeRO stages: surge reshards "
-             "the checkpoint (any layout loads into any stage), but Accelerate and DeepSpeed cannot load it",
+             "the checkpoint (any layout loads into any stage), but under Accelerate, DeepSpeed loads its "
+             "checkpoints only at the stage they were saved with (unless converted to its universal format)",
         fix="keep one ZeRO stage for saving and loading if the script must also run under Accelerate or "
             "DeepSpeed (or move the weights with `surge merge-weights`)",
         when=("two Accelerators of the script get `DeepSpeedPlugin`s with different literal `zero_stage`s and "
