@@ -26,6 +26,7 @@ COMMANDS = {
     "estimate-memory": ("surge.commands.estimate_memory", "Per-process memory of model states for each strategy."),
     "merge-weights": ("surge.commands.merge_weights",
                       "Turn a (sharded) checkpoint's model into one safetensors model, offline."),
+    "doctor": ("surge.commands.doctor", "Check a training script for common mistakes, without running it."),
 }
 
 
