@@ -305,9 +305,14 @@ def check_save_state_and_reshard_into_4_x_1():
         _steps(acc, model, opt, list(loader)[1:])
         _compare(ref, _full(model))
     assert acc.strategy.name == "tp" and acc.tensor_parallel_rank == dist.get_rank()
+    # tp alone saves too: its checkpoint loads at dp_shard 4, its export is the full model.
+    final = os.path.join(holder[0], "final")
+    acc.save_state(final)
+    acc.save_model(model, os.path.join(holder[0], "export"))
+    acc, model, opt, loader = _prepared(ParallelismConfig(dp_shard_size=4), holder[0])
+    acc.load_state(final)
+    _compare(ref, _full(model))
     _resume_under_sequence_parallel(folder, holder[0], ref)
-    export = os.path.join(holder[0], "export")
-    acc.save_model(model, export)  # from the 4 x 1 run; then the 2 x 2 one below
     acc, model, opt, loader = _prepared(ParallelismConfig(dp_shard_size=2, tp_size=2), holder[0])
     acc.load_state(folder)
     acc.save_model(model, os.path.join(holder[0], "export_tp"))
@@ -319,6 +324,8 @@ def check_save_state_and_reshard_into_4_x_1():
         written = load_file(os.path.join(holder[0], "export_tp", "model.safetensors"))
         assert set(written) >= set(full) - {"lm_head.weight"}, sorted(set(full) - set(written))
         assert max((written[n] - full[n]).abs().max().item() for n in written) == 0.0
+        alone = load_file(os.path.join(holder[0], "export", "model.safetensors"))  # from tp 4
+        assert max((alone[n] - ref[n]).abs().max().item() for n in alone) <= 1e-5
         shutil.rmtree(holder[0])
 
 
