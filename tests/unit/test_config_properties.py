@@ -70,7 +70,15 @@ def test_any_mapping_of_known_keys_is_a_config_or_a_readable_error(mapping):
     if config is not None:
         for key, value in mapping.items():
             assert getattr(config, key) == value or (key in ("mixed_precision", "dynamo_backend") and value is False) \
-                or (key == "gpu_ids" and isinstance(value, int))
+                or (key == "gpu_ids" and isinstance(value, int)) or _truth(getattr(config, key), value)
+
+
+def _truth(read: object, given: object) -> bool:
+    """An Accelerate-format file's boolean written as "yes"/"no"/"true"/... (Accelerate's own
+    config reader takes them) is read as that boolean."""
+    words = {"true": True, "yes": True, "1": True, "y": True, "on": True,
+             "false": False, "no": False, "0": False, "n": False, "off": False}
+    return isinstance(read, bool) and isinstance(given, str) and words.get(given.strip().lower()) is read
 
 
 @SETTINGS
