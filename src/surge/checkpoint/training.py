@@ -86,16 +86,17 @@ def check_all_arrived(topology: Any, key: str, timeout: float | None = None, cal
     """
     if not topology.is_distributed:
         return
-    from datetime import timedelta
-
     from torch.distributed.distributed_c10d import _get_default_store
+
+    from surge.advice import wait_naming_missing
 
     timeout = ARRIVAL_TIMEOUT_S if timeout is None else timeout
     store = _get_default_store()
+    store.set(f"{key}/rank{topology.rank}", "1")  # who arrived, named if some process does not
     if store.add(key, 1) == topology.world_size:
         store.set(f"{key}/all", "1")
     try:
-        store.wait([f"{key}/all"], timedelta(seconds=timeout))
+        wait_naming_missing(store, key, topology, timeout, calls)  # names the missing after a few seconds
     except Exception:  # the store's timeout error (its type differs across torch versions)
         raise RuntimeError(
             f"this checkpoint is sharded, so saving and loading it is a collective: every process must call "

@@ -220,8 +220,8 @@ _TRUTH = {"true": True, "yes": True, "1": True, "y": True, "on": True,
 
 # surge keys with no place in Accelerate's config format (it refuses unknown keys); `surge config
 # --format accelerate` names them when they differ from the defaults.
-_NO_PLACE = ("nonfinite", "collective_timeout", "max_restarts", "monitor_interval", "quiet", "tee", "log_dir", "role",
-             "rdzv_conf", "num_cpu_threads_per_process")
+_NO_PLACE = ("nonfinite", "warnings", "collective_timeout", "max_restarts", "monitor_interval", "quiet", "tee",
+             "log_dir", "role", "rdzv_conf", "num_cpu_threads_per_process")
 
 
 def to_accelerate(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

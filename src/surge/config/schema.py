@@ -61,6 +61,8 @@ class SurgeConfig:
     gradient_accumulation_steps: int = _key(1, "Micro-batches per optimizer step.", minimum=1)
     nonfinite: str = _key("ignore", "At each optimizer step, on a NaN/inf loss or gradient: ignore, skip (the step) "
                                     "or raise.", choices=("ignore", "skip", "raise"))
+    warnings: str = _key("on", "Run-time warnings for common mistakes (docs/guide.md, \"Run-time warnings\"): on or "
+                               "off.", choices=("on", "off"))
     collective_timeout: float = _key(600.0, "Seconds a collective may wait for the other ranks before every rank "
                                             "stops with a report of who waited where and who never arrived.",
                                      positive=True, maximum=7 * 24 * 3600)
