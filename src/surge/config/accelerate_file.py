@@ -195,6 +195,8 @@ def normalise(key: str, value: Any) -> Any:
     if kind == "str":
         if value is False and key in ("mixed_precision", "dynamo_backend"):
             return "no"
+        if isinstance(value, bool) and key == "warnings":  # YAML 1.1 reads `warnings: off` as false
+            return "on" if value else "off"
         if isinstance(value, bool):
             return str(value).lower()
         if isinstance(value, (int, float)):
