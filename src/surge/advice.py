@@ -34,6 +34,7 @@ import contextlib
 import os
 import sys
 import warnings
+import weakref
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -133,10 +134,11 @@ class Advice:
         """``accelerator.backward`` calls so far (the DeepSpeed engine's included)."""
         self._marks: dict[int, int] = {}  # id(optimizer) -> self.backwards at its last boundary step
         self._short: dict[int, int] = {}  # id(optimizer) -> consecutive steps with too few backwards
-        # One parameter per model, where prepare put it: (its module, its name, its device). Looked
-        # up by name at each check, since .to() may replace the Parameter object (e.g. to "meta").
-        self._placed: list[tuple[dict[str, Any], str, torch.device]] = []
-        self._hooks: list[Any] = []  # the first-forward hooks, until one ran
+        # One parameter per model, where prepare put it: (its module, weakly: free_memory must free
+        # it; its name; its device). Looked up by name at each check, since .to() may replace the
+        # Parameter object (e.g. to "meta").
+        self._placed: list[tuple[weakref.ref[torch.nn.Module], str, torch.device]] = []
+        self._hooks: dict[int, Any] = {}  # id(model) -> its first-forward hook, until one check ran
         self._first_forward_seen = False
 
     @classmethod
@@ -172,19 +174,22 @@ class Advice:
         owner = next((m for m in model.modules() if any(p is not None for p in m._parameters.values())), None)
         if owner is not None:
             name, first = next((n, p) for n, p in owner._parameters.items() if p is not None)
-            self._placed.append((owner._parameters, name, first.device))
+            self._placed.append((weakref.ref(owner), name, first.device))
         acc = self.accelerator
         if acc.topology.world_size > 1 and acc.plan.dynamo is None and not self._first_forward_seen:
-            self._hooks.append(model.register_forward_pre_hook(self._first_forward, with_kwargs=True))
+            self._hooks[id(model)] = model.register_forward_pre_hook(self._first_forward, with_kwargs=True)
 
     def _first_forward(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
-        for handle in self._hooks:
+        # The same decisions on every process (one script), so the store keys stay aligned.
+        if not (module.training and torch.is_grad_enabled()):
+            self._hooks.pop(id(module)).remove()  # evaluation: this model is not checked
+            return
+        for handle in self._hooks.values():
             handle.remove()
         self._hooks.clear()
         self._first_forward_seen = True  # one check per Accelerator
-        if not (module.training and torch.is_grad_enabled()) or self.accelerator.gradient_state.in_dataloader:
-            return  # evaluation, or batches from a prepared loader: sharded already
-        self._compare_batches((args, kwargs), call_site())
+        if not self.accelerator.gradient_state.in_dataloader:  # else a prepared loader's batch: sharded already
+            self._compare_batches((args, kwargs), call_site())
 
     def _compare_batches(self, batch: Any, site: tuple[str, int]) -> None:
         """Compare ``batch`` across the main process's data-parallel peers through the
@@ -228,8 +233,9 @@ class Advice:
                 self._gradients_without_backward(optimizer)
             if gs.num_steps > 1 and gs.step == 0:
                 self._outside_accumulate(key, since, gs.num_steps)
-            for params, name, device in self._placed:
-                param = params.get(name)
+            for owner, name, device in self._placed:
+                module = owner()
+                param = module._parameters.get(name) if module is not None else None
                 if param is not None and param.device != device:
                     self._moved(param.device, device)
 

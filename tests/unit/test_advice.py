@@ -258,3 +258,16 @@ def test_arrival_note_only_from_the_lowest_arrived_process(records, monkeypatch)
 def test_call_site_skips_surge_and_torch():
     filename, line = advice.call_site()
     assert filename == __file__ and "advice.call_site()" in linecache.getline(__file__, line)
+
+
+def test_advice_does_not_keep_a_freed_model_alive():
+    import gc
+    import weakref
+
+    acc, model, opt = _prepared()
+    inner = weakref.ref(model)
+    acc.free_memory()
+    del model, opt
+    gc.collect()
+    assert inner() is None
+    assert acc.gradient_state.advice is not None  # still watching whatever is prepared next
