@@ -194,7 +194,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         self.gradient_state = GradientState(c.gradient_accumulation_steps, sync_each_batch=c.sync_each_batch,
                                             sync_with_dataloader=c.sync_with_dataloader,
                                             adjust_scheduler=c.adjust_scheduler)
-        Advice.start(self, plan.advice)  # run-time advice (surge/advice.py): sets gradient_state.advice unless off
+        Advice.start(self, plan.advice)  # sets gradient_state.advice unless off ([Note: run-time advice])
         self._models: list[nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
         self._schedulers: list[AcceleratedScheduler] = []
@@ -347,7 +347,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             wiring.prepare_model(model, pc)  # attention under Ulysses (the loader cuts the sequences)
         prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
         self._models.append(prepared)  # checkpoints see the module without compile's wrapper
-        Advice.watch(self.gradient_state, prepared)  # run-time advice (surge/advice.py): where it is, its first batch
+        Advice.watch(self.gradient_state, prepared)  # where it is, its first batch ([Note: run-time advice])
         if self.plan.dynamo is not None:
             prepared = self.strategy.compile(prepared, self.plan.dynamo.compile_kwargs(),
                                              regional=self.plan.dynamo.use_regional_compilation)

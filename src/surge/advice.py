@@ -155,7 +155,7 @@ class Advice:
         # The same on every process (one script, one kind of GPU): the main process says it.
         if advice.main and accelerator.mixed_precision == "no" and _bf16_capable(device):
             emit("bf16", f"mixed_precision='no' on {torch.cuda.get_device_name(device)}, a GPU with native bf16: "
-                         "training runs in fp32, typically 2x slower and with twice the activation memory of bf16. "
+                         "training runs in fp32, often 2x or more slower, with twice the activation memory of bf16. "
                          "Fix: Accelerator(mixed_precision=\"bf16\") (or `mixed_precision: bf16` in the config "
                          "file).")
         return advice
@@ -182,7 +182,9 @@ class Advice:
     def _first_forward(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
         # The same decisions on every process (one script), so the store keys stay aligned.
         if not (module.training and torch.is_grad_enabled()):
-            self._hooks.pop(id(module)).remove()  # evaluation: this model is not checked
+            handle = self._hooks.pop(id(module), None)
+            if handle is not None:
+                handle.remove()  # evaluation: this model is not checked
             return
         for handle in self._hooks.values():
             handle.remove()

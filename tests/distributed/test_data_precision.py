@@ -187,15 +187,18 @@ def check_skip_first_batches_across_processes():
     assert math.isclose(len(acc.skip_first_batches(loader, 2)), len(loader) - 2)
 
 
-def _loop_advice(prepare_loader: bool, per_rank: bool = False, accumulate: bool = True):
+def _loop_advice(prepare_loader: bool, per_rank: bool = False, accumulate: bool = True, constant: bool = False):
     """Train on 4 batches of a loader (prepared or not; identical data on both ranks unless
-    ``per_rank``) and return this process's SurgeAdvice warnings."""
+    ``per_rank``; every sample the same with ``constant``) and return this process's
+    SurgeAdvice warnings."""
     advice.forget_given()
     acc = Accelerator(gradient_accumulation_steps=2)
     torch.manual_seed(0)
     model = nn.Linear(4, 1)
     model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
     data = torch.arange(64.0).reshape(16, 4) + (100 * dist.get_rank() if per_rank else 0)
+    if constant:
+        data = torch.ones(16, 4)
     loader = DataLoader(TensorDataset(data), batch_size=4)
     if prepare_loader:
         loader = acc.prepare(loader)
@@ -223,6 +226,8 @@ def check_unprepared_loader_read_by_every_process_is_named_on_the_main_process()
 
 def check_no_advice_for_a_prepared_loader_or_different_batches():
     assert _loop_advice(prepare_loader=True) == []
+    # Sharded, yet the same on both ranks (every sample is): a prepared loader is never questioned.
+    assert _loop_advice(prepare_loader=True, constant=True) == []
     assert _loop_advice(prepare_loader=False, per_rank=True) == []
 
 
