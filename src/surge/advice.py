@@ -248,7 +248,8 @@ class Advice:
         why = []
         if acc.precision.has_loss_scaler:
             why.append(f"mixed_precision={acc.mixed_precision!r} scales the loss there (gradients made without it "
-                       "are unscaled by the loss scale, so the step is ~65536x too small)")
+                       "are divided by the loss scale anyway, so the step is that many times too small, 65536x at "
+                       "first, or torch's GradScaler refuses the step)")
         if acc.gradient_state.num_steps > 1:
             why.append(f"gradient_accumulation_steps={acc.gradient_state.num_steps} divides the loss there (without "
                        "it the accumulated gradient is that many times too large)")

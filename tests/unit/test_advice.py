@@ -72,6 +72,24 @@ def test_loss_backward_with_accumulation_warns_once_at_the_step(records):
     assert "accelerator.backward(loss)" in str(found[0].message)
 
 
+def test_loss_backward_under_fp16_warns(records):
+    _, model, opt = _prepared(mixed_precision="fp16")  # a loss scaler on the CPU too
+    _loss(model).backward()
+    with pytest.raises(AssertionError, match="_scale is None"):  # torch's GradScaler, after the advice
+        opt.step()  # unscaled gradients
+    (found,) = _advice(records)
+    _at_line(found, "opt.step()  # unscaled gradients")
+    assert "mixed_precision='fp16' scales the loss" in str(found.message)
+    advice.forget_given()
+    records.clear()
+    acc, model, opt = _prepared(mixed_precision="fp16")
+    for _ in range(3):
+        acc.backward(_loss(model))
+        opt.step()
+        opt.zero_grad()
+    assert _advice(records) == []
+
+
 def test_loss_backward_is_fine_when_nothing_depends_on_it(records):
     _, model, opt = _prepared()  # no accumulation, no loss scaler: the gradients are right
     for _ in range(3):
