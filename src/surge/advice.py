@@ -1,8 +1,8 @@
 """Run-time advice: warnings for common mistakes in a training loop.
 
 Each is a :class:`SurgeAdvice` warning (a ``UserWarning``), given at most once per
-process, whose message starts with the user's ``file:line`` (the first frame of the
-stack outside surge and torch) and names the fix. ``Accelerator(warnings="off")`` (or
+process, located at the user's ``file:line`` (the first frame of the stack outside surge
+and torch; the message names it too) and naming the fix. ``Accelerator(warnings="off")`` (or
 the config key ``warnings: off``) turns them all off; ``warnings.filterwarnings("ignore",
 category=SurgeAdvice)`` does too. docs/guide.md, "Run-time warnings", lists them.
 
@@ -91,7 +91,8 @@ def emit(key: str, text: str, site: tuple[str, int] | None = None, *, once: bool
         return False
     _Switch.given.add(key)
     filename, line = site if site is not None else call_site()
-    warnings.warn_explicit(f"{filename}:{line}: {text} {SILENCE}", SurgeAdvice, filename, line)
+    # The location is in the text as well, for handlers that keep only the message (logging).
+    warnings.warn_explicit(f"{text} [{filename}:{line}] {SILENCE}", SurgeAdvice, filename, line)
     return True
 
 

@@ -42,10 +42,10 @@ def _advice(records):
 
 def _at_line(record, text):
     """The warning is located at this file, on a line holding ``text``, and its message
-    starts with that file:line."""
+    names that file:line."""
     assert record.filename == __file__
     assert text in linecache.getline(__file__, record.lineno)
-    assert str(record.message).startswith(f"{__file__}:{record.lineno}: ")
+    assert f"[{__file__}:{record.lineno}]" in str(record.message)
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_warnings_off_silences_everything(records, monkeypatch):
     assert _advice(records) == []
     advice.forget_given()
     _every_mistake()
-    assert {str(r.message).split(": ", 1)[1][:20] for r in _advice(records)} and len(_advice(records)) == 4
+    assert len(_advice(records)) == 4  # bf16, backward, accumulate, moved
 
 
 def test_config_key_warnings_off(records, monkeypatch, tmp_path):
