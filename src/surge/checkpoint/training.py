@@ -80,6 +80,8 @@ def check_all_arrived(topology: Any, key: str, timeout: float | None = None, cal
     Each process counts itself in the process group's store; the last to arrive marks
     the key done, and everyone waits for that mark (bounded by ``timeout``). Work a
     process does before calling it is finished before any process returns from it.
+    After ``surge.advice.ARRIVAL_NOTE_S`` (5 s) the lowest-numbered process that arrived
+    warns which processes did not (see [Note: run-time advice] in advice.py).
 
     Raises:
         RuntimeError: some process did not arrive within ``timeout`` seconds.
