@@ -279,6 +279,13 @@ class Advice:
                       "or move the model before accelerator.prepare.")
 
 
+def _ranks(ranks: list[int], shown: int = 16) -> str:
+    """``[0, 1, 2]``, or the first ``shown`` and how many in all."""
+    if len(ranks) <= shown:
+        return str(ranks)
+    return f"[{', '.join(map(str, ranks[:shown]))}, ...] ({len(ranks)} in all)"
+
+
 def wait_naming_missing(store: Any, key: str, topology: Any, timeout: float, calls: str) -> None:
     """Wait up to ``timeout`` seconds for ``{key}/all`` (every process counted in
     ``key``); after ``ARRIVAL_NOTE_S`` the lowest-numbered process that arrived warns
@@ -294,11 +301,14 @@ def wait_naming_missing(store: Any, key: str, topology: Any, timeout: float, cal
     except Exception:  # the store's timeout error (its type differs across torch versions)
         if first >= timeout:
             raise
-    arrived = [r for r in range(topology.world_size) if r == topology.rank or store.check([f"{key}/rank{r}"])]
-    missing = [r for r in range(topology.world_size) if r not in arrived]
-    if missing and arrived[0] == topology.rank:
-        emit(f"arrival/{key}", f"{calls} is a collective here (the checkpoint is sharded): after {first:g} s, "
-                               f"processes {arrived} called it and {missing} did not. Called under `if "
-                               "accelerator.is_main_process:`? Every process must call it. Still waiting (gives up "
-                               f"after {timeout:g} s).")
+    # Only the lowest-numbered process that arrived speaks: the others stop at the first
+    # lower one they find (usually process 0), so the store sees about 2 x world_size checks.
+    if not any(store.check([f"{key}/rank{r}"]) for r in range(topology.rank)):
+        arrived = [r for r in range(topology.world_size) if r == topology.rank or store.check([f"{key}/rank{r}"])]
+        missing = [r for r in range(topology.world_size) if r not in set(arrived)]
+        if missing:
+            emit(f"arrival/{key}", f"{calls} is a collective here (the checkpoint is sharded): after {first:g} s, "
+                                   f"processes {_ranks(arrived)} called it and {_ranks(missing)} did not. Called "
+                                   "under `if accelerator.is_main_process:`? Every process must call it. Still "
+                                   f"waiting (gives up after {timeout:g} s).")
     store.wait([f"{key}/all"], timedelta(seconds=timeout - first))

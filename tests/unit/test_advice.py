@@ -289,3 +289,8 @@ def test_advice_does_not_keep_a_freed_model_alive():
     gc.collect()
     assert inner() is None
     assert acc.gradient_state.advice is not None  # still watching whatever is prepared next
+
+
+def test_many_ranks_are_shortened():
+    assert advice._ranks([0, 1]) == "[0, 1]"
+    assert advice._ranks(list(range(100))) == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, ...] (100 in all)"
