@@ -294,3 +294,51 @@ def test_advice_does_not_keep_a_freed_model_alive():
 def test_many_ranks_are_shortened():
     assert advice._ranks([0, 1]) == "[0, 1]"
     assert advice._ranks(list(range(100))) == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, ...] (100 in all)"
+
+
+class _BatchStore:
+    """A store holding the other processes' first-batch fingerprints."""
+
+    def __init__(self, values):
+        self.values = values
+        self.waited = []
+
+    def set(self, key, value):
+        self.values[key] = value.encode()
+
+    def wait(self, keys, timeout):
+        self.waited += keys
+
+    def get(self, key):
+        return self.values[key]
+
+
+def _batch_advice(monkeypatch, world_size, tp_size, others):
+    """The main process of ``world_size`` (tensor-parallel groups of ``tp_size``) comparing
+    its batch with ``others`` (rank -> the batch that rank saw)."""
+    import torch.distributed.distributed_c10d as c10d
+
+    acc = SimpleNamespace(
+        topology=SimpleNamespace(world_size=world_size, rank=0, is_main_process=True),
+        plan=SimpleNamespace(parallelism=SimpleNamespace(non_data_parallel_size=tp_size) if tp_size > 1 else None))
+    checks = advice.Advice(acc)
+    nxt = advice.Advice._exchanges + 1
+    store = _BatchStore({f"surge/advice/batch/{nxt}/{r}": advice._fingerprint(b).encode() for r, b in others.items()})
+    monkeypatch.setattr(c10d, "_get_default_store", lambda: store)
+    checks._compare_batches(torch.ones(2, 3), (__file__, 1))
+    return store
+
+
+def test_only_data_parallel_peers_are_compared(records, monkeypatch):
+    same, other = torch.ones(2, 3), torch.zeros(2, 3)
+    # 4 processes in tensor-parallel pairs: rank 1 shares rank 0's batch by design; rank 2 is its peer.
+    store = _batch_advice(monkeypatch, 4, 2, {1: same, 2: other, 3: other})
+    assert [k.rsplit("/", 1)[1] for k in store.waited] == ["2"]
+    assert _advice(records) == []
+    store = _batch_advice(monkeypatch, 4, 2, {1: other, 2: same, 3: other})
+    assert "same on all 2 data-parallel processes" in str(_advice(records)[0].message)
+
+
+def test_pure_tensor_parallel_compares_nothing(records, monkeypatch):
+    store = _batch_advice(monkeypatch, 2, 2, {1: torch.ones(2, 3)})
+    assert store.waited == [] and _advice(records) == []
