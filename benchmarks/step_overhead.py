@@ -58,10 +58,10 @@ def plain(steps, batch):
     return stepper(model, opt, sched, loader, lambda loss: loss.backward())
 
 
-def surge_loop(steps, batch, with_accumulate=False):
+def surge_loop(steps, batch, with_accumulate=False, **options):
     from surge import Accelerator
 
-    acc = Accelerator()
+    acc = Accelerator(**options)
     model, opt, sched, loader = acc.prepare(*make(steps, batch))
     return stepper(model, opt, sched, loader, acc.backward, acc.accumulate if with_accumulate else None)
 
@@ -85,6 +85,7 @@ def main() -> None:
         "plain PyTorch": plain,
         "surge": surge_loop,
         "surge + accumulate()": lambda s, b: surge_loop(s, b, True),
+        "surge, warnings off": lambda s, b: surge_loop(s, b, warnings="off"),  # the run-time advice's cost
     }
     try:
         import accelerate  # type: ignore[import-not-found]  # noqa: F401

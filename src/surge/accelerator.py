@@ -1,10 +1,9 @@
 """The Accelerator: the one object a training script holds.
 
-It validates its settings, finds where this process sits (``Topology``), asks the
-strategy registry how to run, and then delegates: models to the strategy,
-optimizers and schedulers to their wrappers in optim.py, dataloaders to data/,
-collectives to ops.py. It never branches on which strategy it holds (see
-[Note: strategies are asked, not inspected] in strategies/base.py).
+It validates its settings, finds where this process sits (``Topology``), asks the strategy registry how to
+run, and then delegates: models to the strategy, optimizers and schedulers to their wrappers in optim.py,
+dataloaders to data/, collectives to ops.py. It never branches on which strategy it holds
+(see [Note: strategies are asked, not inspected] in strategies/base.py).
 
 [Note: several Accelerators]
 There is no process-wide Accelerator state. Each instance has its own config,
@@ -14,16 +13,15 @@ effects happens; a constructor that raises leaves nothing behind. The only share
 resource is PyTorch's default process group, which the first instance starts and
 later ones reuse after checking it matches.
 
-This module is also DeepSpeed's ``deepspeed.accelerator`` under surge's name:
-``get_accelerator`` / ``set_accelerator`` (the device abstraction, from
-surge/deepspeed/device_abstraction.py, which imports nothing but torch).
+This module is also DeepSpeed's ``deepspeed.accelerator`` under surge's name: ``get_accelerator`` /
+``set_accelerator`` (the device abstraction, from surge/deepspeed/device_abstraction.py: only torch).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import warnings
+import warnings as pywarnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from surge.accumulation import AccumulateContext, GradientState
+from surge.advice import Advice, emit
 from surge.checkpoint.methods import CheckpointingMixin
 from surge.config.dataloader import DataLoaderConfiguration
 from surge.config.kwargs import GradientAccumulationPlugin
@@ -54,9 +53,7 @@ from surge.tracking.methods import TrackingMixin
 
 __all__ = ["Accelerator", "get_accelerator", "set_accelerator"]  # the last two: deepspeed.accelerator's names
 
-_LR_SCHEDULER_TYPES: tuple[type, ...] = (torch.optim.lr_scheduler.LRScheduler,)
-if hasattr(torch.optim.lr_scheduler, "ReduceLROnPlateau"):
-    _LR_SCHEDULER_TYPES += (torch.optim.lr_scheduler.ReduceLROnPlateau,)
+_LR_SCHEDULER_TYPES = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMixin, ProcessQueries):
@@ -120,6 +117,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         log_with: Experiment trackers: "jsonl", "tensorboard", "wandb", "mlflow", "all"
             (every installed one), a list of names and ``GeneralTracker`` objects, or None.
             They start at :meth:`init_trackers`, on the main process only.
+        warnings: "on" (default) or "off": run-time warnings for common mistakes (docs/guide.md).
 
     Example:
         >>> accelerator = Accelerator()
@@ -153,9 +151,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         nonfinite: str | None = None,
         gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
         accumulation_divisor: str = "cycle",
-        parallelism_config: ParallelismConfig | None = None,
-        strategy: str | None = None,
-        memory_budget_gb: float | None = None,
+        parallelism_config: ParallelismConfig | None = None, warnings: str | None = None,
+        strategy: str | None = None, memory_budget_gb: float | None = None,
     ) -> None:
         # 1. Settle every input into one plan; no side effects until this succeeded.
         plan, self.project_configuration = resolve_plan(
@@ -167,8 +164,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin, log_with=log_with,
             dynamo_backend=dynamo_backend, dynamo_plugin=dynamo_plugin, nonfinite=nonfinite,
             gradient_accumulation_plugin=gradient_accumulation_plugin, accumulation_divisor=accumulation_divisor,
-            dataloader_config=dataloader_config, parallelism_config=parallelism_config, strategy=strategy,
-            memory_budget_gb=memory_budget_gb,
+            dataloader_config=dataloader_config, parallelism_config=parallelism_config, warnings=warnings,
+            strategy=strategy, memory_budget_gb=memory_budget_gb,
         )
         # Pure too: fp8 on a machine that cannot run it fails here, before any side effect.
         precision = select_precision(plan.config.mixed_precision, torch.device(plan.topology.device),
@@ -182,7 +179,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         self.precision = precision
         if plan.topology.is_main_process:
             for note in plan.warnings:
-                warnings.warn(note, stacklevel=2)
+                pywarnings.warn(note, stacklevel=2)
         self.strategy = select_strategy(plan.topology, plan.config, precision, plan.strategy)
         if plan.parallelism is not None:
             # Every process builds it (it creates the mesh's process groups), as Accelerate does.
@@ -191,6 +188,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         self.gradient_state = GradientState(c.gradient_accumulation_steps, sync_each_batch=c.sync_each_batch,
                                             sync_with_dataloader=c.sync_with_dataloader,
                                             adjust_scheduler=c.adjust_scheduler)
+        Advice.start(self, plan.advice)  # sets gradient_state.advice unless off ([Note: run-time advice])
         self._models: list[nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
         self._schedulers: list[AcceleratedScheduler] = []
@@ -312,8 +310,10 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
 
             if self.plan.auto_strategy:
                 auto.choose_for(self, args)  # strategy "auto": chosen from the first model prepared
-            elif (advice := auto.heavier_than_needed(self, args)) is not None and self.is_main_process:
-                warnings.warn(advice, stacklevel=2)
+            elif self.gradient_state.advice is not None:  # on or off on every process alike
+                heavy = auto.heavier_than_needed(self, args)  # (a collective when the memory is measured)
+                if heavy is not None and self.is_main_process:
+                    emit("heavy", heavy)
         result = list(args)
         for kinds in ((nn.Module, DataLoader), (torch.optim.Optimizer,), _LR_SCHEDULER_TYPES):
             for i, obj in enumerate(args):
@@ -354,6 +354,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             wiring.prepare_model(model, pc)  # attention under Ulysses (the loader cuts the sequences)
         prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
         self._models.append(prepared)  # checkpoints see the module without compile's wrapper
+        Advice.watch(self.gradient_state, prepared)  # where it is, its first batch ([Note: run-time advice])
         if self.plan.dynamo is not None:
             prepared = self.strategy.compile(prepared, self.plan.dynamo.compile_kwargs(),
                                              regional=self.plan.dynamo.use_regional_compilation)
@@ -415,7 +416,7 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             gradient_accumulation_steps=self.gradient_accumulation_steps,
             world_size=self.plan.parallelism.data_parallel_size if self.plan.parallelism else self.num_processes)
         if note is not None:
-            warnings.warn(note, stacklevel=3)
+            pywarnings.warn(note, stacklevel=3)
 
     # -- the training step ----------------------------------------------------------------
 
@@ -448,6 +449,8 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         accumulation steps (DeepSpeed's ``engine.backward(scale_wrt_gas=False)``). The
         non-finite guard sees the loss either way."""
         gs = self.gradient_state
+        if gs.advice is not None:
+            gs.advice.backwards += 1
         if self._guard is not None:
             self._guard.observe_loss(loss)
         if num_items_in_batch is not None:
@@ -560,8 +563,6 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
 
     def __repr__(self) -> str:
         t = self.topology
-        return (
-            f"Accelerator(strategy={self.strategy.name}, num_processes={t.world_size}, process_index={t.rank}, "
-            f"device={t.device!r}, mixed_precision={self.mixed_precision!r}, "
-            f"gradient_accumulation_steps={self.gradient_accumulation_steps})"
-        )
+        return (f"Accelerator(strategy={self.strategy.name}, num_processes={t.world_size}, process_index={t.rank}, "
+                f"device={t.device!r}, mixed_precision={self.mixed_precision!r}, "
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps})")

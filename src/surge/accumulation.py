@@ -37,6 +37,7 @@ class GradientState:
 
     __slots__ = (
         "adjust_scheduler",
+        "advice",
         "batch_real_count",
         "batch_size",
         "cycle_length",
@@ -90,6 +91,9 @@ class GradientState:
         """How many of those were repeats; they are always the last ones."""
         self.rescaled = False
         """True once the gradients of a short closing cycle were rescaled."""
+        self.advice: Any = None
+        """The Accelerator's run-time checks (surge.advice.Advice) that prepared optimizers
+        report their steps to; None: off."""
 
     def advance(self) -> bool:
         """Count one micro-step and decide whether it ends a cycle.

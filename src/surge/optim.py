@@ -142,6 +142,8 @@ class AcceleratedOptimizer(ForwardingOptimizer):
         """Step the wrapped optimizer at an accumulation boundary; a no-op otherwise."""
         if not self.gradient_state.sync_gradients:
             return None
+        if self.gradient_state.advice is not None:  # integer compares ([Note: run-time advice])
+            self.gradient_state.advice.on_step(self)
         if self._zero_fill_grads:
             fill_missing_grads(self.optimizer)
         if self._guard is not None and not self._guard.allows_step(self.optimizer):

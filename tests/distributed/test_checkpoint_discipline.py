@@ -1,16 +1,20 @@
 """Two gloo processes: save_state called on the main process only works for DDP and
-fails fast (never hangs) under ZeRO-3; a full round trip restores everything."""
+fails fast (never hangs) under ZeRO-3, naming the missing process within a second; a
+full round trip restores everything."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
+import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from surge import Accelerator, ProjectConfiguration
+from surge import Accelerator, ProjectConfiguration, advice
+from surge.advice import SurgeAdvice
 from surge.checkpoint import training
 from surge.ops import broadcast_object_list
 from surge.testing import distributed_test
@@ -68,14 +72,24 @@ def check_every_process_saving_adds_each_rng_state():
 def check_main_process_only_save_fails_fast_when_sharded():
     acc, _, _ = _prepared(deepspeed_plugin={"zero_stage": 3})
     directory = os.path.join(_tmp(), "ckpt")
-    old, training.ARRIVAL_TIMEOUT_S = training.ARRIVAL_TIMEOUT_S, 2.0
+    old, training.ARRIVAL_TIMEOUT_S = training.ARRIVAL_TIMEOUT_S, 3.0
+    old_note, advice.ARRIVAL_NOTE_S = advice.ARRIVAL_NOTE_S, 0.5
     try:
         if acc.is_main_process:
-            with pytest.raises(RuntimeError, match="every process must call"):
-                acc.save_state(directory)
+            start = time.monotonic()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with pytest.raises(RuntimeError, match="every process must call"):
+                    acc.save_state(directory)
             assert not os.path.exists(directory)
+            # The missing process is named after ARRIVAL_NOTE_S, long before the timeout.
+            (note,) = [r for r in caught if issubclass(r.category, SurgeAdvice)]
+            assert "processes [0] called it and [1] did not" in str(note.message)
+            assert "after 0.5 s" in str(note.message) and time.monotonic() - start >= 3.0
+            assert note.filename == __file__  # the user's save_state line
     finally:
         training.ARRIVAL_TIMEOUT_S = old
+        advice.ARRIVAL_NOTE_S = old_note
     acc.wait_for_everyone()
 
 

@@ -1,9 +1,13 @@
 """Two gloo processes: precision x accumulation parity, no_sync, the scheduler rule,
-gather_for_metrics, item-weighted means, fp16 overflow, mid-epoch resume."""
+gather_for_metrics, item-weighted means, fp16 overflow, mid-epoch resume; run-time
+advice about an unprepared DataLoader every process reads, given by the main process."""
 
 from __future__ import annotations
 
+import contextlib
+import linecache
 import math
+import warnings
 
 import pytest
 import torch
@@ -11,7 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from surge import Accelerator
+from surge import Accelerator, advice
+from surge.advice import SurgeAdvice
 from surge.testing import distributed_test
 from surge.testing.parity import (
     FP16_SCALE,
@@ -182,7 +187,63 @@ def check_skip_first_batches_across_processes():
     assert math.isclose(len(acc.skip_first_batches(loader, 2)), len(loader) - 2)
 
 
+def _loop_advice(prepare_loader: bool, per_rank: bool = False, accumulate: bool = True, constant: bool = False):
+    """Train on 4 batches of a loader (prepared or not; identical data on both ranks unless
+    ``per_rank``; every sample the same with ``constant``) and return this process's
+    SurgeAdvice warnings."""
+    advice.forget_given()
+    acc = Accelerator(gradient_accumulation_steps=2)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    data = torch.arange(64.0).reshape(16, 4) + (100 * dist.get_rank() if per_rank else 0)
+    if constant:
+        data = torch.ones(16, 4)
+    loader = DataLoader(TensorDataset(data), batch_size=4)
+    if prepare_loader:
+        loader = acc.prepare(loader)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for (x,) in loader:
+            with acc.accumulate(model) if accumulate else contextlib.nullcontext():
+                acc.backward(model(x).pow(2).mean())  # the first forward
+                opt.step()
+                opt.zero_grad()
+    advice.forget_given()
+    return [r for r in caught if issubclass(r.category, SurgeAdvice)]
+
+
+def check_unprepared_loader_read_by_every_process_is_named_on_the_main_process():
+    found = _loop_advice(prepare_loader=False)
+    if dist.get_rank() == 0:
+        (note,) = found
+        assert "same on all 2 data-parallel processes" in str(note.message)
+        assert "pass the DataLoader to accelerator.prepare" in str(note.message)
+        assert note.filename == __file__ and "# the first forward" in linecache.getline(__file__, note.lineno)
+    else:
+        assert found == []  # the main process speaks for all
+
+
+def check_no_advice_for_a_prepared_loader_or_different_batches():
+    assert _loop_advice(prepare_loader=True) == []
+    # Sharded, yet the same on both ranks (every sample is): a prepared loader is never questioned.
+    assert _loop_advice(prepare_loader=True, constant=True) == []
+    assert _loop_advice(prepare_loader=False, per_rank=True) == []
+
+
+def check_loop_mistakes_are_reported_by_the_main_process_only():
+    found = _loop_advice(prepare_loader=True, accumulate=False)
+    if dist.get_rank() == 0:
+        (note,) = found
+        assert "never inside `with accelerator.accumulate(model):`" in str(note.message)
+    else:
+        assert found == []
+
+
 CHECKS = [
+    check_unprepared_loader_read_by_every_process_is_named_on_the_main_process,
+    check_no_advice_for_a_prepared_loader_or_different_batches,
+    check_loop_mistakes_are_reported_by_the_main_process_only,
     check_parity_fp32,
     check_parity_bf16,
     check_parity_fp16,

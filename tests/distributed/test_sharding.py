@@ -448,8 +448,10 @@ def check_strategy_far_heavier_than_needed_is_named():
     tenth of it."""
     import warnings
 
+    from surge.advice import forget_given
     from surge.memory import STRATEGIES, count_parameters, model_state_bytes
 
+    forget_given()
     ddp, _ = model_state_bytes(count_parameters(BlockModel()), STRATEGIES[0], 2, "fp32", 1)
     for budget_gb, expected in ((1.0, 1), (ddp * 5 / 1e9, 0)):
         with warnings.catch_warnings(record=True) as caught:

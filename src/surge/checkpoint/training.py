@@ -80,22 +80,25 @@ def check_all_arrived(topology: Any, key: str, timeout: float | None = None, cal
     Each process counts itself in the process group's store; the last to arrive marks
     the key done, and everyone waits for that mark (bounded by ``timeout``). Work a
     process does before calling it is finished before any process returns from it.
+    After ``surge.advice.ARRIVAL_NOTE_S`` (5 s) the lowest-numbered process that arrived
+    warns which processes did not (see [Note: run-time advice] in advice.py).
 
     Raises:
         RuntimeError: some process did not arrive within ``timeout`` seconds.
     """
     if not topology.is_distributed:
         return
-    from datetime import timedelta
-
     from torch.distributed.distributed_c10d import _get_default_store
+
+    from surge.advice import wait_naming_missing
 
     timeout = ARRIVAL_TIMEOUT_S if timeout is None else timeout
     store = _get_default_store()
+    store.set(f"{key}/rank{topology.rank}", "1")  # who arrived, named if some process does not
     if store.add(key, 1) == topology.world_size:
         store.set(f"{key}/all", "1")
     try:
-        store.wait([f"{key}/all"], timedelta(seconds=timeout))
+        wait_naming_missing(store, key, topology, timeout, calls)  # names the missing after a few seconds
     except Exception:  # the store's timeout error (its type differs across torch versions)
         raise RuntimeError(
             f"this checkpoint is sharded, so saving and loading it is a collective: every process must call "

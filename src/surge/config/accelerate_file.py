@@ -195,6 +195,8 @@ def normalise(key: str, value: Any) -> Any:
     if kind == "str":
         if value is False and key in ("mixed_precision", "dynamo_backend"):
             return "no"
+        if isinstance(value, bool) and key == "warnings":  # YAML 1.1 reads `warnings: off` as false
+            return "on" if value else "off"
         if isinstance(value, bool):
             return str(value).lower()
         if isinstance(value, (int, float)):
@@ -220,8 +222,8 @@ _TRUTH = {"true": True, "yes": True, "1": True, "y": True, "on": True,
 
 # surge keys with no place in Accelerate's config format (it refuses unknown keys); `surge config
 # --format accelerate` names them when they differ from the defaults.
-_NO_PLACE = ("nonfinite", "collective_timeout", "max_restarts", "monitor_interval", "quiet", "tee", "log_dir", "role",
-             "rdzv_conf", "num_cpu_threads_per_process")
+_NO_PLACE = ("nonfinite", "warnings", "collective_timeout", "max_restarts", "monitor_interval", "quiet", "tee",
+             "log_dir", "role", "rdzv_conf", "num_cpu_threads_per_process")
 
 
 def to_accelerate(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -39,7 +39,8 @@ HANDOFF_NAME = "surge-launch-config.yaml"  # the file surge launch hands to its 
 ACCELERATOR_KEYS = ("use_cpu", "mixed_precision", "gradient_accumulation_steps", *DEEPSPEED_KEYS, *FSDP_KEYS,
                     "dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic",
                     "dynamo_use_regional_compilation", "fp8_backend", "fp8_enable_fsdp_float8_all_gather",
-                    "fp8_pad_inner_dim", "nonfinite", "strategy", "memory_budget_gb", "collective_timeout", "debug",
+                    "fp8_pad_inner_dim", "nonfinite", "warnings", "strategy", "memory_budget_gb", "collective_timeout",
+                    "debug",
                     "parallelism_config_dp_replicate_size", "parallelism_config_dp_shard_size",
                     "parallelism_config_tp_size", "parallelism_config_cp_size", "parallelism_config_sp_size")
 # Earlier names of keys, still read.
@@ -176,7 +177,8 @@ def active_values() -> tuple[dict[str, Any], str | None]:
 # Accelerator argument <- config file key
 _ACCELERATOR_ARGS = {"cpu": "use_cpu", "mixed_precision": "mixed_precision",
                      "gradient_accumulation_steps": "gradient_accumulation_steps", "dynamo_backend": "dynamo_backend",
-                     "nonfinite": "nonfinite", "strategy": "strategy", "memory_budget_gb": "memory_budget_gb"}
+                     "nonfinite": "nonfinite", "warnings": "warnings", "strategy": "strategy",
+                     "memory_budget_gb": "memory_budget_gb"}
 SHARDING_KEYS = (*DEEPSPEED_KEYS, *FSDP_KEYS, "parallelism_config_dp_replicate_size",
                  "parallelism_config_dp_shard_size", "parallelism_config_tp_size", "parallelism_config_cp_size",
                  "parallelism_config_sp_size")

@@ -206,6 +206,8 @@ class Plan:
     """Clip the gradient norm at every optimizer step (a DeepSpeed config's ``gradient_clipping``)."""
     nonfinite: str = "ignore"
     """The non-finite guard's mode: "ignore", "skip" or "raise"."""
+    advice: str = "on"
+    """Run-time warnings for common mistakes (surge/advice.py): "on" or "off"."""
     dynamo: TorchDynamoPlugin | None = None
     """``torch.compile`` settings; None: eager."""
     log_with: tuple[str | GeneralTracker, ...] = ()
@@ -294,6 +296,7 @@ def resolve_plan(
     accumulation_divisor: str = "cycle",
     dataloader_config: DataLoaderConfiguration | None = None,
     parallelism_config: ParallelismConfig | None = None,
+    warnings: str | None = None,
 ) -> tuple[Plan, ProjectConfiguration]:
     """The Accelerator's arguments, settled (see the module docstring). Reads the
     environment and the config file, starts nothing; changes nothing but, once every
@@ -335,10 +338,13 @@ def resolve_plan(
     active = active_values()  # the config file (or the launcher's handoff), read once
     resolved, conflicts, sharding = resolve_accelerator_args(
         {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps, "cpu": cpu,
-         "dynamo_backend": dynamo_backend, "nonfinite": nonfinite, "strategy": strategy,
+         "dynamo_backend": dynamo_backend, "nonfinite": nonfinite, "warnings": warnings, "strategy": strategy,
          "memory_budget_gb": memory_budget_gb}, active
     )
     nonfinite_mode = check_mode(resolved.pop("nonfinite"))
+    advice = resolved.pop("warnings")
+    if advice not in ("on", "off"):
+        raise ValueError(f"warnings={advice!r} must be \"on\" or \"off\" (run-time warnings for common mistakes).")
     auto_strategy = _check_strategy(resolved.pop("strategy"))
     budget = _check_budget(resolved.pop("memory_budget_gb"))
     dynamo = _dynamo_plugin(resolved.pop("dynamo_backend"), dynamo_plugin)
@@ -414,7 +420,7 @@ def resolve_plan(
         config=config, topology=topology, timeout=resolve_timeout(config.timeout, active[0]),
         strategy=spec,
         max_grad_norm=deepspeed_plugin.effective_gradient_clipping() if deepspeed_plugin is not None else None,
-        nonfinite=nonfinite_mode, dynamo=dynamo, log_with=tuple(chosen_trackers),
+        nonfinite=nonfinite_mode, advice=advice, dynamo=dynamo, log_with=tuple(chosen_trackers),
         trackers_missing=tuple(trackers_missing), deepspeed=ds, deepspeed_plugin=deepspeed_plugin,
         fsdp_plugin=fsdp_plugin, warnings=tuple(notes), parallelism=parallelism, auto_strategy=auto_strategy,
         memory_budget_gb=budget,

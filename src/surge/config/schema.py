@@ -68,6 +68,8 @@ class SurgeConfig:
     memory_budget_gb: float | None = _key(None, "GB of memory each process may use, for strategy auto (default: the "
                                                 "GPU's free memory, or the host's available memory shared by the "
                                                 "machine's processes).", kind="float", positive=True)
+    warnings: str = _key("on", "Run-time warnings for common mistakes (docs/guide.md, \"Run-time warnings\"): on or "
+                               "off.", choices=("on", "off"))
     collective_timeout: float = _key(600.0, "Seconds a collective may wait for the other ranks before every rank "
                                             "stops with a report of who waited where and who never arrived.",
                                      positive=True, maximum=7 * 24 * 3600)
