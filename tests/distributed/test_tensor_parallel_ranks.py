@@ -373,7 +373,34 @@ def check_tp_2_x_sp_2():
     _compare(ref, _full(model))
 
 
-CHECKS = [check_tp_2_x_sp_2, check_llama_plan_dp_shard_2_x_tp_2, check_save_state_and_reshard_into_4_x_1,
+def check_hsdp_x_sp():
+    """dp_replicate 2 x sp 2 under FSDP (HSDP: shard over the sp pair, replicate across
+    pairs): each pair reads its half of the global batch, each rank half of each sequence."""
+    from surge.parallel import sequence_parallel_loss
+
+    ref = _reference()
+    pc = ParallelismConfig(dp_replicate_size=2, sp_size=2)
+    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin())
+    assert acc.torch_device_mesh.mesh_dim_names == ("dp_replicate", "sp")
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(list(_data()), batch_size=GLOBAL_BATCH // 2,
+                                         collate_fn=lambda rows: {"input_ids": torch.stack(rows),
+                                                                  "labels": torch.stack(rows)})
+    model, opt, loader = acc.prepare(model, opt, loader)
+    assert acc.strategy.hybrid and acc.data_parallel_rank == dist.get_rank() // 2
+    group = acc.torch_device_mesh["sp"].get_group()
+    for batch in loader:
+        assert batch["input_ids"].shape == (GLOBAL_BATCH // 2, SEQ // 2)
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        acc.backward(sequence_parallel_loss(logits, batch["shift_labels"], group))
+        opt.step()
+        opt.zero_grad()
+    _compare(ref, _full(model))
+
+
+CHECKS = [check_tp_2_x_sp_2, check_hsdp_x_sp, check_llama_plan_dp_shard_2_x_tp_2,
+          check_save_state_and_reshard_into_4_x_1,
           check_accumulation_clipping_and_metrics,
           check_user_plan_strings_and_styles, check_bf16_runs_close_to_fp32, check_tp_needs_fsdp,
           check_tp_alone_with_clipping_and_a_presplit_model, check_loss_parallel]
