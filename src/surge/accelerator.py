@@ -397,9 +397,13 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
         else:
             rebound = False
         once = self.config.scheduler_steps == "once" or self.config.split_batches
+        # Accelerate's rule: one step per process that reads its own batches. Under a mesh the
+        # tensor / sequence parallel ranks share theirs, so only the data-parallel ones count.
+        pc = self.plan.parallelism
+        readers = pc.data_parallel_size if pc is not None else self.num_processes
         wrapped = AcceleratedScheduler(
             scheduler, optimizers, self.gradient_state, step_with_optimizer=self.config.step_scheduler_with_optimizer,
-            steps_per_optimizer_step=1 if once else self.num_processes, stop_at_total_steps=not once,
+            steps_per_optimizer_step=1 if once else readers, stop_at_total_steps=not once,
         )
         wrapped.rebound = rebound
         self._schedulers.append(wrapped)

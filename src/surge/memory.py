@@ -61,12 +61,14 @@ STRATEGIES = (
 
 
 def model_state_bytes(
-    num_params: float, strategy: Strategy, world_size: int, precision: str = "bf16", optimizer_states: int = 2
+    num_params: float, strategy: Strategy, world_size: int, precision: str = "bf16", optimizer_states: int = 2,
+    trainable_params: float | None = None,
 ) -> tuple[float, float]:
     """(accelerator bytes, CPU bytes) of model states on each process.
 
     ``optimizer_states``: fp32 tensors the optimizer keeps per parameter (Adam 2, SGD with
     momentum 1, plain SGD 0); mixed precision adds the fp32 master copy.
+    ``trainable_params``: the parameters that get gradients and optimizer state (None: all).
 
     Raises:
         ValueError: unknown precision, or a world size < 1.
@@ -77,7 +79,8 @@ def model_state_bytes(
         raise ValueError(f"world_size={world_size} must be >= 1.")
     p_bytes, g_bytes, _ = _BYTES[precision]
     o_bytes = 4 * optimizer_states + (4 if p_bytes == 2 else 0)  # fp32 state (+ fp32 masters under mixed precision)
-    p, g, o = (b * num_params for b in (p_bytes, g_bytes, o_bytes))
+    trained = num_params if trainable_params is None else trainable_params
+    p, g, o = p_bytes * num_params, g_bytes * trained, o_bytes * trained
     n = world_size
     params = p / n if strategy.stage >= 3 else p
     grads = g / n if strategy.stage >= 2 else g
@@ -175,9 +178,14 @@ def human_count(n: float) -> str:
 
 
 def recommend(num_params: float, world_size: int, budget_bytes: float, precision: str = "bf16",
-              optimizer_states: int = 2) -> Recommendation:
+              optimizer_states: int = 2, trainable_params: float | None = None) -> Recommendation:
     """The lightest rung of :func:`ladder` whose model states fit ``budget_bytes`` per
     process (see [Note: strategy "auto"]). Pure arithmetic.
+
+    Counted in surge's own layout, whatever the precision: mixed precision autocasts (and
+    FSDP2 casts a gathered copy) from fp32 parameters, so parameters and gradients are
+    4 bytes (DeepSpeed's 2-byte weights and fp32 masters, in the estimate-memory table,
+    would undercount ZeRO-1 and the offload rungs); ``precision`` only labels the result.
 
     Raises:
         ValueError: a budget that is not positive (or see :func:`model_state_bytes`).
@@ -186,15 +194,18 @@ def recommend(num_params: float, world_size: int, budget_bytes: float, precision
         raise ValueError(f"memory budget {budget_bytes} bytes must be positive.")
     tried: list[tuple[str, float]] = []
     rungs = ladder(world_size)
+    def states(strategy: Strategy) -> tuple[float, float]:
+        return model_state_bytes(num_params, strategy, world_size, "fp32", optimizer_states, trainable_params)
+
     for rung in rungs:
-        gpu, cpu = model_state_bytes(num_params, rung.strategy, world_size, precision, optimizer_states)
+        gpu, cpu = states(rung.strategy)
         share = AC_STATE_SHARE if rung.activation_checkpointing else STATE_SHARE
         if gpu <= share * budget_bytes:
             return Recommendation(rung, True, gpu, cpu, budget_bytes, num_params, world_size, precision,
                                   optimizer_states, tuple(tried))
         tried.append((rung.name, gpu))
     last = rungs[-1]
-    gpu, cpu = model_state_bytes(num_params, last.strategy, world_size, precision, optimizer_states)
+    gpu, cpu = states(last.strategy)
     return Recommendation(last, False, gpu, cpu, budget_bytes, num_params, world_size, precision, optimizer_states,
                           tuple(tried[:-1]))
 
@@ -256,11 +267,14 @@ def tensor_parallel_parameters(model: Any, plan: dict[str, Any] | None = None) -
     return total
 
 
-def count_parameters(model: object) -> int:
-    """Unique parameters of a module (tied weights counted once)."""
+def count_parameters(model: object, trainable_only: bool = False) -> int:
+    """Unique parameters of a module (tied weights counted once); with ``trainable_only``,
+    those that require gradients."""
     seen: set[int] = set()
     total = 0
     for param in model.parameters():  # type: ignore[attr-defined]
+        if trainable_only and not param.requires_grad:
+            continue
         if id(param) not in seen:
             seen.add(id(param))
             total += param.numel()

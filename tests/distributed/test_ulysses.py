@@ -255,7 +255,32 @@ def check_accelerator_sp_accumulation_weights_tokens() -> None:
     assert max(abs(a - b) for a, b in zip(norms, ref_norms, strict=True)) < 1e-5, (norms, ref_norms)
 
 
+def check_metrics_and_schedule_under_sp() -> None:
+    """gather_for_metrics joins per-token values into whole sequences (each sample once);
+    an LR schedule steps once per optimizer step (one data-parallel reader, not 2)."""
+    from surge import Accelerator, ParallelismConfig
+
+    acc = Accelerator(parallelism_config=ParallelismConfig(sp_size=2))
+    rows = [torch.arange(SEQ) + 100 * i for i in range(4)]
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / 4)
+    loader = torch.utils.data.DataLoader(rows, batch_size=2, collate_fn=_collate)
+    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    seen, per_sample, lrs = [], [], []
+    for batch in loader:
+        seen.append(acc.gather_for_metrics(batch["input_ids"]))
+        per_sample.append(acc.gather_for_metrics(batch["input_ids"][:, 0]))  # no sequence dimension
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert torch.equal(torch.cat(seen), torch.stack(rows)), torch.cat(seen)
+    assert torch.equal(torch.cat(per_sample), torch.stack(rows)[:, 0])  # the first slice's rank counts
+    assert lrs == [0.75, 0.5], lrs
+
+
 CHECKS = [
+    check_metrics_and_schedule_under_sp,
     check_accelerator_sp_ddp_and_fsdp,
     check_accelerator_sp_accumulation_weights_tokens,
     check_attention_bshd,

@@ -211,3 +211,20 @@ def test_loss_parallel_needs_an_output_head_and_reaches_the_spec():
     handler = TorchTensorParallelConfig(loss_parallel=True)
     assert apply_parallelism(fsdp, ParallelismConfig(dp_shard_size=2, tp_size=2, tp_handler=handler)).loss_parallel
     assert not apply_parallelism(fsdp, ParallelismConfig(dp_shard_size=2, tp_size=2)).loss_parallel
+
+
+def test_unwrapping_sees_through_the_loss_parallel_forward():
+    import torch
+    from torch import nn
+
+    from surge.precision import BF16
+    from surge.precision.base import AutocastForward, remove_autocast_forward
+    from surge.strategies.tensor_parallel import LossParallelForward
+
+    layer = nn.Linear(2, 2)
+    BF16(torch.device("cpu")).wrap_forward(layer)
+    layer.forward = LossParallelForward(layer.forward)
+    remove_autocast_forward(layer)
+    wrapper = layer.__dict__["forward"]
+    assert isinstance(wrapper, LossParallelForward) and not isinstance(wrapper.forward, AutocastForward)
+    assert layer(torch.ones(1, 2)).dtype == torch.float32  # no autocast left

@@ -35,7 +35,7 @@ def test_each_rung_is_chosen_at_the_budget_that_fits_it_and_no_lighter_one():
         "ZeRO-3 + offload optimizer + activation checkpointing",
         "ZeRO-3 + offload optimizer and params + activation checkpointing"]
     for rung in rungs:
-        device, _ = model_state_bytes(params, rung.strategy, 8, "bf16")
+        device, _ = model_state_bytes(params, rung.strategy, 8, "fp32")  # surge's layout: fp32 weights, grads
         share = AC_STATE_SHARE if rung.activation_checkpointing else STATE_SHARE
         assert recommend(params, 8, device / share * 1.001).rung == rung
     tiny = recommend(params, 8, 1e3)
@@ -48,8 +48,12 @@ def test_each_rung_is_chosen_at_the_budget_that_fits_it_and_no_lighter_one():
 
 def test_the_explanation_names_the_numbers():
     text = recommend(1.3e9, 8, 16e9).explain()
-    assert text == ("strategy auto: ZeRO-1 for 1.3B parameters (bf16, Adam) on 8 processes with 16 GB each: model "
-                    "states 7.15 GB per process fit in 70% of it; lighter choices need DDP 20.8 GB")
+    # surge keeps fp32 weights and gradients under bf16 (autocast; FSDP2 casts a gathered copy): ZeRO-1 is
+    # 8 + 8/8 bytes per parameter here, not DeepSpeed's 4 + 12/8.
+    assert text == ("strategy auto: ZeRO-2 for 1.3B parameters (bf16, Adam) on 8 processes with 16 GB each: model "
+                    "states 7.15 GB per process fit in 70% of it; lighter choices need DDP 20.8 GB, ZeRO-1 11.7 GB")
+    frozen = recommend(1.3e9, 8, 16e9, trainable_params=1e7)  # LoRA-like: few trainable parameters
+    assert frozen.rung.name == "DDP" and frozen.device_bytes == 1.3e9 * 4 + 1e7 * 12
     assert human_bytes(66_000) == "66 KB" and human_bytes(12) == "12 B"
 
 
@@ -117,3 +121,19 @@ def test_estimate_memory_recommend_prints_the_same_choice(capsys):
     assert recommend(1.3e9, 8, 16e9).explain() in capsys.readouterr().out
     assert main(["estimate-memory", "--params", "1e9", "--recommend"]) == 1
     assert "--recommend needs --gpu-memory" in capsys.readouterr().err
+
+
+def test_auto_refuses_a_mesh_from_the_config_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("strategy: auto\nparallelism_config_tp_size: 2\n")
+    monkeypatch.setenv("SURGE_CONFIG_FILE", str(path))
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(name, value)
+    from surge.config.resolve import resolve_plan
+
+    with pytest.raises(ValueError, match=r"strategy='auto' chooses a data-parallel strategy.*tp_size=2"):
+        resolve_plan(device_placement=True, split_batches=False, mixed_precision=None, gradient_accumulation_steps=None,
+                     cpu=None, project_dir=None, project_config=None, even_batches=True,
+                     step_scheduler_with_optimizer=True, kwargs_handlers=None, deepspeed_plugin=None, fsdp_plugin=None,
+                     log_with=None, dynamo_backend=None, dynamo_plugin=None, nonfinite=None)

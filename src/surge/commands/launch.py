@@ -276,7 +276,7 @@ def _parallelism(values: dict[str, Any]) -> None:
         raise ConfigError(f"parallelism_config tp_size={tp}: tensor parallelism composes with FSDP2 over "
                           f"dp_shard_size or sp_size > 1 (got dp_shard_size={shard}, sp_size={sp}), or runs alone "
                           f"on every process (tp_size = num_processes, no --use_fsdp / --use_deepspeed)")
-    if replicate > 1 and shard > 1:
+    if replicate > 1 and shard * sp > 1:
         per_machine = processes // values.get("num_machines", 1)
         if shard * sp * tp != per_machine:
             raise ConfigError(f"parallelism_config dp_shard_size={shard} x sp_size={sp} x tp_size={tp} must be the "

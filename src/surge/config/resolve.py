@@ -416,6 +416,10 @@ def resolve_plan(
         # the job; here the run goes on as it did before ParallelismConfig existed.
         notes.append(f"the config file's parallelism_config sizes are ignored: {error}")
         parallelism = None
+    if auto_strategy and parallelism is not None and parallelism.total_size > parallelism.size("dp_replicate"):
+        raise ValueError(f"strategy='auto' chooses a data-parallel strategy, but the parallelism_config sizes "
+                         f"({', '.join(f'{k}={v}' for k, v in parallelism.to_json().items() if k.endswith('_size'))}) "
+                         "ask for a mesh; drop strategy: auto or the sizes.")
     plan = Plan(
         config=config, topology=topology, timeout=resolve_timeout(config.timeout, active[0]),
         strategy=spec,

@@ -48,6 +48,12 @@ class DataLoadingMixin:
         def process_index(self) -> int: ...
         def _fill_deepspeed_batch_sizes(self, loader: DataLoader[Any]) -> None: ...
 
+    _sp_slice: int | None = None
+    """Under sequence parallelism: the sequence length of this rank's slice of the last batch."""
+
+    def _cut_at(self, length: int) -> None:
+        self._sp_slice = length
+
     def _parallelism(self) -> ParallelismConfig | None:
         plan = getattr(self, "plan", None)
         return plan.parallelism if plan is not None else None
@@ -114,7 +120,7 @@ class DataLoadingMixin:
 
             # Every rank of an sp group read the same batch; each keeps its part of the sequences.
             sp_rank = int(pc.device_mesh.get_local_rank("sp")) if pc.device_mesh is not None else 0
-            prepared.batch_transform = SequenceShards(sp_rank, pc.size("sp"), pc.sp_handler)
+            prepared.batch_transform = SequenceShards(sp_rank, pc.size("sp"), pc.sp_handler, on_cut=self._cut_at)
         self._dataloaders.append(prepared)
         return prepared
 
@@ -142,7 +148,9 @@ class DataLoadingMixin:
         per-batch call would leave the process with fewer batches out of the collective.
         Only values whose first dimension matches the batch (or the epoch's sample
         count) are trimmed. Tensors are gathered with :meth:`gather`, anything else (or
-        ``use_gather_object=True``) with ``gather_object``.
+        ``use_gather_object=True``) with ``gather_object``. Under sequence parallelism,
+        tensors whose second dimension is this rank's slice of the last batch's sequences
+        are first joined into whole sequences across the sp group (every sp rank must call it).
         """
         gs = self.gradient_state
         if gs.batch_real_count is not None:
@@ -152,8 +160,13 @@ class DataLoadingMixin:
         if size is not None and keep < size:
             input_data = _trim_first_dim(input_data, size, keep)
         pc = self._parallelism()
+        if pc is not None and pc.sp_enabled and self._sp_slice is not None:
+            from surge.parallel.wiring import join_sequence_slices
+
+            # Per-token values hold this rank's slice of each sequence: whole sequences first.
+            input_data = join_sequence_slices(input_data, self._sp_slice, pc)
         if pc is not None and self.process_index % pc.non_data_parallel_size:
-            # A tensor-parallel group reads one batch: only its first process's values count.
+            # A tensor- / sequence-parallel group reads one batch: only its first process's values count.
             input_data = input_data[:0] if isinstance(input_data, list) else tree_map(
                 lambda t: t.reshape(1)[:0] if t.dim() == 0 else t[:0], input_data, _is_tensor)
         if use_gather_object or not tree_leaves(input_data, _is_tensor):

@@ -25,7 +25,7 @@ samples per step are the same; which samples share a step differs (see docs/migr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -72,8 +72,10 @@ class SequenceShards:
     adapter): a tuple or tensor batch cannot say which entry is the sequence.
     """
 
-    def __init__(self, sp_rank: int, sp_size: int, handler: DeepSpeedSequenceParallelConfig | None) -> None:
+    def __init__(self, sp_rank: int, sp_size: int, handler: DeepSpeedSequenceParallelConfig | None,
+                 on_cut: Callable[[int], None] | None = None) -> None:
         self.sp_rank, self.sp_size = sp_rank, sp_size
+        self.on_cut = on_cut  # told the slice length of each batch (gather_for_metrics joins slices)
         self.fixed_length = None if handler is None or handler.sp_seq_length_is_variable else handler.sp_seq_length
 
     def __call__(self, batch: Any) -> Any:
@@ -89,4 +91,29 @@ class SequenceShards:
                 raise ValueError(f"a batch has sequence length {ref.shape[1]}, but sp_seq_length={self.fixed_length} "
                                  "with sp_seq_length_is_variable=False; pad batches to that length or set "
                                  "sp_seq_length_is_variable=True.")
-        return shard_sequence_for_rank(batch, self.sp_rank, self.sp_size)
+        cut = shard_sequence_for_rank(batch, self.sp_rank, self.sp_size)
+        ref = cut.get("input_ids", cut.get("shift_labels"))
+        if self.on_cut is not None and ref is not None:
+            self.on_cut(int(ref.shape[1]))
+        return cut
+
+
+def join_sequence_slices(data: Any, slice_length: int, pc: ParallelismConfig) -> Any:
+    """``data`` with every tensor whose dim 1 is ``slice_length`` (a per-token value of this
+    rank's slice) all-gathered over the sp group and joined into whole sequences, in slice
+    order; other values unchanged. A collective on the sp group."""
+    import torch
+    import torch.distributed as dist
+
+    from surge._tree import tree_map
+
+    group = sp_group(pc)
+
+    def join(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() < 2 or t.shape[1] != slice_length:
+            return t
+        parts = [torch.empty_like(t) for _ in range(pc.size("sp"))]
+        dist.all_gather(parts, t.contiguous(), group=group)
+        return torch.cat(parts, dim=1)
+
+    return tree_map(join, data, lambda x: isinstance(x, torch.Tensor))

@@ -128,6 +128,10 @@ class Precision:
 def remove_autocast_forward(model: nn.Module) -> nn.Module:
     """Undo :meth:`Precision.wrap_forward` on ``model`` (and its submodules)."""
     for module in model.modules():
-        if isinstance(module.__dict__.get("forward"), AutocastForward):
+        forward = module.__dict__.get("forward")
+        if isinstance(forward, AutocastForward):
             del module.forward
+        elif isinstance(getattr(forward, "forward", None), AutocastForward):
+            # A wrapper around it (tensor parallel's LossParallelForward): keep the wrapper.
+            forward.forward = forward.forward.__wrapped__  # type: ignore[union-attr]
     return model

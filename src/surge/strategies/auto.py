@@ -60,7 +60,8 @@ def choose(model: nn.Module, optimizer: Any, *, topology: Topology, mixed_precis
            budget_gb: float | None) -> Recommendation:
     """The rung for ``model`` (see the module docstring)."""
     return recommend(count_parameters(model), topology.world_size, agreed_budget(topology, budget_gb),
-                     _PRECISION_BYTES.get(mixed_precision, "fp32"), optimizer_states(optimizer))
+                     _PRECISION_BYTES.get(mixed_precision, "fp32"), optimizer_states(optimizer),
+                     trainable_params=count_parameters(model, trainable_only=True))
 
 
 def spec_for(choice: Recommendation, base: StrategySpec, world_size: int) -> StrategySpec:
@@ -101,6 +102,9 @@ def heavier_than_needed(accelerator: Any, objects: Any) -> str | None:
     the memory (on a GPU, or wherever ``memory_budget_gb`` declares the memory). None
     otherwise. Every process must call it (the budget is agreed on)."""
     spec = accelerator.plan.strategy
+    pc = accelerator.plan.parallelism
+    if pc is not None and pc.non_data_parallel_size > 1:
+        return None  # tensor / sequence parallel need FSDP: "use DDP" would be refused
     heavy = spec.shard_degree >= 3 or spec.offload_optimizer or spec.offload_params
     topology = accelerator.plan.topology
     budget_gb = accelerator.plan.memory_budget_gb
@@ -112,10 +116,10 @@ def heavier_than_needed(accelerator: Any, objects: Any) -> str | None:
     optimizer = next((o for o in objects if isinstance(o, torch.optim.Optimizer)), None)
     budget = agreed_budget(topology, budget_gb)
     params = count_parameters(model)
-    precision = _PRECISION_BYTES.get(accelerator.plan.config.mixed_precision, "fp32")
     from surge.memory import STRATEGIES, human_bytes, human_count, model_state_bytes
 
-    ddp, _ = model_state_bytes(params, STRATEGIES[0], topology.world_size, precision, optimizer_states(optimizer))
+    ddp, _ = model_state_bytes(params, STRATEGIES[0], topology.world_size, "fp32", optimizer_states(optimizer),
+                               count_parameters(model, trainable_only=True))
     if ddp > 0.1 * budget:
         return None
     what = "ZeRO-3" if spec.shard_degree >= 3 else f"ZeRO-{spec.shard_degree}"

@@ -173,6 +173,10 @@ class TensorParallel(Strategy):
         names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
         model = super().prepare_model(model, device_placement=device_placement, evaluation_mode=evaluation_mode)
         if any(isinstance(p, DTensor) for p in model.parameters()):
+            if self.spec.loss_parallel and not isinstance(model.__dict__.get("forward"), LossParallelForward):
+                raise ValueError("TorchTensorParallelConfig(loss_parallel=True) needs surge to split the model (its "
+                                 "head over the vocabulary), but this model is split already (transformers' "
+                                 "tp_plan=\"auto\"); load it whole, or turn loss_parallel off.")
             return model  # split already (transformers' tp_plan="auto", or prepared before)
         mesh = init_device_mesh(self.device.type, (self.topology.world_size,), mesh_dim_names=("tp",))
         apply_tensor_parallel(model, mesh, self.spec.tp_plan, loss_parallel=self.spec.loss_parallel)
