@@ -352,6 +352,10 @@ class Accelerator(CheckpointingMixin, TrackingMixin, DataLoadingMixin, ExtrasMix
             from surge.parallel import wiring
 
             wiring.prepare_model(model, pc)  # attention under Ulysses (the loader cuts the sequences)
+        if pc is not None and pc.cp_enabled:
+            from surge.parallel import context
+
+            context.prepare_model(model)  # causal attention without masks (ring attention in maybe_context_parallel)
         prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
         self._models.append(prepared)  # checkpoints see the module without compile's wrapper
         Advice.watch(self.gradient_state, prepared)  # where it is, its first batch ([Note: run-time advice])

@@ -189,10 +189,24 @@ class ExtrasMixin(ProcessQueries):
     def maybe_context_parallel(self, buffers: list[torch.Tensor] | None = None,
                                buffer_seq_dims: list[int] | None = None,
                                no_restore_buffers: set[torch.Tensor] | None = None) -> Iterator[None]:
-        """Accelerate's context-parallel region. Context parallelism (``cp_size > 1``) is
-        refused at construction, so here, as in Accelerate whenever cp is off, it has no
-        effect (the buffers stay whole)."""
-        yield
+        """Accelerate's context-parallel region: with ``cp_size > 1``, ``buffers`` are split
+        along ``buffer_seq_dims`` over the cp group (in place, restored at exit except
+        ``no_restore_buffers``) and attention runs as torch's ring attention, on CUDA and on
+        CPU (see surge/parallel/context.py). Enter it anew for every step; every rank of the
+        cp group enters with the same shapes. Without cp, as in Accelerate, it has no effect.
+
+        Raises:
+            ValueError: under cp, no buffers, a dim per buffer missing, or a sequence length
+                that does not split over ``cp_size``.
+        """
+        pc = self.plan.parallelism
+        if pc is None or not pc.cp_enabled:
+            yield
+            return
+        from surge.parallel.context import region
+
+        with region(pc, buffers, buffer_seq_dims, no_restore_buffers):
+            yield
 
     def deepspeed_ulysses_dl_adapter(self, dl: Any, model: nn.Module | None = None) -> Any:
         """Accelerate's hook for a DataLoader prepared apart from the model under Ulysses

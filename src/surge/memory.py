@@ -18,7 +18,7 @@ and the communication buckets come on top and are not counted.
 
 On an N-D mesh (:func:`mesh_model_state_bytes`) tensor parallelism first divides the
 Ψ_tp parameters its plan splits by tp (the rest, Ψ_rep: embeddings left whole, norms,
-stay on every tp rank); FSDP2 then shards what each rank holds over ``dp_shard x sp``
+stay on every tp rank); FSDP2 then shards what each rank holds over ``dp_shard x cp x sp``
 (replicas, ``dp_replicate``, divide nothing):
 
     per rank = (Ψ_rep + Ψ_tp / tp) x (p + g + o) / shard      (FULL_SHARD, ZeRO-3)

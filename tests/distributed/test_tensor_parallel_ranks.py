@@ -1,5 +1,6 @@
-"""Four gloo processes: tensor parallelism composed with FSDP2 (dp_shard 2 x tp 2) and with
-Ulysses sequence parallelism (tp 2 x sp 2) trains a tiny transformers Llama like one
+"""Four gloo processes: tensor parallelism composed with FSDP2 (dp_shard 2 x tp 2), with
+Ulysses sequence parallelism (tp 2 x sp 2) and with ring-attention context parallelism
+(tp 2 x cp 2; also dp_shard 2 x cp 2) trains a tiny transformers Llama like one
 process on the same global batch (fp32, SGD with momentum, <= 1e-5), from the model's own
 plan and from a user's plan."""
 
@@ -23,12 +24,12 @@ pytestmark = pytest.mark.distributed
 STEPS, GLOBAL_BATCH, SEQ = 3, 8, 8
 
 
-def _llama(heads: int = 8, kv_heads: int = 4) -> nn.Module:
+def _llama(heads: int = 8, kv_heads: int = 4, attention: str = "eager") -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32,
-                         attn_implementation="eager")
+                         attn_implementation=attention)
     torch.manual_seed(0)
     return LlamaForCausalLM(config)
 
@@ -399,7 +400,37 @@ def check_hsdp_x_sp():
     _compare(ref, _full(model))
 
 
-CHECKS = [check_tp_2_x_sp_2, check_hsdp_x_sp, check_llama_plan_dp_shard_2_x_tp_2,
+def check_cp_with_tp_and_with_dp_shard():
+    """Context parallelism (ring attention) on 4 processes: tp 2 x cp 2 (each tp rank's heads
+    go round its cp ring) and dp_shard 2 x cp 2, FSDP2 sharding over the cp ranks; each
+    rank's loss is its token sum over the batch's count (x cp), so training is one process's.
+    The per-rank memory is the formula's with cp sharding like dp_shard."""
+    import torch.nn.functional as F
+
+    ref = _reference()
+    for pc in (ParallelismConfig(tp_size=2, cp_size=2), ParallelismConfig(dp_shard_size=2, cp_size=2)):
+        acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin())
+        model = _llama(attention="sdpa")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // pc.data_parallel_size)
+        model, opt, loader = acc.prepare(model, opt, loader)
+        for batch in loader:
+            shift = torch.full_like(batch, -100)
+            shift[:, :-1] = batch[:, 1:]
+            count = (shift != -100).sum()
+            positions = torch.arange(SEQ).expand_as(batch).clone()
+            with acc.maybe_context_parallel(buffers=[batch, shift, positions], buffer_seq_dims=[1, 1, 1]):
+                logits = model(input_ids=batch, position_ids=positions).logits
+                logits = logits.full_tensor() if hasattr(logits, "full_tensor") else logits
+                loss = F.cross_entropy(logits.flatten(0, 1), shift.flatten(), reduction="sum")
+                acc.backward(loss * pc.cp_size / count)
+            opt.step()
+            opt.zero_grad()
+        _compare(ref, _full(model))
+        _check_memory_formula(model, opt, pc)
+
+
+CHECKS = [check_cp_with_tp_and_with_dp_shard, check_tp_2_x_sp_2, check_hsdp_x_sp, check_llama_plan_dp_shard_2_x_tp_2,
           check_save_state_and_reshard_into_4_x_1,
           check_accumulation_clipping_and_metrics,
           check_user_plan_strings_and_styles, check_bf16_runs_close_to_fp32, check_tp_needs_fsdp,

@@ -1,10 +1,13 @@
-"""Two gloo processes: Ulysses sequence parallelism equals one process on the full sequence.
+"""Two gloo processes: Ulysses sequence parallelism, and context parallelism (torch's ring
+attention, run on CPU through surge's handler), equal one process on the full sequence.
 
 One spawn runs every check (see surge.testing.harness). Each rank computes the single-process
 reference itself, on the full inputs, so no tensor has to be gathered for the comparison.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -279,7 +282,159 @@ def check_metrics_and_schedule_under_sp() -> None:
     assert lrs == [0.75, 0.5], lrs
 
 
+def _cp_collate(rows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accelerate's nd_parallel recipe: labels shifted over the whole sequence, global positions."""
+    ids = torch.stack(rows)
+    shift = torch.full_like(ids, -100)
+    shift[:, :-1] = ids[:, 1:]
+    labels = ids.clone()
+    return {"input_ids": ids, "labels": labels, "shift_labels": shift,
+            "position_ids": torch.arange(ids.shape[1]).expand_as(ids).clone()}
+
+
+def _cp_rows() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return [torch.randint(0, 64, (SEQ,), generator=g) for _ in range(8)]
+
+
+def _cp_train(plugin: str, comm: str, accumulation: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """ParallelismConfig(cp_size=2): both ranks read each batch, split it inside
+    maybe_context_parallel and attend round the ring; the loss is each rank's token sum over
+    the global count (x cp, as gradients average over the cp group), so it equals one process."""
+    from surge import Accelerator, FullyShardedDataParallelPlugin, ParallelismConfig
+    from surge.utils import TorchContextParallelConfig
+
+    kwargs: dict = {"fsdp_plugin": FullyShardedDataParallelPlugin()} if plugin == "fsdp" else {}
+    pc = ParallelismConfig(cp_size=2, cp_handler=TorchContextParallelConfig(cp_comm_strategy=comm))
+    acc = Accelerator(parallelism_config=pc, gradient_accumulation_steps=accumulation, **kwargs)
+    assert acc.torch_device_mesh.mesh_dim_names == ("cp",) and acc.context_parallel_rank == dist.get_rank()
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(_cp_rows(), batch_size=4 // accumulation, collate_fn=_cp_collate)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    assert len(loader) == 2 * accumulation  # the cp group reads every batch
+    norms = []
+    for batch in loader:
+        total = (batch["shift_labels"] != -100).sum()  # micro-batches count equally; backward divides by accumulation
+        buffers = [batch["input_ids"], batch["shift_labels"], batch["position_ids"]]
+        with acc.accumulate(model), acc.maybe_context_parallel(buffers=buffers, buffer_seq_dims=[1, 1, 1]):
+            assert batch["input_ids"].shape[1] == SEQ // 2
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+            loss = F.cross_entropy(logits.flatten(0, 1), batch["shift_labels"].flatten(), reduction="sum")
+            acc.backward(loss * 2 / total)
+            if acc.sync_gradients:
+                norms.append(float(acc.clip_grad_norm_(model.parameters(), 0.5)))
+            opt.step()
+            opt.zero_grad()
+        assert batch["input_ids"].shape[1] == SEQ  # restored at exit
+    state = acc.get_state_dict(model)
+    return norms, {n: t.detach() for n, t in state.items()}
+
+
+def _cp_reference() -> tuple[list[float], dict[str, torch.Tensor]]:
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rows, norms = _cp_rows(), []
+    for step in range(2):
+        full = _cp_collate(rows[4 * step:4 * step + 4])
+        logits = model(input_ids=full["input_ids"]).logits
+        F.cross_entropy(logits.flatten(0, 1), full["shift_labels"].flatten()).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)))
+        opt.step()
+        opt.zero_grad()
+    return norms, {n: p.detach() for n, p in model.state_dict().items()}
+
+
+def check_accelerator_cp_ddp_fsdp_accumulation() -> None:
+    """cp_size=2 under DDP (allgather ring) and FSDP2 sharded over cp (alltoall ring), and
+    with accumulation 2: the weights and clipped norms of one process."""
+    ref_norms, ref = _cp_reference()
+    for plugin, comm, accumulation in (("ddp", "allgather", 1), ("fsdp", "alltoall", 1), ("ddp", "alltoall", 2)):
+        norms, got = _cp_train(plugin, comm, accumulation)
+        what = f"{plugin} {comm} accumulation {accumulation}"
+        if dist.get_rank() == 0:
+            for name, value in ref.items():
+                torch.testing.assert_close(got[name], value, **TOL, msg=lambda m, n=name, w=what: f"{w} {n}: {m}")
+        assert max(abs(a - b) for a, b in zip(norms, ref_norms, strict=True)) < 1e-5, (what, norms, ref_norms)
+
+
+def check_cp_model_loss_is_accelerates() -> None:
+    """Accelerate's recipe (model(**batch).loss with shift_labels, attention_mask dropped by
+    the prepared model): each rank's loss is the mean over the tokens it holds (head-tail
+    load balancing: rank r keeps quarters r and 3 - r), and the gradient their average."""
+    from surge import Accelerator, ParallelismConfig
+    from surge.advice import SurgeAdvice, forget_given
+
+    acc = Accelerator(parallelism_config=ParallelismConfig(cp_size=2))
+    forget_given()
+    model = acc.prepare(_llama())
+    rank, quarter = dist.get_rank(), SEQ // 4
+    batch = _cp_collate(_cp_rows()[:2])
+    batch["shift_labels"][0, 4:7] = -100  # the ranks count different numbers of targets
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    ref = _llama()
+    logits = ref(input_ids=batch["input_ids"]).logits
+    per_token = F.cross_entropy(logits.transpose(1, 2), batch["shift_labels"], reduction="none")
+    counted = (batch["shift_labels"] != -100).float()
+    means = []
+    for r in range(2):
+        keep = torch.cat([torch.arange(r * quarter, (r + 1) * quarter), torch.arange((3 - r) * quarter, (4 - r) * quarter)])
+        means.append((per_token[:, keep] * counted[:, keep]).sum() / counted[:, keep].sum())
+    (sum(means) / 2).backward()
+    buffers = [batch[k] for k in ("input_ids", "labels", "shift_labels", "position_ids", "attention_mask")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SurgeAdvice)  # the recipe draws no advice
+        with acc.maybe_context_parallel(buffers=buffers, buffer_seq_dims=[1] * 5):
+            loss = model(**batch).loss
+            acc.backward(loss)
+    torch.testing.assert_close(loss.detach(), means[rank].detach(), **TOL)
+    named = dict(ref.named_parameters())
+    for name, p in acc.unwrap_model(model).named_parameters():
+        torch.testing.assert_close(p.grad, named[name].grad, **TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def check_cp_refusals_and_advice() -> None:
+    """A length that does not split, no buffers, a sliding-window model; a call without
+    position_ids inside the region is advised (once)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from surge import Accelerator, ParallelismConfig
+    from surge.advice import SurgeAdvice, forget_given
+
+    acc = Accelerator(parallelism_config=ParallelismConfig(cp_size=2))
+    forget_given()
+    model = acc.prepare(_llama())
+    odd = torch.zeros(2, 15, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"sequence length 15 does not split over cp_size=2; pad .* multiple of 4"):
+        with acc.maybe_context_parallel(buffers=[odd], buffer_seq_dims=[1]):
+            pass
+    with pytest.raises(ValueError, match=r"needs the tensors to split"):
+        with acc.maybe_context_parallel():
+            pass
+    mistral = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=4, num_key_value_heads=2, sliding_window=8))
+    with pytest.raises(ValueError, match=r"cannot express attention layers of type \['sliding_attention'\]"):
+        acc.prepare(mistral)
+    ids = _cp_collate(_cp_rows()[:2])["input_ids"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with acc.maybe_context_parallel(buffers=[ids], buffer_seq_dims=[1]):
+            model(input_ids=ids)
+    advice = [w for w in caught if issubclass(w.category, SurgeAdvice)]
+    if dist.get_rank() == 0:  # the main process speaks for all, at the user's line
+        assert len(advice) == 1 and "without position_ids" in str(advice[0].message), advice
+        assert advice[0].filename == __file__, advice[0].filename
+    else:
+        assert not advice, advice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SurgeAdvice)
+        model(input_ids=ids)  # outside the region: whole sequences, nothing to say
+
+
 CHECKS = [
+    check_accelerator_cp_ddp_fsdp_accumulation,
+    check_cp_model_loss_is_accelerates,
+    check_cp_refusals_and_advice,
     check_metrics_and_schedule_under_sp,
     check_accelerator_sp_ddp_and_fsdp,
     check_accelerator_sp_accumulation_weights_tokens,

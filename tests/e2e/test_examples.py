@@ -115,10 +115,11 @@ def test_trainer_example_zero3_offload(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-20", "final"]  # save_total_limit=1
 
 
-def test_long_sequences_example_sp_matches_one_process():
-    """`surge launch --parallelism_config_sp_size 2`: the launcher's size reaches the
-    Accelerator, each process trains on half of every sequence (Ulysses), and the losses
-    are those of one process on the whole sequences."""
+def test_long_sequences_example_sp_and_cp_match_one_process():
+    """`surge launch --parallelism_config_sp_size 2` and `--parallelism_config_cp_size 2`:
+    the launcher's size reaches the Accelerator, each process trains on half of every
+    sequence (Ulysses; ring attention), and the losses are those of one process on the
+    whole sequences."""
     pytest.importorskip("transformers")
     script = os.path.join(EXAMPLES, "by_feature", "long_sequences.py")
 
@@ -131,10 +132,20 @@ def test_long_sequences_example_sp_matches_one_process():
     command = ["surge", "launch", "--num_processes", "2", "--parallelism_config_sp_size", "2", script, "--smoke"]
     result = subprocess.run(command, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "sp_size 2, tp_size 1, 2 processes, sequences of 64 (32 per process)" in result.stdout, result.stdout
+    assert "sp_size 2, cp_size 1, tp_size 1, 2 processes, sequences of 64 (32 per process)" in result.stdout, \
+        result.stdout
     two = losses(result.stdout)
     assert len(one) == len(two) == 16 and one[-1] < one[0] - 1.0
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-4, (one, two)
+    # Ring attention (torch's context_parallel; on CPU through surge's handler), alltoall ring.
+    command = ["surge", "launch", "--num_processes", "2", "--parallelism_config_cp_size", "2",
+               "--parallelism_config_cp_comm_strategy", "alltoall", script, "--smoke"]
+    result = subprocess.run(command, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sp_size 1, cp_size 2, tp_size 1, 2 processes, sequences of 64 (32 per process)" in result.stdout, \
+        result.stdout
+    ring = losses(result.stdout)
+    assert max(abs(a - b) for a, b in zip(one, ring, strict=True)) < 1e-4, (one, ring)
 
 
 def test_sharding_example_strategy_auto_through_the_launcher(tmp_path):

@@ -459,6 +459,17 @@ def test_tensor_parallel_sizes_go_through_to_the_worker(isolated):
         ["launch", "--num_processes", "4", "--parallelism_config_sp_size", "2", "--parallelism_config_tp_size", "2",
          "train.py"]))
     assert tp_sp.use_fsdp
+    cp, _ = resolve_config(build_parser().parse_args(
+        ["launch", "--num_processes", "2", "--parallelism_config_cp_size", "2", "--parallelism_config_cp_comm_strategy",
+         "alltoall", "train.py"]))
+    assert not cp.use_fsdp and cp.parallelism_config_cp_comm_strategy == "alltoall"  # ring attention under DDP
+    from surge.launch.runner import worker_environment
+
+    assert worker_environment(cp, {})["PARALLELISM_CONFIG_CP_COMM_STRATEGY"] == "alltoall"
+    tp_cp, _ = resolve_config(build_parser().parse_args(
+        ["launch", "--num_processes", "4", "--parallelism_config_cp_size", "2", "--parallelism_config_tp_size", "2",
+         "train.py"]))
+    assert tp_cp.use_fsdp  # FSDP2 shards over the cp ranks
     alone, _ = resolve_config(build_parser().parse_args(
         ["launch", "--num_processes", "4", "--parallelism_config_tp_size", "4", "train.py"]))
     assert not alone.use_fsdp and alone.parallelism_config_tp_size == 4  # tensor parallelism alone
@@ -466,7 +477,9 @@ def test_tensor_parallel_sizes_go_through_to_the_worker(isolated):
                          (["--parallelism_config_tp_size", "2", "--parallelism_config_dp_replicate_size", "2"],
                           "composes with FSDP2"),
                          (["--parallelism_config_sp_size", "2"], r"sp_size=2 = 2 must equal num_processes=4"),
-                         (["--parallelism_config_dp_shard_size", "2", "--parallelism_config_cp_size", "2"],
-                          "cp_size=2: context parallelism is not offered")):
+                         (["--parallelism_config_sp_size", "2", "--parallelism_config_cp_size", "2"],
+                          "cp_size=2 and sp_size=2: context and sequence parallelism are mutually exclusive"),
+                         (["--parallelism_config_cp_size", "2", "--parallelism_config_tp_size", "2", "--use_deepspeed"],
+                          "dp_shard_size, cp_size or sp_size > 1")):
         with pytest.raises(ConfigError, match=words):
             resolve_config(build_parser().parse_args(["launch", "--num_processes", "4", *flags, "train.py"]))

@@ -115,5 +115,7 @@ def test_per_process_memory_of_a_mesh(tmp_path, capsys):
     assert mesh_model_state_bytes(1000, 600, tp=2, shard=4, optimizer_state_bytes=4) == (400 + 300) * 12 / 4
     text = surge_out(capsys, tmp_path, "--tp_size", 2, "--dp_shard_size", 4)
     assert "N-D mesh dp_shard 4 x tp 2 (8 processes)" in " ".join(text.split())
+    cp = json.loads(surge_out(capsys, tmp_path, "--json", "--cp_size", 2, "--tp_size", 2))["mesh"]
+    assert (cp["layout"], cp["num_processes"], cp["shard"]) == ("cp 2 x tp 2", 4, 2)  # cp shards like dp_shard
     assert main(["estimate-memory", "--params", "1e9", "--tp_size", "2"]) == 1
     assert "--tp_size needs the model" in capsys.readouterr().err

@@ -46,8 +46,8 @@ def test_settle_against_the_world_size():
     with pytest.raises(ValueError, match=r"dp_replicate_size=1 x dp_shard_size=2 x tp_size=1 x cp_size=1 x "
                                          r"sp_size=1\) multiply to 2, but the job has 4 processes"):
         settle_parallelism(ParallelismConfig(dp_shard_size=2), {}, 4)
-    with pytest.raises(ValueError, match=r"cp_size=2.*not offered yet"):
-        settle_parallelism(ParallelismConfig(dp_shard_size=2, cp_size=2), {}, 4)
+    cp = settle_parallelism(ParallelismConfig(dp_shard_size=2, cp_size=2), {}, 4)
+    assert cp is not None and cp.cp_handler.cp_comm_strategy == "allgather"
     assert settle_parallelism(ParallelismConfig(dp_shard_size=2, tp_size=2), {}, 4) is not None
     assert settle_parallelism(ParallelismConfig(sp_size=2, tp_size=2), {}, 4) is not None
     with pytest.raises(TypeError, match="ParallelismConfig"):
@@ -228,3 +228,75 @@ def test_unwrapping_sees_through_the_loss_parallel_forward():
     wrapper = layer.__dict__["forward"]
     assert isinstance(wrapper, LossParallelForward) and not isinstance(wrapper.forward, AutocastForward)
     assert layer(torch.ones(1, 2)).dtype == torch.float32  # no autocast left
+
+
+def test_context_parallel_handler_from_the_environment_and_the_config_file(monkeypatch):
+    from surge.utils import TorchContextParallelConfig
+
+    assert ParallelismConfig().cp_handler is None
+    monkeypatch.setenv("PARALLELISM_CONFIG_CP_COMM_STRATEGY", "alltoall")  # what Accelerate's launcher sets
+    assert ParallelismConfig(cp_size=2).cp_handler.cp_comm_strategy == "alltoall"
+    monkeypatch.delenv("PARALLELISM_CONFIG_CP_COMM_STRATEGY")
+    assert ParallelismConfig(cp_size=2).cp_handler.cp_comm_strategy == "allgather"
+    pc = settle_parallelism(None, {"parallelism_config_cp_size": 2, "parallelism_config_cp_comm_strategy": "alltoall"}, 2)
+    assert pc is not None and pc.cp_handler.cp_comm_strategy == "alltoall"
+    with pytest.raises(ValueError, match=r"cp_comm_strategy='ring' must be 'allgather' or 'alltoall'"):
+        TorchContextParallelConfig(cp_comm_strategy="ring")
+    with pytest.raises(TypeError, match="must be a TorchContextParallelConfig"):
+        ParallelismConfig(cp_size=2, cp_handler={"cp_comm_strategy": "alltoall"})
+    fsdp = StrategySpec(family="fsdp", shard_degree=3, mesh=MeshSpec(dp_shard=4))
+    assert apply_parallelism(fsdp, ParallelismConfig(tp_size=2, cp_size=2)).mesh == MeshSpec(tp=2, cp=2)
+    ddp = StrategySpec(mesh=MeshSpec(dp_shard=2))
+    assert apply_parallelism(ddp, ParallelismConfig(cp_size=2)) is ddp  # DDP averages over every process
+
+
+def test_context_parallel_buffers_are_checked():
+    from surge.parallel.context import check_buffers
+
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    buffers, dims = check_buffers((ids, ids.T), (1, 0), 2)
+    assert buffers[0] is ids and buffers[1].shape == (8, 2) and dims == [1, 0]
+    for args, error, words in (
+            (([], [], 2), ValueError, "needs the tensors to split"),
+            (([ids], [1, 1], 2), ValueError, "1 buffers but 2 buffer_seq_dims"),
+            (([ids], [2], 2), ValueError, r"buffer_seq_dims\[0\]=2 is out of range .* \(2, 8\)"),
+            (([ids, ids[:, :4]], [1, 1], 2), ValueError, r"sequence lengths differ \(\[8, 4\]\)"),
+            (([ids], [1], 3), ValueError, r"sequence length 8 does not split over cp_size=3; pad .* multiple of 6"),
+            (([torch.nn.Parameter(torch.zeros(2, 8))], [1], 2), TypeError, "never parameters"),
+            (([[1, 2]], [0], 2), TypeError, r"buffers\[0\] is a list")):
+        with pytest.raises(error, match=words):
+            check_buffers(*args)
+
+
+def test_context_parallel_model_hooks():
+    """prepare under cp: attention masks dropped and causal asked for on *self_attn modules;
+    a sliding-window model refused (its mask cannot be expressed by ring attention)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    from surge.parallel.context import prepare_model
+
+    seen = {}
+
+    class Attention(torch.nn.Module):
+        def forward(self, x, attention_mask=None, is_causal=None):
+            seen.update(mask=attention_mask, causal=is_causal)
+            return x
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn = Attention()
+
+        def forward(self, x):
+            return self.self_attn(x, attention_mask=torch.ones(2))
+
+    block = prepare_model(Block())
+    assert prepare_model(block) is block  # once
+    block(torch.zeros(1))
+    assert seen == {"mask": None, "causal": True}
+    config = dict(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2)
+    prepare_model(LlamaForCausalLM(LlamaConfig(**config)))
+    with pytest.raises(ValueError, match=r"cannot express attention layers of type \['sliding_attention'\] "
+                                         r"\(model MistralForCausalLM\)"):
+        prepare_model(MistralForCausalLM(MistralConfig(**config, sliding_window=4)))

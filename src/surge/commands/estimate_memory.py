@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--gpu-memory GB per process (the same choice and numbers it prints at prepare()).")
     mesh = parser.add_argument_group("an N-D mesh (ParallelismConfig's sizes): per-process memory under FSDP2 x tp")
     for dim, what in (("dp_replicate", "replicas"), ("dp_shard", "processes sharding the model"),
+                      ("cp", "context-parallel degree (shards like dp_shard)"),
                       ("sp", "sequence-parallel degree (shards like dp_shard)"),
                       ("tp", "tensor-parallel degree (the model's plan splits its layers)")):
         mesh.add_argument(f"--{dim}_size", f"--{dim.replace('_', '-')}-size", dest=f"{dim}_size", type=int,
@@ -297,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     if mesh is not None:
         console.print(f"N-D mesh {mesh['layout']} ({mesh['num_processes']} processes), FSDP2 FULL_SHARD x tp, "
                       f"{args.precision} + Adam: {mesh['gpu_gb']:.3g} GB per process ({mesh['tp_parameters']:,} of "
-                      f"{num:,.0f} parameters split by tp, the rest sharded over dp_shard x sp = {mesh['shard']})")
+                      f"{num:,.0f} parameters split by tp, the rest sharded over dp_shard x cp x sp = {mesh['shard']})")
     return 0
 
 
@@ -310,7 +311,7 @@ def _mesh(args: argparse.Namespace, model: torch.nn.Module | None, num: float) -
     """
     from surge.memory import mesh_model_state_bytes, tensor_parallel_parameters
 
-    given = {d: getattr(args, f"{d}_size") for d in ("dp_replicate", "dp_shard", "sp", "tp")}
+    given = {d: getattr(args, f"{d}_size") for d in ("dp_replicate", "dp_shard", "cp", "sp", "tp")}
     if all(v is None for v in given.values()):
         return None
     sizes = {d: 1 if v is None else v for d, v in given.items()}
@@ -321,7 +322,7 @@ def _mesh(args: argparse.Namespace, model: torch.nn.Module | None, num: float) -
         raise ValueError("--tp_size needs the model (a directory or --model), not --params: its tensor-parallel plan "
                          "decides which parameters split.")
     tp_params = tensor_parallel_parameters(model) if sizes["tp"] > 1 and model is not None else 0
-    shard = sizes["dp_shard"] * sizes["sp"]
+    shard = sizes["dp_shard"] * sizes["cp"] * sizes["sp"]
     gpu = mesh_model_state_bytes(num, tp_params, tp=sizes["tp"], shard=shard)
     layout = " x ".join(f"{d} {v}" for d, v in sizes.items() if v > 1) or "one process"
     processes = sizes["dp_replicate"] * shard * sizes["tp"]

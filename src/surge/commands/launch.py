@@ -62,7 +62,7 @@ FOREIGN: dict[str, tuple[bool, str]] = {
                                "--machine_rank N` on each machine")),
     "use_parallelism_config": (False, "parallelism"),
     **{f"parallelism_config_{name}": (True, "parallelism") for name in
-       ("cp_backend", "cp_comm_strategy", "sp_backend", "sp_seq_length", "sp_seq_length_is_variable",
+       ("cp_backend", "sp_backend", "sp_seq_length", "sp_seq_length_is_variable",
         "sp_attn_implementation")},
 }
 _PARADIGMS = ("use_cpu", "multi_gpu", "tpu", "use_deepspeed", "use_fsdp")
@@ -250,41 +250,43 @@ def resolve_config(args: argparse.Namespace) -> tuple[SurgeConfig, dict[str, Any
 
 def _parallelism(values: dict[str, Any]) -> None:
     """Accelerate's ParallelismConfig sizes: data-parallel ones map to surge's strategies,
-    tp composes with FSDP2, sp (Ulysses) with any strategy (the worker's Accelerator reads
-    the sizes from the handed-over config); context parallel sizes above 1 are refused
-    until surge composes them.
+    tp composes with FSDP2, sp (Ulysses) and cp (ring attention) with any strategy (the
+    worker's Accelerator reads the sizes from the handed-over config); FSDP shards over
+    ``dp_shard x cp x sp``.
 
     Raises:
-        ConfigError: cp above 1, tp above 1 without FSDP or with nothing to shard over,
-            or sizes that do not multiply to the world size.
+        ConfigError: cp and sp both above 1, tp above 1 without FSDP or with nothing to
+            shard over, or sizes that do not multiply to the world size.
     """
     size = {k: values.get(f"parallelism_config_{k}_size", 1) for k in ("dp_replicate", "dp_shard", "tp", "cp", "sp")}
-    if size["cp"] > 1:
-        raise ConfigError(f"parallelism_config cp_size={size['cp']}: context parallelism is not offered yet; set it "
-                          "to 1 and use --parallelism_config_sp_size (Ulysses) for long sequences")
-    replicate, shard, tp, sp = size["dp_replicate"], size["dp_shard"], size["tp"], size["sp"]
-    total = replicate * shard * tp * sp
+    replicate, shard, tp, cp, sp = (size[k] for k in ("dp_replicate", "dp_shard", "tp", "cp", "sp"))
+    if cp > 1 and sp > 1:
+        raise ConfigError(f"parallelism_config cp_size={cp} and sp_size={sp}: context and sequence parallelism are "
+                          "mutually exclusive; set one of them to 1")
+    total = replicate * shard * tp * cp * sp
     if total == 1:
         return
     processes = values.get("num_processes", 1)
     if total != processes:
         raise ConfigError(f"parallelism_config dp_replicate_size={replicate} x dp_shard_size={shard} x tp_size={tp} x "
-                          f"sp_size={sp} = {total} must equal num_processes={processes}")
+                          f"cp_size={cp} x sp_size={sp} = {total} must equal num_processes={processes}")
     if tp == total and not values.get("use_deepspeed") and not values.get("use_fsdp"):
         return  # tensor parallelism alone, over every process
-    if tp > 1 and (shard * sp == 1 or values.get("use_deepspeed")):
+    seq = cp * sp  # the ranks that hold parts of each sequence shard like dp_shard
+    if tp > 1 and (shard * seq == 1 or values.get("use_deepspeed")):
         raise ConfigError(f"parallelism_config tp_size={tp}: tensor parallelism composes with FSDP2 over "
-                          f"dp_shard_size or sp_size > 1 (got dp_shard_size={shard}, sp_size={sp}), or runs alone "
-                          f"on every process (tp_size = num_processes, no --use_fsdp / --use_deepspeed)")
-    if replicate > 1 and shard * sp > 1:
+                          f"dp_shard_size, cp_size or sp_size > 1 (got dp_shard_size={shard}, cp_size={cp}, "
+                          f"sp_size={sp}), or runs alone on every process (tp_size = num_processes, no --use_fsdp / "
+                          "--use_deepspeed)")
+    if replicate > 1 and shard * seq > 1:
         per_machine = processes // values.get("num_machines", 1)
-        if shard * sp * tp != per_machine:
-            raise ConfigError(f"parallelism_config dp_shard_size={shard} x sp_size={sp} x tp_size={tp} must be the "
-                              f"processes per machine ({per_machine}) when dp_replicate_size={replicate} > 1: surge "
-                              "shards within a machine and replicates across machines (HYBRID_SHARD)")
+        if shard * seq * tp != per_machine:
+            raise ConfigError(f"parallelism_config dp_shard_size={shard} x cp_size={cp} x sp_size={sp} x tp_size={tp} "
+                              f"must be the processes per machine ({per_machine}) when dp_replicate_size={replicate} "
+                              "> 1: surge shards within a machine and replicates across machines (HYBRID_SHARD)")
         values.setdefault("fsdp_sharding_strategy", "HYBRID_SHARD")
     elif (shard > 1 or tp > 1) and not values.get("use_deepspeed"):
-        values["use_fsdp"] = True  # dp_shard (x sp) over every process: FSDP (FULL_SHARD)
+        values["use_fsdp"] = True  # dp_shard (x cp x sp) over every process: FSDP (FULL_SHARD)
 
 
 def _check_runnable(config: SurgeConfig) -> None:

@@ -44,8 +44,7 @@ _FP8_TE_ONLY = ("fp8_use_autocast_during_eval", "fp8_margin", "fp8_interval", "f
                 "fp8_amax_history_length", "fp8_amax_history_len", "fp8_amax_compute_algorithm",
                 "fp8_amax_compute_algo", "fp8_override_linear_precision", "fp8_opt_level")
 # parallelism_config settings that only matter once cp/sp sizes are above 1 (issue 20's N-D parallelism).
-_PARALLEL_EXTRAS = ("parallelism_config_cp_backend", "parallelism_config_cp_comm_strategy",
-                    "parallelism_config_sp_backend", "parallelism_config_sp_seq_length",
+_PARALLEL_EXTRAS = ("parallelism_config_cp_backend", "parallelism_config_sp_backend", "parallelism_config_sp_seq_length",
                     "parallelism_config_sp_seq_length_is_variable", "parallelism_config_sp_attn_implementation")
 
 

@@ -13,8 +13,9 @@ without a sharding plugin the job is DDP over every process (the same numbers).
 ``tp_size`` above 1 under an FSDP plugin is tensor parallelism composed with FSDP2
 (strategies/tensor_parallel.py). ``sp_size`` above 1 is Ulysses sequence parallelism
 (surge.parallel.ulysses) under any strategy: see [Note: sequence parallelism in the
-Accelerator] in surge/parallel/wiring.py. ``cp_size`` above 1 (ring attention, CUDA
-only) is refused by the Accelerator until it is built.
+Accelerator] in surge/parallel/wiring.py. ``cp_size`` above 1 is torch's ring attention
+inside ``accelerator.maybe_context_parallel`` under any strategy, on CUDA and CPU: see
+[Note: context parallelism in the Accelerator] in surge/parallel/context.py.
 """
 
 from __future__ import annotations
@@ -47,10 +48,16 @@ class TorchTensorParallelConfig:
 class TorchContextParallelConfig:
     """Accelerate's context-parallel settings (``ParallelismConfig(cp_handler=...)``)."""
 
-    cp_comm_strategy: str = "allgather"
-    """How ring attention exchanges keys and values: "allgather" or "alltoall"."""
+    cp_comm_strategy: str | None = None
+    """How ring attention exchanges keys and values: "allgather" or "alltoall". None: the
+    ``PARALLELISM_CONFIG_CP_COMM_STRATEGY`` environment variable, else "allgather" (as
+    Accelerate)."""
 
     def __post_init__(self) -> None:
+        if self.cp_comm_strategy is None:
+            import os
+
+            self.cp_comm_strategy = os.environ.get("PARALLELISM_CONFIG_CP_COMM_STRATEGY", "allgather")
         if self.cp_comm_strategy not in ("allgather", "alltoall"):
             raise ValueError(f"cp_comm_strategy={self.cp_comm_strategy!r} must be 'allgather' or 'alltoall'.")
 
@@ -110,7 +117,8 @@ class ParallelismConfig:
     tp_size: int | None = None
     """Tensor-parallel degree; None: 1. Above 1 needs an FSDP plugin (FSDP2 x TP)."""
     cp_size: int | None = None
-    """Context-parallel degree; None: 1. Above 1 is not offered yet."""
+    """Context-parallel degree; None: 1. Above 1: ring attention inside
+    ``accelerator.maybe_context_parallel`` (the cp group reads the same batches)."""
     cp_backend: str | None = None
     """The context-parallel backend: "torch" (the default)."""
     sp_size: int | None = None
@@ -150,6 +158,10 @@ class ParallelismConfig:
             raise ValueError(f"sp_backend must be one of ['deepspeed'], but got {self.sp_backend!r}.")
         if self.sp_enabled and self.sp_handler is None:
             self.sp_handler = DeepSpeedSequenceParallelConfig()
+        if self.cp_enabled and self.cp_handler is None:
+            self.cp_handler = TorchContextParallelConfig()  # PARALLELISM_CONFIG_CP_COMM_STRATEGY, as Accelerate
+        if self.cp_enabled and not isinstance(self.cp_handler, TorchContextParallelConfig):
+            raise TypeError(f"cp_handler={self.cp_handler!r} must be a TorchContextParallelConfig (cp_backend 'torch').")
         if self.cp_enabled and self.sp_enabled:
             raise ValueError(f"Context parallelism and sequence parallelism are mutually exclusive: got "
                              f"cp_size={self.cp_size} and sp_size={self.sp_size}. Set one of them to 1.")

@@ -25,7 +25,7 @@ from surge.config.accelerator_config import DEFAULT_TIMEOUT, AcceleratorConfig
 from surge.config.dataloader import DataLoaderConfiguration, settle_dataloader_config
 from surge.config.file import active_values, resolve_accelerator_args
 from surge.config.kwargs import GradientAccumulationPlugin, GradScalerKwargs
-from surge.config.parallelism import ParallelismConfig
+from surge.config.parallelism import ParallelismConfig, TorchContextParallelConfig
 from surge.config.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin, TorchDynamoPlugin, plugins_from_config
 from surge.config.project import ProjectConfiguration
 from surge.deepspeed.ds_config import DeepSpeedSettings, resolve_batch_sizes
@@ -55,8 +55,7 @@ class MeshSpec:
     ``dp_replicate`` machines (or a ``ParallelismConfig``'s ``dp_replicate_size``) x
     ``dp_shard`` processes for HYBRID_SHARD, else one dimension; ``tp`` > 1 under FSDP is
     tensor parallel x FSDP2 (tp innermost). FSDP shards over ``dp_shard x cp x sp`` (the
-    ranks of a sequence share the model and average gradients like data-parallel ones);
-    ``cp`` is 1 until context parallelism is built (see :func:`settle_parallelism`).
+    ranks of a sequence share the model and average gradients like data-parallel ones).
     """
 
     dp_replicate: int = 1
@@ -441,14 +440,14 @@ _DIMS = ("dp_replicate", "dp_shard", "tp", "cp", "sp")
 
 def settle_parallelism(asked: Any, file_values: dict[str, Any], world_size: int) -> ParallelismConfig | None:
     """The job's ``ParallelismConfig`` (pure): ``asked``, else one built from the config
-    file's / launcher's ``parallelism_config_*_size`` keys when any is above 1, else None.
+    file's / launcher's ``parallelism_config_*_size`` keys when any is above 1 (and its
+    ``parallelism_config_cp_comm_strategy``), else None.
     An all-ones config on several processes becomes ``dp_replicate_size = world_size``
     (Accelerate's rule; a copy: the user's object is not changed).
 
     Raises:
         TypeError: ``asked`` is not a ParallelismConfig.
-        ValueError: the sizes do not multiply to ``world_size`` (each size is named), or
-            cp above 1 (not offered yet).
+        ValueError: the sizes do not multiply to ``world_size`` (each size is named).
     """
     if asked is not None and not isinstance(asked, ParallelismConfig):
         raise TypeError(f"parallelism_config={asked!r} must be a surge.ParallelismConfig.")
@@ -456,7 +455,9 @@ def settle_parallelism(asked: Any, file_values: dict[str, Any], world_size: int)
         sizes = {f"{d}_size": file_values.get(f"parallelism_config_{d}_size") for d in _DIMS}
         if all(v in (None, 1) for v in sizes.values()):
             return None
-        asked = ParallelismConfig(**sizes)
+        strategy = file_values.get("parallelism_config_cp_comm_strategy")
+        handler = TorchContextParallelConfig(cp_comm_strategy=strategy) if strategy is not None else None
+        asked = ParallelismConfig(**sizes, cp_handler=handler if (sizes["cp_size"] or 1) > 1 else None)
     pc: ParallelismConfig = asked
     if pc.total_size == 1 and world_size > 1:
         pc = dataclasses.replace(pc, dp_replicate_size=world_size, device_mesh=None)
@@ -464,10 +465,6 @@ def settle_parallelism(asked: Any, file_values: dict[str, Any], world_size: int)
         named = " x ".join(f"{d}_size={getattr(pc, f'{d}_size')}" for d in _DIMS)
         raise ValueError(f"ParallelismConfig's sizes ({named}) multiply to {pc.total_size}, but the job has "
                          f"{world_size} processes; change the sizes so their product is {world_size}.")
-    if pc.cp_enabled:
-        raise ValueError(f"ParallelismConfig(cp_size={pc.cp_size}): context parallelism (ring attention, CUDA only) is "
-                         "not offered yet; use Ulysses sequence parallelism (sp_size) for long sequences, or set "
-                         "cp_size=1.")
     return pc
 
 

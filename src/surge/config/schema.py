@@ -171,6 +171,10 @@ class SurgeConfig:
     parallelism_config_tp_size: int = _key(1, "Tensor-parallel degree.", group="parallelism", minimum=1)
     parallelism_config_cp_size: int = _key(1, "Context-parallel degree.", group="parallelism", minimum=1)
     parallelism_config_sp_size: int = _key(1, "Sequence-parallel degree.", group="parallelism", minimum=1)
+    parallelism_config_cp_comm_strategy: str | None = _key(None, "How ring attention (cp_size > 1) exchanges keys and "
+                                                           "values: allgather (the default) or alltoall.",
+                                                           group="parallelism", kind="str",
+                                                           choices=("allgather", "alltoall"))
     # -- processes -----------------------------------------------------------------------------------------------
     num_cpu_threads_per_process: int | None = _key(None, "OMP_NUM_THREADS for each process (default: the CPU "
                                                          "cores shared among the processes).", kind="int",
