@@ -95,7 +95,8 @@ def context_parallel_step(accelerator: Accelerator, model: torch.nn.Module, ids:
     positions = torch.arange(ids.shape[1], device=ids.device).repeat(ids.shape[0], 1)
     count = (shift != -100).sum()
     buffers = [ids, shift, positions]
-    with accelerator.maybe_context_parallel(buffers=buffers, buffer_seq_dims=[1, 1, 1], no_restore_buffers=set(buffers)):
+    with accelerator.maybe_context_parallel(buffers=buffers, buffer_seq_dims=[1, 1, 1],
+                                            no_restore_buffers=set(buffers)):
         logits = model(input_ids=ids, position_ids=positions).logits
         token_sum = F.cross_entropy(logits.flatten(0, 1), shift.flatten(), reduction="sum")
         accelerator.backward(token_sum * cp / count)

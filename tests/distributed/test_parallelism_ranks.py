@@ -51,7 +51,8 @@ def check_all_ones_config_is_replication():
 
 def check_sizes_that_do_not_fit_fail_at_construction():
     for pc, words in ((ParallelismConfig(dp_shard_size=2), "dp_shard_size=2 x tp_size=1"),
-                      (ParallelismConfig(dp_replicate_size=2, dp_shard_size=2, cp_size=2), "dp_shard_size=2 x tp_size=1 x cp_size=2"),
+                      (ParallelismConfig(dp_replicate_size=2, dp_shard_size=2, cp_size=2),
+                       "dp_shard_size=2 x tp_size=1 x cp_size=2"),
                       (ParallelismConfig(dp_shard_size=2, tp_size=2), "fsdp_plugin")):
         try:
             Accelerator(parallelism_config=pc)

@@ -304,7 +304,11 @@ def _cp_train(plugin: str, comm: str, accumulation: int) -> tuple[list[float], d
     from surge import Accelerator, FullyShardedDataParallelPlugin, ParallelismConfig
     from surge.utils import TorchContextParallelConfig
 
+    from surge import DeepSpeedPlugin
+
     kwargs: dict = {"fsdp_plugin": FullyShardedDataParallelPlugin()} if plugin == "fsdp" else {}
+    if plugin == "zero3":
+        kwargs = {"deepspeed_plugin": DeepSpeedPlugin(zero_stage=3, gradient_clipping=0.0)}
     pc = ParallelismConfig(cp_size=2, cp_handler=TorchContextParallelConfig(cp_comm_strategy=comm))
     acc = Accelerator(parallelism_config=pc, gradient_accumulation_steps=accumulation, **kwargs)
     assert acc.torch_device_mesh.mesh_dim_names == ("cp",) and acc.context_parallel_rank == dist.get_rank()
@@ -346,10 +350,11 @@ def _cp_reference() -> tuple[list[float], dict[str, torch.Tensor]]:
 
 
 def check_accelerator_cp_ddp_fsdp_accumulation() -> None:
-    """cp_size=2 under DDP (allgather ring) and FSDP2 sharded over cp (alltoall ring), and
-    with accumulation 2: the weights and clipped norms of one process."""
+    """cp_size=2 under DDP (allgather ring), FSDP2 sharded over cp (alltoall ring) and
+    DeepSpeed ZeRO-3, and with accumulation 2: the weights and clipped norms of one process."""
     ref_norms, ref = _cp_reference()
-    for plugin, comm, accumulation in (("ddp", "allgather", 1), ("fsdp", "alltoall", 1), ("ddp", "alltoall", 2)):
+    for plugin, comm, accumulation in (("ddp", "allgather", 1), ("fsdp", "alltoall", 1), ("ddp", "alltoall", 2),
+                                       ("zero3", "allgather", 1)):
         norms, got = _cp_train(plugin, comm, accumulation)
         what = f"{plugin} {comm} accumulation {accumulation}"
         if dist.get_rank() == 0:
@@ -378,7 +383,8 @@ def check_cp_model_loss_is_accelerates() -> None:
     counted = (batch["shift_labels"] != -100).float()
     means = []
     for r in range(2):
-        keep = torch.cat([torch.arange(r * quarter, (r + 1) * quarter), torch.arange((3 - r) * quarter, (4 - r) * quarter)])
+        keep = torch.cat([torch.arange(r * quarter, (r + 1) * quarter),
+                          torch.arange((3 - r) * quarter, (4 - r) * quarter)])
         means.append((per_token[:, keep] * counted[:, keep]).sum() / counted[:, keep].sum())
     (sum(means) / 2).backward()
     buffers = [batch[k] for k in ("input_ids", "labels", "shift_labels", "position_ids", "attention_mask")]
@@ -387,7 +393,10 @@ def check_cp_model_loss_is_accelerates() -> None:
         with acc.maybe_context_parallel(buffers=buffers, buffer_seq_dims=[1] * 5):
             loss = model(**batch).loss
             acc.backward(loss)
+            inside = acc.gather_for_metrics(loss.detach().reshape(1))  # each cp rank holds its own part
     torch.testing.assert_close(loss.detach(), means[rank].detach(), **TOL)
+    torch.testing.assert_close(inside, torch.stack(means).detach(), **TOL)
+    assert acc.gather_for_metrics(loss.detach().reshape(1)).shape == (1,)  # outside: the cp group's one copy
     named = dict(ref.named_parameters())
     for name, p in acc.unwrap_model(model).named_parameters():
         torch.testing.assert_close(p.grad, named[name].grad, **TOL, msg=lambda m, n=name: f"{n}: {m}")
@@ -405,12 +414,16 @@ def check_cp_refusals_and_advice() -> None:
     forget_given()
     model = acc.prepare(_llama())
     odd = torch.zeros(2, 15, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"sequence length 15 does not split over cp_size=2; pad .* multiple of 4"):
-        with acc.maybe_context_parallel(buffers=[odd], buffer_seq_dims=[1]):
-            pass
-    with pytest.raises(ValueError, match=r"needs the tensors to split"):
-        with acc.maybe_context_parallel():
-            pass
+    with pytest.raises(ValueError, match=r"sequence length 15 does not split over cp_size=2; pad .* multiple of 4"), \
+            acc.maybe_context_parallel(buffers=[odd], buffer_seq_dims=[1]):
+        pass
+    with pytest.raises(ValueError, match=r"needs the tensors to split"), acc.maybe_context_parallel():
+        pass
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="cannot be nested"), \
+            acc.maybe_context_parallel(buffers=[ids], buffer_seq_dims=[1]), \
+            acc.maybe_context_parallel(buffers=[ids.clone()], buffer_seq_dims=[1]):
+        pass
     mistral = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                num_attention_heads=4, num_key_value_heads=2, sliding_window=8))
     with pytest.raises(ValueError, match=r"cannot express attention layers of type \['sliding_attention'\]"):

@@ -23,7 +23,8 @@ def test_trainer_ddp_zero_fsdp_and_resume_match_transformers_on_accelerate():
     section) equal DDP; ZeRO-3's save_model loads with from_pretrained and equals the
     gathered weights; resuming from checkpoint-2 (DDP, ZeRO-1, ZeRO-2 + offload, ZeRO-3 +
     offload) reproduces the uninterrupted run bit for bit; load_best_model_at_end under ZeRO-3
-    brings the best checkpoint's weights back."""
+    brings the best checkpoint's weights back; TrainingArguments(parallelism_config=
+    ParallelismConfig(cp_size=2)) (Accelerate's class) trains like DDP on the same rows."""
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     ours, theirs = launch_compare(SCRIPT, "surge"), launch_compare(SCRIPT, "accelerate")
@@ -43,6 +44,8 @@ def test_trainer_ddp_zero_fsdp_and_resume_match_transformers_on_accelerate():
     best, evaluations = ours["best"]
     assert best == "checkpoint-2" and len(evaluations) == 4  # 3 during training, 1 after loading the best
     assert evaluations[-1] == evaluations[0] != evaluations[2]
+    assert ours["cp"] == pytest.approx(ours["ddp_2_rows"], rel=1e-5, abs=0)  # ring attention: the same steps
+    assert ours["cp"] != ours["ddp"]
     for case in ("zero1", "zero2_offload"):
         assert ours[case] == pytest.approx(ours["ddp"], rel=1e-5, abs=0), case
         assert ours[case + "_resumed"] == ours[case], case

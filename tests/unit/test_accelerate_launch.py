@@ -362,6 +362,18 @@ def test_surge_config_names_what_accelerates_format_cannot_hold():
     assert lost == ["nonfinite", "max_restarts", "gradient_accumulation_steps"]
 
 
+def test_accelerates_format_holds_parallelism_only_when_asked():
+    """Sizes of 1 and an unset cp_comm_strategy write no parallelism_config (Accelerate would
+    turn on its parallelism config for a plain DDP launch); the strategy is written with cp."""
+    from surge.config.accelerate_file import to_accelerate
+
+    assert "parallelism_config" not in to_accelerate({"num_processes": 2})[0]
+    converted, _ = to_accelerate({"num_processes": 2, "parallelism_config_cp_size": 2,
+                                  "parallelism_config_cp_comm_strategy": "alltoall"})
+    assert converted["parallelism_config"] == {"parallelism_config_cp_size": 2,
+                                               "parallelism_config_cp_comm_strategy": "alltoall"}
+
+
 def test_surge_config_default_in_accelerates_format_goes_where_accelerate_looks(isolated, capsys):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -474,6 +486,8 @@ def test_tensor_parallel_sizes_go_through_to_the_worker(isolated):
         ["launch", "--num_processes", "4", "--parallelism_config_tp_size", "4", "train.py"]))
     assert not alone.use_fsdp and alone.parallelism_config_tp_size == 4  # tensor parallelism alone
     for flags, words in ((["--parallelism_config_tp_size", "4", "--use_deepspeed"], "composes with FSDP2"),
+                         (["--parallelism_config_cp_size", "2", "--parallelism_config_dp_replicate_size", "2"],
+                          r"cp_size=2 cannot be composed with pure data parallelism"),
                          (["--parallelism_config_tp_size", "2", "--parallelism_config_dp_replicate_size", "2"],
                           "composes with FSDP2"),
                          (["--parallelism_config_sp_size", "2"], r"sp_size=2 = 2 must equal num_processes=4"),

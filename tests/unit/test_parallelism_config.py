@@ -238,7 +238,8 @@ def test_context_parallel_handler_from_the_environment_and_the_config_file(monke
     assert ParallelismConfig(cp_size=2).cp_handler.cp_comm_strategy == "alltoall"
     monkeypatch.delenv("PARALLELISM_CONFIG_CP_COMM_STRATEGY")
     assert ParallelismConfig(cp_size=2).cp_handler.cp_comm_strategy == "allgather"
-    pc = settle_parallelism(None, {"parallelism_config_cp_size": 2, "parallelism_config_cp_comm_strategy": "alltoall"}, 2)
+    file_values = {"parallelism_config_cp_size": 2, "parallelism_config_cp_comm_strategy": "alltoall"}
+    pc = settle_parallelism(None, file_values, 2)
     assert pc is not None and pc.cp_handler.cp_comm_strategy == "alltoall"
     with pytest.raises(ValueError, match=r"cp_comm_strategy='ring' must be 'allgather' or 'alltoall'"):
         TorchContextParallelConfig(cp_comm_strategy="ring")
@@ -254,13 +255,14 @@ def test_context_parallel_buffers_are_checked():
     from surge.parallel.context import check_buffers
 
     ids = torch.zeros(2, 8, dtype=torch.long)
-    buffers, dims = check_buffers((ids, ids.T), (1, 0), 2)
-    assert buffers[0] is ids and buffers[1].shape == (8, 2) and dims == [1, 0]
+    buffers, dims = check_buffers((ids, ids.T.clone()), (-1, 0), 2)
+    assert buffers[0] is ids and buffers[1].shape == (8, 2) and dims == [1, 0]  # negative dims made positive
     for args, error, words in (
             (([], [], 2), ValueError, "needs the tensors to split"),
             (([ids], [1, 1], 2), ValueError, "1 buffers but 2 buffer_seq_dims"),
             (([ids], [2], 2), ValueError, r"buffer_seq_dims\[0\]=2 is out of range .* \(2, 8\)"),
-            (([ids, ids[:, :4]], [1, 1], 2), ValueError, r"sequence lengths differ \(\[8, 4\]\)"),
+            (([ids[:, :4], ids[:, 4:]], [1, 1], 2), ValueError, r"buffers\[0\] and buffers\[1\] share memory"),
+            (([ids, ids[:, :4].clone()], [1, 1], 2), ValueError, r"sequence lengths differ \(\[8, 4\]\)"),
             (([ids], [1], 3), ValueError, r"sequence length 8 does not split over cp_size=3; pad .* multiple of 6"),
             (([torch.nn.Parameter(torch.zeros(2, 8))], [1], 2), TypeError, "never parameters"),
             (([[1, 2]], [0], 2), TypeError, r"buffers\[0\] is a list")):
@@ -294,8 +296,8 @@ def test_context_parallel_model_hooks():
     assert prepare_model(block) is block  # once
     block(torch.zeros(1))
     assert seen == {"mask": None, "causal": True}
-    config = dict(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                  num_key_value_heads=2)
+    config = {"vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 2}
     prepare_model(LlamaForCausalLM(LlamaConfig(**config)))
     with pytest.raises(ValueError, match=r"cannot express attention layers of type \['sliding_attention'\] "
                                          r"\(model MistralForCausalLM\)"):

@@ -132,3 +132,24 @@ def test_transformers_own_arguments_with_deepspeed_are_refused(tmp_path):
     args.deepspeed = {"zero_optimization": {"stage": 3}}  # as if transformers had accepted it (DeepSpeed installed)
     with pytest.raises(TypeError, match=r"surge\.integrations\.transformers\.TrainingArguments"):
         Trainer(model=tc.tiny_llama(), args=args, train_dataset=tc.Tokens())
+
+
+def test_accelerates_parallelism_config_maps_to_surges():
+    """TrainingArguments(parallelism_config=accelerate's ParallelismConfig): the sizes and the
+    cp / tp settings carry over (the 2-process cp run is in tests/e2e/test_trainer.py); sp,
+    whose Trainer loss reads DeepSpeed's process groups, is refused naming the fix."""
+    from accelerate import ParallelismConfig as AccelerateConfig
+    from accelerate.utils import TorchContextParallelConfig as AccelerateCp
+
+    from surge import ParallelismConfig
+    from surge.integrations.transformers import _surge_parallelism
+
+    mine = _surge_parallelism(AccelerateConfig(dp_shard_size=2, cp_size=2,
+                                               cp_handler=AccelerateCp(cp_comm_strategy="alltoall")))
+    assert isinstance(mine, ParallelismConfig) and (mine.dp_shard_size, mine.cp_size) == (2, 2)
+    assert mine.cp_handler.cp_comm_strategy == "alltoall"
+    assert _surge_parallelism(AccelerateConfig(tp_size=2)).tp_size == 2
+    ours = ParallelismConfig(cp_size=2)
+    assert _surge_parallelism(ours) is ours and _surge_parallelism(None) is None
+    with pytest.raises(ValueError, match=r"sp_size=2: the Trainer's sequence-parallel loss .* Use cp_size"):
+        _surge_parallelism(AccelerateConfig(sp_size=2))

@@ -278,6 +278,10 @@ def _parallelism(values: dict[str, Any]) -> None:
                           f"dp_shard_size, cp_size or sp_size > 1 (got dp_shard_size={shard}, cp_size={cp}, "
                           f"sp_size={sp}), or runs alone on every process (tp_size = num_processes, no --use_fsdp / "
                           "--use_deepspeed)")
+    if (tp > 1 or cp > 1) and replicate > 1 and shard == 1:
+        raise ConfigError(f"parallelism_config tp_size={tp} / cp_size={cp} cannot be composed with pure data "
+                          f"parallelism (dp_replicate_size={replicate}, dp_shard_size=1): set dp_shard_size > 1 too "
+                          "(HSDP x tp/cp), or dp_replicate_size=1")
     if replicate > 1 and shard * seq > 1:
         per_machine = processes // values.get("num_machines", 1)
         if shard * seq * tp != per_machine:

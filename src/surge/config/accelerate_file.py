@@ -44,7 +44,8 @@ _FP8_TE_ONLY = ("fp8_use_autocast_during_eval", "fp8_margin", "fp8_interval", "f
                 "fp8_amax_history_length", "fp8_amax_history_len", "fp8_amax_compute_algorithm",
                 "fp8_amax_compute_algo", "fp8_override_linear_precision", "fp8_opt_level")
 # parallelism_config settings that only matter once cp/sp sizes are above 1 (issue 20's N-D parallelism).
-_PARALLEL_EXTRAS = ("parallelism_config_cp_backend", "parallelism_config_sp_backend", "parallelism_config_sp_seq_length",
+_PARALLEL_EXTRAS = ("parallelism_config_cp_backend", "parallelism_config_sp_backend",
+                    "parallelism_config_sp_seq_length",
                     "parallelism_config_sp_seq_length_is_variable", "parallelism_config_sp_attn_implementation")
 
 
@@ -279,7 +280,9 @@ def to_accelerate(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                                                     "fp8_pad_inner_dim") if v[k] is not None}
     if fp8:
         out["fp8_config"] = fp8
-    sizes = {k: v[k] for k in FIELDS if k.startswith("parallelism_config_") and v[k] != 1}
+    sizes = {k: v[k] for k in FIELDS if k.startswith("parallelism_config_") and k.endswith("_size") and v[k] != 1}
+    if sizes.get("parallelism_config_cp_size", 1) > 1 and v["parallelism_config_cp_comm_strategy"] is not None:
+        sizes["parallelism_config_cp_comm_strategy"] = v["parallelism_config_cp_comm_strategy"]
     if sizes:
         out["parallelism_config"] = sizes
     return out, lost

@@ -42,7 +42,8 @@ ACCELERATOR_KEYS = ("use_cpu", "mixed_precision", "gradient_accumulation_steps",
                     "fp8_pad_inner_dim", "nonfinite", "warnings", "strategy", "memory_budget_gb", "collective_timeout",
                     "debug",
                     "parallelism_config_dp_replicate_size", "parallelism_config_dp_shard_size",
-                    "parallelism_config_tp_size", "parallelism_config_cp_size", "parallelism_config_sp_size")
+                    "parallelism_config_tp_size", "parallelism_config_cp_size", "parallelism_config_sp_size",
+                    "parallelism_config_cp_comm_strategy")
 # Earlier names of keys, still read.
 RENAMED = {"fsdp_cpu_offload": "fsdp_offload_params"}
 

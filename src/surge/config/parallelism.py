@@ -161,7 +161,8 @@ class ParallelismConfig:
         if self.cp_enabled and self.cp_handler is None:
             self.cp_handler = TorchContextParallelConfig()  # PARALLELISM_CONFIG_CP_COMM_STRATEGY, as Accelerate
         if self.cp_enabled and not isinstance(self.cp_handler, TorchContextParallelConfig):
-            raise TypeError(f"cp_handler={self.cp_handler!r} must be a TorchContextParallelConfig (cp_backend 'torch').")
+            raise TypeError(f"cp_handler={self.cp_handler!r} must be a TorchContextParallelConfig (cp_backend "
+                            "'torch').")
         if self.cp_enabled and self.sp_enabled:
             raise ValueError(f"Context parallelism and sequence parallelism are mutually exclusive: got "
                              f"cp_size={self.cp_size} and sp_size={self.sp_size}. Set one of them to 1.")

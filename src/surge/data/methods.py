@@ -22,6 +22,12 @@ def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
+def _in_context_parallel_region() -> bool:
+    from surge.parallel.context import region_active
+
+    return region_active()
+
+
 def _trim_first_dim(data: Any, size: int, keep: int) -> Any:
     """Cut tensors (and a top-level list) whose first dimension is ``size`` to ``keep``."""
     if isinstance(data, list) and len(data) == size:
@@ -151,6 +157,8 @@ class DataLoadingMixin:
         ``use_gather_object=True``) with ``gather_object``. Under sequence parallelism,
         tensors whose second dimension is this rank's slice of the last batch's sequences
         are first joined into whole sequences across the sp group (every sp rank must call it).
+        Inside ``maybe_context_parallel`` every cp rank's values are kept (each holds its own
+        part of the sequences, as in Accelerate); outside it, the first rank of each cp group.
         """
         gs = self.gradient_state
         if gs.batch_real_count is not None:
@@ -165,7 +173,10 @@ class DataLoadingMixin:
 
             # Per-token values hold this rank's slice of each sequence: whole sequences first.
             input_data = join_sequence_slices(input_data, self._sp_slice, pc)
-        if pc is not None and self.process_index % pc.non_data_parallel_size:
+        shared = pc.non_data_parallel_size if pc is not None else 1
+        if pc is not None and pc.cp_enabled and _in_context_parallel_region():
+            shared = pc.size("tp")  # inside maybe_context_parallel each cp rank holds its own part (as Accelerate)
+        if self.process_index % shared:
             # A tensor- / sequence-parallel group reads one batch: only its first process's values count.
             input_data = input_data[:0] if isinstance(input_data, list) else tree_map(
                 lambda t: t.reshape(1)[:0] if t.dim() == 0 else t[:0], input_data, _is_tensor)

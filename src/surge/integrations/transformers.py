@@ -148,6 +148,35 @@ class TrainingArguments(transformers.TrainingArguments):
             self.deepspeed = deepspeed
 
 
+def _surge_parallelism(given: Any) -> Any:
+    """``TrainingArguments.parallelism_config`` (Accelerate's ``ParallelismConfig``, or
+    surge's) as surge's: the same sizes and tp / cp settings.
+
+    Raises:
+        ValueError: ``sp_size > 1``: the Trainer's sequence-parallel loss reads DeepSpeed's
+            own process groups, which surge does not create.
+    """
+    from surge import ParallelismConfig
+    from surge.utils import TorchContextParallelConfig, TorchTensorParallelConfig
+
+    if given is None or isinstance(given, ParallelismConfig):
+        pc = given
+    else:
+        sizes = {f"{d}_size": getattr(given, f"{d}_size", None) for d in ("dp_replicate", "dp_shard", "tp", "cp", "sp")}
+        tp, cp = getattr(given, "tp_handler", None), getattr(given, "cp_handler", None)
+        pc = ParallelismConfig(
+            **sizes,
+            tp_handler=None if tp is None else TorchTensorParallelConfig(
+                enable_async_tp=bool(getattr(tp, "enable_async_tp", False))),
+            cp_handler=None if cp is None else TorchContextParallelConfig(cp_comm_strategy=cp.cp_comm_strategy))
+    if pc is not None and pc.sp_enabled:
+        raise ValueError(f"TrainingArguments(parallelism_config=...) with sp_size={pc.sp_size}: the Trainer's "
+                         "sequence-parallel loss (deepspeed_sp_compute_loss) reads DeepSpeed's own process groups, "
+                         "which surge does not create. Use cp_size (ring attention, which the Trainer drives through "
+                         "maybe_context_parallel) or surge's Accelerator loop with sp_size.")
+    return pc
+
+
 def _sharded(accelerator: Any) -> bool:
     """The model is sharded underneath Trainer's plain paths (surge's DistributedType is a str enum)."""
     return accelerator.distributed_type in ("DEEPSPEED", "FSDP")
@@ -177,9 +206,7 @@ class Trainer(transformers.Trainer):
         if args.deepspeed and getattr(args, "surge_deepspeed_config", None) is None:
             raise TypeError("surge's Trainer got transformers' own TrainingArguments with deepspeed=; use "
                             "surge.integrations.transformers.TrainingArguments (it fills the config for surge).")
-        if getattr(args, "parallelism_config", None) is not None:
-            raise ValueError("TrainingArguments(parallelism_config=...) (tensor / context parallelism) is not mapped "
-                             "to surge; shard with deepspeed= or fsdp= instead.")
+        parallelism_config = _surge_parallelism(getattr(args, "parallelism_config", None))
         grad_acc = dict(args.accelerator_config.gradient_accumulation_kwargs or {})
         if "num_steps" in grad_acc:
             if args.gradient_accumulation_steps > 1:
@@ -217,7 +244,7 @@ class Trainer(transformers.Trainer):
             mixed_precision=mixed_precision, cpu=args.use_cpu or None, dataloader_config=dataloader_config,
             gradient_accumulation_plugin=GradientAccumulationPlugin(**grad_acc),
             kwargs_handlers=[DistributedDataParallelKwargs(**ddp)],
-            deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin)
+            deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin, parallelism_config=parallelism_config)
         self.gather_function = self.accelerator.gather_for_metrics
         # Trainer's plain (DDP) paths: surge shards underneath them.
         self.is_deepspeed_enabled = False

@@ -33,6 +33,7 @@ positions, or its shifted labels, would be computed on the shard and be wrong).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +44,7 @@ from surge.config.parallelism import ParallelismConfig
 
 _CPU_FORWARD = "_scaled_dot_product_flash_attention_for_cpu"
 _active = [0]  # regions entered and not left (this process)
+_PREPARED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models whose hooks are in place
 
 
 def check_buffers(buffers: Any, buffer_seq_dims: Any, cp_size: int) -> tuple[list[torch.Tensor], list[int]]:
@@ -50,26 +52,36 @@ def check_buffers(buffers: Any, buffer_seq_dims: Any, cp_size: int) -> tuple[lis
 
     Raises:
         ValueError: no buffers, a different number of dims, a dim out of range, sequence
-            lengths that differ or do not divide by ``cp_size``.
+            lengths that differ or do not divide by ``cp_size``, or two buffers sharing memory
+            (torch writes each shard into its buffer in place, so one would overwrite the other).
         TypeError: a buffer that is not a tensor, or a parameter.
     """
     buffers = list(buffers or [])
     dims = list(buffer_seq_dims or [])
     if not buffers:
         raise ValueError("maybe_context_parallel under cp_size > 1 needs the tensors to split along the sequence: "
-                         "pass buffers=[input_ids, shift_labels, position_ids, ...] and buffer_seq_dims=[1, 1, 1, ...].")
+                         "pass buffers=[input_ids, shift_labels, position_ids, ...] and buffer_seq_dims=[1, 1, 1, "
+                         "...].")
     if len(dims) != len(buffers):
         raise ValueError(f"maybe_context_parallel got {len(buffers)} buffers but {len(dims)} buffer_seq_dims; give "
                          "one sequence dimension per buffer.")
-    lengths = []
-    for i, (buffer, dim) in enumerate(zip(buffers, dims)):
+    lengths: list[int] = []
+    storages: dict[int, int] = {}
+    for i, (buffer, dim) in enumerate(zip(buffers, dims, strict=True)):
         if not isinstance(buffer, torch.Tensor) or isinstance(buffer, nn.Parameter):
             raise TypeError(f"buffers[{i}] is a {type(buffer).__name__}; context parallelism splits plain tensors "
                             "(inputs, labels, positions), never parameters.")
         if not -buffer.dim() <= dim < buffer.dim():
             raise ValueError(f"buffer_seq_dims[{i}]={dim} is out of range for buffers[{i}] of shape "
                              f"{tuple(buffer.shape)}.")
+        dims[i] = dim % buffer.dim()  # torch reads a positive dim as "after the batch dim"
         lengths.append(int(buffer.shape[dim]))
+        pointer = buffer.untyped_storage().data_ptr()
+        if pointer in storages and buffer.numel():
+            raise ValueError(f"buffers[{storages[pointer]}] and buffers[{i}] share memory (views of one tensor); each "
+                             "is cut and written back in place, so one would overwrite the other. Pass a .clone() of "
+                             "one of them.")
+        storages[pointer] = i
     if len(set(lengths)) > 1:
         raise ValueError(f"the buffers' sequence lengths differ ({lengths}); every buffer must hold the same "
                          "sequences.")
@@ -94,11 +106,16 @@ def region(pc: ParallelismConfig, buffers: Any, buffer_seq_dims: Any, no_restore
 
     if pc.device_mesh is None:
         raise RuntimeError("the device mesh is not built yet; the Accelerator builds it at construction.")
+    if region_active():
+        raise RuntimeError("maybe_context_parallel is already active: torch's context parallelism cannot be nested "
+                           "(leaving the inner block would end ring attention for the outer one). Enter it once per "
+                           "step.")
     buffers, dims = check_buffers(buffers, buffer_seq_dims, pc.size("cp"))
     handler = pc.cp_handler
     set_rotate_method(handler.cp_comm_strategy if handler is not None else "allgather")
     mesh = pc.device_mesh["cp"]
-    with context_parallel(mesh, buffers=buffers, buffer_seq_dims=dims, no_restore_buffers=set(no_restore_buffers or ())):
+    keep = set(no_restore_buffers or ())
+    with context_parallel(mesh, buffers=buffers, buffer_seq_dims=dims, no_restore_buffers=keep):
         if mesh.device_type == "cpu":
             _register_cpu_ring()  # torch's exit restores the handler table without it
         _active[0] += 1
@@ -119,10 +136,16 @@ def _register_cpu_ring() -> None:
 
 def _local_call(op_call: Any, args: Any, kwargs: Any) -> tuple[Any, list[Any], dict[str, Any]]:
     """The cp mesh and the op's arguments as local tensors, by schema name."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor, Shard
 
     info = DTensor._op_dispatcher.unwrap_to_op_info(op_call, args, kwargs)
-    named = dict(zip((a.name for a in op_call._schema.arguments), info.local_args))
+    names = [a.name for a in op_call._schema.arguments]
+    for name, arg in zip(names, args, strict=False):
+        if isinstance(arg, DTensor) and (arg.device_mesh.ndim != 1 or tuple(arg.placements) != (Shard(2),)):
+            raise ValueError(f"ring attention on CPU takes {name} split along the sequence (Shard(2)) over the cp "
+                             f"mesh; got {tuple(arg.placements)} over a {arg.device_mesh.ndim}-D mesh. Keep attention "
+                             "inputs as local tensors inside maybe_context_parallel.")
+    named = dict(zip(names, info.local_args, strict=False))
     named.update(info.local_kwargs)
     if named.get("attn_mask") is not None:
         raise ValueError("context parallelism runs causal attention without a mask; drop attn_mask (transformers "
@@ -163,7 +186,7 @@ def _cpu_ring_backward(op_call: Any, args: Any, kwargs: Any) -> tuple[Any, ...]:
 
 def _stricter_masks(model: nn.Module) -> set[str]:
     """Attention layer types of ``model`` other than full causal (sliding window, chunked)."""
-    config = getattr(model, "config", None)
+    config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
     if config is not None and hasattr(config, "get_text_config"):
         config = config.get_text_config()
     layer_types = getattr(config, "layer_types", None)
@@ -182,16 +205,16 @@ def _causal_without_mask(module: nn.Module, args: Any, kwargs: dict[str, Any]) -
 def _check_call(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
     if not region_active() or (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
         return  # the main process speaks for all: the call is the same on every process
-    from surge.advice import call_site, emit
+    from surge.advice import emit  # it finds the user's line only when it warns
 
     if "input_ids" in kwargs and kwargs.get("position_ids") is None:
         emit("cp-position-ids", "the model is called inside maybe_context_parallel without position_ids: each rank "
              "numbers its shard of the sequence from 0, so rotary positions are wrong. Add position_ids (torch.arange "
-             "of the sequence length) to the batch and to the buffers.", call_site())
+             "of the sequence length) to the batch and to the buffers.")
     if kwargs.get("labels") is not None and kwargs.get("shift_labels") is None:
         emit("cp-shift-labels", "the model is called inside maybe_context_parallel with labels but no shift_labels: "
              "the labels are shifted within each rank's shard, pairing tokens with the wrong targets. Shift them over "
-             "the whole sequence first (batch['shift_labels']) and add them to the buffers.", call_site())
+             "the whole sequence first (batch['shift_labels']) and add them to the buffers.")
 
 
 def prepare_model(model: nn.Module) -> nn.Module:
@@ -206,11 +229,11 @@ def prepare_model(model: nn.Module) -> nn.Module:
         raise ValueError(f"context parallelism cannot express attention layers of type {sorted(stricter)} (model "
                          f"{type(model).__name__}): ring attention is full causal, so their masks would be dropped. "
                          "Use a full-attention model, or sequence parallelism (sp_size) instead of cp_size.")
-    if getattr(model, "_surge_context_parallel", False):
+    if model in _PREPARED:
         return model
     for name, module in model.named_modules():
         if name.endswith("self_attn"):
             module.register_forward_pre_hook(_causal_without_mask, with_kwargs=True, prepend=True)
     model.register_forward_pre_hook(_check_call, with_kwargs=True)
-    model._surge_context_parallel = True
+    _PREPARED.add(model)
     return model

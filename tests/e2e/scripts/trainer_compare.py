@@ -122,6 +122,13 @@ def main() -> None:
             trainer.evaluate()
             out["best"] = [os.path.basename(str(trainer.state.best_model_checkpoint)),
                            [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]]
+            # Context parallelism from Accelerate's ParallelismConfig: both processes read each batch and
+            # split its sequences (the Trainer drives maybe_context_parallel); 4 rows per micro-batch, as
+            # DDP's 2 processes x 2 rows.
+            from accelerate import ParallelismConfig
+
+            out["cp"], _ = train(lib, os.path.join(tmp, "cp"), parallelism_config=ParallelismConfig(cp_size=2))
+            out["ddp_2_rows"], _ = train(lib, os.path.join(tmp, "ddp2"), per_device_train_batch_size=2)
             losses, _ = train(lib, os.path.join(shared, "ddp"), save_strategy="steps", save_steps=2)
             out["ddp_saved"] = losses
             out["ddp_resumed"], _ = train(lib, os.path.join(shared, "ddp"),
