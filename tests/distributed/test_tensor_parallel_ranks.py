@@ -400,34 +400,53 @@ def check_hsdp_x_sp():
     _compare(ref, _full(model))
 
 
-def check_cp_with_tp_and_with_dp_shard():
-    """Context parallelism (ring attention) on 4 processes: tp 2 x cp 2 (each tp rank's heads
-    go round its cp ring) and dp_shard 2 x cp 2, FSDP2 sharding over the cp ranks; each
-    rank's loss is its token sum over the batch's count (x cp), so training is one process's.
-    The per-rank memory is the formula's with cp sharding like dp_shard."""
+def _ring_step(acc: Accelerator, model: nn.Module, opt: Any, batch: torch.Tensor, cp: int) -> None:
+    """One step under context parallelism: this rank's token sum over the batch's count, x cp
+    (gradients average over the cp ranks), so the step is one process's."""
     import torch.nn.functional as F
 
+    shift = torch.full_like(batch, -100)
+    shift[:, :-1] = batch[:, 1:]
+    count = (shift != -100).sum()
+    positions = torch.arange(SEQ).expand_as(batch).clone()
+    with acc.maybe_context_parallel(buffers=[batch, shift, positions], buffer_seq_dims=[1, 1, 1]):
+        logits = model(input_ids=batch, position_ids=positions).logits
+        logits = logits.full_tensor() if hasattr(logits, "full_tensor") else logits
+        loss = F.cross_entropy(logits.flatten(0, 1), shift.flatten(), reduction="sum")
+        acc.backward(loss * cp / count)
+    opt.step()
+    opt.zero_grad()
+
+
+def check_cp_with_tp_and_with_dp_shard():
+    """Context parallelism (ring attention) on 4 processes: dp_shard 2 x cp 2 and tp 2 x cp 2
+    (each tp rank's heads go round its cp ring), FSDP2 sharding over the cp ranks, train like
+    one process; the per-rank memory is the formula's with cp sharding like dp_shard. A tp 2 x
+    cp 2 save_state after one step resumes at dp_shard 2 x tp 2 (no cp) exactly."""
     ref = _reference()
-    for pc in (ParallelismConfig(tp_size=2, cp_size=2), ParallelismConfig(dp_shard_size=2, cp_size=2)):
-        acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin())
+    holder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder)
+    folder = os.path.join(holder[0], "cp")
+    for pc in (ParallelismConfig(dp_shard_size=2, cp_size=2), ParallelismConfig(tp_size=2, cp_size=2)):
+        acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(), project_dir=holder[0])
         model = _llama(attention="sdpa")
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // pc.data_parallel_size)
         model, opt, loader = acc.prepare(model, opt, loader)
-        for batch in loader:
-            shift = torch.full_like(batch, -100)
-            shift[:, :-1] = batch[:, 1:]
-            count = (shift != -100).sum()
-            positions = torch.arange(SEQ).expand_as(batch).clone()
-            with acc.maybe_context_parallel(buffers=[batch, shift, positions], buffer_seq_dims=[1, 1, 1]):
-                logits = model(input_ids=batch, position_ids=positions).logits
-                logits = logits.full_tensor() if hasattr(logits, "full_tensor") else logits
-                loss = F.cross_entropy(logits.flatten(0, 1), shift.flatten(), reduction="sum")
-                acc.backward(loss * pc.cp_size / count)
-            opt.step()
-            opt.zero_grad()
-        _compare(ref, _full(model))
+        batches = list(loader)
+        for batch in batches if pc.dp_shard_size > 1 else batches[:1]:
+            _ring_step(acc, model, opt, batch, pc.cp_size)
         _check_memory_formula(model, opt, pc)
+        if pc.dp_shard_size > 1:
+            _compare(ref, _full(model))
+    acc.save_state(folder)
+    acc, model, opt, loader = _prepared(ParallelismConfig(dp_shard_size=2, tp_size=2), holder[0])
+    acc.load_state(folder)
+    _steps(acc, model, opt, list(loader)[1:])
+    _compare(ref, _full(model))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(holder[0])
 
 
 CHECKS = [check_cp_with_tp_and_with_dp_shard, check_tp_2_x_sp_2, check_hsdp_x_sp, check_llama_plan_dp_shard_2_x_tp_2,

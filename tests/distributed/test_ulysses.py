@@ -301,10 +301,8 @@ def _cp_train(plugin: str, comm: str, accumulation: int) -> tuple[list[float], d
     """ParallelismConfig(cp_size=2): both ranks read each batch, split it inside
     maybe_context_parallel and attend round the ring; the loss is each rank's token sum over
     the global count (x cp, as gradients average over the cp group), so it equals one process."""
-    from surge import Accelerator, FullyShardedDataParallelPlugin, ParallelismConfig
+    from surge import Accelerator, DeepSpeedPlugin, FullyShardedDataParallelPlugin, ParallelismConfig
     from surge.utils import TorchContextParallelConfig
-
-    from surge import DeepSpeedPlugin
 
     kwargs: dict = {"fsdp_plugin": FullyShardedDataParallelPlugin()} if plugin == "fsdp" else {}
     if plugin == "zero3":
