@@ -123,20 +123,23 @@ def check_user_plan_strings_and_styles():
     _compare(ref, got)
 
 
-def check_bf16_runs_close_to_fp32():
-    """bf16 (FSDP2's bf16 parameters, fp32 gradient reduction) composes with tp: it trains
-    within bf16's rounding of the fp32 reference."""
+def check_bf16_and_fp16_run_close_to_fp32():
+    """bf16 and fp16 (FSDP2's low-precision parameters, fp32 gradient reduction; fp16 with its
+    loss scaler unscaling DTensor gradients) compose with tp: each trains within its rounding
+    of the fp32 reference (an unscaled fp16 step would be 65536 times too large)."""
     ref = _reference()
-    pc = ParallelismConfig(dp_shard_size=2, tp_size=2)
-    acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(), mixed_precision="bf16")
-    model = _llama()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // 2)
-    model, opt, loader = acc.prepare(model, opt, loader)
-    _steps(acc, model, opt, list(loader))
-    got = _full(model)
-    diff = max((ref[n] - got[n]).abs().max().item() for n in ref)
-    assert 1e-5 < diff < 5e-3, diff  # bf16 rounding moved it (measured 2.8e-4), within parity.py's bf16 bound
+    for precision, low, high in (("bf16", 1e-5, 5e-3), ("fp16", 1e-6, 5e-4)):
+        pc = ParallelismConfig(dp_shard_size=2, tp_size=2)
+        acc = Accelerator(parallelism_config=pc, fsdp_plugin=FullyShardedDataParallelPlugin(),
+                          mixed_precision=precision)
+        model = _llama()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loader = torch.utils.data.DataLoader(_data(), batch_size=GLOBAL_BATCH // 2)
+        model, opt, loader = acc.prepare(model, opt, loader)
+        _steps(acc, model, opt, list(loader))
+        got = _full(model)
+        diff = max((ref[n] - got[n]).abs().max().item() for n in ref)
+        assert low < diff < high, (precision, diff)  # measured: bf16 2.2e-4, fp16 1.4e-5
 
 
 def check_tp_needs_fsdp():
@@ -452,7 +455,7 @@ def check_cp_with_tp_and_with_dp_shard():
 CHECKS = [check_cp_with_tp_and_with_dp_shard, check_tp_2_x_sp_2, check_hsdp_x_sp, check_llama_plan_dp_shard_2_x_tp_2,
           check_save_state_and_reshard_into_4_x_1,
           check_accumulation_clipping_and_metrics,
-          check_user_plan_strings_and_styles, check_bf16_runs_close_to_fp32, check_tp_needs_fsdp,
+          check_user_plan_strings_and_styles, check_bf16_and_fp16_run_close_to_fp32, check_tp_needs_fsdp,
           check_tp_alone_with_clipping_and_a_presplit_model, check_loss_parallel]
 
 test_four_processes = distributed_test(CHECKS, world_size=4)
