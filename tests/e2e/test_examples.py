@@ -102,6 +102,16 @@ def test_gpu_throughput_benchmark_runs_tiny_on_cpu():
     assert re.search(r"\| surge eager \| [\d,]+ \| [\d.]+x \| n/a \|", out), out
 
 
+def test_nd_parallel_benchmark_runs_tiny_on_cpu():
+    """benchmarks/nd_parallel.py (issue 20's tp 2 vs FSDP figure, for a multi-GPU machine)
+    runs every layout through surge launch on 2 gloo processes."""
+    out = run(os.path.join(ROOT, "benchmarks", "nd_parallel.py"), "--size", "tiny", "--steps", 1, "--rounds", 1,
+              "--warmup", 1, "--cp")
+    for row in (r"PyTorch FSDP2 \(hand-written\) \| dp_shard 2 \| [\d,]+ \| 1.000x", r"surge FSDP \| dp_shard 2 \|",
+                r"surge FSDP x tp 2 \| tp 2 \| [\d,]+ \| [\d.]+x", r"surge FSDP x cp 2 \| cp 2 \| [\d,]+ \|"):
+        assert re.search(row, out), out
+
+
 def test_trainer_example_zero3_offload(tmp_path):
     """examples/trainer.py: transformers' Trainer with a ZeRO-3 + offload DeepSpeed dict on
     2 processes, evaluating, keeping one checkpoint, saving a from_pretrained-loadable model."""
