@@ -158,6 +158,63 @@ def test_long_sequences_example_sp_and_cp_match_one_process():
     assert max(abs(a - b) for a, b in zip(one, ring, strict=True)) < 1e-4, (one, ring)
 
 
+ACCELERATE_CP_YAML = """\
+compute_environment: LOCAL_MACHINE
+debug: false
+distributed_type: FSDP
+downcast_bf16: 'no'
+enable_cpu_affinity: false
+fsdp_config:
+  fsdp_activation_checkpointing: true
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_cpu_ram_efficient_loading: false
+  fsdp_offload_params: false
+  fsdp_reshard_after_forward: true
+  fsdp_state_dict_type: SHARDED_STATE_DICT
+  fsdp_version: 2
+machine_rank: 0
+main_training_function: main
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+parallelism_config:
+  parallelism_config_cp_size: 2
+  parallelism_config_dp_replicate_size: 1
+  parallelism_config_dp_shard_size: 1
+  parallelism_config_tp_size: 1
+rdzv_backend: static
+same_network: true
+tpu_env: []
+tpu_use_cluster: false
+tpu_use_sudo: false
+use_cpu: true
+"""
+
+
+def test_accelerates_context_parallel_recipe_and_config_file_match_one_process(tmp_path):
+    """Accelerate's N-D parallel example (its recipe, only the import changed:
+    tests/e2e/scripts/nd_parallel_recipe.py) under Accelerate's own cp.yaml (FSDP2 with
+    activation checkpointing, parallelism_config cp 2; 2 CPU processes here, 8 GPUs there)
+    prints the losses of one process."""
+    pytest.importorskip("transformers")
+    script = os.path.join(ROOT, "tests", "e2e", "scripts", "nd_parallel_recipe.py")
+    config = tmp_path / "cp.yaml"
+    config.write_text(ACCELERATE_CP_YAML)
+
+    def losses(out):
+        found = re.search(r"LOSSES ([\d. ]+)", out)
+        assert found, out
+        return [float(v) for v in found.group(1).split()]
+
+    one = losses(run(script, processes=0))
+    command = ["surge", "launch", "--config_file", str(config), script, "--cp-size", "2"]
+    result = subprocess.run(command, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    two = losses(result.stdout)
+    assert len(one) == len(two) == 4 and len(set(one)) == 4
+    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-5, (one, two)
+
+
 def test_sharding_example_strategy_auto_through_the_launcher(tmp_path):
     """`surge launch --strategy auto --memory_budget_gb`: the workers choose from the model
     (the heaviest rung at a tiny budget), print why, and train with it."""

@@ -25,6 +25,7 @@ MIRRORS = {
     "accelerate.big_modeling": "surge.big_modeling",
     "accelerate.logging": "surge.logging",
     "accelerate.launchers": "surge.launchers",
+    "accelerate.parallelism_config": "surge.parallelism_config",
 }
 
 
@@ -37,7 +38,7 @@ def accelerate_names() -> list[tuple[str, str]]:
         module = importlib.import_module(module_name)
         for name in dir(module):
             value = getattr(module, name)
-            if name.startswith("_") or isinstance(value, types.ModuleType):
+            if name.startswith("_") or name == "TYPE_CHECKING" or isinstance(value, types.ModuleType):
                 continue
             if module_name not in ("accelerate", "accelerate.utils") and \
                     getattr(value, "__module__", module_name) != module_name:
