@@ -195,7 +195,8 @@ def test_accelerates_context_parallel_recipe_and_config_file_match_one_process(t
     """Accelerate's N-D parallel example (its recipe, only the import changed:
     tests/e2e/scripts/nd_parallel_recipe.py) under Accelerate's own cp.yaml (FSDP2 with
     activation checkpointing, parallelism_config cp 2; 2 CPU processes here, 8 GPUs there)
-    prints the losses of one process."""
+    prints the losses of one process. The script's ParallelismConfig() is given no size: it
+    reads the launcher's PARALLELISM_CONFIG_*_SIZE variables, as under accelerate launch."""
     pytest.importorskip("transformers")
     script = os.path.join(ROOT, "tests", "e2e", "scripts", "nd_parallel_recipe.py")
     config = tmp_path / "cp.yaml"
@@ -207,7 +208,7 @@ def test_accelerates_context_parallel_recipe_and_config_file_match_one_process(t
         return [float(v) for v in found.group(1).split()]
 
     one = losses(run(script, processes=0))
-    command = ["surge", "launch", "--config_file", str(config), script, "--cp-size", "2"]
+    command = ["surge", "launch", "--config_file", str(config), script]  # a bare ParallelismConfig() reads cp 2
     result = subprocess.run(command, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     two = losses(result.stdout)

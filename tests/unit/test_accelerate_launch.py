@@ -471,13 +471,17 @@ def test_tensor_parallel_sizes_go_through_to_the_worker(isolated):
         ["launch", "--num_processes", "4", "--parallelism_config_sp_size", "2", "--parallelism_config_tp_size", "2",
          "train.py"]))
     assert tp_sp.use_fsdp
+    alone_free, _ = resolve_config(build_parser().parse_args(["launch", "--num_processes", "2", "train.py"]))
     cp, _ = resolve_config(build_parser().parse_args(
         ["launch", "--num_processes", "2", "--parallelism_config_cp_size", "2", "--parallelism_config_cp_comm_strategy",
          "alltoall", "train.py"]))
     assert not cp.use_fsdp and cp.parallelism_config_cp_comm_strategy == "alltoall"  # ring attention under DDP
     from surge.launch.runner import worker_environment
 
-    assert worker_environment(cp, {})["PARALLELISM_CONFIG_CP_COMM_STRATEGY"] == "alltoall"
+    env = worker_environment(cp, {})
+    assert env["PARALLELISM_CONFIG_CP_COMM_STRATEGY"] == "alltoall"
+    assert (env["PARALLELISM_CONFIG_CP_SIZE"], env["PARALLELISM_CONFIG_DP_SHARD_SIZE"]) == ("2", "1")  # as Accelerate
+    assert not any(k.startswith("PARALLELISM_CONFIG") for k in worker_environment(alone_free, {}))
     tp_cp, _ = resolve_config(build_parser().parse_args(
         ["launch", "--num_processes", "4", "--parallelism_config_cp_size", "2", "--parallelism_config_tp_size", "2",
          "train.py"]))

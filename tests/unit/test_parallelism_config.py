@@ -302,3 +302,17 @@ def test_context_parallel_model_hooks():
     with pytest.raises(ValueError, match=r"cannot express attention layers of type \['sliding_attention'\] "
                                          r"\(model MistralForCausalLM\)"):
         prepare_model(MistralForCausalLM(MistralConfig(**config, sliding_window=4)))
+
+
+def test_sizes_left_unset_are_the_launchers(monkeypatch):
+    """Accelerate's rule: a size (or backend) not given is PARALLELISM_CONFIG_*_SIZE from the
+    launcher (Accelerate's nd_parallel_trainer.py builds a bare ParallelismConfig()), else 1;
+    a given one wins; a bad variable is named."""
+    monkeypatch.setenv("PARALLELISM_CONFIG_CP_SIZE", "2")
+    monkeypatch.setenv("PARALLELISM_CONFIG_DP_SHARD_SIZE", "3")
+    pc = ParallelismConfig()
+    assert (pc.dp_shard_size, pc.cp_size, pc.tp_size, pc.total_size) == (3, 2, 1, 6)
+    assert ParallelismConfig(cp_size=1, dp_shard_size=1).total_size == 1
+    monkeypatch.setenv("PARALLELISM_CONFIG_TP_SIZE", "two")
+    with pytest.raises(ValueError, match="tp_size"):
+        ParallelismConfig()

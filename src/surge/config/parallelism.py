@@ -3,10 +3,11 @@
 The fields, their checks, the dimension names and the mesh it builds follow Accelerate
 1.15 (itself modelled on torchtitan's ``ParallelDims``): ``dp_replicate``, ``dp_shard``,
 ``cp``, ``sp``, ``tp`` in that order, with ``dp`` (the data-parallel dims), ``dp_shard_cp``
-and ``dp_cp`` flattened from them. Sizes left as None are 1 (Accelerate reads
-``PARALLELISM_CONFIG_*`` environment variables there; surge's launcher hands the sizes to
-the worker through its config file, read when a plan is settled: see
-``surge.config.resolve.settle_parallelism``).
+and ``dp_cp`` flattened from them. Sizes (and backends) left as None are read, as
+Accelerate reads them, from the ``PARALLELISM_CONFIG_*`` environment variables its launcher
+and surge's set for the workers (so a script's bare ``ParallelismConfig()`` takes the
+launch's sizes), else 1. An Accelerator given no config builds one from the config file's
+sizes: see ``surge.config.resolve.settle_parallelism``.
 
 What runs: ``dp_replicate x dp_shard`` under an FSDP plugin is FSDP2's HYBRID_SHARD mesh;
 without a sharding plugin the job is DDP over every process (the same numbers).
@@ -140,18 +141,24 @@ class ParallelismConfig:
     """The ``DeviceMesh`` built by :meth:`get_device_mesh` (None until then)."""
 
     def __post_init__(self) -> None:
+        import os
+
         problems = []
         for dim in ("dp_replicate", "dp_shard", "tp", "cp", "sp"):
             value = getattr(self, f"{dim}_size")
-            value = 1 if value is None else value
+            if value is None:  # Accelerate's rule: the launcher's PARALLELISM_CONFIG_*_SIZE, else 1
+                text = os.environ.get(f"PARALLELISM_CONFIG_{dim.upper()}_SIZE", "1")
+                value = int(text) if text.strip().lstrip("-").isdigit() else text
             try:
                 setattr(self, f"{dim}_size", check_int(f"{dim}_size", value, minimum=1))
             except (TypeError, ValueError) as error:
                 problems.append(str(error))
         if problems:
             raise ValueError("ParallelismConfig: " + " ".join(problems))
-        self.cp_backend = "torch" if self.cp_backend is None else self.cp_backend
-        self.sp_backend = "deepspeed" if self.sp_backend is None else self.sp_backend
+        if self.cp_backend is None:
+            self.cp_backend = os.environ.get("PARALLELISM_CONFIG_CP_BACKEND", "torch")
+        if self.sp_backend is None:
+            self.sp_backend = os.environ.get("PARALLELISM_CONFIG_SP_BACKEND", "deepspeed")
         if self.cp_backend != "torch":
             raise ValueError(f"cp_backend must be one of ['torch'], but got {self.cp_backend!r}.")
         if self.sp_backend != "deepspeed":

@@ -130,8 +130,8 @@ def worker_environment(config: SurgeConfig, env: dict[str, str]) -> dict[str, st
     visible GPUs, ``OMP_NUM_THREADS`` (``num_cpu_threads_per_process``), torch's collective
     checks (``debug``: ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` unless set) and bootstrap.py's
     own variables (``quiet``, ``enable_cpu_affinity``; stale ones from an outer launch are
-    dropped), and ``PARALLELISM_CONFIG_CP_COMM_STRATEGY`` (Accelerate's variable, read by
-    ``ParallelismConfig``)."""
+    dropped), and Accelerate's ``PARALLELISM_CONFIG_*_SIZE`` (when a size is above 1) and
+    ``PARALLELISM_CONFIG_CP_COMM_STRATEGY`` variables, which ``ParallelismConfig`` reads."""
     env = {k: v for k, v in env.items()
            if k not in (LOG_DIR_ENV, QUIET_ENV, AFFINITY_ENV, BIND_CORES_ENV, "SURGE_LOCAL_RANK_ARG")}
     if config.gpu_ids not in (None, "all"):
@@ -142,7 +142,10 @@ def worker_environment(config: SurgeConfig, env: dict[str, str]) -> dict[str, st
         env.setdefault("TORCH_DISTRIBUTED_DEBUG", "DETAIL")
     if config.quiet:
         env[QUIET_ENV] = "1"
-    if config.parallelism_config_cp_comm_strategy is not None:  # read by ParallelismConfig, as Accelerate's launcher
+    sizes = {d: getattr(config, f"parallelism_config_{d}_size") for d in ("dp_replicate", "dp_shard", "tp", "cp", "sp")}
+    if any(size > 1 for size in sizes.values()):  # read by a bare ParallelismConfig(), as Accelerate's launcher sets
+        env.update({f"PARALLELISM_CONFIG_{d.upper()}_SIZE": str(size) for d, size in sizes.items()})
+    if config.parallelism_config_cp_comm_strategy is not None:
         env["PARALLELISM_CONFIG_CP_COMM_STRATEGY"] = config.parallelism_config_cp_comm_strategy
     if config.enable_cpu_affinity and not config.use_cpu:
         env[AFFINITY_ENV] = "1"

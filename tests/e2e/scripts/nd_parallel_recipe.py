@@ -4,7 +4,8 @@ FSDP2 plugin when dp_shard or cp is on, the model's own loss inside
 ``maybe_context_parallel`` with input_ids / shift_labels / labels / position_ids as buffers,
 and the loss averaged over the ``dp_cp`` mesh group for reporting.
 
-    surge launch --config_file cp.yaml tests/e2e/scripts/nd_parallel_recipe.py --cp-size 2
+    surge launch --config_file cp.yaml tests/e2e/scripts/nd_parallel_recipe.py   # sizes from the config
+    surge launch --num_processes 2 tests/e2e/scripts/nd_parallel_recipe.py --cp-size 2
     python tests/e2e/scripts/nd_parallel_recipe.py     # one process: the same losses
 
 Every position has a target (sequences of length+1 cut into inputs and shifted labels), so
@@ -58,11 +59,12 @@ def step(model, batch, optimizer, accelerator: Accelerator) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dp-shard-size", type=int, default=1)
-    parser.add_argument("--cp-size", type=int, default=1)
-    parser.add_argument("--tp-size", type=int, default=1)
+    parser.add_argument("--dp-shard-size", type=int, default=None)
+    parser.add_argument("--cp-size", type=int, default=None)
+    parser.add_argument("--tp-size", type=int, default=None)
     args = parser.parse_args()
     set_seed(42)
+    # Sizes not given are the launcher's (PARALLELISM_CONFIG_*_SIZE), as Accelerate's nd_parallel_trainer.py relies on.
     pc = ParallelismConfig(dp_shard_size=args.dp_shard_size, cp_size=args.cp_size, tp_size=args.tp_size)
     plugin = None
     if pc.dp_shard_enabled or pc.cp_enabled:
