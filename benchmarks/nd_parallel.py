@@ -5,8 +5,9 @@ tensor parallel (tp 2) and, with ``--cp``, FSDP x context parallel (cp 2, ring a
     surge launch --num_processes 2 benchmarks/nd_parallel.py --size tiny --steps 2 --rounds 1   # CPU smoke (CI)
 
 Every layout trains the same model (same seed, bf16, AdamW) on the same global batch of
-synthetic tokens: ``--batch`` sequences per data-parallel process under FSDP alone, so a tp
-or cp group (which reads one batch) gets ``batch x 2``. Layouts run one after another (each
+synthetic tokens: the size's batch of sequences per data-parallel process under FSDP alone,
+so a tp or cp group (which reads one batch) gets twice that; the table's "tokens per step"
+column shows the global batch is the same in every layout. Layouts run one after another (each
 built, warmed up, timed for ``--rounds`` rounds of ``--steps`` steps, then freed); the table
 gives the median tokens/s over the rounds, the ratio to hand-written FSDP2 and the peak
 memory per device. The 1b size is the 1.3B model issue 20 asks for (24 layers, width 2048).
@@ -49,8 +50,9 @@ def tokens(size: str, rows: int, reader: int, device: torch.device) -> torch.Ten
 
 
 def hand_written_fsdp(size: str, device: torch.device) -> tuple[Callable[[], None], int]:
-    """Plain FSDP2: fully_shard per decoder layer and the root over every process, bf16
-    parameters with fp32 gradient reduction, AdamW."""
+    """Returns the step and the rows of the global batch."""
+    """(Plain FSDP2: fully_shard per decoder layer and the root over every process, bf16
+    parameters with fp32 gradient reduction, AdamW.)"""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     model = llama(size).to(device)
@@ -66,7 +68,7 @@ def hand_written_fsdp(size: str, device: torch.device) -> tuple[Callable[[], Non
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step, dist.get_world_size()
+    return step, batch.shape[0] * dist.get_world_size()
 
 
 def with_surge(size: str, device: torch.device, tp: int = 1, cp: int = 1) -> tuple[Callable[[], None], int]:
@@ -99,7 +101,7 @@ def with_surge(size: str, device: torch.device, tp: int = 1, cp: int = 1) -> tup
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step, shard
+    return step, batch.shape[0] * shard  # each data-parallel reader's rows, over the readers
 
 
 def sync(device: torch.device) -> None:
@@ -112,7 +114,7 @@ def measure(build: Callable[[], tuple[Callable[[], None], int]], args: argparse.
     """Build a layout, warm it up, time it; tokens/s over the whole job per round."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step, readers = build()
+    step, rows = build()
     for _ in range(args.warmup):
         step()
     rates = []
@@ -123,16 +125,15 @@ def measure(build: Callable[[], tuple[Callable[[], None], int]], args: argparse.
         for _ in range(args.steps):
             step()
         sync(device)
-        elapsed = torch.tensor(time.perf_counter() - start)
+        elapsed = torch.tensor(time.perf_counter() - start, device=device)  # nccl reduces device tensors
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the job is as fast as its slowest process
-        rows = SIZES[args.size][7] * readers
         rates.append(rows * SIZES[args.size][6] * args.steps / elapsed.item())
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     del step
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"tokens_per_s": statistics.median(rates), "peak_gib": peak}
+    return {"tokens_per_s": statistics.median(rates), "peak_gib": peak, "tokens_per_step": rows * SIZES[args.size][6]}
 
 
 def main() -> None:
@@ -169,12 +170,12 @@ def main() -> None:
         layers, width = SIZES[args.size][:2]
         print(f"device: {world} x {name}, torch {torch.__version__}; Llama {args.size} ({layers} layers, width "
               f"{width}, seq {SIZES[args.size][6]}), bf16, AdamW; {args.rounds} rounds x {args.steps} steps\n")
-        print("| layout | mesh | tokens/s (median) | vs hand-written FSDP2 | peak GiB per device |")
-        print("| --- | --- | --- | --- | --- |")
+        print("| layout | mesh | tokens per step | tokens/s (median) | vs hand-written FSDP2 | peak GiB per device |")
+        print("| --- | --- | --- | --- | --- | --- |")
         for label, (mesh, _) in layouts.items():
             r = results[label]
-            print(f"| {label} | {mesh} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.3f}x | "
-                  f"{r['peak_gib']:.1f} |")
+            print(f"| {label} | {mesh} | {r['tokens_per_step']:,} | {r['tokens_per_s']:,.0f} | "
+                  f"{r['tokens_per_s'] / base:.3f}x | {r['peak_gib']:.1f} |")
     dist.destroy_process_group()
 
 

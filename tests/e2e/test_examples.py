@@ -107,8 +107,11 @@ def test_nd_parallel_benchmark_runs_tiny_on_cpu():
     runs every layout through surge launch on 2 gloo processes."""
     out = run(os.path.join(ROOT, "benchmarks", "nd_parallel.py"), "--size", "tiny", "--steps", 1, "--rounds", 1,
               "--warmup", 1, "--cp")
-    for row in (r"PyTorch FSDP2 \(hand-written\) \| dp_shard 2 \| [\d,]+ \| 1.000x", r"surge FSDP \| dp_shard 2 \|",
-                r"surge FSDP x tp 2 \| tp 2 \| [\d,]+ \| [\d.]+x", r"surge FSDP x cp 2 \| cp 2 \| [\d,]+ \|"):
+    # The tiny size: 2 sequences of 64 per data-parallel process, so 256 tokens per step in every layout.
+    for row in (r"PyTorch FSDP2 \(hand-written\) \| dp_shard 2 \| 256 \| [\d,]+ \| 1.000x",
+                r"surge FSDP \| dp_shard 2 \| 256 \| [\d,]+ \| [\d.]+x",
+                r"surge FSDP x tp 2 \| tp 2 \| 256 \| [\d,]+ \|",
+                r"surge FSDP x cp 2 \| cp 2 \| 256 \| [\d,]+ \|"):
         assert re.search(row, out), out
 
 
@@ -211,6 +214,7 @@ def test_accelerates_context_parallel_recipe_and_config_file_match_one_process(t
     command = ["surge", "launch", "--config_file", str(config), script]  # a bare ParallelismConfig() reads cp 2
     result = subprocess.run(command, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "cp_size 2" in result.stdout, result.stdout  # from the launcher's variables, not the config file
     two = losses(result.stdout)
     assert len(one) == len(two) == 4 and len(set(one)) == 4
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-5, (one, two)

@@ -482,6 +482,11 @@ def test_tensor_parallel_sizes_go_through_to_the_worker(isolated):
     assert env["PARALLELISM_CONFIG_CP_COMM_STRATEGY"] == "alltoall"
     assert (env["PARALLELISM_CONFIG_CP_SIZE"], env["PARALLELISM_CONFIG_DP_SHARD_SIZE"]) == ("2", "1")  # as Accelerate
     assert not any(k.startswith("PARALLELISM_CONFIG") for k in worker_environment(alone_free, {}))
+    # A launch from inside a cp worker: the outer launch's sizes are not this job's; a user's own export is
+    # kept (Accelerate keeps it too).
+    nested = worker_environment(alone_free, env)
+    assert not any(k.startswith("PARALLELISM_CONFIG") for k in nested) and "SURGE_PARALLELISM_FROM_LAUNCH" not in nested
+    assert worker_environment(alone_free, {"PARALLELISM_CONFIG_CP_SIZE": "2"})["PARALLELISM_CONFIG_CP_SIZE"] == "2"
     tp_cp, _ = resolve_config(build_parser().parse_args(
         ["launch", "--num_processes", "4", "--parallelism_config_cp_size", "2", "--parallelism_config_tp_size", "2",
          "train.py"]))

@@ -313,6 +313,10 @@ def test_sizes_left_unset_are_the_launchers(monkeypatch):
     pc = ParallelismConfig()
     assert (pc.dp_shard_size, pc.cp_size, pc.tp_size, pc.total_size) == (3, 2, 1, 6)
     assert ParallelismConfig(cp_size=1, dp_shard_size=1).total_size == 1
+    assert pc.from_environment == ("dp_shard_size", "cp_size")
+    with pytest.raises(ValueError, match=r"multiply to 4, but the job has 2 processes.*\(cp_size came from the "
+                                         r"launcher's PARALLELISM_CONFIG_\*_SIZE variables"):
+        settle_parallelism(ParallelismConfig(dp_shard_size=2), {}, 2)
     monkeypatch.setenv("PARALLELISM_CONFIG_TP_SIZE", "two")
     with pytest.raises(ValueError, match="tp_size"):
         ParallelismConfig()

@@ -139,6 +139,8 @@ class ParallelismConfig:
     None: the model's own plan (``config.base_model_tp_plan`` / ``_tp_plan``)."""
     device_mesh: Any = field(default=None, repr=False, compare=False)
     """The ``DeviceMesh`` built by :meth:`get_device_mesh` (None until then)."""
+    from_environment: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    """surge's addition: the sizes read from ``PARALLELISM_CONFIG_*_SIZE`` (left unset here)."""
 
     def __post_init__(self) -> None:
         import os
@@ -149,6 +151,8 @@ class ParallelismConfig:
             if value is None:  # Accelerate's rule: the launcher's PARALLELISM_CONFIG_*_SIZE, else 1
                 text = os.environ.get(f"PARALLELISM_CONFIG_{dim.upper()}_SIZE", "1")
                 value = int(text) if text.strip().lstrip("-").isdigit() else text
+                if value != 1:
+                    self.from_environment += (f"{dim}_size",)
             try:
                 setattr(self, f"{dim}_size", check_int(f"{dim}_size", value, minimum=1))
             except (TypeError, ValueError) as error:

@@ -463,8 +463,11 @@ def settle_parallelism(asked: Any, file_values: dict[str, Any], world_size: int)
         pc = dataclasses.replace(pc, dp_replicate_size=world_size, device_mesh=None)
     if pc.total_size != world_size:
         named = " x ".join(f"{d}_size={getattr(pc, f'{d}_size')}" for d in _DIMS)
+        came = (f" ({', '.join(pc.from_environment)} came from the launcher's PARALLELISM_CONFIG_*_SIZE variables, "
+                "read for sizes the script's ParallelismConfig leaves unset, as Accelerate does; pass them "
+                "explicitly)") if pc.from_environment else ""
         raise ValueError(f"ParallelismConfig's sizes ({named}) multiply to {pc.total_size}, but the job has "
-                         f"{world_size} processes; change the sizes so their product is {world_size}.")
+                         f"{world_size} processes; change the sizes so their product is {world_size}{came}.")
     return pc
 
 

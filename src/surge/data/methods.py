@@ -160,6 +160,13 @@ class DataLoadingMixin:
         Inside ``maybe_context_parallel`` every cp rank's values are kept (each holds its own
         part of the sequences, as in Accelerate); outside it, the first rank of each cp group.
         """
+        return self._gather_for_metrics(input_data, use_gather_object, every_cp_rank=_in_context_parallel_region())
+
+    def _gather_for_metrics(self, input_data: Any, use_gather_object: bool = False, *,
+                            every_cp_rank: bool = False) -> Any:
+        """:meth:`gather_for_metrics`; ``every_cp_rank``: keep each cp rank's values (they
+        were computed on its part of the sequences: transformers' Trainer evaluates inside
+        ``maybe_context_parallel`` and gathers after it)."""
         gs = self.gradient_state
         if gs.batch_real_count is not None:
             size, keep = gs.batch_size, gs.batch_real_count
@@ -174,7 +181,7 @@ class DataLoadingMixin:
             # Per-token values hold this rank's slice of each sequence: whole sequences first.
             input_data = join_sequence_slices(input_data, self._sp_slice, pc)
         shared = pc.non_data_parallel_size if pc is not None else 1
-        if pc is not None and pc.cp_enabled and _in_context_parallel_region():
+        if pc is not None and pc.cp_enabled and every_cp_rank:
             shared = pc.size("tp")  # inside maybe_context_parallel each cp rank holds its own part (as Accelerate)
         if self.process_index % shared:
             # A tensor- / sequence-parallel group reads one batch: only its first process's values count.

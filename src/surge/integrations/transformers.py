@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
-from functools import cached_property, partialmethod
+from functools import cached_property, partial, partialmethod
 from typing import Any, cast
 
 import torch
@@ -246,6 +246,10 @@ class Trainer(transformers.Trainer):
             kwargs_handlers=[DistributedDataParallelKwargs(**ddp)],
             deepspeed_plugin=deepspeed_plugin, fsdp_plugin=fsdp_plugin, parallelism_config=parallelism_config)
         self.gather_function = self.accelerator.gather_for_metrics
+        if parallelism_config is not None and parallelism_config.cp_enabled:
+            # The Trainer evaluates inside maybe_context_parallel and gathers after it: each cp rank's
+            # loss, logits and labels are its own part, all kept (Accelerate keeps every process).
+            self.gather_function = partial(self.accelerator._gather_for_metrics, every_cp_rank=True)
         # Trainer's plain (DDP) paths: surge shards underneath them.
         self.is_deepspeed_enabled = False
         self.is_fsdp_enabled = False

@@ -125,13 +125,19 @@ def launch(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+PARALLELISM_ENV = "SURGE_PARALLELISM_FROM_LAUNCH"
+"""Marks ``PARALLELISM_CONFIG_*`` variables set by surge's launcher (a nested launch drops them)."""
+
+
 def worker_environment(config: SurgeConfig, env: dict[str, str]) -> dict[str, str]:
     """``env`` (the launcher's environment) with what ``config`` sets for the workers:
     visible GPUs, ``OMP_NUM_THREADS`` (``num_cpu_threads_per_process``), torch's collective
     checks (``debug``: ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` unless set) and bootstrap.py's
     own variables (``quiet``, ``enable_cpu_affinity``; stale ones from an outer launch are
-    dropped), and Accelerate's ``PARALLELISM_CONFIG_*_SIZE`` (when a size is above 1) and
-    ``PARALLELISM_CONFIG_CP_COMM_STRATEGY`` variables, which ``ParallelismConfig`` reads."""
+    dropped), and Accelerate's ``PARALLELISM_CONFIG_*_SIZE`` (when a size is above 1; those
+    an outer surge launch set are dropped otherwise, a user's own are kept as Accelerate keeps
+    them) and ``PARALLELISM_CONFIG_CP_COMM_STRATEGY`` variables, which ``ParallelismConfig``
+    reads."""
     env = {k: v for k, v in env.items()
            if k not in (LOG_DIR_ENV, QUIET_ENV, AFFINITY_ENV, BIND_CORES_ENV, "SURGE_LOCAL_RANK_ARG")}
     if config.gpu_ids not in (None, "all"):
@@ -145,6 +151,9 @@ def worker_environment(config: SurgeConfig, env: dict[str, str]) -> dict[str, st
     sizes = {d: getattr(config, f"parallelism_config_{d}_size") for d in ("dp_replicate", "dp_shard", "tp", "cp", "sp")}
     if any(size > 1 for size in sizes.values()):  # read by a bare ParallelismConfig(), as Accelerate's launcher sets
         env.update({f"PARALLELISM_CONFIG_{d.upper()}_SIZE": str(size) for d, size in sizes.items()})
+        env[PARALLELISM_ENV] = "1"
+    elif env.pop(PARALLELISM_ENV, None):  # an outer surge launch set them (a launch from a worker): not this job's
+        env = {k: v for k, v in env.items() if not k.startswith("PARALLELISM_CONFIG_")}
     if config.parallelism_config_cp_comm_strategy is not None:
         env["PARALLELISM_CONFIG_CP_COMM_STRATEGY"] = config.parallelism_config_cp_comm_strategy
     if config.enable_cpu_affinity and not config.use_cpu:

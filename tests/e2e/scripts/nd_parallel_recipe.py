@@ -71,7 +71,8 @@ def main() -> None:
         plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
                                                 transformer_cls_names_to_wrap=["LlamaDecoderLayer"],
                                                 state_dict_type="SHARDED_STATE_DICT")
-    accelerator = Accelerator(parallelism_config=pc if pc.total_size > 1 else None, fsdp_plugin=plugin)
+    accelerator = Accelerator(parallelism_config=pc, fsdp_plugin=plugin)
+    accelerator.print(f"cp_size {pc.cp_size}")
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          attn_implementation="sdpa", use_cache=False)

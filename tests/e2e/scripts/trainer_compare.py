@@ -127,8 +127,12 @@ def main() -> None:
             # DDP's 2 processes x 2 rows.
             from accelerate import ParallelismConfig
 
-            out["cp"], _ = train(lib, os.path.join(tmp, "cp"), parallelism_config=ParallelismConfig(cp_size=2))
-            out["ddp_2_rows"], _ = train(lib, os.path.join(tmp, "ddp2"), per_device_train_batch_size=2)
+            out["cp"], trainer = train(lib, os.path.join(tmp, "cp"), parallelism_config=ParallelismConfig(cp_size=2),
+                                       eval_dataset=Tokens(16, seed=3), per_device_eval_batch_size=4)
+            out["cp_eval"] = trainer.evaluate()  # inside maybe_context_parallel: each rank's part counts
+            out["ddp_2_rows"], trainer = train(lib, os.path.join(tmp, "ddp2"), per_device_train_batch_size=2,
+                                               eval_dataset=Tokens(16, seed=3), per_device_eval_batch_size=2)
+            out["ddp_2_rows_eval"] = trainer.evaluate()
             losses, _ = train(lib, os.path.join(shared, "ddp"), save_strategy="steps", save_steps=2)
             out["ddp_saved"] = losses
             out["ddp_resumed"], _ = train(lib, os.path.join(shared, "ddp"),
