@@ -142,13 +142,26 @@ def check_bf16_and_fp16_run_close_to_fp32():
         assert low < diff < high, (precision, diff)  # measured: bf16 2.2e-4, fp16 1.4e-5
 
 
-def check_tp_needs_fsdp():
+def check_tp_needs_fsdp_and_an_unsplit_model():
+    """tp with dp_shard needs an FSDP plugin; FSDP x tp refuses a model split already (as
+    transformers' tp_plan="auto" leaves it, on a mesh of its own) instead of splitting it twice."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
     try:
         Accelerator(parallelism_config=ParallelismConfig(dp_shard_size=2, tp_size=2))
     except ValueError as error:
         assert "fsdp_plugin" in str(error), error
     else:
         raise AssertionError("tp_size=2 without FSDP was accepted")
+    model = _llama()
+    parallelize_module(model, init_device_mesh("cpu", (4,), mesh_dim_names=("tp",)),
+                       {"model.layers.0.self_attn.q_proj": ColwiseParallel()})
+    acc = Accelerator(parallelism_config=ParallelismConfig(dp_shard_size=2, tp_size=2),
+                      fsdp_plugin=FullyShardedDataParallelPlugin())
+    with pytest.raises(ValueError, match=r"model.layers.0.self_attn.q_proj.weight is split already .* Load the model "
+                                         r"whole"):
+        acc.prepare(model)
 
 
 def check_loss_parallel():
@@ -455,7 +468,8 @@ def check_cp_with_tp_and_with_dp_shard():
 CHECKS = [check_cp_with_tp_and_with_dp_shard, check_tp_2_x_sp_2, check_hsdp_x_sp, check_llama_plan_dp_shard_2_x_tp_2,
           check_save_state_and_reshard_into_4_x_1,
           check_accumulation_clipping_and_metrics,
-          check_user_plan_strings_and_styles, check_bf16_and_fp16_run_close_to_fp32, check_tp_needs_fsdp,
+          check_user_plan_strings_and_styles, check_bf16_and_fp16_run_close_to_fp32,
+          check_tp_needs_fsdp_and_an_unsplit_model,
           check_tp_alone_with_clipping_and_a_presplit_model, check_loss_parallel]
 
 test_four_processes = distributed_test(CHECKS, world_size=4)

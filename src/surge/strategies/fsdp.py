@@ -86,6 +86,8 @@ class FSDP(Strategy):
             model.to(self.device)
         if self.precision.sharded_param_dtype is None:
             self.precision.wrap_forward(model)  # fp16 (and fp8) autocast; a no-op for fp32
+        if self.spec.mesh.tp > 1:
+            _refuse_split_model(model)
         mesh = init_device_mesh(self.device.type, self._mesh_shape(), mesh_dim_names=self._mesh_names())
         if self.spec.mesh.tp > 1:
             from surge.strategies.tensor_parallel import apply_tensor_parallel
@@ -218,3 +220,21 @@ def _gradient_sync_off(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def _refuse_split_model(model: nn.Module) -> None:
+    """FSDP x tp splits the model itself at ``prepare``; one split already (transformers'
+    ``tp_plan="auto"`` / ``distributed_config``, on a mesh of its own) would be split twice.
+
+    Raises:
+        ValueError: a parameter is a DTensor already, naming its mesh.
+    """
+    from torch.distributed.tensor import DTensor
+
+    for name, p in model.named_parameters():
+        if isinstance(p, DTensor):
+            raise ValueError(f"{name} is split already over {p.device_mesh} (transformers' tp_plan=\"auto\" or "
+                             "distributed_config); FSDP x tensor parallel splits the model at prepare, on the "
+                             "ParallelismConfig's mesh. Load the model whole (without tp_plan), or run tensor "
+                             "parallelism alone (tp_size = the number of processes, no FSDP plugin), which takes "
+                             "a split model as it is.")
