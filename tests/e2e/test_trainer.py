@@ -59,3 +59,35 @@ def test_trainer_ddp_zero_fsdp_and_resume_match_transformers_on_accelerate():
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
     assert json.loads(line.removeprefix("RESULT "))["ddp"] == theirs["ddp"]
+
+
+def test_a_model_transformers_split_trains_under_tensor_parallel_like_one_process(tmp_path):
+    """Accelerate's nd_parallel_trainer.py pattern: ParallelismConfig() takes tp 2 from the
+    launch, transformers splits the model itself (tp_plan="auto"), and surge's Trainer trains
+    it (tensor parallel alone takes a split model as it is): the losses of one process."""
+    pytest.importorskip("transformers")
+    import re
+    import sys
+
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    try:
+        import trainer_compare
+    finally:
+        sys.path.remove(os.path.dirname(SCRIPT))
+    trainer_compare.tiny_llama().save_pretrained(tmp_path / "model")
+    script = os.path.join(ROOT, "tests", "e2e", "scripts", "tp_trainer_recipe.py")
+
+    def losses(result):
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        found = re.search(r"LOSSES ([\d. ]+)", result.stdout)
+        assert found, result.stdout
+        return [float(v) for v in found.group(1).split()]
+
+    run = {"cwd": ROOT, "env": clean_env(), "capture_output": True, "text": True, "timeout": 300, "check": False}
+    one = losses(subprocess.run([PYTHON, script, str(tmp_path / "model"), str(tmp_path / "one")], **run))
+    launched = subprocess.run(["surge", "launch", "--num_processes", "2", "--parallelism_config_tp_size", "2", script,
+                               str(tmp_path / "model"), str(tmp_path / "two")], **run)
+    assert "tp_size 2, weights DTensor" in launched.stdout, launched.stdout
+    two = losses(launched)
+    assert len(one) == len(two) == 3
+    assert two == pytest.approx(one, rel=1e-5, abs=0)
