@@ -134,7 +134,7 @@ def _register_cpu_ring() -> None:
     handlers[getattr(aten, _CPU_FORWARD + "_backward").default] = _cpu_ring_backward
 
 
-def _local_call(op_call: Any, args: Any, kwargs: Any) -> tuple[Any, list[Any], dict[str, Any]]:
+def _local_call(op_call: Any, args: Any, kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """The cp mesh and the op's arguments as local tensors, by schema name."""
     from torch.distributed.tensor import DTensor, Shard
 
@@ -150,7 +150,7 @@ def _local_call(op_call: Any, args: Any, kwargs: Any) -> tuple[Any, list[Any], d
     if named.get("attn_mask") is not None:
         raise ValueError("context parallelism runs causal attention without a mask; drop attn_mask (transformers "
                          "models prepared by surge drop it themselves).")
-    return info.compute_mesh, list(info.local_args), named
+    return info.compute_mesh, named
 
 
 def _shard_out(mesh: Any, tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
@@ -163,7 +163,7 @@ def _cpu_ring_forward(op_call: Any, args: Any, kwargs: Any) -> tuple[Any, ...]:
     """DTensor handler: SDPA's CPU kernel round the cp ring (output and log-sum-exp)."""
     from torch.distributed.tensor.experimental._context_parallel._attention import _templated_ring_attention
 
-    mesh, _, a = _local_call(op_call, args, kwargs)
+    mesh, a = _local_call(op_call, args, kwargs)
     out, lse = _templated_ring_attention(
         mesh.get_group(), 2, getattr(torch.ops.aten, _CPU_FORWARD).default, a["query"], a["key"], a["value"],
         is_causal=bool(a.get("is_causal", False)), dropout_p=a.get("dropout_p", 0.0), scale=a.get("scale"))[:2]
@@ -176,7 +176,7 @@ def _cpu_ring_backward(op_call: Any, args: Any, kwargs: Any) -> tuple[Any, ...]:
         _templated_ring_attention_backward,
     )
 
-    mesh, _, a = _local_call(op_call, args, kwargs)
+    mesh, a = _local_call(op_call, args, kwargs)
     grads = _templated_ring_attention_backward(
         mesh.get_group(), 2, getattr(torch.ops.aten, _CPU_FORWARD + "_backward").default, grad_out=a["grad_out"],
         grad_out_name="grad_out", query=a["query"], key=a["key"], value=a["value"], out=a["out"],
